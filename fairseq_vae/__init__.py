@@ -1,0 +1,8 @@
+"""fairseq_vae: BART as a sentence-level variational autoencoder, as a fairseq --user-dir plugin.
+
+fairseq's --user-dir imports only models/ and tasks/ by itself; the criterion is imported here.
+"""
+
+from . import checkpoint_safety  # noqa: F401  (allow-lists what fairseq checkpoints hold)
+from . import full_help  # noqa: F401  (--help shows our model, task and criterion options)
+from . import criterions, models, tasks  # noqa: F401

@@ -1,0 +1,1 @@
+from .elbo import ELBOCriterion  # noqa: F401

@@ -1,0 +1,202 @@
+"""The evidence lower bound as a fairseq criterion (``--criterion elbo``).
+
+Training loss, summed over the batch and normalised by fairseq's sample_size like any
+criterion::
+
+    label-smoothed NLL summed over tokens + KL penalty summed over sentences
+
+where the KL penalty is ``beta * KL`` (beta from the task's schedule, optionally with free
+bits), or Burgess et al.'s capacity objective ``gamma * |KL - C|``. Validation always uses the
+plain ELBO (beta = 1, no free bits or capacity) so checkpoints are compared on a fixed scale.
+
+Units: ``loss`` and ``nll_loss`` are in bits per token as everywhere in fairseq (so ``ppl``
+is the usual 2 ** nll_loss); the VAE quantities ``kl`` and ``elbo`` are in nats per sentence,
+the unit of the text-VAE literature.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+from fairseq import utils
+from fairseq.criterions import register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterion,
+    LabelSmoothedCrossEntropyCriterionConfig,
+    label_smoothed_nll_loss,
+)
+from fairseq.dataclass import ChoiceEnum
+from fairseq.logging import metrics
+from torch import Tensor
+
+# a latent dimension whose batch-mean KL is above this many nats counts as in use
+ACTIVE_DIM_KL = 0.01
+
+
+@dataclass
+class ELBOConfig(LabelSmoothedCrossEntropyCriterionConfig):
+    kl_objective: ChoiceEnum(["beta", "capacity"]) = field(
+        default="beta",
+        metadata={
+            "help": "'beta': beta * KL with beta from the task's --kl-schedule (beta-VAE 'H'); "
+            "'capacity': gamma * |KL - C| with C rising linearly from 0 to --capacity-max "
+            "over --capacity-updates updates (Burgess et al. 2018, beta-VAE 'B')"
+        },
+    )
+    free_bits: float = field(
+        default=0.0,
+        metadata={
+            "help": "free bits lambda in nats per latent dimension (0: off); the KL of a "
+            "dimension below lambda is not penalised (see --free-bits-mode)"
+        },
+    )
+    free_bits_mode: ChoiceEnum(["batch", "example"]) = field(
+        default="batch",
+        metadata={
+            "help": "'batch': clamp each dimension's batch-mean KL at lambda (Kingma et al. "
+            "2016); 'example': zero each example's dimension KL below lambda (Optimus)"
+        },
+    )
+    capacity_max: float = field(
+        default=25.0,
+        metadata={"help": "C_max of the capacity objective, nats per sentence"},
+    )
+    capacity_updates: int = field(
+        default=100000,
+        metadata={"help": "updates over which C rises linearly from 0 to --capacity-max"},
+    )
+    capacity_gamma: float = field(
+        default=1000.0,
+        metadata={"help": "gamma of the capacity objective (the seed's value is 1000)"},
+    )
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per example and dimension (B x D), in fp32."""
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)
+
+
+def free_bits_kl(kl: Tensor, free_bits: float, mode: str) -> Tensor:
+    """The KL to penalise, summed over the batch, with free bits lambda per dimension.
+
+    ``batch``: sum_d max(sum_b kl_bd, B * lambda), i.e. B * sum_d max(mean_b kl_bd, lambda).
+    ``example``: sum over b, d of kl_bd where kl_bd > lambda.
+    """
+    if free_bits <= 0:
+        return kl.sum()
+    if mode == "batch":
+        return kl.sum(dim=0).clamp(min=kl.size(0) * free_bits).sum()
+    if mode == "example":
+        return (kl * (kl > free_bits).type_as(kl)).sum()
+    raise ValueError(f"--free-bits-mode must be batch or example, got {mode}")
+
+
+def capacity_at(update_num: int, capacity_max: float, capacity_updates: int) -> float:
+    """C of the capacity objective: linear from 0 to C_max over N updates, then C_max."""
+    if capacity_updates <= 0:
+        return capacity_max
+    return capacity_max * min(1.0, update_num / capacity_updates)
+
+
+def capacity_penalty(kl_per_example: Tensor, capacity: float, gamma: float) -> Tensor:
+    """gamma * sum_b |KL_b - C| (Burgess et al.'s objective, per sentence, summed)."""
+    return gamma * (kl_per_example - capacity).abs().sum()
+
+
+@register_criterion("elbo", dataclass=ELBOConfig)
+class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
+    def __init__(
+        self,
+        task,
+        sentence_avg,
+        label_smoothing,
+        kl_objective="beta",
+        free_bits=0.0,
+        free_bits_mode="batch",
+        capacity_max=25.0,
+        capacity_updates=100000,
+        capacity_gamma=1000.0,
+        ignore_prefix_size=0,
+        report_accuracy=False,
+    ):
+        super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        self.kl_objective = kl_objective
+        self.free_bits = free_bits
+        self.free_bits_mode = free_bits_mode
+        self.capacity_max = capacity_max
+        self.capacity_updates = capacity_updates
+        self.capacity_gamma = capacity_gamma
+        # set by the task before every training step (text_vae.train_step): plain Python
+        # numbers, so the schedule never waits on the device
+        self.beta = 1.0
+        self.update_num = 0
+
+    def set_schedule_state(self, update_num: int, beta: float):
+        self.update_num = update_num
+        self.beta = beta
+
+    def forward(self, model, sample, reduce=True):
+        net_output = model(**sample["net_input"])
+        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
+        smoothed_nll, nll = label_smoothed_nll_loss(
+            lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=True
+        )
+        kl = gaussian_kl(net_output[1]["mu"], net_output[1]["logvar"])  # B x D, fp32
+        kl_sum = kl.sum()
+
+        beta, capacity = 1.0, None
+        if not model.training:
+            penalty = kl_sum  # the plain ELBO: validation is always on the same scale
+        elif self.kl_objective == "capacity":
+            capacity = capacity_at(self.update_num, self.capacity_max, self.capacity_updates)
+            penalty = capacity_penalty(kl.sum(dim=1), capacity, self.capacity_gamma)
+        else:
+            beta = self.beta
+            penalty = beta * free_bits_kl(kl, self.free_bits, self.free_bits_mode)
+        loss = smoothed_nll.float() + penalty
+
+        nsentences = sample["target"].size(0)
+        ntokens = sample["ntokens"]
+        sample_size = nsentences if self.sentence_avg else ntokens
+        active_dims = (kl.mean(dim=0) > ACTIVE_DIM_KL).sum()
+        logging_output = {
+            "loss": loss.data,
+            "nll_loss": nll.data,
+            "kl": kl_sum.data,
+            # beta and the active-dimension count are per batch: weighting them by the
+            # batch's sentences makes their sums over workers and accumulation steps meaningful
+            "beta": beta * nsentences,
+            "active_dims": active_dims.data * nsentences,
+            "ntokens": ntokens,
+            "nsentences": nsentences,
+            "sample_size": sample_size,
+        }
+        if capacity is not None:
+            logging_output["capacity"] = capacity * nsentences
+        if self.report_accuracy:
+            n_correct, total = self.compute_accuracy(model, net_output, sample)
+            logging_output["n_correct"] = utils.item(n_correct.data)
+            logging_output["total"] = utils.item(total.data)
+        return loss, sample_size, logging_output
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        super().reduce_metrics(logging_outputs)
+
+        def total(key):
+            return utils.item(sum(log.get(key, 0) for log in logging_outputs))
+
+        nsentences, ntokens = total("nsentences"), total("ntokens")
+        if nsentences == 0:
+            return
+        nll, kl = total("nll_loss"), total("kl")
+        metrics.log_scalar("kl", kl / nsentences, nsentences, round=3)
+        metrics.log_scalar("elbo", -(nll + kl) / nsentences, nsentences, round=3)
+        metrics.log_scalar("elbo_tok", -(nll + kl) / ntokens, ntokens, round=4)
+        metrics.log_derived(
+            "elbo_ppl", lambda meters: round(math.exp(-meters["elbo_tok"].avg), 2)
+        )
+        metrics.log_scalar("beta", total("beta") / nsentences, nsentences, round=4)
+        metrics.log_scalar("active_dims", total("active_dims") / nsentences, nsentences, round=1)
+        if any("capacity" in log for log in logging_outputs):
+            metrics.log_scalar("capacity", total("capacity") / nsentences, nsentences, round=3)

@@ -1,0 +1,1 @@
+from .bart_vae import BARTVAEModel  # noqa: F401

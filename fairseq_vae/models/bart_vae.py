@@ -1,0 +1,293 @@
+"""BART as a sentence-level variational autoencoder (``--arch bart_vae``).
+
+The encoder pools BART's encoder states into one vector per sentence, maps it to a diagonal
+Gaussian posterior q(z|x) and samples z; the decoder sees nothing of x but a memory computed
+from z. Because z lives in the encoder's output dict, fairseq's ``SequenceGenerator`` (which
+calls the encoder and decoder directly, never ``model.forward``) decodes from z too, and
+``reorder_encoder_out`` carries the latent through beam search.
+"""
+
+import logging
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.bart.model import (
+    BARTModel,
+    bart_base_architecture,
+    bart_large_architecture,
+)
+from fairseq.models.transformer import TransformerDecoder, TransformerEncoder
+from fairseq.modules import MultiheadAttention
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+# log-variances are clamped to this range (in fp32) so exp(logvar) can neither overflow nor
+# underflow to a zero variance whose log is -inf; e^-30 and e^20 are far outside the range a
+# trained posterior uses, so the clamp never binds in normal training.
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+
+LATENT_KEYS = ("mu", "logvar", "z")
+
+
+def masked_mean(states: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+    """Mean of T x B x C ``states`` over the non-pad positions of each sentence -> B x C."""
+    states = states.transpose(0, 1)  # B x T x C (never .view: that mixes sentences)
+    if padding_mask is None:
+        return states.mean(dim=1)
+    keep = (~padding_mask).unsqueeze(-1).type_as(states)  # B x T x 1
+    return (states * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+
+
+def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
+    """z = mu + sigma * eps, eps ~ N(0, I)."""
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+def gaussian_head(dim: int, latent_dim: int) -> nn.Sequential:
+    """The seed's posterior head: Linear C -> C/2, ReLU, Linear C/2 -> latent."""
+    return nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(), nn.Linear(dim // 2, latent_dim))
+
+
+class VAEEncoder(TransformerEncoder):
+    """BART's encoder followed by the posterior q(z|x) and the z -> memory fusion.
+
+    ``latent_source`` decides what z is: ``sample`` (the reparameterised sample used by the
+    ELBO, the default), ``mean`` (the posterior mean, for deterministic reconstruction).
+    """
+
+    def __init__(self, args, dictionary, embed_tokens):
+        super().__init__(args, dictionary, embed_tokens)
+        dim = args.encoder_embed_dim
+        self.latent_dim = args.latent_dim
+        self.latent_fusion = args.latent_fusion
+        self.latent_source = "sample"
+        self.mlp_mu = gaussian_head(dim, self.latent_dim)
+        self.mlp_logvar = gaussian_head(dim, self.latent_dim)
+        if self.latent_fusion == "attention":
+            # With z as the only key, every attention weight is 1 and the output is
+            # out_proj(v_proj(z)) whatever the query: the seed's T-position memory holds T
+            # copies of one vector, so a one-position memory is identical and T times cheaper.
+            # The head count cannot change the output; one head keeps it simple.
+            self.latent_attn = MultiheadAttention(
+                dim,
+                1,
+                kdim=self.latent_dim,
+                vdim=self.latent_dim,
+                encoder_decoder_attention=True,
+            )
+        elif self.latent_fusion == "memory":
+            self.memory_slots = args.latent_memory_slots
+            self.latent_memory = nn.Linear(self.latent_dim, self.memory_slots * dim)
+        else:
+            raise ValueError(f"--latent-fusion must be attention or memory, got {self.latent_fusion}")
+
+    def posterior(self, src_tokens, src_lengths=None, token_embeddings=None):
+        """Returns (mu, logvar), each B x latent in fp32, for a batch of sentences."""
+        out = super().forward(src_tokens, src_lengths, token_embeddings=token_embeddings)
+        padding_mask = out["encoder_padding_mask"][0] if out["encoder_padding_mask"] else None
+        pooled = masked_mean(out["encoder_out"][0], padding_mask)  # B x C
+        # fp32 from here on: KL and log-densities must not be computed in half precision
+        mu = self.mlp_mu(pooled).float()
+        logvar = self.mlp_logvar(pooled).float().clamp(LOGVAR_MIN, LOGVAR_MAX)
+        return mu, logvar
+
+    def memory(self, z: Tensor) -> Tensor:
+        """The decoder's cross-attention memory built from z alone: S x B x C."""
+        z = z.to(self.mlp_mu[0].weight.dtype)[None]  # 1 x B x latent
+        if self.latent_fusion == "attention":
+            # the query only fixes the output length (one position) and dtype
+            query = z.new_zeros(1, z.size(1), self.latent_attn.embed_dim)
+            return self.latent_attn(query=query, key=z, value=z, need_weights=False)[0]
+        slots = self.latent_memory(z[0])  # B x (S * C)
+        return slots.view(z.size(1), self.memory_slots, -1).transpose(0, 1)  # S x B x C
+
+    def forward(
+        self,
+        src_tokens,
+        src_lengths: Optional[Tensor] = None,
+        return_all_hiddens: bool = False,
+        token_embeddings: Optional[Tensor] = None,
+    ):
+        mu, logvar = self.posterior(src_tokens, src_lengths, token_embeddings)
+        z = reparameterize(mu, logvar) if self.latent_source == "sample" else mu
+        return self.latent_encoder_out(mu, logvar, z)
+
+    def latent_encoder_out(self, mu: Tensor, logvar: Tensor, z: Tensor) -> Dict[str, List[Tensor]]:
+        """The encoder-out dict the decoder reads: the memory from z, and nothing else of x."""
+        return {
+            "encoder_out": [self.memory(z)],  # S x B x C
+            "encoder_padding_mask": [],  # no padding in the memory
+            "encoder_embedding": [],
+            "encoder_states": [],
+            "src_tokens": [],
+            "src_lengths": [],
+            "mu": [mu],  # B x latent
+            "logvar": [logvar],  # B x latent
+            "z": [z],  # B x latent
+        }
+
+    def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order):
+        reordered = {k: v for k, v in encoder_out.items()}
+        reordered["encoder_out"] = [t.index_select(1, new_order) for t in encoder_out["encoder_out"]]
+        for key in LATENT_KEYS:
+            reordered[key] = [t.index_select(0, new_order) for t in encoder_out[key]]
+        return reordered
+
+
+class LatentPlusPositions(nn.Module):
+    """Adds a projection of z to the decoder's positional embeddings (Optimus' injection).
+
+    fairseq's decoder adds ``embed_positions(tokens)`` to every input embedding before its
+    embedding layer norm; wrapping that module is the one place to add a per-sentence vector
+    without copying the decoder's forward. ``VAEDecoder`` sets ``latent_bias`` (B x C) before
+    each call; the same bias is right at every incremental step because beam reordering
+    reorders z with the encoder output.
+    """
+
+    def __init__(self, positions: Optional[nn.Module], latent_dim: int, dim: int):
+        super().__init__()
+        self.positions = positions
+        self.latent_to_embed = nn.Linear(latent_dim, dim)
+        self.latent_bias: Optional[Tensor] = None
+        # the decoder reads this attribute for its maximum length
+        self.max_positions = positions.max_positions if positions is not None else int(1e5)
+
+    def forward(self, tokens, incremental_state=None):
+        bias = self.latent_bias[:, None, :]  # B x 1 x C
+        if self.positions is None:
+            return bias.expand(tokens.size(0), tokens.size(1), bias.size(-1))
+        return self.positions(tokens, incremental_state=incremental_state) + bias
+
+
+class VAEDecoder(TransformerDecoder):
+    """BART's decoder; with ``--latent-to-embeddings`` it also adds z to its input embeddings."""
+
+    def __init__(self, args, dictionary, embed_tokens):
+        super().__init__(args, dictionary, embed_tokens)
+        if args.latent_to_embeddings:
+            self.embed_positions = LatentPlusPositions(
+                self.embed_positions, args.latent_dim, args.decoder_embed_dim
+            )
+
+    def extract_features(self, prev_output_tokens, encoder_out=None, **kwargs):
+        if isinstance(self.embed_positions, LatentPlusPositions):
+            z = encoder_out["z"][0]
+            self.embed_positions.latent_bias = self.embed_positions.latent_to_embed(
+                z.to(self.embed_positions.latent_to_embed.weight.dtype)
+            )
+        return super().extract_features(prev_output_tokens, encoder_out=encoder_out, **kwargs)
+
+
+def word_dropout(tokens: Tensor, p: float, unk: int, keep: List[int]) -> Tensor:
+    """Bowman et al. (2016): replace each decoder input token by ``unk`` with probability p,
+    never touching the special tokens in ``keep`` (padding, the leading eos/bos)."""
+    drop = torch.rand(tokens.shape, device=tokens.device) < p
+    for idx in keep:
+        drop &= tokens.ne(idx)
+    return tokens.masked_fill(drop, unk)
+
+
+@register_model("bart_vae")
+class BARTVAEModel(BARTModel):
+    """BART with a Gaussian sentence latent between its encoder and decoder."""
+
+    @staticmethod
+    def add_args(parser):
+        BARTModel.add_args(parser)
+        # no defaults here: the architecture functions below fill them (fairseq's convention)
+        parser.add_argument("--latent-dim", type=int, metavar="N",
+                            help="size of the latent z (default: --encoder-embed-dim)")
+        parser.add_argument("--latent-fusion", choices=["attention", "memory"],
+                            help="how the decoder sees z: 'attention' (the seed's attention "
+                            "with z as its only key: one memory position), or 'memory' "
+                            "(z projected to --latent-memory-slots positions) (default: "
+                            "attention)")
+        parser.add_argument("--latent-memory-slots", type=int, metavar="K",
+                            help="memory positions z is projected to with --latent-fusion "
+                            "memory (default: 1)")
+        parser.add_argument("--latent-to-embeddings", action="store_true",
+                            help="also add a projection of z to every decoder input "
+                            "embedding, as Optimus does")
+        parser.add_argument("--word-dropout", type=float, metavar="P",
+                            help="replace decoder input tokens by <unk> with this probability "
+                            "during training (Bowman et al. 2016) (default: 0)")
+
+    @classmethod
+    def build_model(cls, args, task):
+        bart_vae_architecture(args)
+        return super().build_model(args, task)
+
+    @classmethod
+    def build_encoder(cls, args, src_dict, embed_tokens):
+        return VAEEncoder(args, src_dict, embed_tokens)
+
+    @classmethod
+    def build_decoder(cls, args, tgt_dict, embed_tokens):
+        return VAEDecoder(args, tgt_dict, embed_tokens)
+
+    def forward(
+        self,
+        src_tokens,
+        src_lengths,
+        prev_output_tokens,
+        features_only: bool = False,
+        **kwargs,
+    ):
+        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths)
+        if self.training and self.args.word_dropout > 0:
+            dictionary = self.decoder.dictionary
+            prev_output_tokens = word_dropout(
+                prev_output_tokens,
+                self.args.word_dropout,
+                dictionary.unk(),
+                keep=[dictionary.pad(), dictionary.eos(), dictionary.bos()],
+            )
+        x, extra = self.decoder(
+            prev_output_tokens, encoder_out=encoder_out, features_only=features_only
+        )
+        for key in LATENT_KEYS:
+            extra[key] = encoder_out[key][0]
+        return x, extra
+
+    def set_beam_size(self, beam):
+        # BART's version swaps in a reorder that leaves the encoder output alone, for its
+        # "beamable" cross-attention; z must follow the beam, and a one-position memory
+        # gains nothing from that trick, so we keep the ordinary reorder.
+        pass
+
+
+@register_model_architecture("bart_vae", "bart_vae")
+def bart_vae_architecture(args):
+    bart_base_architecture(args)
+    vae_defaults(args)
+
+
+@register_model_architecture("bart_vae", "bart_vae_large")
+def bart_vae_large_architecture(args):
+    bart_large_architecture(args)
+    vae_defaults(args)
+
+
+@register_model_architecture("bart_vae", "bart_vae_small")
+def bart_vae_small_architecture(args):
+    """A model that trains in minutes on 2 CPU cores (the demo)."""
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 128)
+    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 512)
+    args.encoder_layers = getattr(args, "encoder_layers", 2)
+    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 4)
+    args.decoder_layers = getattr(args, "decoder_layers", 2)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 4)
+    args.max_source_positions = getattr(args, "max_source_positions", 256)
+    args.max_target_positions = getattr(args, "max_target_positions", 256)
+    bart_vae_architecture(args)
+
+
+def vae_defaults(args):
+    args.latent_dim = getattr(args, "latent_dim", None) or args.encoder_embed_dim
+    args.latent_fusion = getattr(args, "latent_fusion", "attention")
+    args.latent_memory_slots = getattr(args, "latent_memory_slots", 1)
+    args.latent_to_embeddings = getattr(args, "latent_to_embeddings", False)
+    args.word_dropout = getattr(args, "word_dropout", 0.0)

@@ -1,0 +1,1 @@
+from .text_vae import TextVAETask  # noqa: F401

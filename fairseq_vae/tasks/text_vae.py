@@ -1,0 +1,233 @@
+"""Sentence autoencoding with a KL weight schedule (``--task text_vae``).
+
+Every sentence of a monolingual binarised corpus (``fairseq-preprocess --only-source``) is both
+the source and the target. Before each training step the task computes beta, the weight of the
+KL term, from the update number alone, so a run resumed from a checkpoint continues the
+schedule exactly and the schedule never synchronises with the device.
+
+Schedules (``--kl-schedule``):
+  cyclical  Fu et al. (2019), "Cyclical Annealing Schedule": the run is split into M cycles
+            (or cycles of --kl-cycle-updates); beta ramps from 0 to --kl-beta-max over the
+            first fraction R of each cycle (linear, sigmoid or cosine), then holds.
+  monotonic the first cycle's ramp, then --kl-beta-max for ever (Bowman et al. 2016).
+  sawtooth  the seed project's schedule: tau = (u mod 200) / 200, beta = (tau / 0.99)^5 / 10
+            while tau <= 0.99, else 1/2; every constant is an option.
+  constant  --kl-beta-max throughout.
+"""
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fairseq import utils
+from fairseq.data import Dictionary, LanguagePairDataset, data_utils
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II
+
+logger = logging.getLogger(__name__)
+
+KL_SCHEDULES = ["cyclical", "monotonic", "sawtooth", "constant"]
+RAMP_SHAPES = ["linear", "sigmoid", "cosine"]
+
+
+@dataclass
+class TextVAEConfig(FairseqDataclass):
+    data: Optional[str] = field(
+        default=None,
+        metadata={"help": "path to a data-bin folder made by fairseq-preprocess --only-source"},
+    )
+    max_source_positions: int = field(
+        default=1024, metadata={"help": "max number of tokens in a sentence"}
+    )
+    max_target_positions: int = field(
+        default=1024, metadata={"help": "max number of tokens the decoder produces"}
+    )
+    kl_schedule: ChoiceEnum(KL_SCHEDULES) = field(
+        default="cyclical",
+        metadata={"help": "how beta, the KL weight, moves with the update number"},
+    )
+    kl_beta_max: float = field(
+        default=1.0, metadata={"help": "beta at the top of the ramp (and of 'constant')"}
+    )
+    kl_cycles: int = field(
+        default=4,
+        metadata={"help": "cyclical: number of cycles M over --max-update"},
+    )
+    kl_cycle_updates: int = field(
+        default=0,
+        metadata={
+            "help": "cyclical/monotonic: cycle length in updates (overrides --kl-cycles; "
+            "needed when --max-update is not set)"
+        },
+    )
+    kl_ramp_fraction: float = field(
+        default=0.5,
+        metadata={"help": "cyclical/monotonic: fraction R of a cycle over which beta ramps up"},
+    )
+    kl_ramp_shape: ChoiceEnum(RAMP_SHAPES) = field(
+        default="linear",
+        metadata={
+            "help": "cyclical/monotonic ramp: linear v, sigmoid 1/(1+exp(-(12v-6))), "
+            "cosine 0.5-0.5cos(pi v)"
+        },
+    )
+    sawtooth_period: int = field(
+        default=200, metadata={"help": "sawtooth: period in updates (seed: 200)"}
+    )
+    sawtooth_ratio: float = field(
+        default=0.99, metadata={"help": "sawtooth: fraction of the period that ramps (seed: 0.99)"}
+    )
+    sawtooth_power: float = field(
+        default=5.0, metadata={"help": "sawtooth: exponent of the ramp (seed: 5)"}
+    )
+    sawtooth_scale: float = field(
+        default=0.1, metadata={"help": "sawtooth: beta at the end of the ramp (seed: 1/10)"}
+    )
+    sawtooth_hold: float = field(
+        default=0.5, metadata={"help": "sawtooth: beta after the ramp (seed: 1/2)"}
+    )
+    max_update: int = II("optimization.max_update")
+    train_subset: str = II("dataset.train_subset")
+    dataset_impl: Optional[str] = II("dataset.dataset_impl")
+
+
+def ramp(v: float, shape: str) -> float:
+    """Fu et al.'s ramp shapes on v in [0, 1]."""
+    if shape == "linear":
+        return v
+    if shape == "sigmoid":
+        return 1.0 / (1.0 + math.exp(-(12.0 * v - 6.0)))
+    if shape == "cosine":
+        return 0.5 - 0.5 * math.cos(math.pi * v)
+    raise ValueError(f"unknown ramp shape {shape!r}; choose one of {RAMP_SHAPES}")
+
+
+def monotonic_beta(update: int, period: float, ramp_fraction: float, shape: str, beta_max: float):
+    """Ramp over the first ``ramp_fraction * period`` updates, then hold ``beta_max``."""
+    ramp_updates = ramp_fraction * period
+    if ramp_updates <= 0 or update >= ramp_updates:
+        return beta_max
+    return beta_max * ramp(update / ramp_updates, shape)
+
+
+def cyclical_beta(update: int, period: float, ramp_fraction: float, shape: str, beta_max: float):
+    """Fu et al. (2019): the monotonic ramp restarted every ``period`` updates."""
+    return monotonic_beta(math.fmod(update, period), period, ramp_fraction, shape, beta_max)
+
+
+def sawtooth_beta(update: int, period: int, ratio: float, power: float, scale: float, hold: float):
+    """The seed's schedule: tau = (u mod period) / period; (tau/ratio)^power * scale, then hold."""
+    tau = (update % period) / period
+    return (tau / ratio) ** power * scale if tau <= ratio else hold
+
+
+def kl_beta(update: int, cfg: TextVAEConfig) -> float:
+    """beta for the update number ``update`` under the task's schedule options."""
+    if cfg.kl_schedule == "constant":
+        return cfg.kl_beta_max
+    if cfg.kl_schedule == "sawtooth":
+        return sawtooth_beta(
+            update,
+            cfg.sawtooth_period,
+            cfg.sawtooth_ratio,
+            cfg.sawtooth_power,
+            cfg.sawtooth_scale,
+            cfg.sawtooth_hold,
+        )
+    period = cycle_length(cfg)
+    schedule = cyclical_beta if cfg.kl_schedule == "cyclical" else monotonic_beta
+    return schedule(update, period, cfg.kl_ramp_fraction, cfg.kl_ramp_shape, cfg.kl_beta_max)
+
+
+def cycle_length(cfg: TextVAEConfig) -> float:
+    """Updates per cycle: --kl-cycle-updates, else --max-update / --kl-cycles."""
+    if cfg.kl_cycle_updates > 0:
+        return float(cfg.kl_cycle_updates)
+    if not cfg.max_update or cfg.max_update <= 0:
+        raise ValueError(
+            f"--kl-schedule {cfg.kl_schedule} needs the run's length: set --max-update "
+            "or --kl-cycle-updates"
+        )
+    cycles = cfg.kl_cycles if cfg.kl_schedule == "cyclical" else 1
+    if cycles <= 0:
+        raise ValueError(f"--kl-cycles must be positive, got {cycles}")
+    return cfg.max_update / cycles
+
+
+@register_task("text_vae", dataclass=TextVAEConfig)
+class TextVAETask(FairseqTask):
+    """Autoencode each sentence through the latent of a ``bart_vae`` model."""
+
+    cfg: TextVAEConfig
+
+    def __init__(self, cfg: TextVAEConfig, dictionary: Dictionary):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+
+    @classmethod
+    def setup_task(cls, cfg: TextVAEConfig, **kwargs):
+        paths = utils.split_paths(cfg.data or "")
+        if not paths:
+            raise ValueError("text_vae needs a data folder: fairseq-train DATA --task text_vae")
+        dict_path = os.path.join(paths[0], "dict.txt")
+        if not os.path.isfile(dict_path):
+            raise FileNotFoundError(
+                f"no dictionary at {dict_path}: is {paths[0]!r} a data-bin folder made by "
+                "fairseq-preprocess --only-source (scripts/prepare_data.sh)?"
+            )
+        if cfg.kl_schedule in ("cyclical", "monotonic"):
+            cycle_length(cfg)  # fail now, not at the first update, when the length is unknown
+        dictionary = Dictionary.load(dict_path)
+        logger.info(f"dictionary: {len(dictionary)} types ({dict_path})")
+        return cls(cfg, dictionary)
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        paths = utils.split_paths(self.cfg.data)
+        if split != self.cfg.train_subset:
+            paths = paths[:1]  # valid and test come from the first folder, as in fairseq
+        data_path = paths[(epoch - 1) % len(paths)]
+        split_path = os.path.join(data_path, split)
+        sentences = data_utils.load_indexed_dataset(
+            split_path, self.dictionary, self.cfg.dataset_impl, combine=combine
+        )
+        if sentences is None:
+            raise FileNotFoundError(f"split {split!r} not found: no {split_path}.bin/.idx")
+        logger.info(f"{split_path}: {len(sentences)} sentences")
+        self.datasets[split] = LanguagePairDataset(
+            sentences,
+            sentences.sizes,
+            self.dictionary,
+            sentences,
+            sentences.sizes,
+            self.dictionary,
+            left_pad_source=False,
+            left_pad_target=False,
+        )
+
+    def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
+        return LanguagePairDataset(
+            src_tokens, src_lengths, self.dictionary, tgt_dict=self.dictionary,
+            left_pad_source=False,
+        )
+
+    def beta(self, update_num: int) -> float:
+        return kl_beta(update_num, self.cfg)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if hasattr(criterion, "set_schedule_state"):
+            criterion.set_schedule_state(update_num, self.beta(update_num))
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def max_positions(self):
+        return (self.cfg.max_source_positions, self.cfg.max_target_positions)
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary

@@ -1,0 +1,11 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="fairseq_vae",
+    version="0.1.0",
+    description="A fairseq --user-dir plugin that turns BART into a sentence-level text VAE",
+    packages=find_packages(include=["fairseq_vae", "fairseq_vae.*"]),
+    python_requires=">=3.9",
+    install_requires=["fairseq-fixed", "torch", "sentencepiece", "sacrebleu"],
+    extras_require={"test": ["pytest"]},
+)

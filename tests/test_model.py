@@ -1,0 +1,176 @@
+"""bart_vae: the latent is pooled per sentence, and it is the decoder's only view of x."""
+
+import pytest
+import torch
+from conftest import build_tiny, encode_lines, random_sentences
+
+from fairseq_vae.criterions.elbo import gaussian_kl
+from fairseq_vae.models.bart_vae import masked_mean, word_dropout
+
+
+def test_masked_mean_ignores_padding_and_other_sentences():
+    states = torch.randn(5, 3, 4)  # T x B x C
+    pad = torch.zeros(3, 5, dtype=torch.bool)
+    pad[1, 3:] = True
+    pooled = masked_mean(states, pad)
+    torch.testing.assert_close(pooled[1], states[:3, 1].mean(dim=0))
+    torch.testing.assert_close(pooled[0], states[:, 0].mean(dim=0))
+
+
+def test_mu_does_not_depend_on_the_batch_or_padding(dict_dir):
+    task, model, _ = build_tiny(dict_dir)
+    d = task.source_dictionary
+    sentence = "the cat sat on the mat"
+    alone, alone_len = encode_lines(d, [sentence])
+    batch, batch_len = encode_lines(d, ["a big red dog ran quickly under the small rug", sentence, "a"])
+    mu_alone, logvar_alone = model.encoder.posterior(alone, alone_len)
+    mu_batch, logvar_batch = model.encoder.posterior(batch, batch_len)
+    torch.testing.assert_close(mu_batch[1], mu_alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logvar_batch[1], logvar_alone[0], atol=1e-5, rtol=1e-5)
+    # more padding on the same batch changes nothing either
+    padded = torch.cat([batch, batch.new_full((3, 4), d.pad())], dim=1)
+    mu_padded, _ = model.encoder.posterior(padded, batch_len)
+    torch.testing.assert_close(mu_padded, mu_batch, atol=1e-5, rtol=1e-5)
+
+
+def test_seed_t_position_fusion_equals_one_position_memory(dict_dir):
+    task, model, _ = build_tiny(dict_dir)
+    d = task.source_dictionary
+    src, src_len = encode_lines(d, random_sentences(4, seed=1))
+    prev, _ = encode_lines(d, random_sentences(4, seed=2))
+    encoder = model.encoder
+    # the seed: attention with the encoder states as queries and z as the only key/value
+    states = super(type(encoder), encoder).forward(src, src_len)
+    H, pad = states["encoder_out"][0], states["encoder_padding_mask"][0]  # T x B x C, B x T
+    z = torch.randn(4, encoder.latent_dim)
+    seed_memory = encoder.latent_attn(query=H, key=z[None], value=z[None])[0]  # T x B x C
+    assert seed_memory.size(0) == H.size(0) > 1
+    seed_out = {"encoder_out": [seed_memory], "encoder_padding_mask": [pad], "z": [z]}
+    ours = encoder.latent_encoder_out(z, torch.zeros_like(z), z)
+    assert ours["encoder_out"][0].size(0) == 1
+    logits_seed, _ = model.decoder(prev, encoder_out=seed_out)
+    logits_ours, _ = model.decoder(prev, encoder_out=ours)
+    torch.testing.assert_close(logits_ours, logits_seed, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--latent-fusion", "memory", "--latent-memory-slots", "3"], ["--latent-to-embeddings"]],
+    ids=["attention", "memory", "to-embeddings"],
+)
+def test_with_z_fixed_the_decoder_ignores_the_encoder_input(dict_dir, extra):
+    task, model, _ = build_tiny(dict_dir, *extra)
+    d = task.source_dictionary
+    prev, _ = encode_lines(d, random_sentences(3, seed=5))
+    z_fixed = torch.randn(3, model.encoder.latent_dim)
+    # make the posterior mean a constant: then z is fixed whatever the input
+    with torch.no_grad():
+        last = model.encoder.mlp_mu[2]
+        last.weight.zero_()
+        last.bias.copy_(z_fixed[0])
+    model.encoder.latent_source = "mean"
+    outputs = []
+    for seed in (10, 11):
+        src, src_len = encode_lines(d, random_sentences(3, seed=seed))
+        logits, extra_out = model(src, src_len, prev)
+        torch.testing.assert_close(extra_out["z"], z_fixed[0].expand(3, -1))
+        outputs.append(logits)
+    torch.testing.assert_close(outputs[0], outputs[1])
+    # ...and a different z does change the output: z really is used
+    model.encoder.mlp_mu[2].bias.data.copy_(z_fixed[1])
+    src, src_len = encode_lines(d, random_sentences(3, seed=10))
+    assert not torch.allclose(model(src, src_len, prev)[0], outputs[0])
+
+
+def test_reorder_encoder_out_carries_the_latent(dict_dir):
+    task, model, _ = build_tiny(dict_dir)
+    src, src_len = encode_lines(task.source_dictionary, random_sentences(3, seed=3))
+    out = model.encoder(src, src_len)
+    order = torch.tensor([2, 2, 0, 1])
+    reordered = model.encoder.reorder_encoder_out(out, order)
+    for key in ("mu", "logvar", "z"):
+        torch.testing.assert_close(reordered[key][0], out[key][0][order])
+    torch.testing.assert_close(reordered["encoder_out"][0], out["encoder_out"][0][:, order])
+
+
+def test_posterior_sample_has_the_posterior_moments(dict_dir):
+    task, model, _ = build_tiny(dict_dir)
+    src, src_len = encode_lines(task.source_dictionary, ["the cat sat"] * 4000)
+    out = model.encoder(src, src_len)
+    mu, logvar, z = out["mu"][0], out["logvar"][0], out["z"][0]
+    torch.testing.assert_close(z.mean(0), mu[0], atol=0.1, rtol=0)
+    torch.testing.assert_close(z.var(0), logvar[0].exp(), atol=0.1, rtol=0.1)
+
+
+def test_word_dropout_replaces_only_ordinary_tokens():
+    torch.manual_seed(0)
+    tokens = torch.randint(4, 50, (64, 40))
+    tokens[:, 0] = 2  # the decoder's leading eos
+    tokens[:, 30:] = 1  # padding
+    dropped = word_dropout(tokens, 0.3, unk=3, keep=[1, 2, 0])
+    assert torch.equal(dropped[:, 0], tokens[:, 0]) and torch.equal(dropped[:, 30:], tokens[:, 30:])
+    changed = dropped[:, 1:30].ne(tokens[:, 1:30])
+    assert dropped[:, 1:30][changed].eq(3).all()
+    assert 0.25 < changed.float().mean() < 0.35
+
+
+def test_word_dropout_applies_in_training_only(dict_dir):
+    task, model, _ = build_tiny(dict_dir, "--word-dropout", "1.0")
+    src, src_len = encode_lines(task.source_dictionary, random_sentences(2, seed=4))
+    model.encoder.latent_source = "mean"
+    eval_logits, _ = model(src, src_len, src)
+    model.train()
+    train_logits, _ = model(src, src_len, src)
+    unk_input = src.masked_fill(src.gt(task.source_dictionary.nspecial - 1), 3)
+    model.eval()
+    unk_logits, _ = model(src, src_len, unk_input)
+    torch.testing.assert_close(train_logits, unk_logits)
+    assert not torch.allclose(train_logits, eval_logits)
+
+
+def criterion_loss(dict_dir, *extra, training=True, update_num=0, beta=1.0):
+    from fairseq import criterions
+
+    task, model, args = build_tiny(dict_dir, *extra)
+    criterion = criterions.build_criterion(args, task)
+    criterion.set_schedule_state(update_num, beta)
+    d = task.source_dictionary
+    src, src_len = encode_lines(d, random_sentences(5, seed=6))
+    prev = torch.roll(src.masked_fill(src.eq(d.eos()), d.pad()), 1, dims=1)
+    prev[:, 0] = d.eos()
+    sample = {
+        "net_input": {"src_tokens": src, "src_lengths": src_len, "prev_output_tokens": prev},
+        "target": src,
+        "ntokens": int(src.ne(d.pad()).sum()),
+    }
+    model.encoder.latent_source = "mean"  # deterministic, so two runs can be compared
+    model.train(training)
+    loss, sample_size, log = criterion(model, sample)
+    logits, extra_out = model(**sample["net_input"])
+    lprobs = torch.log_softmax(logits.float(), dim=-1)
+    nll = -lprobs.gather(-1, src.unsqueeze(-1)).squeeze(-1)[src.ne(d.pad())].sum()
+    kl = gaussian_kl(extra_out["mu"], extra_out["logvar"])
+    return loss, sample_size, log, nll, kl
+
+
+def test_elbo_loss_is_nll_plus_beta_kl(dict_dir):
+    loss, sample_size, log, nll, kl = criterion_loss(dict_dir, beta=0.25)
+    torch.testing.assert_close(loss, nll + 0.25 * kl.sum(), atol=1e-4, rtol=1e-5)
+    assert sample_size == log["ntokens"]
+    torch.testing.assert_close(log["kl"], kl.sum())
+    torch.testing.assert_close(log["nll_loss"], nll, atol=1e-4, rtol=1e-5)
+
+
+def test_validation_loss_uses_beta_one(dict_dir):
+    loss, _, log, nll, kl = criterion_loss(dict_dir, training=False, beta=0.0)
+    torch.testing.assert_close(loss, nll + kl.sum(), atol=1e-4, rtol=1e-5)
+    assert log["beta"] == log["nsentences"]  # beta 1, weighted by sentences
+
+
+def test_capacity_objective_in_the_criterion(dict_dir):
+    extra = ["--kl-objective", "capacity", "--capacity-max", "10", "--capacity-updates", "100",
+             "--capacity-gamma", "3"]  # fmt: skip
+    loss, _, log, nll, kl = criterion_loss(dict_dir, *extra, update_num=40)
+    expected = nll + 3.0 * (kl.sum(1) - 4.0).abs().sum()
+    torch.testing.assert_close(loss, expected, atol=1e-4, rtol=1e-5)
+    assert log["capacity"] == pytest.approx(4.0 * log["nsentences"])
