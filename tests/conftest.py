@@ -2,6 +2,7 @@
 
 import os
 import random
+import subprocess
 import sys
 
 import pytest
@@ -67,3 +68,46 @@ def encode_lines(dictionary, lines):
     for i, row in enumerate(rows):
         tokens[i, : len(row)] = row
     return tokens, lengths
+
+
+def run_tool(tool, *args, cwd=None, input=None, check=True):
+    """Runs one of fairseq's console scripts; returns stdout + stderr."""
+    result = subprocess.run(
+        [os.path.join(BIN, tool), *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, input=input, timeout=900,
+    )  # fmt: skip
+    if check:
+        assert result.returncode == 0, f"{tool} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def data_bin(tmp_path_factory):
+    """A binarised word-level corpus of random sentences: train, valid and test."""
+    raw = tmp_path_factory.mktemp("raw")
+    for split, n, seed in (("train", 400, 0), ("valid", 40, 1), ("test", 30, 2)):
+        (raw / f"{split}.txt").write_text("\n".join(random_sentences(n, seed)) + "\n")
+    dest = tmp_path_factory.mktemp("data-bin")
+    run_tool("fairseq-preprocess", "--only-source", "--trainpref", raw / "train.txt",
+             "--validpref", raw / "valid.txt", "--testpref", raw / "test.txt",
+             "--destdir", dest, "--workers", "1")  # fmt: skip
+    return str(dest)
+
+
+def train_args(data, save_dir, *extra):
+    """fairseq-train's arguments for a tiny bart_vae on ``data``."""
+    return [
+        data, "--user-dir", USER_DIR, "--task", "text_vae", "--criterion", "elbo", *TINY_ARCH,
+        "--optimizer", "adam", "--lr", "3e-3", "--max-tokens", "400",
+        "--save-dir", save_dir, "--no-epoch-checkpoints", "--seed", "3",
+        "--required-batch-size-multiple", "1", "--num-workers", "0", "--cpu", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(data_bin, tmp_path_factory):
+    """A tiny bart_vae trained for 60 updates: enough to decode word sequences."""
+    save_dir = tmp_path_factory.mktemp("tiny-ckpt")
+    run_tool("fairseq-train", *train_args(data_bin, save_dir, "--max-update", "60",
+                                          "--kl-schedule", "constant", "--kl-beta-max", "0.2"))
+    return str(save_dir / "checkpoint_last.pt")

@@ -2,38 +2,17 @@
 
 import json
 import math
-import os
 import re
-import subprocess
 
 import pytest
-from conftest import BIN, TINY_ARCH, USER_DIR, random_sentences
+from conftest import USER_DIR, run_tool, train_args
 from omegaconf import OmegaConf
 
 from fairseq_vae.tasks.text_vae import TextVAEConfig, kl_beta
 
 
-def run(tool, *args, cwd=None):
-    result = subprocess.run(
-        [os.path.join(BIN, tool), *args], capture_output=True, text=True, cwd=cwd, timeout=600
-    )
-    assert result.returncode == 0, f"{tool} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
-@pytest.fixture(scope="module")
-def data_bin(tmp_path_factory):
-    raw = tmp_path_factory.mktemp("raw")
-    for split, n, seed in (("train", 400, 0), ("valid", 40, 1)):
-        (raw / f"{split}.txt").write_text("\n".join(random_sentences(n, seed)) + "\n")
-    dest = tmp_path_factory.mktemp("data-bin")
-    run("fairseq-preprocess", "--only-source", "--trainpref", str(raw / "train.txt"),
-        "--validpref", str(raw / "valid.txt"), "--destdir", str(dest), "--workers", "1")  # fmt: skip
-    return str(dest)
-
-
 def test_help_lists_every_option_with_help_text():
-    out = run("fairseq-train", "--user-dir", USER_DIR, "--arch", "bart_vae", "--task", "text_vae",
+    out = run_tool("fairseq-train", "--user-dir", USER_DIR, "--arch", "bart_vae", "--task", "text_vae",
               "--criterion", "elbo", "--help")  # fmt: skip
     options = [
         "--latent-dim", "--latent-fusion", "--latent-memory-slots", "--latent-to-embeddings",
@@ -55,14 +34,9 @@ def test_help_lists_every_option_with_help_text():
 
 def test_train_logs_the_scheduled_beta_then_validate_reports_kl_and_elbo(data_bin, tmp_path):
     save_dir = tmp_path / "checkpoints"
-    out = run(
-        "fairseq-train", data_bin, "--user-dir", USER_DIR, "--task", "text_vae",
-        "--criterion", "elbo", *TINY_ARCH, "--optimizer", "adam", "--lr", "1e-3",
-        "--max-tokens", "400", "--max-update", "9", "--kl-cycle-updates", "4",
-        "--kl-ramp-fraction", "0.5", "--log-format", "json", "--log-interval", "1",
-        "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--seed", "3",
-        "--required-batch-size-multiple", "1", "--num-workers", "0", "--cpu",
-    )  # fmt: skip
+    out = run_tool("fairseq-train", *train_args(
+        data_bin, save_dir, "--max-update", "9", "--kl-cycle-updates", "4",
+        "--kl-ramp-fraction", "0.5", "--log-format", "json", "--log-interval", "1"))  # fmt: skip
     records = [json.loads(line.split("| train_inner |", 1)[1])
                for line in out.splitlines() if "| train_inner |" in line]  # fmt: skip
     assert len(records) == 9, out[-3000:]
@@ -76,7 +50,7 @@ def test_train_logs_the_scheduled_beta_then_validate_reports_kl_and_elbo(data_bi
             assert key in record, key
     assert [float(r["beta"]) for r in records[:6]] == pytest.approx([0, 0.5, 1, 1, 0, 0.5])
 
-    out = run("fairseq-validate", data_bin, "--user-dir", USER_DIR, "--task", "text_vae",
+    out = run_tool("fairseq-validate", data_bin, "--user-dir", USER_DIR, "--task", "text_vae",
               "--path", str(save_dir / "checkpoint_last.pt"), "--max-tokens", "400",
               "--required-batch-size-multiple", "1", "--cpu")  # fmt: skip
     line = [l for l in out.splitlines() if "valid on" in l][-1]

@@ -8,6 +8,7 @@ calls the encoder and decoder directly, never ``model.forward``) decodes from z 
 """
 
 import logging
+import os
 from typing import Dict, List, Optional
 
 import torch
@@ -55,7 +56,10 @@ class VAEEncoder(TransformerEncoder):
     """BART's encoder followed by the posterior q(z|x) and the z -> memory fusion.
 
     ``latent_source`` decides what z is: ``sample`` (the reparameterised sample used by the
-    ELBO, the default), ``mean`` (the posterior mean, for deterministic reconstruction).
+    ELBO, the default), ``mean`` (the posterior mean, for deterministic reconstruction), or
+    ``prior`` (z ~ N(0, I), the source only fixes the batch size). A ``z`` passed to
+    ``forward`` (as an extra ``net_input`` key, which fairseq hands to the encoder unchanged)
+    overrides all three: that is how the hub interface decodes chosen latents.
     """
 
     def __init__(self, args, dictionary, embed_tokens):
@@ -110,7 +114,14 @@ class VAEEncoder(TransformerEncoder):
         src_lengths: Optional[Tensor] = None,
         return_all_hiddens: bool = False,
         token_embeddings: Optional[Tensor] = None,
+        z: Optional[Tensor] = None,
     ):
+        if z is not None or self.latent_source == "prior":
+            if z is None:
+                z = torch.randn(src_tokens.size(0), self.latent_dim, device=src_tokens.device)
+            z = z.float()
+            # the prior's parameters: with a given z there is no posterior to report
+            return self.latent_encoder_out(torch.zeros_like(z), torch.zeros_like(z), z)
         mu, logvar = self.posterior(src_tokens, src_lengths, token_embeddings)
         z = reparameterize(mu, logvar) if self.latent_source == "sample" else mu
         return self.latent_encoder_out(mu, logvar, z)
@@ -179,6 +190,25 @@ class VAEDecoder(TransformerDecoder):
                 z.to(self.embed_positions.latent_to_embed.weight.dtype)
             )
         return super().extract_features(prev_output_tokens, encoder_out=encoder_out, **kwargs)
+
+
+def check_shapes(checkpoint: Dict[str, Tensor], own: Dict[str, Tensor], prefix: str, n_dict: int):
+    """Raises a ValueError naming both sizes when a checkpoint's tensors do not fit the model."""
+    for key, tensor in own.items():
+        theirs = checkpoint.get(prefix + key)
+        if theirs is None or theirs.shape == tensor.shape:
+            continue
+        if key.endswith("embed_tokens.weight") and theirs.size(1) == tensor.size(1):
+            raise ValueError(
+                f"the checkpoint's dictionary has {theirs.size(0)} entries but this task's has "
+                f"{n_dict} ({key}): preprocess the data with the checkpoint's dict.txt "
+                "(fairseq-preprocess --srcdict, or scripts/prepare_data.sh --bart)"
+            )
+        raise ValueError(
+            f"checkpoint tensor {key} has shape {tuple(theirs.shape)} but the model's is "
+            f"{tuple(tensor.shape)}: the checkpoint was trained with other dimensions "
+            f"(width {theirs.size(-1)} vs {tensor.size(-1)}); choose the matching --arch"
+        )
 
 
 def word_dropout(tokens: Tensor, p: float, unk: int, keep: List[int]) -> Tensor:
@@ -251,6 +281,63 @@ class BARTVAEModel(BARTModel):
         for key in LATENT_KEYS:
             extra[key] = encoder_out[key][0]
         return x, extra
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        """Loads plain BART checkpoints: fills the VAE parameters they lack.
+
+        Encoder and decoder weights come from the checkpoint; every parameter of ours that it
+        does not have (the posterior heads, the fusion, the z-to-embedding projection) keeps
+        its fresh initialisation, and a log line lists them. Checkpoints of other dimensions
+        or dictionary size are refused with both sizes named.
+        """
+        prefix = name + "." if name else ""
+        positions = prefix + "decoder.embed_positions."
+        if isinstance(self.decoder.embed_positions, LatentPlusPositions):
+            # BART keeps its learned positions at decoder.embed_positions.weight; we wrap them
+            for key in [k for k in state_dict if k.startswith(positions)]:
+                if not key[len(positions):].startswith(("positions.", "latent_to_embed.")):
+                    state_dict[positions + "positions." + key[len(positions):]] = state_dict.pop(key)
+        super().upgrade_state_dict_named(state_dict, name)
+        own = self.state_dict()
+        check_shapes(state_dict, own, prefix, len(self.encoder.dictionary))
+        fresh = [key for key in own if prefix + key not in state_dict]
+        for key in fresh:
+            state_dict[prefix + key] = own[key]
+        if fresh:
+            logger.info(
+                f"{len(fresh)} parameters not in the checkpoint keep their fresh "
+                f"initialisation: {', '.join(fresh)}"
+            )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path,
+        checkpoint_file="checkpoint_best.pt",
+        data_name_or_path=".",
+        **kwargs,
+    ):
+        """A :class:`BARTVAEHubInterface` for a checkpoint in ``model_name_or_path``.
+
+        ``data_name_or_path`` is the data-bin folder (its dict.txt, and its spm.model for
+        sentencepiece unless ``bpe=...`` says otherwise, e.g. ``bpe="gpt2",
+        gpt2_encoder_json=..., gpt2_vocab_bpe=...`` with local files). Nothing is downloaded.
+        """
+        from fairseq import hub_utils
+
+        from .hub_interface import BARTVAEHubInterface, default_bpe_options
+
+        data = data_name_or_path
+        if data.startswith("."):
+            data = os.path.join(model_name_or_path, data)
+        if "bpe" not in kwargs:
+            kwargs.update(default_bpe_options(data))
+        # the checkpoint records the --user-dir it was trained with, which may not exist here
+        kwargs.setdefault("user_dir", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        x = hub_utils.from_pretrained(
+            model_name_or_path, checkpoint_file, data_name_or_path, archive_map={}, **kwargs
+        )
+        return BARTVAEHubInterface(x["args"], x["task"], x["models"][0])
 
     def set_beam_size(self, beam):
         # BART's version swaps in a reorder that leaves the encoder output alone, for its

@@ -15,12 +15,14 @@ Schedules (``--kl-schedule``):
   constant  --kl-beta-max throughout.
 """
 
+import contextlib
 import logging
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from fairseq import utils
 from fairseq.data import Dictionary, LanguagePairDataset, data_utils
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -31,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 KL_SCHEDULES = ["cyclical", "monotonic", "sawtooth", "constant"]
 RAMP_SHAPES = ["linear", "sigmoid", "cosine"]
+# --latent-source -> the encoder's latent_source
+LATENT_SOURCES = {"posterior-mean": "mean", "posterior-sample": "sample", "prior": "prior"}
 
 
 @dataclass
@@ -88,6 +92,20 @@ class TextVAEConfig(FairseqDataclass):
     )
     sawtooth_hold: float = field(
         default=0.5, metadata={"help": "sawtooth: beta after the ramp (seed: 1/2)"}
+    )
+    latent_source: ChoiceEnum(list(LATENT_SOURCES)) = field(
+        default="posterior-mean",
+        metadata={
+            "help": "what z generation (fairseq-generate, -interactive, the hub) decodes from: "
+            "the posterior mean of the source, a posterior sample, or the prior N(0, I)"
+        },
+    )
+    prior_samples: int = field(
+        default=0,
+        metadata={
+            "help": "with --latent-source prior: generate this many sentences instead of "
+            "reading a data split (reproducible with --seed)"
+        },
     )
     max_update: int = II("optimization.max_update")
     train_subset: str = II("dataset.train_subset")
@@ -157,6 +175,20 @@ def cycle_length(cfg: TextVAEConfig) -> float:
     return cfg.max_update / cycles
 
 
+@contextlib.contextmanager
+def latent_source(models, source: str):
+    """Temporarily make every model's encoder take z from ``source`` (mean, sample, prior)."""
+    encoders = [model.encoder for model in models if hasattr(model.encoder, "latent_source")]
+    previous = [encoder.latent_source for encoder in encoders]
+    for encoder in encoders:
+        encoder.latent_source = source
+    try:
+        yield
+    finally:
+        for encoder, source_before in zip(encoders, previous):
+            encoder.latent_source = source_before
+
+
 @register_task("text_vae", dataclass=TextVAEConfig)
 class TextVAETask(FairseqTask):
     """Autoencode each sentence through the latent of a ``bart_vae`` model."""
@@ -178,13 +210,18 @@ class TextVAETask(FairseqTask):
                 f"no dictionary at {dict_path}: is {paths[0]!r} a data-bin folder made by "
                 "fairseq-preprocess --only-source (scripts/prepare_data.sh)?"
             )
-        if cfg.kl_schedule in ("cyclical", "monotonic"):
-            cycle_length(cfg)  # fail now, not at the first update, when the length is unknown
         dictionary = Dictionary.load(dict_path)
         logger.info(f"dictionary: {len(dictionary)} types ({dict_path})")
         return cls(cfg, dictionary)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        if self.cfg.latent_source == "prior" and self.cfg.prior_samples > 0:
+            # N one-token sources with no target: fairseq-generate needs only ids and
+            # src_tokens, and the encoder draws z from the prior for each
+            eos = torch.tensor([self.dictionary.eos()])
+            n = self.cfg.prior_samples
+            self.datasets[split] = self.build_dataset_for_inference([eos] * n, [1] * n)
+            return
         paths = utils.split_paths(self.cfg.data)
         if split != self.cfg.train_subset:
             paths = paths[:1]  # valid and test come from the first folder, as in fairseq
@@ -212,6 +249,17 @@ class TextVAETask(FairseqTask):
             src_tokens, src_lengths, self.dictionary, tgt_dict=self.dictionary,
             left_pad_source=False,
         )
+
+    def get_batch_iterator(self, dataset, **kwargs):
+        if dataset is not self.datasets.get(self.cfg.train_subset):
+            # fairseq cuts batches to a multiple of --required-batch-size-multiple (default 8)
+            # and can drop a remainder; evaluation and generation must see every sentence
+            kwargs["required_batch_size_multiple"] = 1
+        return super().get_batch_iterator(dataset, **kwargs)
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        with latent_source(models, LATENT_SOURCES[str(self.cfg.latent_source)]):
+            return super().inference_step(generator, models, sample, prefix_tokens, constraints)
 
     def beta(self, update_num: int) -> float:
         return kl_beta(update_num, self.cfg)

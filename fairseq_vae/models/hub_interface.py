@@ -1,0 +1,165 @@
+"""Raw text in, latents out, and back: the Python interface to a trained bart_vae.
+
+>>> vae = BARTVAEModel.from_pretrained("checkpoints/demo", "checkpoint_last.pt", "data-bin/synth")
+>>> mu, logvar = vae.encode(["the team won the match ."])      # 1 x latent each
+>>> vae.reconstruct(["the team won the match ."])             # greedy from the posterior mean
+>>> vae.sample(3, sampling=True, sampling_topp=0.9)            # from the prior N(0, I)
+>>> vae.interpolate("a sentence .", "another sentence .", steps=5, spherical=True)
+
+Subword segmentation (the corpus's sentencepiece model, or GPT-2 BPE for BART data) is applied
+and removed for the caller. Generation options are fairseq's (``beam``, ``sampling``,
+``sampling_topk``, ``sampling_topp``, ``max_len_b``, ``nbest``...), passed as keywords.
+"""
+
+import copy
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from fairseq.data import encoders
+from omegaconf import open_dict
+from torch import Tensor
+
+from .bart_vae import reparameterize
+
+
+def interpolate_latents(z_a: Tensor, z_b: Tensor, steps: int, spherical: bool = False) -> Tensor:
+    """``steps`` latents from z_a to z_b inclusive (steps x D): linear, or spherical (slerp)."""
+    if steps < 2:
+        raise ValueError(f"interpolation needs at least 2 steps, got {steps}")
+    t = torch.linspace(0.0, 1.0, steps, dtype=z_a.dtype, device=z_a.device)[:, None]
+    if not spherical:
+        path = (1 - t) * z_a + t * z_b
+    else:
+        cos = torch.dot(z_a, z_b) / (z_a.norm() * z_b.norm()).clamp(min=1e-12)
+        omega = torch.arccos(cos.clamp(-1.0, 1.0))
+        if float(omega.sin()) < 1e-6:  # (anti)parallel: slerp's weights are 0/0, lerp is exact
+            path = (1 - t) * z_a + t * z_b
+        else:
+            path = (torch.sin((1 - t) * omega) * z_a + torch.sin(t * omega) * z_b) / omega.sin()
+    path[0], path[-1] = z_a, z_b  # the endpoints are exactly the given latents
+    return path
+
+
+class BARTVAEHubInterface(nn.Module):
+    """Encode sentences to q(z|x), decode latents to sentences, sample and interpolate."""
+
+    def __init__(self, cfg, task, model, batch_size: int = 64):
+        super().__init__()
+        self.cfg = cfg
+        self.task = task
+        self.model = model
+        self.batch_size = batch_size
+        self.dictionary = task.source_dictionary
+        self.bpe = encoders.build_bpe(cfg.bpe)
+        self.tokenizer = encoders.build_tokenizer(cfg.tokenizer)
+        self.model.eval()
+        # tells the device and dtype the model lives on
+        self.register_buffer("_float_tensor", torch.tensor([0], dtype=torch.float))
+
+    @property
+    def device(self):
+        return self._float_tensor.device
+
+    @property
+    def latent_dim(self) -> int:
+        return self.model.encoder.latent_dim
+
+    # --- text <-> tokens -------------------------------------------------------------------
+    def to_tokens(self, sentence: str) -> Tensor:
+        if self.tokenizer is not None:
+            sentence = self.tokenizer.encode(sentence)
+        if self.bpe is not None:
+            sentence = self.bpe.encode(sentence)
+        return self.dictionary.encode_line(sentence, add_if_not_exist=False).long()
+
+    def to_text(self, tokens: Tensor) -> str:
+        sentence = self.dictionary.string(tokens)
+        if self.bpe is not None:
+            sentence = self.bpe.decode(sentence)
+        if self.tokenizer is not None:
+            sentence = self.tokenizer.decode(sentence)
+        return sentence
+
+    # --- the latent space --------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, sentences: Sequence[str]) -> Tuple[Tensor, Tensor]:
+        """The posterior q(z|x) of each sentence: (mu, logvar), each N x latent, fp32."""
+        sentences = [sentences] if isinstance(sentences, str) else list(sentences)
+        rows = [self.to_tokens(s) for s in sentences]
+        mus, logvars = [], []
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            lengths = torch.tensor([len(r) for r in chunk])
+            tokens = torch.full((len(chunk), int(lengths.max())), self.dictionary.pad())
+            for i, row in enumerate(chunk):
+                tokens[i, : len(row)] = row  # right padding, as in training
+            mu, logvar = self.model.encoder.posterior(
+                tokens.to(self.device), lengths.to(self.device)
+            )
+            mus.append(mu)
+            logvars.append(logvar)
+        return torch.cat(mus), torch.cat(logvars)
+
+    def latent(self, sentences: Sequence[str], sample: bool = False) -> Tensor:
+        """z for each sentence: the posterior mean, or a posterior sample (N x latent)."""
+        mu, logvar = self.encode(sentences)
+        return reparameterize(mu, logvar) if sample else mu
+
+    @torch.no_grad()
+    def decode_hypotheses(self, z: Tensor, **generation_options) -> List[List[dict]]:
+        """fairseq's hypotheses (tokens, score, ...) for each latent in z (N x latent)."""
+        z = z.to(self.device).float().reshape(-1, self.latent_dim)
+        gen_args = copy.deepcopy(self.cfg.generation)
+        with open_dict(gen_args):
+            gen_args.beam = generation_options.pop("beam", 1)
+            for key, value in generation_options.items():
+                setattr(gen_args, key, value)
+        generator = self.task.build_generator([self.model], gen_args)
+        eos = self.dictionary.eos()
+        results = []
+        for start in range(0, z.size(0), self.batch_size):
+            z_batch = z[start : start + self.batch_size]
+            n = z_batch.size(0)
+            # the source only fixes the batch size: the encoder takes the given z
+            sample = {
+                "id": torch.arange(n, device=self.device),
+                "net_input": {
+                    "src_tokens": torch.full((n, 1), eos, device=self.device),
+                    "src_lengths": torch.ones(n, dtype=torch.long, device=self.device),
+                    "z": z_batch,
+                },
+            }
+            results.extend(generator.generate([self.model], sample))
+        return results
+
+    def decode(self, z: Tensor, **generation_options) -> List[str]:
+        """The best sentence decoded from each latent in z (N x latent)."""
+        hypotheses = self.decode_hypotheses(z, **generation_options)
+        return [self.to_text(hypos[0]["tokens"]) for hypos in hypotheses]
+
+    def sample(self, n: int, seed: Optional[int] = None, **generation_options) -> List[str]:
+        """n sentences decoded from z ~ N(0, I); ``seed`` makes the draw reproducible."""
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        z = torch.randn(n, self.latent_dim, generator=generator)
+        return self.decode(z, **generation_options)
+
+    def reconstruct(self, sentences: Sequence[str], **generation_options) -> List[str]:
+        """Each sentence decoded from its posterior mean (greedy unless told otherwise)."""
+        return self.decode(self.latent(sentences), **generation_options)
+
+    def interpolate(
+        self, a: str, b: str, steps: int = 5, spherical: bool = False, **generation_options
+    ) -> List[str]:
+        """Sentences decoded along the path between the posterior means of a and b."""
+        z = self.latent([a, b])
+        return self.decode(interpolate_latents(z[0], z[1], steps, spherical), **generation_options)
+
+
+def default_bpe_options(data_path: str) -> dict:
+    """Subword options for a data-bin folder: its sentencepiece model if it has one."""
+    spm = os.path.join(data_path, "spm.model")
+    if os.path.isfile(spm):
+        return {"bpe": "sentencepiece", "sentencepiece_model": spm}
+    return {}

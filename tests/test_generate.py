@@ -1,0 +1,131 @@
+"""Generation through fairseq-generate / fairseq-interactive and the hub interface."""
+
+import re
+
+import pytest
+import torch
+from conftest import USER_DIR, run_tool
+
+from fairseq_vae.models.bart_vae import BARTVAEModel
+from fairseq_vae.models.hub_interface import interpolate_latents
+
+
+def generate(data_bin, checkpoint, *args):
+    out = run_tool("fairseq-generate", data_bin, "--user-dir", USER_DIR, "--task", "text_vae",
+                   "--path", checkpoint, "--cpu", *args)  # fmt: skip
+    hypotheses = {}
+    for line in out.splitlines():
+        match = re.match(r"H-(\d+)\t(\S+)\t?(.*)$", line)
+        if match:
+            hypotheses.setdefault(int(match[1]), []).append(match[3])
+    return hypotheses, out
+
+
+def test_prior_samples_exact_count_and_seeded(data_bin, tiny_checkpoint):
+    prior = ["--latent-source", "prior", "--prior-samples", "20", "--sampling", "--beam", "1"]
+    first, _ = generate(data_bin, tiny_checkpoint, *prior, "--seed", "7")
+    again, _ = generate(data_bin, tiny_checkpoint, *prior, "--seed", "7")
+    other, _ = generate(data_bin, tiny_checkpoint, *prior, "--seed", "8")
+    assert sorted(first) == list(range(20)) and all(len(h) == 1 for h in first.values())
+    assert first == again
+    assert first != other
+
+
+def test_prior_count_survives_odd_batch_sizes(data_bin, tiny_checkpoint):
+    # fairseq's default --required-batch-size-multiple 8 once turned 6 samples into 4
+    hyps, _ = generate(data_bin, tiny_checkpoint, "--latent-source", "prior",
+                       "--prior-samples", "6", "--batch-size", "4", "--seed", "1")  # fmt: skip
+    assert sorted(hyps) == list(range(6))
+
+
+@pytest.mark.parametrize(
+    "search",
+    [
+        ["--beam", "4", "--nbest", "3"],
+        ["--sampling", "--sampling-topk", "5", "--beam", "2", "--nbest", "2"],
+        ["--sampling", "--sampling-topp", "0.9", "--beam", "1"],
+        ["--beam", "2", "--max-len-b", "3", "--max-tokens", "50"],
+    ],
+    ids=["beam-nbest", "topk", "topp", "maxlen-maxtokens"],
+)
+def test_search_options_work_unchanged(data_bin, tiny_checkpoint, search):
+    hyps, _ = generate(data_bin, tiny_checkpoint, "--gen-subset", "valid", "--seed", "1", *search)
+    nbest = int(search[search.index("--nbest") + 1]) if "--nbest" in search else 1
+    assert sorted(hyps) == list(range(40))
+    assert all(len(h) == nbest for h in hyps.values())
+    if "--max-len-b" in search:
+        assert all(len(h.split()) <= 3 for hs in hyps.values() for h in hs)
+
+
+def test_reconstruction_prints_bleu(data_bin, tiny_checkpoint):
+    hyps, out = generate(data_bin, tiny_checkpoint, "--gen-subset", "test", "--beam", "1",
+                         "--latent-source", "posterior-mean", "--scoring", "sacrebleu")  # fmt: skip
+    assert sorted(hyps) == list(range(30))
+    assert re.search(r"Generate test with beam=1: BLEU = [\d.]+", out), out[-2000:]
+
+
+def test_interactive_reconstructs_typed_sentences(data_bin, tiny_checkpoint):
+    out = run_tool("fairseq-interactive", data_bin, "--user-dir", USER_DIR, "--task", "text_vae",
+                   "--path", tiny_checkpoint, "--cpu", "--beam", "1",
+                   input="the cat sat on the mat\na big dog ran\n")  # fmt: skip
+    assert len(re.findall(r"^H-\d+\t", out, flags=re.M)) == 2
+
+
+@pytest.fixture(scope="module")
+def hub(data_bin, tiny_checkpoint):
+    import os
+
+    return BARTVAEModel.from_pretrained(
+        os.path.dirname(tiny_checkpoint), os.path.basename(tiny_checkpoint), data_bin
+    )
+
+
+SENTENCES = ["the cat sat on the mat", "a big red dog ran quickly", "the rug", "a cat sat"]
+
+
+def test_hub_encode_shapes_and_determinism(hub):
+    mu, logvar = hub.encode(SENTENCES)
+    assert mu.shape == logvar.shape == (4, hub.latent_dim)
+    torch.testing.assert_close(hub.latent(SENTENCES), mu)
+    torch.testing.assert_close(hub.latent(SENTENCES), hub.latent(SENTENCES))
+    sampled = hub.latent(SENTENCES, sample=True)
+    assert sampled.shape == mu.shape and not torch.allclose(sampled, mu)
+
+
+def test_hub_batching_one_or_many_gives_the_same_per_sentence(hub):
+    mu_all, _ = hub.encode(SENTENCES)
+    mu_one = torch.cat([hub.encode([s])[0] for s in SENTENCES])
+    torch.testing.assert_close(mu_all, mu_one, atol=1e-5, rtol=1e-5)
+    assert hub.reconstruct(SENTENCES) == [hub.reconstruct([s])[0] for s in SENTENCES]
+    small_batches = type(hub)(hub.cfg, hub.task, hub.model, batch_size=1)
+    assert small_batches.reconstruct(SENTENCES) == hub.reconstruct(SENTENCES)
+
+
+def test_hub_decode_sample_reconstruct(hub):
+    z = torch.randn(3, hub.latent_dim)
+    decoded = hub.decode(z)
+    assert len(decoded) == 3 and all(isinstance(s, str) for s in decoded)
+    assert hub.decode(z) == decoded  # greedy is deterministic
+    assert hub.sample(5, seed=4) == hub.sample(5, seed=4)
+    assert len(hub.sample(5, seed=4, sampling=True, sampling_topk=3)) == 5
+    assert hub.reconstruct(SENTENCES[:2]) == hub.decode(hub.latent(SENTENCES[:2]))
+    assert len(hub.decode(z, beam=3)) == 3
+
+
+def test_hub_interpolation_endpoints_are_the_endpoints_latents(hub):
+    z = hub.latent(SENTENCES[:2])
+    for spherical in (False, True):
+        path = interpolate_latents(z[0], z[1], 6, spherical=spherical)
+        assert path.shape == (6, hub.latent_dim)
+        assert torch.equal(path[0], z[0]) and torch.equal(path[-1], z[1])
+        sentences = hub.interpolate(SENTENCES[0], SENTENCES[1], steps=6, spherical=spherical)
+        assert len(sentences) == 6
+        assert sentences[0] == hub.decode(z[:1])[0] and sentences[-1] == hub.decode(z[1:])[0]
+
+
+def test_linear_and_spherical_paths():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
+    torch.testing.assert_close(interpolate_latents(a, b, 3)[1], torch.tensor([0.5, 1.0]))
+    mid = interpolate_latents(a, b, 3, spherical=True)[1]
+    # slerp halfway between orthogonal vectors: equal weights sin(pi/4) / sin(pi/2)
+    torch.testing.assert_close(mid, (a + b) * (2**-0.5))
