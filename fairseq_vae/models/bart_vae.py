@@ -299,7 +299,13 @@ class BARTVAEModel(BARTModel):
                     state_dict[positions + "positions." + key[len(positions):]] = state_dict.pop(key)
         super().upgrade_state_dict_named(state_dict, name)
         own = self.state_dict()
-        check_shapes(state_dict, own, prefix, len(self.encoder.dictionary))
+        try:
+            check_shapes(state_dict, own, prefix, len(self.encoder.dictionary))
+        except ValueError as error:
+            # fairseq's trainer replaces this with a generic "architectures must match"
+            # message (keeping ours only in the traceback), so also log it plainly
+            logger.error(str(error))
+            raise
         fresh = [key for key in own if prefix + key not in state_dict]
         for key in fresh:
             state_dict[prefix + key] = own[key]

@@ -1,0 +1,681 @@
+"""The text-VAE evaluation suite (``fairseq-vae-eval``).
+
+Every number follows the definitions of the reference implementation, jxhe/vae-lagging-encoder
+(He et al. 2019), so that it can be compared with published tables:
+
+* IW-NLL: K samples z_k ~ q(z|x), log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x),
+  log p(x) ~= logsumexp_k log w_k - log K; PPL = exp(sum NLL / sum units), per model token
+  (the target symbols incl. the final </s>) and per whitespace word (+1 per sentence for the
+  end of sentence, as the reference counts it).
+* -ELBO with one posterior sample and the analytic KL; the KL per sentence.
+* MI: I(x;z) = E_x E_q[log q(z|x)] - E_q(z)[log q(z)], the first term analytic, the aggregate
+  posterior q(z) from one z per sentence scored against every q(.|x_j) of a pool (the whole
+  evaluation set, or each batch as the reference's ``calc_mi`` does).
+* AU: latent dimensions whose posterior mean has a variance (over the evaluation set, unbiased)
+  of at least a threshold (0.01).
+* Reconstruction BLEU: greedy decoding from the posterior mean, sacrebleu against the input.
+
+One posterior sample per sentence serves the -ELBO and the MI: the first importance sample,
+which is a draw from q(z|x) like any other, so no extra decoding pass is needed.
+
+The command is built on fairseq's generation parser, so ``--path``, ``--gen-subset``,
+``--max-tokens``, ``--batch-size``, ``--cpu``, ``--fp16`` and ``--user-dir`` work as in
+``fairseq-validate`` / ``fairseq-generate``::
+
+    fairseq-vae-eval data-bin/synth --user-dir fairseq_vae \\
+        --path checkpoints/demo/checkpoint_last.pt --gen-subset test --iw-samples 500 \\
+        --labels corpus/synth/test.labels.tsv --cpu
+"""
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections import Counter
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from fairseq import checkpoint_utils, options, utils
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.logging import progress_bar
+from torch import Tensor
+
+from fairseq_vae.criterions.elbo import gaussian_kl
+
+logger = logging.getLogger("fairseq_vae.evaluate")
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+# Defaults of the command; the reference (He et al. 2019) uses 500 samples drawn 100 at a time.
+IW_SAMPLES = 500
+IW_CHUNK = 100
+AU_THRESHOLD = 0.01
+# Sentences per batch are bounded by tokens: a pass of the IW estimator decodes about
+# max_tokens * iw_chunk target positions, whose logits hold that many times the vocabulary.
+DEFAULT_MAX_TOKENS = 1024
+# the MI's pool is scored in blocks of at most this many (z_i, q(.|x_j), dimension) floats
+MI_BLOCK_FLOATS = 1 << 24
+
+
+# ----------------------------------------------------------------------------------------------
+# The estimators: pure functions of tensors
+
+
+def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z; mu, diag(exp(logvar))), summed over the last dimension, in fp32.
+
+    The arguments broadcast: z of ``... x D`` against mu, logvar of ``... x D``.
+    """
+    z, mu, logvar = z.float(), mu.float(), logvar.float()
+    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(dim=-1)
+
+
+def standard_normal_log_density(z: Tensor) -> Tensor:
+    """log N(z; 0, I) of the prior, summed over the last dimension, in fp32."""
+    return -0.5 * (z.float().pow(2) + LOG_2PI).sum(dim=-1)
+
+
+def sequence_log_likelihood(logits: Tensor, target: Tensor, padding_idx: int) -> Tensor:
+    """sum_t log p(target_t | target_<t, z) over the non-pad positions.
+
+    Args:
+        logits: N x T x V decoder output (any float dtype; normalised in fp32)
+        target: N x T token indices, right-padded with ``padding_idx``
+    Returns:
+        N log-likelihoods in fp32
+    """
+    lprobs = torch.log_softmax(logits.float(), dim=-1)
+    token_ll = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # N x T
+    return token_ll.masked_fill(target.eq(padding_idx), 0.0).sum(dim=-1)
+
+
+def decoder_log_likelihood(model, mu, logvar, z, prev_output_tokens, target) -> Tensor:
+    """log p(x|z) for N (sentence, z) rows: one decoder call on a batch of N.
+
+    Args:
+        mu, logvar, z: N x latent (mu and logvar only travel in the encoder-out dict)
+        prev_output_tokens, target: N x T, the sentence shifted right (eos first) and as is
+    Returns:
+        N log-likelihoods in fp32
+    """
+    encoder_out = model.encoder.latent_encoder_out(mu, logvar, z)
+    logits, _ = model.decoder(prev_output_tokens, encoder_out=encoder_out)
+    return sequence_log_likelihood(logits, target, model.decoder.dictionary.pad())
+
+
+def log_importance_weights(model, mu, logvar, prev_output_tokens, target, eps):
+    """log w = log p(x|z) + log p(z) - log q(z|x) for n posterior samples of B sentences.
+
+    The B * n samples are decoded as one batch (sentence b's samples are rows b*n .. b*n+n-1,
+    hence repeat_interleave); the encoder is not run again.
+
+    Args:
+        mu, logvar: B x D posterior of each sentence
+        prev_output_tokens, target: B x T
+        eps: B x n x D standard normal draws; z = mu + exp(logvar / 2) * eps
+    Returns:
+        (log_w, log_px_z, z): B x n, B x n (both fp32) and B x n x D
+    """
+    bsz, n, dim = eps.shape
+    z = mu[:, None, :] + torch.exp(0.5 * logvar)[:, None, :] * eps  # B x n x D
+    log_px_z = decoder_log_likelihood(
+        model,
+        mu.repeat_interleave(n, dim=0),
+        logvar.repeat_interleave(n, dim=0),
+        z.reshape(bsz * n, dim),
+        prev_output_tokens.repeat_interleave(n, dim=0),
+        target.repeat_interleave(n, dim=0),
+    ).view(bsz, n)
+    log_qz_x = gaussian_log_density(z, mu[:, None, :], logvar[:, None, :])  # B x n
+    log_w = log_px_z + standard_normal_log_density(z) - log_qz_x
+    return log_w, log_px_z, z
+
+
+def iw_log_likelihood(
+    model,
+    mu: Tensor,
+    logvar: Tensor,
+    prev_output_tokens: Tensor,
+    target: Tensor,
+    num_samples: int,
+    chunk: int = IW_CHUNK,
+    generator: Optional[torch.Generator] = None,
+    eps: Optional[Tensor] = None,
+):
+    """The importance-weighted estimate of log p(x) with K = ``num_samples`` samples.
+
+    Samples are drawn and decoded ``chunk`` per sentence at a time, so a pass holds the logits
+    of B * chunk sentences whatever K is.
+
+    Args:
+        mu, logvar: B x D posterior, computed once per sentence
+        prev_output_tokens, target: B x T
+        generator: the source of the standard normal draws (ignored when ``eps`` is given)
+        eps: optionally the B x K x D draws themselves (tests replay them)
+    Returns:
+        (log_px, z1, log_px_z1): B estimates of log p(x) in fp32; the first sample z_1 (B x D)
+        and its log p(x|z_1) (B), a one-sample draw for the -ELBO and the MI
+    """
+    if num_samples < 1 or chunk < 1:
+        raise ValueError(f"need at least one sample and chunk, got K={num_samples} chunk={chunk}")
+    bsz, dim = mu.shape
+    log_ws, first = [], None
+    for start in range(0, num_samples, chunk):
+        n = min(chunk, num_samples - start)
+        if eps is not None:
+            draws = eps[:, start : start + n].to(mu)
+        else:
+            draws = torch.randn(bsz, n, dim, generator=generator, device=mu.device)
+        log_w, log_px_z, z = log_importance_weights(
+            model, mu, logvar, prev_output_tokens, target, draws
+        )
+        if first is None:
+            first = (z[:, 0], log_px_z[:, 0])
+        log_ws.append(log_w)
+    log_px = torch.logsumexp(torch.cat(log_ws, dim=1), dim=1) - math.log(num_samples)
+    return log_px, first[0], first[1]
+
+
+def mutual_information(mu: Tensor, logvar: Tensor, z: Tensor) -> float:
+    """I(x; z) over a pool of N sentences, as the reference's ``calc_mi`` estimates it.
+
+    E_x E_q[log q(z|x)] is the analytic negative entropy; log q(z_i) =
+    logsumexp_j log q(z_i | x_j) - log N with one sample z_i ~ q(z|x_i) per sentence. The
+    estimate cannot much exceed log N (each z_i is scored against its own posterior too).
+
+    Args:
+        mu, logvar, z: N x D
+    """
+    mu, logvar, z = mu.float(), logvar.float(), z.float()
+    pool, dim = mu.shape
+    neg_entropy = (-0.5 * dim * LOG_2PI - 0.5 * (1.0 + logvar).sum(dim=-1)).mean()
+    # the N x N x D differences are built a block of z rows at a time to bound memory
+    rows = max(1, MI_BLOCK_FLOATS // max(1, pool * dim))
+    log_qz = []
+    for start in range(0, pool, rows):
+        block = gaussian_log_density(z[start : start + rows, None, :], mu[None], logvar[None])
+        log_qz.append(torch.logsumexp(block, dim=1) - math.log(pool))  # rows
+    return (neg_entropy - torch.cat(log_qz).mean()).item()
+
+
+def active_units(mu: Tensor, threshold: float = AU_THRESHOLD) -> Tuple[int, Tensor]:
+    """Dimensions whose posterior mean varies across sentences: Var_x[mu_d(x)] >= threshold.
+
+    Args:
+        mu: N x D posterior means of the evaluation set
+    Returns:
+        (count, variances): the number of active units and the D unbiased variances
+    """
+    if mu.size(0) < 2:
+        raise ValueError("active units need at least two sentences")
+    variances = mu.float().var(dim=0, unbiased=True)  # the reference divides by N - 1
+    return int((variances >= threshold).sum().item()), variances
+
+
+def probe_factors(features, labels: Dict[str, List[str]]) -> Dict[str, dict]:
+    """How well each factor can be read from the posterior mean.
+
+    A standardised logistic regression is trained on the first half of the sentences and
+    scored on the second half; the majority class of the first half, scored on the second,
+    is the baseline a probe has to beat.
+
+    Args:
+        features: N x D array (posterior means in corpus order)
+        labels: factor name -> N labels
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features = np.asarray(features, dtype=np.float64)
+    half = len(features) // 2
+    results = {}
+    for name, values in labels.items():
+        y = np.asarray(values)
+        if len(y) != len(features):
+            raise ValueError(f"{len(y)} labels for factor {name!r} but {len(features)} sentences")
+        majority = Counter(y[:half].tolist()).most_common(1)[0][0]
+        baseline = float(np.mean(y[half:] == majority))
+        if len(set(y[:half].tolist())) < 2:
+            accuracy = baseline  # one class to learn from: the probe is the baseline
+        else:
+            probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+            probe.fit(features[:half], y[:half])
+            accuracy = float(probe.score(features[half:], y[half:]))
+        results[name] = {
+            "accuracy": accuracy,
+            "majority_baseline": baseline,
+            "classes": len(set(y.tolist())),
+            "train": half,
+            "test": len(y) - half,
+        }
+    return results
+
+
+def read_labels(path: str) -> Dict[str, List[str]]:
+    """A TSV of factor labels: a header of factor names, then one line per sentence."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    if not rows:
+        raise ValueError(f"{path} is empty")
+    header, body = rows[0], [row for row in rows[1:] if row]
+    for i, row in enumerate(body):
+        if len(row) != len(header):
+            raise ValueError(f"{path}:{i + 2}: {len(row)} fields, header has {len(header)}")
+    return {name: [row[col] for row in body] for col, name in enumerate(header)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Text: detokenisation and units
+
+
+class Detokenizer:
+    """Token ids -> raw text: the corpus's sentencepiece model, or fairseq's --post-process."""
+
+    def __init__(self, dictionary, spm_model: Optional[str] = None, post_process=None):
+        self.dictionary = dictionary
+        self.post_process = post_process
+        self.sp = None
+        if spm_model:
+            import sentencepiece as spm
+
+            self.sp = spm.SentencePieceProcessor(model_file=spm_model)
+
+    def describe(self) -> str:
+        if self.sp is not None:
+            return "sentencepiece decoding"
+        if self.post_process:
+            return f"fairseq --post-process {self.post_process}"
+        return "none (dictionary symbols are taken as words)"
+
+    def __call__(self, tokens: Tensor) -> str:
+        tokens = utils.strip_pad(tokens, self.dictionary.pad())
+        if self.sp is not None:
+            return self.sp.decode_pieces(self.dictionary.string(tokens).split())
+        return self.dictionary.string(tokens, bpe_symbol=self.post_process)
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+
+
+def add_eval_args(parser: argparse.ArgumentParser):
+    group = parser.add_argument_group("VAE evaluation (fairseq-vae-eval)")
+    # fmt: off
+    group.add_argument("--iw-samples", type=int, default=IW_SAMPLES, metavar="K",
+                       help="importance samples per sentence for the IW-NLL "
+                       f"(default: {IW_SAMPLES}, as the reference)")
+    group.add_argument("--iw-chunk", type=int, default=IW_CHUNK, metavar="N",
+                       help="samples per sentence drawn and decoded in one pass; a pass decodes "
+                       "batch x N sentences, so lower it (or --max-tokens) to save memory "
+                       f"(default: {IW_CHUNK})")
+    group.add_argument("--mi-pool", choices=["dataset", "batch"], default="dataset",
+                       help="the sentences whose posteriors form the aggregate posterior q(z) "
+                       "of the MI: the whole split, or each batch with the batch MIs averaged "
+                       "(the reference's calc_mi) (default: dataset)")
+    group.add_argument("--au-threshold", type=float, default=AU_THRESHOLD, metavar="V",
+                       help="a latent dimension is active when the variance of its posterior "
+                       f"mean over the split is at least V (default: {AU_THRESHOLD})")
+    group.add_argument("--labels", metavar="TSV",
+                       help="factor labels of the split (a header of factor names, then one "
+                       "line per sentence in corpus order): report how well a logistic "
+                       "regression on the posterior mean predicts each factor")
+    group.add_argument("--spm-model", metavar="FILE",
+                       help="sentencepiece model to detokenise with, for BLEU and word counts "
+                       "(default: DATA/spm.model when it exists, else --post-process)")
+    group.add_argument("--no-bleu", action="store_true",
+                       help="skip the greedy reconstruction and its BLEU")
+    group.add_argument("--results-json", metavar="FILE",
+                       help="also write the settings and every metric to this JSON file")
+    # fmt: on
+    return group
+
+
+def get_parser():
+    parser = options.get_generation_parser(default_task="text_vae")
+    add_eval_args(parser)
+    # never drop sentences to round batch sizes (DESIGN.md), and bound memory by default
+    parser.set_defaults(
+        max_tokens=DEFAULT_MAX_TOKENS, required_batch_size_multiple=1, log_interval=10
+    )
+    return parser
+
+
+def load_checkpoint(path: str, overrides: Optional[dict] = None, use_cuda=False, fp16=False):
+    """(model, saved_cfg, task) of a bart_vae checkpoint, in eval mode on the chosen device."""
+    models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        utils.split_paths(path), arg_overrides=overrides
+    )
+    if len(models) != 1:
+        raise ValueError("fairseq-vae-eval evaluates one model, not an ensemble")
+    model = models[0]
+    if not hasattr(model.encoder, "posterior"):
+        raise ValueError(f"{path} is not a bart_vae checkpoint (its encoder has no posterior)")
+    model.eval()
+    if fp16:
+        model.half()
+    if use_cuda:
+        model.cuda()
+    return model, saved_cfg, task
+
+
+def batch_iterator(
+    task,
+    model,
+    split: str,
+    max_tokens: Optional[int] = DEFAULT_MAX_TOKENS,
+    batch_size: Optional[int] = None,
+    seed: int = 1,
+    skip_invalid: bool = False,
+    num_workers: int = 0,
+    batch_size_multiple: int = 1,
+    saved_task_cfg=None,
+):
+    """(dataset, iterator) over the split's batches in fairseq's usual (length-sorted) order.
+
+    fairseq drops the last batch when its size is not a multiple of ``batch_size_multiple``
+    (DESIGN.md): keep it 1 so that every sentence is evaluated.
+    """
+    task.load_dataset(split, combine=False, epoch=1, task_cfg=saved_task_cfg)
+    dataset = task.dataset(split)
+    itr = task.get_batch_iterator(
+        dataset=dataset,
+        max_tokens=max_tokens,
+        max_sentences=batch_size,
+        max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
+        ignore_invalid_inputs=skip_invalid,
+        required_batch_size_multiple=batch_size_multiple,
+        seed=seed,
+        num_workers=num_workers,
+    ).next_epoch_itr(shuffle=False)
+    return dataset, itr
+
+
+@torch.no_grad()
+def posterior_means(model, task, split: str, **iterator_args) -> Tuple[Tensor, Tensor]:
+    """(mu, logvar) of every sentence of a split, N x D each, in corpus order, on the CPU."""
+    use_cuda = next(model.parameters()).is_cuda
+    dataset, itr = batch_iterator(task, model, split, **iterator_args)
+    ids, mus, logvars = [], [], []
+    for sample in itr:
+        sample = utils.move_to_cuda(sample) if use_cuda else sample
+        if not sample:
+            continue
+        net = sample["net_input"]
+        mu, logvar = model.encoder.posterior(net["src_tokens"], net["src_lengths"])
+        ids.append(sample["id"].cpu())
+        mus.append(mu.cpu())
+        logvars.append(logvar.cpu())
+    order = torch.argsort(torch.cat(ids))
+    if len(order) != len(dataset):
+        raise RuntimeError(f"encoded {len(order)} of the {len(dataset)} sentences of {split!r}")
+    return torch.cat(mus)[order], torch.cat(logvars)[order]
+
+
+def default_spm_model(data: Optional[str]) -> Optional[str]:
+    if not data:
+        return None
+    candidate = os.path.join(utils.split_paths(data)[0], "spm.model")
+    return candidate if os.path.isfile(candidate) else None
+
+
+@torch.no_grad()
+def evaluate(cfg, args, model, task, saved_cfg) -> dict:
+    """Runs every metric on ``cfg.dataset.gen_subset``; returns the report as a dict."""
+    use_cuda = next(model.parameters()).is_cuda
+    split = cfg.dataset.gen_subset
+    dataset, itr = batch_iterator(
+        task,
+        model,
+        split,
+        max_tokens=cfg.dataset.max_tokens,
+        batch_size=cfg.dataset.batch_size,
+        seed=cfg.common.seed,
+        skip_invalid=cfg.dataset.skip_invalid_size_inputs_valid_test,
+        num_workers=cfg.dataset.num_workers,
+        batch_size_multiple=cfg.dataset.required_batch_size_multiple,
+        saved_task_cfg=saved_cfg.task,
+    )
+    dictionary = task.target_dictionary
+    spm_model = args.spm_model or default_spm_model(cfg.task.data)
+    detok = Detokenizer(dictionary, spm_model, cfg.common_eval.post_process)
+    labels = read_labels(args.labels) if args.labels else None
+    if labels is not None:
+        counts = {len(v) for v in labels.values()}
+        if counts != {len(dataset)}:
+            raise ValueError(f"{args.labels} has {counts} rows, split {split!r} {len(dataset)}")
+
+    generator = None
+    if not args.no_bleu:
+        cfg.generation.beam = 1  # greedy: beam search with a beam of one
+        cfg.generation.sampling = False
+        generator = task.build_generator([model], cfg.generation)
+    draws = torch.Generator(device="cuda" if use_cuda else "cpu")
+    draws.manual_seed(cfg.common.seed)
+
+    per_batch = []  # dicts of per-sentence tensors on the CPU
+    batch_mi = []  # (MI, pool size) per batch for --mi-pool batch
+    hyps, refs = {}, {}
+    progress = progress_bar.progress_bar(
+        itr,
+        log_format=cfg.common.log_format,
+        log_interval=cfg.common.log_interval,
+        prefix=f"vae-eval on '{split}'",
+        default_log_format="tqdm" if not cfg.common.no_progress_bar else "simple",
+    )
+    done = 0
+    latent_source = model.encoder.latent_source
+    model.encoder.latent_source = "mean"  # what SequenceGenerator's encoder call decodes from
+    try:
+        for step, sample in enumerate(progress):
+            sample = utils.move_to_cuda(sample) if use_cuda else sample
+            if not sample:
+                continue
+            net = sample["net_input"]
+            mu, logvar = model.encoder.posterior(net["src_tokens"], net["src_lengths"])
+            log_px, z1, log_px_z1 = iw_log_likelihood(
+                model,
+                mu,
+                logvar,
+                net["prev_output_tokens"],
+                sample["target"],
+                args.iw_samples,
+                args.iw_chunk,
+                generator=draws,
+            )
+            if args.mi_pool == "batch":
+                batch_mi.append((mutual_information(mu, logvar, z1), mu.size(0)))
+            ids = sample["id"].cpu()
+            for i, sid in enumerate(ids.tolist()):
+                refs[sid] = detok(net["src_tokens"][i])
+            if generator is not None:
+                for i, hypos in zip(ids.tolist(), task.inference_step(generator, [model], sample)):
+                    hyps[i] = detok(hypos[0]["tokens"])
+            per_batch.append(
+                {
+                    "id": ids,
+                    "mu": mu.cpu(),
+                    "logvar": logvar.cpu(),
+                    "z": z1.float().cpu(),
+                    "log_px": log_px.cpu(),
+                    "log_px_z": log_px_z1.cpu(),
+                    "kl": gaussian_kl(mu, logvar).sum(dim=-1).cpu(),
+                    "tokens": sample["target"].ne(dictionary.pad()).sum(dim=-1).cpu(),
+                }
+            )
+            done += len(ids)
+            progress.log({"sentences": done}, step=step)
+    finally:
+        model.encoder.latent_source = latent_source
+
+    if done != len(dataset):
+        raise RuntimeError(
+            f"evaluated {done} of the {len(dataset)} sentences of {split!r}: sentences longer "
+            "than the model's maximum were skipped (--skip-invalid-size-inputs-valid-test), or "
+            "a batch was dropped (use --required-batch-size-multiple 1, the default)"
+        )
+    # back to corpus order (fairseq batches by length), so labels line up with sentences
+    ids = torch.cat([b["id"] for b in per_batch])
+    order = torch.argsort(ids)
+    if not torch.equal(ids[order], torch.arange(len(dataset))):
+        raise RuntimeError("sentence ids are not 0..N-1 exactly once")
+    cols = {k: torch.cat([b[k] for b in per_batch])[order] for k in per_batch[0] if k != "id"}
+
+    words = torch.tensor([len(refs[i].split()) + 1 for i in range(len(dataset))])
+    n_sent, n_tok, n_word = len(dataset), int(cols["tokens"].sum()), int(words.sum())
+    nll_iw = -cols["log_px"].double().sum().item()  # nats, summed over sentences
+    neg_elbo = (cols["kl"] - cols["log_px_z"]).double().sum().item()
+    au, au_var = active_units(cols["mu"], args.au_threshold)
+    if args.mi_pool == "dataset":
+        mi, pool = mutual_information(cols["mu"], cols["logvar"], cols["z"]), float(n_sent)
+    else:
+        mi = sum(m * n for m, n in batch_mi) / n_sent
+        pool = n_sent / len(batch_mi)
+
+    report = {
+        "settings": {
+            "checkpoint": cfg.common_eval.path,
+            "data": cfg.task.data,
+            "split": split,
+            "sentences": n_sent,
+            "tokens": n_tok,
+            "words": n_word,
+            "iw_samples": args.iw_samples,
+            "iw_chunk": args.iw_chunk,
+            "mi_pool": args.mi_pool,
+            "mi_pool_mean_size": pool,
+            "au_threshold": args.au_threshold,
+            "latent_dim": int(cols["mu"].size(1)),
+            "token_unit": f"target symbol of the model's dictionary ({len(dictionary)} types), "
+            "incl. the end-of-sentence </s>",
+            "word_unit": "whitespace word of the detokenised sentence, +1 per sentence "
+            "for the end of sentence",
+            "detokenizer": detok.describe(),
+            "elbo_and_mi_sample": "one posterior sample per sentence (the first IW sample)",
+            "reconstruction": "greedy decoding from the posterior mean",
+            "seed": cfg.common.seed,
+            "max_tokens": cfg.dataset.max_tokens,
+            "batch_size": cfg.dataset.batch_size,
+            "device": "cuda" if use_cuda else "cpu",
+            "fp16": bool(cfg.common.fp16),
+        },
+        "metrics": {
+            "iw_nll": nll_iw / n_sent,
+            "iw_ppl_token": math.exp(nll_iw / n_tok),
+            "iw_ppl_word": math.exp(nll_iw / n_word),
+            "neg_elbo": neg_elbo / n_sent,
+            "rec_nll": -cols["log_px_z"].double().sum().item() / n_sent,
+            "kl": cols["kl"].double().mean().item(),
+            "elbo_ppl_token": math.exp(neg_elbo / n_tok),
+            "elbo_ppl_word": math.exp(neg_elbo / n_word),
+            "mi": mi,
+            "mi_upper_bound": math.log(pool),
+            "au": au,
+            "au_variances": [round(v, 6) for v in au_var.tolist()],
+        },
+    }
+    if generator is not None:
+        from sacrebleu.metrics import BLEU
+
+        hyp_list = [hyps[i] for i in range(n_sent)]
+        ref_list = [refs[i] for i in range(n_sent)]
+        bleu = BLEU()
+        report["metrics"]["recon_bleu"] = bleu.corpus_score(hyp_list, [ref_list]).score
+        report["metrics"]["recon_bleu_signature"] = str(bleu.get_signature())
+        report["metrics"]["recon_exact"] = sum(h == r for h, r in zip(hyp_list, ref_list)) / n_sent
+        report["examples"] = [{"input": ref_list[i], "greedy": hyp_list[i]} for i in range(3)]
+    if labels is not None:
+        report["factors"] = probe_factors(cols["mu"].numpy(), labels)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The table the command prints."""
+    s, m = report["settings"], report["metrics"]
+    lines = [
+        f"fairseq-vae-eval | {s['checkpoint']} on {s['split']!r} of {s['data']}: "
+        f"{s['sentences']} sentences, {s['tokens']} tokens, {s['words']} words",
+        f"settings | IW samples K={s['iw_samples']} (chunks of {s['iw_chunk']}) | MI pool="
+        f"{s['mi_pool']} ({s['mi_pool_mean_size']:.1f} sentences) | AU threshold="
+        f"{s['au_threshold']} | seed={s['seed']} | {s['device']}{' fp16' if s['fp16'] else ''}"
+        + (f" | {s['seconds']} s" if "seconds" in s else ""),
+        f"units | token: {s['token_unit']}; word: {s['word_unit']} ({s['detokenizer']})",
+        f"units | NLL, ELBO, KL and MI in nats per sentence; -ELBO and MI from "
+        f"{s['elbo_and_mi_sample']}",
+    ]
+    rows = [
+        ("IW-NLL", f"{m['iw_nll']:.3f}"),
+        ("IW PPL / token", f"{m['iw_ppl_token']:.3f}"),
+        ("IW PPL / word", f"{m['iw_ppl_word']:.3f}"),
+        ("-ELBO", f"{m['neg_elbo']:.3f}"),
+        ("  reconstruction NLL", f"{m['rec_nll']:.3f}"),
+        ("  KL", f"{m['kl']:.3f}"),
+        ("ELBO PPL / token", f"{m['elbo_ppl_token']:.3f}"),
+        ("ELBO PPL / word", f"{m['elbo_ppl_word']:.3f}"),
+        ("MI", f"{m['mi']:.3f}  (at most log pool = {m['mi_upper_bound']:.3f})"),
+        ("AU", f"{m['au']} / {s['latent_dim']}"),
+    ]
+    if "recon_bleu" in m:
+        rows.append(("reconstruction BLEU", f"{m['recon_bleu']:.2f}  ({s['reconstruction']})"))
+        rows.append(("  exact reconstructions", f"{100 * m['recon_exact']:.1f}%"))
+    for name, f in report.get("factors", {}).items():
+        rows.append(
+            (
+                f"probe accuracy: {name}",
+                f"{f['accuracy']:.3f}  (majority {f['majority_baseline']:.3f}, "
+                f"{f['classes']} classes, train {f['train']} / test {f['test']})",
+            )
+        )
+    width = max(len(name) for name, _ in rows) + 2
+    lines.append(f"{'metric':<{width}}value")
+    lines += [f"{name:<{width}}{value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def main(cfg, args, override_args=None):
+    if cfg.dataset.max_tokens is None and cfg.dataset.batch_size is None:
+        raise ValueError("set --max-tokens or --batch-size")
+    use_cuda = torch.cuda.is_available() and not cfg.common.cpu
+    if use_cuda:
+        torch.cuda.set_device(cfg.distributed_training.device_id)
+    utils.set_torch_seed(cfg.common.seed)
+    overrides = vars(override_args) if override_args is not None else {}
+    overrides.update(eval(getattr(override_args, "model_overrides", "{}") or "{}"))
+    logger.info(f"loading {cfg.common_eval.path}")
+    model, saved_cfg, task = load_checkpoint(
+        cfg.common_eval.path, overrides, use_cuda=use_cuda, fp16=cfg.common.fp16
+    )
+    start = time.time()
+    report = evaluate(cfg, args, model, task, saved_cfg)
+    report["settings"]["seconds"] = round(time.time() - start, 1)
+    print(format_report(report), flush=True)
+    if args.results_json:
+        with open(args.results_json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+        logger.info(f"wrote {args.results_json}")
+    return report
+
+
+def cli_main():
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        level=os.environ.get("LOGLEVEL", "INFO").upper(),
+        stream=sys.stderr,  # stdout carries the report only
+        force=True,  # fairseq's imports have configured the root logger already
+    )
+    parser = get_parser()
+    args = options.parse_args_and_arch(parser)
+    # as fairseq-validate: what is given explicitly on the command line overrides the
+    # checkpoint's options (the data folder above all)
+    override_args = options.parse_args_and_arch(get_parser(), suppress_defaults=True)
+    main(convert_namespace_to_omegaconf(args), args, override_args)
+
+
+if __name__ == "__main__":
+    cli_main()
