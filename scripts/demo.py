@@ -100,6 +100,27 @@ def main():
               f"{nll_token:8.4f} {m['elbo_ppl']:9.2f} {m['active_dims']:7.1f}")  # fmt: skip
     print("(NLL, KL and ELBO in nats; NLL/tok is per sentencepiece token incl. end of sentence;"
           " 'active' = latent dimensions with batch-mean KL above 0.01)")  # fmt: skip
+    show_latent_space(args.save_dir, args.data)
+
+
+def show_latent_space(save_dir, data):
+    """Prior samples, reconstructions and an interpolation through the hub interface."""
+    from fairseq_vae.models.bart_vae import BARTVAEModel
+
+    vae = BARTVAEModel.from_pretrained(save_dir, "checkpoint_last.pt", data)
+    vae.task.load_dataset("test")
+    test = vae.task.dataset("test")
+    sentences = [vae.to_text(test[i]["source"]) for i in range(5)]
+
+    print("\n5 samples from the prior (greedy decoding of z ~ N(0, I)):")
+    for sentence in vae.sample(5, seed=1):
+        print("  " + sentence)
+    print("\n5 test sentences and their reconstructions (greedy, from the posterior mean):")
+    for sentence, reconstruction in zip(sentences, vae.reconstruct(sentences)):
+        print(f"  {sentence}\n    -> {reconstruction}")
+    print("\nInterpolation between two test sentences (posterior means, linear):")
+    for t, sentence in enumerate(vae.interpolate(sentences[0], sentences[1], steps=6)):
+        print(f"  {t / 5:.1f}  {sentence}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 # fairseq-preprocess --only-source.
 #
 # usage: scripts/prepare_data.sh RAW_DIR NAME [--vocab-size N] [--model-type bpe|unigram]
+#        scripts/prepare_data.sh RAW_DIR NAME --bart BART_DIR
 #
 #   RAW_DIR      folder with train.txt, valid.txt, test.txt (one sentence per line)
 #   NAME         output goes to $DATA_BIN/NAME (DATA_BIN defaults to data-bin, relative to
@@ -11,6 +12,9 @@
 #                may end up with fewer pieces instead of failing
 #   --model-type sentencepiece model type (default bpe: on a corpus with few word types, such
 #                as corpus/synth, unigram caps out at ~300 pieces and splits most words)
+#   --bart DIR   BART mode, to fine-tune a pretrained BART checkpoint: instead of training
+#                sentencepiece, apply GPT-2 BPE with DIR/encoder.json and DIR/vocab.bpe (local
+#                files, nothing is downloaded) and binarise with the checkpoint's DIR/dict.txt
 #
 # environment:
 #   PYTHON       interpreter with sentencepiece and fairseq (default: .venv/bin/python of this
@@ -38,6 +42,7 @@ usage() {
 
 VOCAB_SIZE=1000
 MODEL_TYPE=bpe
+BART_DIR=
 POSITIONAL=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -62,6 +67,11 @@ while [ $# -gt 0 ]; do
         --model-type=*)
             MODEL_TYPE="${1#*=}"
             shift
+            ;;
+        --bart)
+            [ $# -ge 2 ] || die "--bart needs the folder with encoder.json, vocab.bpe, dict.txt"
+            BART_DIR="$2"
+            shift 2
             ;;
         -*) die "unknown option $1 (see --help)" ;;
         *)
@@ -90,6 +100,12 @@ for split in "${SPLITS[@]}"; do
     [ -f "$f" ] || die "missing $f (need train.txt, valid.txt and test.txt in $RAW_DIR)"
     grep -q '[^[:space:]]' "$f" || die "$f is empty"
 done
+
+if [ -n "$BART_DIR" ]; then
+    for f in encoder.json vocab.bpe dict.txt; do
+        [ -f "$BART_DIR/$f" ] || die "--bart $BART_DIR: missing $BART_DIR/$f"
+    done
+fi
 
 if [ -z "${PYTHON:-}" ]; then
     if [ -x "$REPO_ROOT/.venv/bin/python" ]; then
@@ -121,13 +137,26 @@ WORK="$(mktemp -d "$DATA_BIN/.$NAME.tmp.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/pieces" "$WORK/out"
 
-echo "== training sentencepiece ($MODEL_TYPE, vocab $VOCAB_SIZE) on $RAW_DIR/train.txt"
-# bos/eos/pad are disabled and unk is an ordinary id 0 so that encoded text holds only
-# ordinary pieces: fairseq's dictionary adds its own <s>, <pad>, </s> and <unk>.
-# The model records its input and output paths, so training runs inside the scratch folder on
-# fixed relative names, and on one thread, to keep spm.model byte-identical from run to run.
-cp "$RAW_DIR/train.txt" "$WORK/train.txt"
-(cd "$WORK" && "$PYTHON_PATH" - train.txt spm "$VOCAB_SIZE" "$MODEL_TYPE") <<'EOF'
+INPUTS=()
+OUTPUTS=()
+for split in "${SPLITS[@]}"; do
+    INPUTS+=("$RAW_DIR/$split.txt")
+    OUTPUTS+=("$WORK/pieces/$split")
+done
+if [ -n "$BART_DIR" ]; then
+    echo "== GPT-2 BPE with $BART_DIR/encoder.json and vocab.bpe"
+    "$PYTHON_PATH" "$SCRIPT_DIR/gpt2_encode.py" --encoder-json "$BART_DIR/encoder.json" \
+        --vocab-bpe "$BART_DIR/vocab.bpe" --inputs "${INPUTS[@]}" --outputs "${OUTPUTS[@]}"
+    cp "$BART_DIR/encoder.json" "$BART_DIR/vocab.bpe" "$WORK/out/"
+    SRCDICT=(--srcdict "$BART_DIR/dict.txt")
+else
+    echo "== training sentencepiece ($MODEL_TYPE, vocab $VOCAB_SIZE) on $RAW_DIR/train.txt"
+    # bos/eos/pad are disabled and unk is an ordinary id 0 so that encoded text holds only
+    # ordinary pieces: fairseq's dictionary adds its own <s>, <pad>, </s> and <unk>.
+    # The model records its input and output paths, so training runs inside the scratch folder on
+    # fixed relative names, and on one thread, to keep spm.model byte-identical from run to run.
+    cp "$RAW_DIR/train.txt" "$WORK/train.txt"
+    (cd "$WORK" && "$PYTHON_PATH" - train.txt spm "$VOCAB_SIZE" "$MODEL_TYPE") <<'EOF'
 import sys
 
 import sentencepiece as spm
@@ -150,17 +179,12 @@ spm.SentencePieceTrainer.train(
     minloglevel=1,
 )
 EOF
-mv "$WORK/spm.model" "$WORK/spm.vocab" "$WORK/out/"
-
-echo "== encoding splits"
-INPUTS=()
-OUTPUTS=()
-for split in "${SPLITS[@]}"; do
-    INPUTS+=("$RAW_DIR/$split.txt")
-    OUTPUTS+=("$WORK/pieces/$split")
-done
-"$PYTHON_PATH" "$SCRIPT_DIR/spm_encode.py" --model "$WORK/out/spm.model" \
-    --inputs "${INPUTS[@]}" --outputs "${OUTPUTS[@]}"
+    mv "$WORK/spm.model" "$WORK/spm.vocab" "$WORK/out/"
+    echo "== encoding splits"
+    "$PYTHON_PATH" "$SCRIPT_DIR/spm_encode.py" --model "$WORK/out/spm.model" \
+        --inputs "${INPUTS[@]}" --outputs "${OUTPUTS[@]}"
+    SRCDICT=()
+fi
 for split in "${SPLITS[@]}"; do
     awk -v s="$split" \
         '{n += NF} END {printf "   %-5s %7d lines, %.2f pieces/line\n", s, NR, n / NR}' \
@@ -173,7 +197,7 @@ echo "== fairseq-preprocess ($PREPROCESS)"
     --validpref "$WORK/pieces/valid" \
     --testpref "$WORK/pieces/test" \
     --destdir "$WORK/out" \
-    --workers "${WORKERS:-2}"
+    --workers "${WORKERS:-2}" "${SRCDICT[@]}"
 # The log records scratch paths and timestamps; dropping it keeps the output reproducible.
 rm -f "$WORK/out/preprocess.log"
 
@@ -181,5 +205,4 @@ rm -rf "$DEST"
 mv "$WORK/out" "$DEST"
 echo "== wrote $DEST:"
 ls -l "$DEST"
-echo "   sentencepiece pieces: $(wc -l <"$DEST/spm.vocab")," \
-    "fairseq dict.txt entries: $(wc -l <"$DEST/dict.txt")"
+echo "   fairseq dict.txt entries: $(wc -l <"$DEST/dict.txt")"

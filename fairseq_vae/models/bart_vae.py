@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 LATENT_KEYS = ("mu", "logvar", "z")
+# the modules a plain BART does not have: the ones that compute or carry z
+LATENT_MODULES = {"mlp_mu", "mlp_logvar", "latent_attn", "latent_memory", "latent_to_embed"}
 
 
 def masked_mean(states: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
@@ -223,6 +225,17 @@ def word_dropout(tokens: Tensor, p: float, unk: int, keep: List[int]) -> Tensor:
 @register_model("bart_vae")
 class BARTVAEModel(BARTModel):
     """BART with a Gaussian sentence latent between its encoder and decoder."""
+
+    def __init__(self, args, encoder, decoder):
+        super().__init__(args, encoder, decoder)
+        # BART re-initialises every Linear with N(0, 0.02). For the latent path that makes
+        # mu ~ 1e-2 against posterior noise of scale 1 and a memory ~ 1e-2 where BART's
+        # decoder expects layer-normed, unit-scale encoder states: the decoder learns to
+        # ignore z before the encoder can make it informative (posterior collapse). The
+        # latent modules keep PyTorch's scale-preserving defaults instead.
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and LATENT_MODULES.intersection(name.split(".")):
+                module.reset_parameters()
 
     @staticmethod
     def add_args(parser):

@@ -158,8 +158,13 @@ class BARTVAEHubInterface(nn.Module):
 
 
 def default_bpe_options(data_path: str) -> dict:
-    """Subword options for a data-bin folder: its sentencepiece model if it has one."""
+    """Subword options for a data-bin folder made by scripts/prepare_data.sh: its
+    sentencepiece model, or (BART mode) its local GPT-2 BPE files."""
     spm = os.path.join(data_path, "spm.model")
     if os.path.isfile(spm):
         return {"bpe": "sentencepiece", "sentencepiece_model": spm}
+    encoder_json = os.path.join(data_path, "encoder.json")
+    vocab_bpe = os.path.join(data_path, "vocab.bpe")
+    if os.path.isfile(encoder_json) and os.path.isfile(vocab_bpe):
+        return {"bpe": "gpt2", "gpt2_encoder_json": encoder_json, "gpt2_vocab_bpe": vocab_bpe}
     return {}

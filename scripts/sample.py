@@ -1,0 +1,36 @@
+#!/usr/bin/env python
+"""Sentences from a trained bart_vae: decoded from the prior, or reconstructed from input.
+
+  python scripts/sample.py -n 10 --seed 1                 # 10 sentences from z ~ N(0, I)
+  python scripts/sample.py --reconstruct < sentences.txt  # each line from its posterior mean
+"""
+
+import argparse
+import sys
+
+import torch
+from hub_args import add_model_args, generation_options, load_model
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_args(parser)
+    parser.add_argument("-n", type=int, default=10, help="how many prior samples")
+    parser.add_argument("--seed", type=int, default=None, help="makes the draw reproducible")
+    parser.add_argument("--reconstruct", action="store_true", help="reconstruct stdin's lines")
+    args = parser.parse_args()
+    if args.seed is not None:
+        torch.manual_seed(args.seed)  # also fixes --sampling's word draws
+    vae = load_model(args)
+    options = generation_options(args)
+    if args.reconstruct:
+        lines = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        for source, output in zip(lines, vae.reconstruct(lines, **options)):
+            print(f"{source}\t{output}")
+    else:
+        for sentence in vae.sample(args.n, seed=args.seed, **options):
+            print(sentence)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""scripts/prepare_data.sh: sentencepiece mode, BART (GPT-2 BPE) mode, and its errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, random_sentences
+from fairseq.data import Dictionary, data_utils
+from fairseq.data.encoders.gpt2_bpe_utils import bytes_to_unicode, get_encoder
+
+SCRIPT = os.path.join(ROOT, "scripts", "prepare_data.sh")
+
+
+def prepare(raw, name, out, *extra):
+    env = dict(os.environ, PYTHON=sys.executable, DATA_BIN=str(out), WORKERS="1")
+    return subprocess.run(["bash", SCRIPT, str(raw), name, *extra], capture_output=True,
+                          text=True, env=env, timeout=300)  # fmt: skip
+
+
+def write_corpus(folder, sizes=(("train", 200), ("valid", 20), ("test", 20))):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (split, n) in enumerate(sizes):
+        (folder / f"{split}.txt").write_text("\n".join(random_sentences(n, seed=i)) + "\n")
+
+
+def binarised_lines(dest, split):
+    dictionary = Dictionary.load(str(dest / "dict.txt"))
+    data = data_utils.load_indexed_dataset(str(dest / split), dictionary)
+    return [dictionary.string(data[i]) for i in range(len(data))]
+
+
+def test_sentencepiece_mode_round_trips(tmp_path):
+    import sentencepiece
+
+    write_corpus(tmp_path / "raw")
+    result = prepare(tmp_path / "raw", "tiny", tmp_path / "bin", "--vocab-size", "60")
+    assert result.returncode == 0, result.stderr
+    dest = tmp_path / "bin" / "tiny"
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(dest / "spm.model"))
+    original = (tmp_path / "raw" / "valid.txt").read_text().splitlines()
+    decoded = [sp.decode(line.split()) for line in binarised_lines(dest, "valid")]
+    assert decoded == original
+
+
+def tiny_gpt2_files(folder):
+    """A byte-level BPE with a few merges, in GPT-2's file formats, and a BART-style dict."""
+    folder.mkdir()
+    byte_symbols = list(bytes_to_unicode().values())
+    merges = [("t", "h"), ("th", "e"), ("Ġ", "c"), ("Ġc", "a"), ("Ġca", "t")]
+    vocab = byte_symbols + ["".join(m) for m in merges]
+    (folder / "encoder.json").write_text(json.dumps({s: i for i, s in enumerate(vocab)}))
+    (folder / "vocab.bpe").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    # BART's dict.txt lists GPT-2 ids (as words) with counts
+    (folder / "dict.txt").write_text("".join(f"{i} {1000 - i}\n" for i in range(len(vocab))))
+    return folder
+
+
+def test_bart_mode_uses_local_gpt2_files_and_the_checkpoint_dict(tmp_path):
+    write_corpus(tmp_path / "raw")
+    bart = tiny_gpt2_files(tmp_path / "bart")
+    result = prepare(tmp_path / "raw", "bart-data", tmp_path / "bin", "--bart", str(bart))
+    assert result.returncode == 0, result.stderr
+    dest = tmp_path / "bin" / "bart-data"
+    assert (dest / "dict.txt").read_text() == (bart / "dict.txt").read_text()
+    bpe = get_encoder(str(bart / "encoder.json"), str(bart / "vocab.bpe"))
+    original = (tmp_path / "raw" / "test.txt").read_text().splitlines()
+    lines = binarised_lines(dest, "test")
+    assert [bpe.decode([int(t) for t in line.split()]) for line in lines] == original
+    # the merges were applied: " cat" is the single symbol "Ġcat" (id 256 + 4)
+    assert any(" cat" in line for line in original)
+    assert any("260" in line.split() for line in lines)
+
+
+@pytest.mark.parametrize(
+    "break_it,message",
+    [
+        (lambda raw: (raw / "valid.txt").unlink(), "valid.txt"),
+        (lambda raw: (raw / "test.txt").write_text("\n  \n"), "test.txt is empty"),
+    ],
+    ids=["missing-split", "empty-split"],
+)
+def test_bad_input_names_the_file(tmp_path, break_it, message):
+    write_corpus(tmp_path / "raw")
+    break_it(tmp_path / "raw")
+    result = prepare(tmp_path / "raw", "bad", tmp_path / "bin")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "bin" / "bad").exists()
