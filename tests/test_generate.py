@@ -129,3 +129,24 @@ def test_linear_and_spherical_paths():
     mid = interpolate_latents(a, b, 3, spherical=True)[1]
     # slerp halfway between orthogonal vectors: equal weights sin(pi/4) / sin(pi/2)
     torch.testing.assert_close(mid, (a + b) * (2**-0.5))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_checkpoint_trained_in_half_precision_loads_for_generation(
+    data_bin, tiny_checkpoint, tmp_path, precision
+):
+    # what --fp16/--bf16 training saves: half-precision weights and the flag in the config
+    # (fairseq's --bf16 needs a GPU or TPU, so the checkpoint is converted here)
+    import fairseq_vae  # noqa: F401  (safe globals for torch.load)
+
+    state = torch.load(tiny_checkpoint, map_location="cpu")
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    state["model"] = {k: v.to(dtype) if v.is_floating_point() else v
+                      for k, v in state["model"].items()}  # fmt: skip
+    state["cfg"]["common"][precision] = True
+    half = tmp_path / f"checkpoint_{precision}.pt"
+    torch.save(state, half)
+    hyps, _ = generate(data_bin, str(half), "--gen-subset", "valid", "--beam", "2")
+    assert sorted(hyps) == list(range(40))
+    prior, _ = generate(data_bin, str(half), "--latent-source", "prior", "--prior-samples", "5")
+    assert sorted(prior) == list(range(5))

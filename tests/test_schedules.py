@@ -100,3 +100,11 @@ def test_constant():
 def test_cyclical_without_a_length_names_the_options():
     with pytest.raises(ValueError, match="--max-update or --kl-cycle-updates"):
         kl_beta(5, config(max_update=0))
+
+
+def test_zero_phase_then_ramp_like_fu_et_al_zero_linear():
+    # frange_cycle_zero_linear(ratio_zero=0.25, ratio_increase=0.25): 0, ramp, hold
+    cfg = config(kl_cycles=4, kl_zero_fraction=0.25, kl_ramp_fraction=0.25)  # cycles of 250
+    expected = {0: 0.0, 62: 0.0, 62.5: 0.0, 100: 0.6, 125: 1.0, 200: 1.0, 250: 0.0, 250 + 93: 0.488}
+    for update, beta in expected.items():
+        assert kl_beta(update, cfg) == pytest.approx(beta), update

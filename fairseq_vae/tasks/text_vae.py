@@ -8,7 +8,8 @@ schedule exactly and the schedule never synchronises with the device.
 Schedules (``--kl-schedule``):
   cyclical  Fu et al. (2019), "Cyclical Annealing Schedule": the run is split into M cycles
             (or cycles of --kl-cycle-updates); beta ramps from 0 to --kl-beta-max over the
-            first fraction R of each cycle (linear, sigmoid or cosine), then holds.
+            first fraction R of each cycle (linear, sigmoid or cosine), then holds; with
+            --kl-zero-fraction Z it stays 0 for the first Z of each cycle, then ramps.
   monotonic the first cycle's ramp, then --kl-beta-max for ever (Bowman et al. 2016).
   sawtooth  the seed project's schedule: tau = (u mod 200) / 200, beta = (tau / 0.99)^5 / 10
             while tau <= 0.99, else 1/2; every constant is an option.
@@ -71,6 +72,13 @@ class TextVAEConfig(FairseqDataclass):
         default=0.5,
         metadata={"help": "cyclical/monotonic: fraction R of a cycle over which beta ramps up"},
     )
+    kl_zero_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "cyclical/monotonic: fraction of a cycle held at beta = 0 before the ramp "
+            "(Fu et al.'s frange_cycle_zero_linear, used by Optimus: 0.25 with a ramp of 0.25)"
+        },
+    )
     kl_ramp_shape: ChoiceEnum(RAMP_SHAPES) = field(
         default="linear",
         metadata={
@@ -123,17 +131,25 @@ def ramp(v: float, shape: str) -> float:
     raise ValueError(f"unknown ramp shape {shape!r}; choose one of {RAMP_SHAPES}")
 
 
-def monotonic_beta(update: int, period: float, ramp_fraction: float, shape: str, beta_max: float):
-    """Ramp over the first ``ramp_fraction * period`` updates, then hold ``beta_max``."""
+def monotonic_beta(
+    update: float, period: float, zero: float, ramp_fraction: float, shape: str, beta_max: float
+):
+    """0 for the first ``zero * period`` updates, a ramp over the next ``ramp_fraction * period``,
+    then ``beta_max``."""
+    update -= zero * period
+    if update < 0:
+        return 0.0
     ramp_updates = ramp_fraction * period
     if ramp_updates <= 0 or update >= ramp_updates:
         return beta_max
     return beta_max * ramp(update / ramp_updates, shape)
 
 
-def cyclical_beta(update: int, period: float, ramp_fraction: float, shape: str, beta_max: float):
-    """Fu et al. (2019): the monotonic ramp restarted every ``period`` updates."""
-    return monotonic_beta(math.fmod(update, period), period, ramp_fraction, shape, beta_max)
+def cyclical_beta(
+    update: int, period: float, zero: float, ramp_fraction: float, shape: str, beta_max: float
+):
+    """Fu et al. (2019): the monotonic schedule restarted every ``period`` updates."""
+    return monotonic_beta(math.fmod(update, period), period, zero, ramp_fraction, shape, beta_max)
 
 
 def sawtooth_beta(update: int, period: int, ratio: float, power: float, scale: float, hold: float):
@@ -157,7 +173,14 @@ def kl_beta(update: int, cfg: TextVAEConfig) -> float:
         )
     period = cycle_length(cfg)
     schedule = cyclical_beta if cfg.kl_schedule == "cyclical" else monotonic_beta
-    return schedule(update, period, cfg.kl_ramp_fraction, cfg.kl_ramp_shape, cfg.kl_beta_max)
+    return schedule(
+        update,
+        period,
+        cfg.kl_zero_fraction,
+        cfg.kl_ramp_fraction,
+        cfg.kl_ramp_shape,
+        cfg.kl_beta_max,
+    )
 
 
 def cycle_length(cfg: TextVAEConfig) -> float:
