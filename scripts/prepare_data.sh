@@ -120,6 +120,15 @@ PYTHON_PATH="$(command -v "$PYTHON")" || die "python interpreter '$PYTHON' not f
 "$PYTHON_PATH" -c "import sentencepiece" 2>/dev/null ||
     die "$PYTHON_PATH cannot import sentencepiece (set PYTHON to the project's venv python)"
 
+# invalid UTF-8 would stop fairseq-preprocess with a traceback naming no line, and an empty
+# line would become an empty sentence: name the files and lines instead
+RAW_FILES=()
+for split in "${SPLITS[@]}"; do
+    RAW_FILES+=("$RAW_DIR/$split.txt")
+done
+"$PYTHON_PATH" "$REPO_ROOT/fairseq_vae/check_text.py" "${RAW_FILES[@]}" ||
+    die "fix the lines above: the raw text must be UTF-8, one non-empty sentence per line"
+
 # Prefer the fairseq-preprocess installed alongside the chosen interpreter so both agree on
 # the fairseq version; the symlinked venv python is deliberately not resolved.
 PREPROCESS="$(dirname "$PYTHON_PATH")/fairseq-preprocess"

@@ -17,6 +17,7 @@ the unit of the text-VAE literature.
 import math
 from dataclasses import dataclass, field
 
+import torch
 from fairseq import utils
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
@@ -130,10 +131,14 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
         # numbers, so the schedule never waits on the device
         self.beta = 1.0
         self.update_num = 0
+        self.check_finite = True
 
-    def set_schedule_state(self, update_num: int, beta: float):
+    def set_schedule_state(self, update_num: int, beta: float, check_finite: bool = True):
+        """``check_finite`` is off under fp16 loss scaling, whose scaler skips an overflowing
+        batch and lowers the scale: there a non-finite loss is routine, not an error."""
         self.update_num = update_num
         self.beta = beta
+        self.check_finite = check_finite
 
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])
@@ -154,6 +159,10 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
             beta = self.beta
             penalty = beta * free_bits_kl(kl, self.free_bits, self.free_bits_mode)
         loss = smoothed_nll.float() + penalty
+        # one scalar read per training step (the trainer reads the gradient norm each step
+        # anyway); without it a NaN surfaces only as "gradients are Nan/Inf", naming no term
+        if model.training and self.check_finite and not torch.isfinite(loss):
+            raise FloatingPointError(self.non_finite_message(loss, nll, kl_sum, beta, capacity))
 
         nsentences = sample["target"].size(0)
         ntokens = sample["ntokens"]
@@ -178,6 +187,21 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
             logging_output["n_correct"] = utils.item(n_correct.data)
             logging_output["total"] = utils.item(total.data)
         return loss, sample_size, logging_output
+
+    def non_finite_message(self, loss, nll, kl, beta, capacity) -> str:
+        """Names the term of a non-finite training loss, for the FloatingPointError."""
+        terms = {"NLL": nll.item(), "KL": kl.item()}
+        bad = [name for name, value in terms.items() if not math.isfinite(value)]
+        if bad:
+            culprit = " and ".join(bad) + (" are" if len(bad) > 1 else " is")
+        else:  # both finite: the penalty overflowed (a huge beta or gamma)
+            culprit = "the KL penalty is"
+        weight = f"C {capacity}" if capacity is not None else f"beta {beta}"
+        return (
+            f"training loss is {loss.item()} at update {self.update_num}: {culprit} not finite "
+            f"(NLL {terms['NLL']:.6g}, KL {terms['KL']:.6g} nats summed over the batch, "
+            f"{weight}); lower --lr, set --clip-norm, or train in fp32 or --bf16, not --fp16"
+        )
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:

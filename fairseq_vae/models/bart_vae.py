@@ -31,16 +31,18 @@ logger = logging.getLogger(__name__)
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 LATENT_KEYS = ("mu", "logvar", "z")
-# the modules a plain BART does not have: the ones that compute or carry z
-LATENT_MODULES = {"mlp_mu", "mlp_logvar", "latent_attn", "latent_memory", "latent_to_embed"}
+# the modules that compute z and the decoder's memory from it (see BARTVAEModel.__init__)
+LATENT_MODULES = {"mlp_mu", "mlp_logvar", "latent_attn", "latent_memory"}
 
 
 def masked_mean(states: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
     """Mean of T x B x C ``states`` over the non-pad positions of each sentence -> B x C."""
-    states = states.transpose(0, 1)  # B x T x C (never .view: that mixes sentences)
+    # B x T x C (never .view: that mixes sentences); summed in fp32, as an fp16 sum over a
+    # long sentence can pass 65504 even when the mean is small
+    states = states.transpose(0, 1).float()
     if padding_mask is None:
         return states.mean(dim=1)
-    keep = (~padding_mask).unsqueeze(-1).type_as(states)  # B x T x 1
+    keep = (~padding_mask).unsqueeze(-1).float()  # B x T x 1
     return (states * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
 
 
@@ -94,7 +96,8 @@ class VAEEncoder(TransformerEncoder):
         """Returns (mu, logvar), each B x latent in fp32, for a batch of sentences."""
         out = super().forward(src_tokens, src_lengths, token_embeddings=token_embeddings)
         padding_mask = out["encoder_padding_mask"][0] if out["encoder_padding_mask"] else None
-        pooled = masked_mean(out["encoder_out"][0], padding_mask)  # B x C
+        states = out["encoder_out"][0]
+        pooled = masked_mean(states, padding_mask).to(states.dtype)  # B x C
         # fp32 from here on: KL and log-densities must not be computed in half precision
         mu = self.mlp_mu(pooled).float()
         logvar = self.mlp_logvar(pooled).float().clamp(LOGVAR_MIN, LOGVAR_MAX)
@@ -231,8 +234,10 @@ class BARTVAEModel(BARTModel):
         # BART re-initialises every Linear with N(0, 0.02). For the latent path that makes
         # mu ~ 1e-2 against posterior noise of scale 1 and a memory ~ 1e-2 where BART's
         # decoder expects layer-normed, unit-scale encoder states: the decoder learns to
-        # ignore z before the encoder can make it informative (posterior collapse). The
-        # latent modules keep PyTorch's scale-preserving defaults instead.
+        # ignore z before the encoder can make it informative (posterior collapse). These
+        # modules keep PyTorch's scale-preserving defaults instead. The z-to-embedding
+        # projection keeps BART's small init: it is added to token embeddings of that scale,
+        # and a unit-scale vector there would drown which token the decoder is reading.
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear) and LATENT_MODULES.intersection(name.split(".")):
                 module.reset_parameters()

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 from fairseq import utils
 from fairseq.data import Dictionary, LanguagePairDataset, data_utils
@@ -45,7 +46,11 @@ class TextVAEConfig(FairseqDataclass):
         metadata={"help": "path to a data-bin folder made by fairseq-preprocess --only-source"},
     )
     max_source_positions: int = field(
-        default=1024, metadata={"help": "max number of tokens in a sentence"}
+        default=1024,
+        metadata={
+            "help": "max number of tokens in a sentence, its end of sentence included; longer "
+            "sentences, and empty ones, are skipped with a count in the log"
+        },
     )
     max_target_positions: int = field(
         default=1024, metadata={"help": "max number of tokens the decoder produces"}
@@ -212,6 +217,22 @@ def latent_source(models, source: str):
             encoder.latent_source = source_before
 
 
+class SkippingLanguagePairDataset(LanguagePairDataset):
+    """A LanguagePairDataset whose batches leave out the sentences marked in ``skip``.
+
+    They are dropped from ``ordered_indices`` rather than from the data, so every sample id
+    stays the sentence's line number minus one (fairseq-generate's S-/H- ids included).
+    """
+
+    def __init__(self, skip: np.ndarray, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skip = skip
+
+    def ordered_indices(self):
+        indices = super().ordered_indices()
+        return indices[~self.skip[indices]]
+
+
 @register_task("text_vae", dataclass=TextVAEConfig)
 class TextVAETask(FairseqTask):
     """Autoencode each sentence through the latent of a ``bart_vae`` model."""
@@ -227,6 +248,11 @@ class TextVAETask(FairseqTask):
         paths = utils.split_paths(cfg.data or "")
         if not paths:
             raise ValueError("text_vae needs a data folder: fairseq-train DATA --task text_vae")
+        if not os.path.isdir(paths[0]):
+            raise FileNotFoundError(
+                f"data folder {paths[0]!r} does not exist: pass a data-bin folder made by "
+                "fairseq-preprocess --only-source (scripts/prepare_data.sh)"
+            )
         dict_path = os.path.join(paths[0], "dict.txt")
         if not os.path.isfile(dict_path):
             raise FileNotFoundError(
@@ -250,13 +276,17 @@ class TextVAETask(FairseqTask):
             paths = paths[:1]  # valid and test come from the first folder, as in fairseq
         data_path = paths[(epoch - 1) % len(paths)]
         split_path = os.path.join(data_path, split)
+        if os.path.isfile(split_path + ".bin") and os.path.getsize(split_path + ".bin") == 0:
+            # fairseq would fail deep inside with "cannot mmap an empty file"
+            raise ValueError(f"split {split!r} is empty: {split_path}.bin holds no sentences")
         sentences = data_utils.load_indexed_dataset(
             split_path, self.dictionary, self.cfg.dataset_impl, combine=combine
         )
         if sentences is None:
             raise FileNotFoundError(f"split {split!r} not found: no {split_path}.bin/.idx")
         logger.info(f"{split_path}: {len(sentences)} sentences")
-        self.datasets[split] = LanguagePairDataset(
+        self.datasets[split] = SkippingLanguagePairDataset(
+            self.sentences_to_skip(sentences.sizes, split_path),
             sentences,
             sentences.sizes,
             self.dictionary,
@@ -266,6 +296,25 @@ class TextVAETask(FairseqTask):
             left_pad_source=False,
             left_pad_target=False,
         )
+
+    def sentences_to_skip(self, sizes: np.ndarray, split_path: str) -> np.ndarray:
+        """Marks empty sentences and those too long for the model, and logs how many."""
+        max_len = min(self.cfg.max_source_positions, self.cfg.max_target_positions)
+        # sizes count the end of sentence fairseq-preprocess appends: 1 is an empty line
+        empty, too_long = sizes <= 1, sizes > max_len
+        longer = f"longer than {max_len} tokens (--max-source-positions, --max-target-positions)"
+        reasons = [("empty", empty), (longer, too_long)]
+        for reason, skip in reasons:
+            if skip.any():
+                lines = [str(i + 1) for i in np.flatnonzero(skip)[:5]]  # index i is line i + 1
+                more = ", ..." if skip.sum() > 5 else ""
+                logger.warning(
+                    f"{split_path}: skipping {skip.sum()} of {len(sizes)} sentences, {reason} "
+                    f"(lines {', '.join(lines)}{more} of the text it was binarised from)"
+                )
+        if (empty | too_long).all():
+            raise ValueError(f"{split_path}: every sentence is empty or over {max_len} tokens")
+        return empty | too_long
 
     def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
         return LanguagePairDataset(
@@ -289,7 +338,8 @@ class TextVAETask(FairseqTask):
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if hasattr(criterion, "set_schedule_state"):
-            criterion.set_schedule_state(update_num, self.beta(update_num))
+            loss_scaling = getattr(optimizer, "scaler", None) is not None  # --fp16
+            criterion.set_schedule_state(update_num, self.beta(update_num), not loss_scaling)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def max_positions(self):

@@ -1,0 +1,57 @@
+"""Check raw text before it is binarised: valid UTF-8 and no empty lines, or say where not.
+
+fairseq-preprocess stops on invalid UTF-8 with a UnicodeDecodeError that names neither file nor
+line, and turns an empty line into an empty sentence (its end-of-sentence token alone).
+scripts/prepare_data.sh runs this first (as a plain script: it needs neither fairseq nor torch)::
+
+    python fairseq_vae/check_text.py raw/train.txt raw/valid.txt raw/test.txt
+
+and it exits with status 1 and one error line per file, naming the first bad lines.
+"""
+
+import argparse
+import logging
+import sys
+from typing import List
+
+logger = logging.getLogger("fairseq_vae.check_text")
+
+SHOWN = 5  # line numbers named per kind of problem
+
+
+def text_problems(path: str) -> List[str]:
+    """What is wrong with the text file at ``path``, one message per kind of problem."""
+    bad_utf8, empty = [], []
+    with open(path, "rb") as f:
+        # lines end at "\n" alone, as scripts/spm_encode.py reads them
+        for number, line in enumerate(f, start=1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                bad_utf8.append(f"{number} at byte {error.start + 1}")
+                continue
+            if not text.strip():  # whitespace alone binarises to an empty sentence too
+                empty.append(str(number))
+    found = []
+    for lines, what in ((bad_utf8, "not UTF-8"), (empty, "empty")):
+        if lines:
+            more = ", ..." if len(lines) > SHOWN else ""
+            count = "1 line is" if len(lines) == 1 else f"{len(lines)} lines are"
+            where = ("line " if len(lines) == 1 else "lines ") + ", ".join(lines[:SHOWN])
+            found.append(f"{path}: {count} {what} ({where}{more})")
+    return found
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("files", nargs="+", help="raw text files, one sentence per line")
+    args = parser.parse_args(argv)
+    found = [problem for path in args.files for problem in text_problems(path)]
+    for problem in found:
+        logger.error(problem)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(name)s: error: %(message)s", stream=sys.stderr)
+    sys.exit(main())
