@@ -6,6 +6,9 @@ setup(
     description="A fairseq --user-dir plugin that turns BART into a sentence-level text VAE",
     packages=find_packages(include=["fairseq_vae", "fairseq_vae.*"]),
     python_requires=">=3.9",
-    install_requires=["fairseq-fixed", "torch", "sentencepiece", "sacrebleu"],
+    install_requires=[
+        "fairseq-fixed", "torch", "sentencepiece", "sacrebleu", "scikit-learn", "matplotlib"
+    ],
     extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["fairseq-vae-eval = fairseq_vae.evaluate:cli_main"]},
 )

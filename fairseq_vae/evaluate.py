@@ -396,9 +396,22 @@ def batch_iterator(
     return dataset, itr
 
 
+def evaluable_ids(dataset) -> List[int]:
+    """The sentence ids (line numbers - 1) the dataset will batch, in corpus order.
+
+    The text_vae task leaves empty and over-long sentences out of ``ordered_indices`` (with a
+    warning) while ids stay line numbers, so labels still line up by id.
+    """
+    return sorted(int(i) for i in dataset.ordered_indices())
+
+
 @torch.no_grad()
-def posterior_means(model, task, split: str, **iterator_args) -> Tuple[Tensor, Tensor]:
-    """(mu, logvar) of every sentence of a split, N x D each, in corpus order, on the CPU."""
+def posterior_means(model, task, split: str, **iterator_args) -> Tuple[Tensor, Tensor, Tensor]:
+    """(mu, logvar, ids) of a split's sentences in corpus order, on the CPU.
+
+    mu and logvar are N x D; ids (N) are the sentences' line numbers - 1, which differ from
+    0..N-1 only when the task skipped empty or over-long sentences.
+    """
     use_cuda = next(model.parameters()).is_cuda
     dataset, itr = batch_iterator(task, model, split, **iterator_args)
     ids, mus, logvars = [], [], []
@@ -411,10 +424,11 @@ def posterior_means(model, task, split: str, **iterator_args) -> Tuple[Tensor, T
         ids.append(sample["id"].cpu())
         mus.append(mu.cpu())
         logvars.append(logvar.cpu())
-    order = torch.argsort(torch.cat(ids))
-    if len(order) != len(dataset):
+    ids = torch.cat(ids)
+    order = torch.argsort(ids)
+    if ids[order].tolist() != evaluable_ids(dataset):
         raise RuntimeError(f"encoded {len(order)} of the {len(dataset)} sentences of {split!r}")
-    return torch.cat(mus)[order], torch.cat(logvars)[order]
+    return torch.cat(mus)[order], torch.cat(logvars)[order], ids[order]
 
 
 def default_spm_model(data: Optional[str]) -> Optional[str]:
@@ -444,11 +458,12 @@ def evaluate(cfg, args, model, task, saved_cfg) -> dict:
     dictionary = task.target_dictionary
     spm_model = args.spm_model or default_spm_model(cfg.task.data)
     detok = Detokenizer(dictionary, spm_model, cfg.common_eval.post_process)
+    expected_ids = evaluable_ids(dataset)
     labels = read_labels(args.labels) if args.labels else None
     if labels is not None:
-        counts = {len(v) for v in labels.values()}
-        if counts != {len(dataset)}:
-            raise ValueError(f"{args.labels} has {counts} rows, split {split!r} {len(dataset)}")
+        rows = len(next(iter(labels.values())))
+        if rows != len(dataset):
+            raise ValueError(f"{args.labels} has {rows} rows, split {split!r} {len(dataset)}")
 
     generator = None
     if not args.no_bleu:
@@ -494,7 +509,9 @@ def evaluate(cfg, args, model, task, saved_cfg) -> dict:
             for i, sid in enumerate(ids.tolist()):
                 refs[sid] = detok(net["src_tokens"][i])
             if generator is not None:
-                for i, hypos in zip(ids.tolist(), task.inference_step(generator, [model], sample)):
+                # generate() directly: the task's inference_step would apply its own
+                # --latent-source, and the reconstruction must decode the posterior mean
+                for i, hypos in zip(ids.tolist(), generator.generate([model], sample)):
                     hyps[i] = detok(hypos[0]["tokens"])
             per_batch.append(
                 {
@@ -513,21 +530,23 @@ def evaluate(cfg, args, model, task, saved_cfg) -> dict:
     finally:
         model.encoder.latent_source = latent_source
 
-    if done != len(dataset):
-        raise RuntimeError(
-            f"evaluated {done} of the {len(dataset)} sentences of {split!r}: sentences longer "
-            "than the model's maximum were skipped (--skip-invalid-size-inputs-valid-test), or "
-            "a batch was dropped (use --required-batch-size-multiple 1, the default)"
-        )
     # back to corpus order (fairseq batches by length), so labels line up with sentences
     ids = torch.cat([b["id"] for b in per_batch])
     order = torch.argsort(ids)
-    if not torch.equal(ids[order], torch.arange(len(dataset))):
-        raise RuntimeError("sentence ids are not 0..N-1 exactly once")
+    kept = ids[order].tolist()
+    if kept != expected_ids:
+        raise RuntimeError(
+            f"evaluated {done} of the {len(expected_ids)} sentences of {split!r}: sentences "
+            "longer than the model's maximum were skipped (--skip-invalid-size-inputs-valid-"
+            "test), or a batch was dropped (use --required-batch-size-multiple 1, the default)"
+        )
     cols = {k: torch.cat([b[k] for b in per_batch])[order] for k in per_batch[0] if k != "id"}
+    skipped = len(dataset) - len(kept)
+    if skipped:
+        logger.warning(f"{skipped} empty or over-long sentences of {split!r} are not evaluated")
 
-    words = torch.tensor([len(refs[i].split()) + 1 for i in range(len(dataset))])
-    n_sent, n_tok, n_word = len(dataset), int(cols["tokens"].sum()), int(words.sum())
+    words = torch.tensor([len(refs[i].split()) + 1 for i in kept])
+    n_sent, n_tok, n_word = len(kept), int(cols["tokens"].sum()), int(words.sum())
     nll_iw = -cols["log_px"].double().sum().item()  # nats, summed over sentences
     neg_elbo = (cols["kl"] - cols["log_px_z"]).double().sum().item()
     au, au_var = active_units(cols["mu"], args.au_threshold)
@@ -543,6 +562,7 @@ def evaluate(cfg, args, model, task, saved_cfg) -> dict:
             "data": cfg.task.data,
             "split": split,
             "sentences": n_sent,
+            "skipped": skipped,
             "tokens": n_tok,
             "words": n_word,
             "iw_samples": args.iw_samples,
@@ -582,14 +602,17 @@ def evaluate(cfg, args, model, task, saved_cfg) -> dict:
     if generator is not None:
         from sacrebleu.metrics import BLEU
 
-        hyp_list = [hyps[i] for i in range(n_sent)]
-        ref_list = [refs[i] for i in range(n_sent)]
-        bleu = BLEU()
+        hyp_list = [hyps[i] for i in kept]
+        ref_list = [refs[i] for i in kept]
+        # the references are the corpus's own text; when it is written with spaces before
+        # punctuation, sacrebleu's "forgot to detokenize?" warning is noise (force=True)
+        bleu = BLEU(force=True)
         report["metrics"]["recon_bleu"] = bleu.corpus_score(hyp_list, [ref_list]).score
         report["metrics"]["recon_bleu_signature"] = str(bleu.get_signature())
         report["metrics"]["recon_exact"] = sum(h == r for h, r in zip(hyp_list, ref_list)) / n_sent
         report["examples"] = [{"input": ref_list[i], "greedy": hyp_list[i]} for i in range(3)]
     if labels is not None:
+        labels = {name: [values[i] for i in kept] for name, values in labels.items()}
         report["factors"] = probe_factors(cols["mu"].numpy(), labels)
     return report
 
@@ -599,7 +622,8 @@ def format_report(report: dict) -> str:
     s, m = report["settings"], report["metrics"]
     lines = [
         f"fairseq-vae-eval | {s['checkpoint']} on {s['split']!r} of {s['data']}: "
-        f"{s['sentences']} sentences, {s['tokens']} tokens, {s['words']} words",
+        f"{s['sentences']} sentences, {s['tokens']} tokens, {s['words']} words"
+        + (f" ({s['skipped']} empty or over-long sentences skipped)" if s["skipped"] else ""),
         f"settings | IW samples K={s['iw_samples']} (chunks of {s['iw_chunk']}) | MI pool="
         f"{s['mi_pool']} ({s['mi_pool_mean_size']:.1f} sentences) | AU threshold="
         f"{s['au_threshold']} | seed={s['seed']} | {s['device']}{' fp16' if s['fp16'] else ''}"

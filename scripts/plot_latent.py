@@ -87,7 +87,7 @@ def main(argv=None):
 
     use_cuda = torch.cuda.is_available() and not args.cpu
     model, saved_cfg, task = load_checkpoint(args.path, {"data": args.data}, use_cuda=use_cuda)
-    mu, _ = posterior_means(
+    mu, _, ids = posterior_means(
         model, task, args.gen_subset, max_tokens=args.max_tokens, saved_task_cfg=saved_cfg.task
     )
     colors, color_name = None, None
@@ -96,9 +96,9 @@ def main(argv=None):
         color_name = args.color_by or next(iter(labels))
         if color_name not in labels:
             sys.exit(f"--color-by {color_name}: {args.labels} has {', '.join(labels)}")
-        colors = labels[color_name]
-        if len(colors) != len(mu):
-            sys.exit(f"{args.labels} has {len(colors)} rows for {len(mu)} sentences")
+        if len(labels[color_name]) <= int(ids.max()):
+            sys.exit(f"{args.labels} has {len(labels[color_name])} rows, fewer than the split")
+        colors = [labels[color_name][i] for i in ids.tolist()]  # skipped sentences left out
     xy, axis_labels = project(mu.double().numpy(), args.projection)
     title = f"posterior means of {args.gen_subset!r} ({len(mu)} sentences, {mu.size(1)} dims)"
     plot(xy, axis_labels, colors, color_name, args.output, title)

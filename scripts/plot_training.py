@@ -40,16 +40,23 @@ def numeric(record):
     return {k: v for k, v in ((k, to_float(v)) for k, v in record.items()) if v is not None}
 
 
+def logger_field(name):
+    """The message of a line logged by ``name``: after "| name |" in a full log line, or after
+    a leading "name |" in the shortened lines scripts/demo.py echoes."""
+    return re.compile(rf"(?:^\s*|\| ){re.escape(name)} \| (.*)$")
+
+
 def parse_log(lines, valid_subset="valid"):
     """(train, valid): lists of {metric: float} dicts, each with ``num_updates``."""
     train, valid = [], []
+    inner, checks = logger_field("train_inner"), logger_field(valid_subset)
     for line in lines:
-        if "| train_inner |" in line:
-            rest = line.split("| train_inner |", 1)[1].strip()
+        if inner.search(line):
+            rest = inner.search(line).group(1).strip()
             record = json.loads(rest) if rest.startswith("{") else dict(SIMPLE_INNER.findall(rest))
             train.append(numeric(record))
-        elif f"| {valid_subset} |" in line:
-            rest = line.split(f"| {valid_subset} |", 1)[1].strip()
+        elif checks.search(line):
+            rest = checks.search(line).group(1).strip()
             if rest.startswith("{"):  # json: keys carry the subset as a prefix
                 prefix = valid_subset + "_"
                 items = json.loads(rest).items()

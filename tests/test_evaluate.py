@@ -1,0 +1,341 @@
+"""The evaluation suite: batched estimators against plain loops, estimator properties on a
+trained tiny model, and fairseq-vae-eval end to end."""
+
+import json
+import math
+import os
+import subprocess
+
+import pytest
+import torch
+from conftest import BIN, ROOT, USER_DIR, encode_lines, random_sentences
+from vae_fixtures import make_data_bin, save_checkpoint, shift_right, train_tiny
+
+from fairseq_vae import evaluate
+from fairseq_vae.criterions.elbo import gaussian_kl
+from fairseq_vae.evaluate import (
+    active_units,
+    gaussian_log_density,
+    iw_log_likelihood,
+    mutual_information,
+    probe_factors,
+    standard_normal_log_density,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # the machine's two cores are shared: two threads fighting for one core are ten times slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(dict_dir):
+    """A tiny model whose decoder relies on z: beta 0 and every decoder input dropped in
+    training, so its posterior is informative (KL ~ 10 nats, all units active)."""
+    task, model, args = train_tiny(dict_dir, 100, 0.0, 0, "--word-dropout", "1.0")
+    return task, model, args
+
+
+def batch_of(task, lines):
+    d = task.source_dictionary
+    src, lengths = encode_lines(d, lines)
+    return src, lengths, shift_right(src, lengths, d)
+
+
+# ----------------------------------------------------------------------------------------------
+# The slow, obviously correct versions: one sentence, one sample, one number at a time
+
+
+def slow_iw_log_likelihood(model, dictionary, line, eps):
+    """log p(x) of one sentence from the K draws eps (K x D), with plain Python loops."""
+    tokens = dictionary.encode_line(line, add_if_not_exist=False).long()
+    mu_t, logvar_t = model.encoder.posterior(tokens[None], torch.tensor([len(tokens)]))
+    mu, logvar = mu_t[0].tolist(), logvar_t[0].tolist()
+    prev = torch.cat([tokens.new_tensor([dictionary.eos()]), tokens[:-1]])[None]
+    log_ws = []
+    for k in range(eps.size(0)):
+        z = [mu[d] + math.exp(0.5 * logvar[d]) * eps[k, d].item() for d in range(len(mu))]
+        encoder_out = model.encoder.latent_encoder_out(mu_t, logvar_t, torch.tensor([z]))
+        logits, _ = model.decoder(prev, encoder_out=encoder_out)
+        log_px_z = 0.0
+        for t in range(len(tokens)):
+            log_px_z += torch.log_softmax(logits[0, t].double(), dim=-1)[tokens[t]].item()
+        log_pz = sum(-0.5 * zd * zd - 0.5 * math.log(2 * math.pi) for zd in z)
+        log_qz = sum(
+            -0.5 * (z[d] - mu[d]) ** 2 / math.exp(logvar[d])
+            - 0.5 * logvar[d]
+            - 0.5 * math.log(2 * math.pi)
+            for d in range(len(z))
+        )
+        log_ws.append(log_px_z + log_pz - log_qz)
+    top = max(log_ws)
+    return top + math.log(sum(math.exp(w - top) for w in log_ws)) - math.log(len(log_ws))
+
+
+def slow_log_normal(z, mu, logvar):
+    return sum(
+        -0.5 * (z[d] - mu[d]) ** 2 / math.exp(logvar[d])
+        - 0.5 * logvar[d]
+        - 0.5 * math.log(2 * math.pi)
+        for d in range(len(z))
+    )
+
+
+def slow_mutual_information(mu, logvar, z):
+    n, dim = len(mu), len(mu[0])
+    neg_entropy = sum(
+        -0.5 * dim * math.log(2 * math.pi) - 0.5 * sum(1 + lv for lv in logvar[i]) for i in range(n)
+    ) / n
+    log_qz = 0.0
+    for i in range(n):
+        dens = [slow_log_normal(z[i], mu[j], logvar[j]) for j in range(n)]
+        top = max(dens)
+        log_qz += top + math.log(sum(math.exp(v - top) for v in dens)) - math.log(n)
+    return neg_entropy - log_qz / n
+
+
+def slow_active_units(mu, threshold):
+    n, dim = len(mu), len(mu[0])
+    count = 0
+    for d in range(dim):
+        mean = sum(mu[i][d] for i in range(n)) / n
+        if sum((mu[i][d] - mean) ** 2 for i in range(n)) / (n - 1) >= threshold:
+            count += 1
+    return count
+
+
+# ----------------------------------------------------------------------------------------------
+# Batched == loops
+
+
+def test_log_densities_match_torch_distributions():
+    z, mu, logvar = torch.randn(5, 3, 4), torch.randn(5, 1, 4), torch.randn(5, 1, 4)
+    expected = torch.distributions.Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
+    torch.testing.assert_close(gaussian_log_density(z, mu, logvar), expected)
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(standard_normal_log_density(z), expected)
+
+
+@torch.no_grad()
+def test_batched_iw_nll_equals_per_sentence_per_sample_loops(trained):
+    task, model, _ = trained
+    lines = random_sentences(5, seed=21, min_len=2, max_len=9)  # varied lengths: padding
+    src, lengths, prev = batch_of(task, lines)
+    mu, logvar = model.encoder.posterior(src, lengths)
+    torch.manual_seed(1)
+    eps = torch.randn(len(lines), 7, mu.size(1))
+    # chunks of 3 of 7 samples: the last chunk is short
+    log_px, z1, log_px_z1 = iw_log_likelihood(model, mu, logvar, prev, src, 7, 3, eps=eps)
+    for b, line in enumerate(lines):
+        expected = slow_iw_log_likelihood(model, task.source_dictionary, line, eps[b])
+        assert log_px[b].item() == pytest.approx(expected, rel=1e-4)
+        # the sample handed on to the -ELBO and the MI is the first draw
+        torch.testing.assert_close(z1[b], mu[b] + torch.exp(0.5 * logvar[b]) * eps[b, 0])
+    # ...and the chunk size changes nothing
+    for chunk in (1, 7, 100):
+        again, again_z1, _ = iw_log_likelihood(model, mu, logvar, prev, src, 7, chunk, eps=eps)
+        torch.testing.assert_close(again, log_px, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(again_z1, z1)
+
+
+def test_mutual_information_equals_loops(monkeypatch):
+    torch.manual_seed(2)
+    mu, logvar = torch.randn(23, 4) * 2, torch.randn(23, 4) - 1
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(23, 4)
+    expected = slow_mutual_information(mu.tolist(), logvar.tolist(), z.tolist())
+    assert mutual_information(mu, logvar, z) == pytest.approx(expected, rel=1e-4)
+    # scoring the pool in blocks of a few rows gives the same number
+    monkeypatch.setattr(evaluate, "MI_BLOCK_FLOATS", 5 * 23 * 4)
+    assert mutual_information(mu, logvar, z) == pytest.approx(expected, rel=1e-4)
+
+
+def test_active_units_equals_loops():
+    torch.manual_seed(3)
+    mu = torch.randn(40, 6) * torch.tensor([0.01, 0.05, 0.09, 0.11, 0.5, 2.0])
+    count, variances = active_units(mu, 0.01)
+    assert count == slow_active_units(mu.tolist(), 0.01)
+    torch.testing.assert_close(variances, mu.var(dim=0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Properties on a trained model
+
+
+@torch.no_grad()
+def test_iw_nll_is_at_most_the_negative_elbo(trained):
+    task, model, _ = trained
+    src, lengths, prev = batch_of(task, random_sentences(12, seed=31))
+    mu, logvar = model.encoder.posterior(src, lengths)
+    kl = gaussian_kl(mu, logvar).sum(-1)
+    assert kl.mean() > 1.0, "the fixture's latent should be in use"
+    gen = torch.Generator().manual_seed(4)
+    log_px, _, _ = iw_log_likelihood(model, mu, logvar, prev, src, 200, 50, generator=gen)
+    # -ELBO with its reconstruction averaged over 50 samples (so little noise is left)
+    recs = torch.stack(
+        [iw_log_likelihood(model, mu, logvar, prev, src, 1, 1, generator=gen)[2] for _ in range(50)]
+    )
+    neg_elbo = kl - recs.mean(0)
+    stderr = (recs.std(0) / math.sqrt(50)).max().item()
+    assert (-log_px <= neg_elbo + 4 * stderr + 1e-4).all(), (-log_px, neg_elbo)
+    assert (-log_px).mean() < neg_elbo.mean() - 0.5  # and the bound is clearly tighter here
+
+
+@torch.no_grad()
+def test_iw_nll_with_one_sample_is_a_one_sample_elbo_in_expectation(trained):
+    task, model, _ = trained
+    src, lengths, prev = batch_of(task, random_sentences(8, seed=41))
+    mu, logvar = model.encoder.posterior(src, lengths)
+    kl = gaussian_kl(mu, logvar).sum(-1)
+    gen = torch.Generator().manual_seed(5)
+    iw1, elbo1 = [], []
+    for _ in range(150):
+        iw1.append(-iw_log_likelihood(model, mu, logvar, prev, src, 1, 1, generator=gen)[0])
+        # an independent draw: the one-sample -ELBO with the analytic KL
+        log_px_z = iw_log_likelihood(model, mu, logvar, prev, src, 1, 1, generator=gen)[2]
+        elbo1.append(kl - log_px_z)
+    iw1, elbo1 = torch.stack(iw1).mean(1), torch.stack(elbo1).mean(1)  # per repeat
+    diff = iw1 - elbo1
+    stderr = diff.std() / math.sqrt(len(diff))
+    assert abs(diff.mean().item()) < 4 * stderr.item() + 1e-3, (diff.mean(), stderr)
+
+
+@torch.no_grad()
+def test_mi_is_between_zero_and_log_pool_size(trained):
+    task, model, _ = trained
+    src, lengths, _ = batch_of(task, random_sentences(60, seed=51))
+    mu, logvar = model.encoder.posterior(src, lengths)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    mi = mutual_information(mu, logvar, z)
+    assert 0.1 < mi <= math.log(60) + 0.1
+
+
+@torch.no_grad()
+def test_a_collapsed_posterior_has_no_kl_mi_or_active_units(trained):
+    task, model, args = trained
+    collapsed = type(model).build_model(args, task)
+    collapsed.load_state_dict(model.state_dict())
+    collapsed.eval()
+    for head in (collapsed.encoder.mlp_mu, collapsed.encoder.mlp_logvar):
+        head[2].weight.zero_()
+        head[2].bias.zero_()  # mu = 0, logvar = 0: q(z|x) is the prior for every x
+    src, lengths, _ = batch_of(task, random_sentences(400, seed=61))
+    mu, logvar = collapsed.encoder.posterior(src, lengths)
+    assert gaussian_kl(mu, logvar).sum(-1).abs().max() == 0
+    torch.manual_seed(6)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    # here the estimate is 0.5 * (mean |z|^2 - D): zero up to sampling noise (sd 0.1)
+    assert abs(mutual_information(mu, logvar, z)) < 0.4
+    assert active_units(mu)[0] == 0
+
+
+@torch.no_grad()
+def test_widely_varying_means_make_every_unit_active(trained):
+    task, model, args = trained
+    wide = type(model).build_model(args, task)
+    wide.load_state_dict(model.state_dict())
+    wide.eval()
+    wide.encoder.mlp_mu[2].weight.mul_(100.0)
+    src, lengths, _ = batch_of(task, random_sentences(50, seed=71))
+    mu, _ = wide.encoder.posterior(src, lengths)
+    count, variances = active_units(mu, 0.01)
+    assert count == wide.encoder.latent_dim == 8, variances
+
+
+def test_probe_reads_a_factor_that_the_features_hold():
+    torch.manual_seed(7)
+    features = torch.randn(200, 3)
+    labels = {
+        "sign": ["pos" if v > 0 else "neg" for v in features[:, 0].tolist()],
+        "noise": [["a", "b", "b"][i % 3] for i in torch.randperm(200).tolist()],
+    }
+    results = probe_factors(features.numpy(), labels)
+    assert results["sign"]["accuracy"] > 0.9 > results["sign"]["majority_baseline"]
+    assert results["noise"]["accuracy"] < 0.8
+    assert results["noise"]["train"] == results["noise"]["test"] == 100
+
+
+def test_detokenised_synth_source_is_the_raw_corpus_text():
+    """The word unit: sentencepiece decoding of the binarised split gives the raw sentence."""
+    from fairseq.data import Dictionary, data_utils
+
+    data = os.path.join(ROOT, "data-bin", "synth")
+    dictionary = Dictionary.load(os.path.join(data, "dict.txt"))
+    sentences = data_utils.load_indexed_dataset(os.path.join(data, "test"), dictionary)
+    detok = evaluate.Detokenizer(dictionary, os.path.join(data, "spm.model"))
+    with open(os.path.join(ROOT, "corpus", "synth", "test.txt"), encoding="utf-8") as f:
+        raw = [next(f).rstrip("\n") for _ in range(20)]
+    assert [detok(sentences[i]) for i in range(20)] == raw
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+
+
+def run(tool, *args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [os.path.join(BIN, tool), *args], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, f"{tool} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout, result.stderr
+
+
+def test_fairseq_vae_eval_reports_every_metric_on_every_sentence(trained, dict_dir, tmp_path):
+    task, model, args = trained
+    lines = random_sentences(37, seed=81)
+    # an empty line: the task skips it, and the labels must still line up by line number
+    lines = lines[:5] + [""] + lines[5:]
+    data = make_data_bin(str(tmp_path / "bin"), dict_dir, {"test": lines})
+    checkpoint = str(tmp_path / "checkpoint.pt")
+    save_checkpoint(checkpoint, model, args)
+    labels = tmp_path / "labels.tsv"
+    labels.write_text(
+        "first\tlong\n"
+        + "".join(f"{(s.split() or ['-'])[0]}\t{len(s.split()) > 5}\n" for s in lines)
+    )
+    results = tmp_path / "results.json"
+    # 37 sentences at 5 per batch: fairseq's default multiple of 8 would drop some
+    stdout, _ = run(
+        "fairseq-vae-eval", data, "--user-dir", USER_DIR, "--path", checkpoint,
+        "--gen-subset", "test", "--iw-samples", "12", "--iw-chunk", "5", "--batch-size", "5",
+        "--labels", str(labels), "--results-json", str(results), "--cpu",
+    )  # fmt: skip
+    for name in ("IW-NLL", "IW PPL / token", "IW PPL / word", "-ELBO", "KL", "MI", "AU",
+                 "reconstruction BLEU", "probe accuracy: first", "probe accuracy: long",
+                 "majority", "K=12", "MI pool=dataset", "AU threshold=0.01", "token:"):  # fmt: skip
+        assert name in stdout, f"{name!r} missing from:\n{stdout}"
+    report = json.loads(results.read_text())
+    settings, metrics = report["settings"], report["metrics"]
+    assert settings["sentences"] == 37 and settings["skipped"] == 1
+    assert settings["iw_samples"] == 12
+    assert settings["tokens"] == settings["words"] == sum(len(s.split()) + 1 for s in lines if s)
+    assert report["examples"][0]["input"] == lines[0]
+    assert metrics["iw_nll"] < metrics["neg_elbo"]
+    assert metrics["iw_ppl_token"] == pytest.approx(
+        math.exp(metrics["iw_nll"] * 37 / settings["tokens"]), rel=1e-6
+    )
+    assert 0 <= metrics["recon_bleu"] <= 100 and metrics["au"] == 8
+    assert set(report["factors"]) == {"first", "long"}
+
+    # the KL is analytic: fairseq-validate's number is the same
+    stdout, _ = run(
+        "fairseq-validate", data, "--user-dir", USER_DIR, "--task", "text_vae",
+        "--path", checkpoint, "--valid-subset", "test", "--batch-size", "5",
+        "--required-batch-size-multiple", "1", "--cpu",
+    )  # fmt: skip
+    line = [line for line in stdout.splitlines() if "valid on" in line][-1]
+    kl = float(line.split("| kl ")[1].split()[0])
+    assert metrics["kl"] == pytest.approx(kl, abs=2e-3)
+
+    # the batch pool of the MI, without the greedy decoding
+    stdout, _ = run(
+        "fairseq-vae-eval", data, "--path", checkpoint, "--gen-subset", "test",
+        "--iw-samples", "2", "--mi-pool", "batch", "--batch-size", "10", "--no-bleu", "--cpu",
+    )  # fmt: skip
+    assert "MI pool=batch" in stdout and "BLEU" not in stdout
+    mi = float(stdout.split("\nMI")[1].split()[0])
+    assert mi <= math.log(10) + 0.2
