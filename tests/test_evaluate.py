@@ -121,7 +121,7 @@ def test_log_densities_match_torch_distributions():
 
 
 @torch.no_grad()
-def test_batched_iw_nll_equals_per_sentence_per_sample_loops(trained):
+def test_batched_iw_nll_equals_per_sentence_per_sample_loops(trained, monkeypatch):
     task, model, _ = trained
     lines = random_sentences(5, seed=21, min_len=2, max_len=9)  # varied lengths: padding
     src, lengths, prev = batch_of(task, lines)
@@ -140,6 +140,11 @@ def test_batched_iw_nll_equals_per_sentence_per_sample_loops(trained):
         again, again_z1, _ = iw_log_likelihood(model, mu, logvar, prev, src, 7, chunk, eps=eps)
         torch.testing.assert_close(again, log_px, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(again_z1, z1)
+    # ...nor does the number of positions projected at a time (5 does not divide the total)
+    for block in (1, 5):
+        monkeypatch.setattr(evaluate, "LOGIT_BLOCK_ROWS", block)
+        again, _, _ = iw_log_likelihood(model, mu, logvar, prev, src, 7, 3, eps=eps)
+        torch.testing.assert_close(again, log_px, rtol=1e-5, atol=1e-5)
 
 
 def test_mutual_information_equals_loops(monkeypatch):
