@@ -3,18 +3,28 @@
 
 Both models are trained as autoencoders (source = target) on the same batches of a data-bin
 corpus, in one process, alternating update by update after a warm-up, so machine noise hits
-both alike. Prints the median time per training update of each and their ratio, and
-generation speed (sentences per second: bart_vae decoding prior samples against BART
-reconstructing the same number of sentences, same decoding options), as a table.
+both alike. Prints, as a table, the median time per training update of each and their ratio;
+the peak memory of training (CUDA: the allocator's peak per model; CPU: the peak resident set
+of a child process that builds and trains only that model, less its size before training);
+and generation speed in sentences per second, bart_vae decoding prior samples against BART
+reconstructing the same number of sentences with the same greedy search:
 
-  python benchmarks/overhead.py --shape small            # bart_vae_small sizes
+* at a fixed length (--gen-len tokens, end of sentence forbidden before it): the same work
+  per sentence for both, whatever they have learnt;
+* at natural lengths, only after --train-updates extra updates of each model (untrained
+  models stop at arbitrary lengths, so the comparison would mean nothing).
+
+  python benchmarks/overhead.py --shape small --train-updates 300   # bart_vae_small sizes
   python benchmarks/overhead.py --shape base --updates 20
-  python benchmarks/overhead.py --shape base --bf16      # on a GPU
+  python benchmarks/overhead.py --shape base --bf16                 # on a GPU
 """
 
 import argparse
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -71,6 +81,65 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
+def rss_mib() -> float:
+    """The resident set of this process now (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def cpu_peak_training_memory(args, name) -> float:
+    """MiB: peak RSS of a child that builds one model and trains it, less its RSS before."""
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--data", args.data, "--shape", args.shape,
+         "--max-tokens", str(args.max_tokens), "--peak-memory-of", name],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return float(out.strip().splitlines()[-1])
+
+
+def build_models(args, names=("bart_vae", "bart")):
+    """The task and {name: (model, criterion)}, the two models of one shape."""
+    vae_arch, bart_arch, dims = SHAPES[args.shape]
+    common = [*dims, "--dropout", "0.1"]
+    recipes = {"bart_vae": (vae_arch, "elbo"), "bart": (bart_arch, "label_smoothed_cross_entropy")}
+    models = {}
+    for name in names:
+        task, model, crit, _ = build(*recipes[name], args.data, common)
+        models[name] = (model, crit)
+    return task, models
+
+
+def generation_speed(task, models, args, device, fixed_len):
+    """Sentences per second of greedy search: prior samples (VAE), reconstructions (BART)."""
+    if fixed_len:
+        search = ["--min-len", str(fixed_len), "--max-len-a", "0", "--max-len-b", str(fixed_len)]
+    else:
+        search = ["--max-len-a", "0", "--max-len-b", "60"]
+    gen_cfg = options.parse_args_and_arch(
+        options.get_generation_parser(), [args.data, "--beam", "1", *search]
+    )
+    sentences = batches(task, "valid", 100000, 1)[0]
+    speed, lengths = {}, {}
+    for name, (model, _) in models.items():
+        model.eval()
+        generator = task.build_generator([model], gen_cfg)
+        net_input = {k: v[: args.generate] for k, v in sentences["net_input"].items()}
+        if name == "bart_vae":
+            model.encoder.latent_source = "prior"
+        sample = {"id": sentences["id"][: args.generate], "net_input": net_input}
+        if device.type == "cuda":
+            sample = iterators.utils.move_to_cuda(sample)
+        with torch.no_grad():
+            hypos = generator.generate([model], sample)  # warm-up
+            t = min(timed(lambda: generator.generate([model], sample), device) for _ in range(3))
+        speed[name] = len(sample["id"]) / t
+        lengths[name] = statistics.mean(len(h[0]["tokens"]) for h in hypos)
+        if name == "bart_vae":
+            model.encoder.latent_source = "sample"
+        model.train()
+    return speed, lengths
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=os.path.join(ROOT, "data-bin", "synth"))
@@ -79,19 +148,31 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=2048)
     parser.add_argument("--generate", type=int, default=64, help="sentences to generate")
+    parser.add_argument("--gen-len", type=int, default=20,
+                        help="tokens per sentence of the fixed-length generation")
+    parser.add_argument("--train-updates", type=int, default=0,
+                        help="untimed updates of each model (lr 1e-3) before the natural-length "
+                        "generation; 0 skips it")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    parser.add_argument("--peak-memory-of", choices=["bart_vae", "bart"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    vae_arch, bart_arch, dims = SHAPES[args.shape]
 
-    common = [*dims, "--dropout", "0.1"]
-    vae_task, vae, vae_crit, _ = build(vae_arch, "elbo", args.data, common)
-    _, bart, bart_crit, _ = build(bart_arch, "label_smoothed_cross_entropy", args.data, common)
-    models = {"bart_vae": (vae, vae_crit), "bart": (bart, bart_crit)}
+    names = [args.peak_memory_of] if args.peak_memory_of else ["bart_vae", "bart"]
+    vae_task, models = build_models(args, names)
     n = args.warmup + args.updates
     samples = [s for s in batches(vae_task, "train", args.max_tokens, n)]
-    optimizers = {}
+    if args.peak_memory_of:  # the child of cpu_peak_training_memory
+        model, crit = models[args.peak_memory_of]
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        before = rss_mib()
+        for sample in samples[:5]:
+            train_update(model, crit, optimizer, sample, device, dtype)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)
+        return
+
+    optimizers, peak = {}, {name: 0.0 for name in models}
     for name, (model, crit) in models.items():
         model.to(device).train()
         optimizers[name] = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -99,42 +180,48 @@ def main():
     for i, sample in enumerate(samples):
         sample = iterators.utils.move_to_cuda(sample) if device.type == "cuda" else sample
         for name, (model, crit) in models.items():  # alternating: noise hits both alike
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
             t = timed(lambda: train_update(model, crit, optimizers[name], sample, device, dtype),
                       device)  # fmt: skip
+            if device.type == "cuda":
+                peak[name] = max(peak[name], (torch.cuda.max_memory_allocated() - base) / 2**20)
             if i >= args.warmup:
                 times[name].append(t)
+    if device.type != "cuda":
+        peak = {name: cpu_peak_training_memory(args, name) for name in models}
 
-    # generation: prior samples (VAE) against reconstructions (BART), same search
-    gen_task = vae_task
-    gen_args = options.get_generation_parser()
-    gen_cfg = options.parse_args_and_arch(gen_args, [args.data, "--beam", "1", "--max-len-b", "30"])
-    sentences = batches(gen_task, "valid", 100000, 1)[0]
-    sentences = {k: v for k, v in sentences.items()}
-    speed = {}
-    for name, (model, _) in models.items():
-        model.eval()
-        generator = gen_task.build_generator([model], gen_cfg)
-        net_input = {k: v[: args.generate] for k, v in sentences["net_input"].items()}
-        if name == "bart_vae":
-            model.encoder.latent_source = "prior"
-        sample = {"id": sentences["id"][: args.generate], "net_input": net_input}
-        if device.type == "cuda":
-            sample = iterators.utils.move_to_cuda(sample)
-        with torch.no_grad():
-            generator.generate([model], sample)  # warm-up
-            t = timed(lambda: generator.generate([model], sample), device)
-        speed[name] = len(sample["id"]) / t
+    fixed, fixed_len = generation_speed(vae_task, models, args, device, args.gen_len)
+    natural = None
+    if args.train_updates:
+        for name, (model, crit) in models.items():
+            for group in optimizers[name].param_groups:
+                group["lr"] = 1e-3
+        epoch = batches(vae_task, "train", args.max_tokens, args.train_updates)
+        for sample in epoch:
+            sample = iterators.utils.move_to_cuda(sample) if device.type == "cuda" else sample
+            for name, (model, crit) in models.items():
+                train_update(model, crit, optimizers[name], sample, device, dtype)
+        natural, natural_len = generation_speed(vae_task, models, args, device, None)
 
     vae_ms = statistics.median(times["bart_vae"]) * 1000
     bart_ms = statistics.median(times["bart"]) * 1000
     print(f"shape {args.shape} on {device.type} ({dtype}), {args.updates} timed updates of "
-          f"{args.max_tokens} tokens after {args.warmup} warm-up, alternating")  # fmt: skip
-    print(f"{'':<22}{'bart_vae':>10}{'bart':>10}{'ratio':>8}")
-    print(f"{'ms per update (median)':<22}{vae_ms:10.1f}{bart_ms:10.1f}{vae_ms / bart_ms:8.3f}")
-    print(f"{'sentences/s generated':<22}{speed['bart_vae']:10.1f}{speed['bart']:10.1f}"
-          f"{speed['bart_vae'] / speed['bart']:8.3f}")  # fmt: skip
-    if device.type == "cuda":
-        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB (both models)")
+          f"{args.max_tokens} tokens after {args.warmup} warm-up, alternating; "
+          f"{args.generate} sentences generated greedily")  # fmt: skip
+    print(f"{'':<34}{'bart_vae':>10}{'bart':>10}{'ratio':>8}")
+    rows = [
+        ("ms per update (median)", vae_ms, bart_ms),
+        ("peak training memory, MiB", peak["bart_vae"], peak["bart"]),
+        (f"sent/s, fixed length {args.gen_len}", fixed["bart_vae"], fixed["bart"]),
+    ]
+    if natural:
+        rows.append((f"sent/s, natural length, {args.train_updates} upd.",
+                     natural["bart_vae"], natural["bart"]))  # fmt: skip
+        rows.append(("  mean output length", natural_len["bart_vae"], natural_len["bart"]))
+    for label, a, b in rows:
+        print(f"{label:<34}{a:10.1f}{b:10.1f}{a / b:8.3f}")
 
 
 if __name__ == "__main__":

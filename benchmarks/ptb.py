@@ -50,7 +50,7 @@ BUDGETS = {
     "cpu": {
         "vae_arch": "bart_vae_small",
         "dim": 128, "ffn": 512, "layers": 2, "heads": 4,
-        "max_update": 1000, "max_tokens": 4096, "lr": 1e-3, "warmup": 200,
+        "max_update": 1600, "max_tokens": 4096, "lr": 1e-3, "warmup": 200,
         "hours": 1.0, "precision": [], "parallel": True,
         "sweep_updates": 400,
     },
