@@ -83,7 +83,7 @@ SWEEP = {
     "cyclical, fb 0.25, wd 0, fusion att": dict(
         schedule="cyclical", free_bits=0.25, word_dropout=0.0, latent_dim=32, to_embeddings=False),
 }
-DEFAULT_REMEDY = "cyclical, fb 0.25, wd 0, fusion att+emb"
+DEFAULT_REMEDY = "cyclical, fb 0.25, wd 0, fusion att"
 SWEEP_RULE = "lowest valid -ELBO among the settings with KL >= 5 nats and AU >= 10"
 
 SEED = 1
