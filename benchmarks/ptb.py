@@ -390,6 +390,7 @@ def write_results(path: str, args, b: dict, remedy_name: str, vae: dict, lm: dic
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     p.add_argument("--data", default=os.path.join("..", "shared", "data", "ptb"),
