@@ -187,16 +187,9 @@ def run_jobs(jobs: Dict[str, tuple], parallel: bool) -> Dict[str, float]:
 
 
 def train_summary(logfile: str) -> dict:
-    """Updates done and the training-time seconds fairseq reports, from a fairseq-train log."""
-    text = open(logfile).read()
-    updates = [int(u) for u in re.findall(r"num_updates[= ](\d+)", text)]
-    walls = [float(w) for w in re.findall(r"train_wall=(\d+(?:\.\d+)?)", text)]
-    done = re.findall(r"done training in ([0-9.]+) seconds", text)
-    return {
-        "updates": max(updates) if updates else 0,
-        "train_wall_s": max(walls) if walls else None,
-        "done_s": float(done[-1]) if done else None,
-    }
+    """The number of updates done, from a fairseq-train log."""
+    updates = [int(u) for u in re.findall(r"num_updates[= ](\d+)", open(logfile).read())]
+    return {"updates": max(updates) if updates else 0}
 
 
 def prepare(data_dir: str, out: str) -> str:
@@ -230,13 +223,12 @@ def prepare(data_dir: str, out: str) -> str:
     return dest
 
 
-def vae_eval(data: str, ckpt: str, split: str, k: int, out_json: str, b: dict, bleu=True,
-             extra: Optional[List[str]] = None) -> dict:
+def vae_eval(data: str, ckpt: str, split: str, k: int, out_json: str, b: dict, bleu=True) -> dict:
     cmd = [
         os.path.join(BIN, "fairseq-vae-eval"), data, "--user-dir", os.path.join(REPO, "fairseq_vae"),
         "--path", ckpt, "--gen-subset", split, "--iw-samples", str(k), "--seed", str(SEED),
         "--results-json", out_json,
-    ] + ([] if b["precision"] else ["--cpu"]) + ([] if bleu else ["--no-bleu"]) + (extra or [])
+    ] + ([] if b["precision"] else ["--cpu"]) + ([] if bleu else ["--no-bleu"])
     logfile = out_json[: -len(".json")] + ".log"
     seconds = run_jobs({f"fairseq-vae-eval {split} K={k}": (cmd, logfile)}, parallel=False)
     report = json.load(open(out_json))
