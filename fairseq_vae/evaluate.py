@@ -82,12 +82,12 @@ def standard_normal_log_density(z: Tensor) -> Tensor:
 
 
 def sequence_log_likelihood(
-    features: Tensor, target: Tensor, padding_idx: int, output_layer, block: int = None
+    features: Tensor, target: Tensor, padding_idx: int, output_layer
 ) -> Tensor:
     """sum_t log p(target_t | target_<t, z) over the non-pad positions.
 
-    Only the non-pad positions go through the output projection, ``block`` rows at a time: the
-    logits of a block (block x V) stay in the CPU's cache between the projection and the
+    Only the non-pad positions go through the output projection, ``LOGIT_BLOCK_ROWS`` at a
+    time: the logits of a block (block x V) stay in the CPU's cache between the projection and the
     normalisation, which on PTB (V = 10k) halves the cost of the IW estimator against
     normalising one N x T x V tensor.
 
@@ -95,11 +95,10 @@ def sequence_log_likelihood(
         features: N x T x C decoder states before the output projection
         target: N x T token indices, right-padded with ``padding_idx``
         output_layer: maps ... x C states to ... x V logits (the decoder's ``output_layer``)
-        block: rows per projection (default ``LOGIT_BLOCK_ROWS``)
     Returns:
         N log-likelihoods in fp32
     """
-    block = block or LOGIT_BLOCK_ROWS
+    block = LOGIT_BLOCK_ROWS  # read at call time, so tests can vary it
     keep = target.ne(padding_idx)
     rows = keep.nonzero(as_tuple=True)[0]  # sentence of each kept position
     states, symbols = features[keep], target[keep]
