@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Speed of the batched IW-NLL against decoding one importance sample at a time.
 
 Both compute the same estimate from the same draws on the same sentences (the script checks
@@ -18,7 +18,7 @@ import torch
 
 def loop_log_likelihood(model, mu, logvar, prev_output_tokens, target, eps):
     """log p(x) of each sentence, one decoder call per (sentence, sample)."""
-    from fairseq_vae.evaluate import (
+    from fairseq_vae.estimators import (
         decoder_log_likelihood,
         gaussian_log_density,
         standard_normal_log_density,
@@ -56,7 +56,8 @@ def main():
 
     from fairseq import utils
 
-    from fairseq_vae.evaluate import iw_log_likelihood, load_checkpoint
+    from fairseq_vae.estimators import iw_log_likelihood
+    from fairseq_vae.evaluate import load_checkpoint
 
     use_cuda = torch.cuda.is_available() and not args.cpu
     model, saved_cfg, task = load_checkpoint(args.path, {"data": args.data}, use_cuda=use_cuda)

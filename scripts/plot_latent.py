@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Plot the posterior means of a split projected to 2-D, coloured by a factor label.
 
     python scripts/plot_latent.py data-bin/synth --path checkpoints/demo/checkpoint_last.pt \\
@@ -83,7 +83,8 @@ def main(argv=None):
 
     if args.user_dir:
         utils.import_user_module(args)
-    from fairseq_vae.evaluate import load_checkpoint, posterior_means, read_labels
+    from fairseq_vae.estimators import read_labels
+    from fairseq_vae.evaluate import load_checkpoint, posterior_means
 
     use_cuda = torch.cuda.is_available() and not args.cpu
     model, saved_cfg, task = load_checkpoint(args.path, {"data": args.data}, use_cuda=use_cuda)

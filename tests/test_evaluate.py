@@ -11,9 +11,9 @@ import torch
 from conftest import BIN, ROOT, USER_DIR, encode_lines, random_sentences
 from vae_fixtures import make_data_bin, save_checkpoint, shift_right, train_tiny
 
-from fairseq_vae import evaluate
+from fairseq_vae import estimators, evaluate
 from fairseq_vae.criterions.elbo import gaussian_kl
-from fairseq_vae.evaluate import (
+from fairseq_vae.estimators import (
     active_units,
     gaussian_log_density,
     iw_log_likelihood,
@@ -142,7 +142,7 @@ def test_batched_iw_nll_equals_per_sentence_per_sample_loops(trained, monkeypatc
         torch.testing.assert_close(again_z1, z1)
     # ...nor does the number of positions projected at a time (5 does not divide the total)
     for block in (1, 5):
-        monkeypatch.setattr(evaluate, "LOGIT_BLOCK_ROWS", block)
+        monkeypatch.setattr(estimators, "LOGIT_BLOCK_ROWS", block)
         again, _, _ = iw_log_likelihood(model, mu, logvar, prev, src, 7, 3, eps=eps)
         torch.testing.assert_close(again, log_px, rtol=1e-5, atol=1e-5)
 
@@ -154,7 +154,7 @@ def test_mutual_information_equals_loops(monkeypatch):
     expected = slow_mutual_information(mu.tolist(), logvar.tolist(), z.tolist())
     assert mutual_information(mu, logvar, z) == pytest.approx(expected, rel=1e-4)
     # scoring the pool in blocks of a few rows gives the same number
-    monkeypatch.setattr(evaluate, "MI_BLOCK_FLOATS", 5 * 23 * 4)
+    monkeypatch.setattr(estimators, "MI_BLOCK_FLOATS", 5 * 23 * 4)
     assert mutual_information(mu, logvar, z) == pytest.approx(expected, rel=1e-4)
 
 

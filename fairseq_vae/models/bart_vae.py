@@ -13,6 +13,7 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
+from fairseq import hub_utils
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.bart.model import (
     BARTModel,
@@ -22,6 +23,9 @@ from fairseq.models.bart.model import (
 from fairseq.models.transformer import TransformerDecoder, TransformerEncoder
 from fairseq.modules import MultiheadAttention
 from torch import Tensor
+
+from .hub_interface import BARTVAEHubInterface, default_bpe_options
+from .latent import reparameterize
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +48,6 @@ def masked_mean(states: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
         return states.mean(dim=1)
     keep = (~padding_mask).unsqueeze(-1).float()  # B x T x 1
     return (states * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
-
-
-def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
-    """z = mu + sigma * eps, eps ~ N(0, I)."""
-    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
 
 def gaussian_head(dim: int, latent_dim: int) -> nn.Sequential:
@@ -347,10 +346,6 @@ class BARTVAEModel(BARTModel):
         sentencepiece unless ``bpe=...`` says otherwise, e.g. ``bpe="gpt2",
         gpt2_encoder_json=..., gpt2_vocab_bpe=...`` with local files). Nothing is downloaded.
         """
-        from fairseq import hub_utils
-
-        from .hub_interface import BARTVAEHubInterface, default_bpe_options
-
         data = data_name_or_path
         if data.startswith("."):
             data = os.path.join(model_name_or_path, data)

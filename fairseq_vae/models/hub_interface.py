@@ -21,7 +21,7 @@ from fairseq.data import encoders
 from omegaconf import open_dict
 from torch import Tensor
 
-from .bart_vae import reparameterize
+from .latent import reparameterize
 
 
 def interpolate_latents(z_a: Tensor, z_b: Tensor, steps: int, spherical: bool = False) -> Tensor:

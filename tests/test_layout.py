@@ -1,0 +1,78 @@
+"""The package's shape: no import cycles, and the estimators apart from the command."""
+
+import ast
+import os
+
+from conftest import ROOT
+
+PACKAGE = os.path.join(ROOT, "fairseq_vae")
+
+
+def imported_modules(path):
+    """Every module name an ``import`` or ``from ... import`` of the file names (absolute only)."""
+    names = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add(node.module)
+    return names
+
+
+def package_imports():
+    """{module: set of fairseq_vae modules it imports anywhere (also inside functions)}."""
+    graph = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            parts = os.path.relpath(path, ROOT)[: -len(".py")].split(os.sep)
+            module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            package = parts[:-1]  # what a relative import of level 1 starts from
+            targets = set()
+            for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                if isinstance(node, ast.Import):
+                    targets.update(alias.name for alias in node.names)
+                elif isinstance(node, ast.ImportFrom):
+                    base = package[: len(package) - node.level + 1] if node.level else []
+                    stem = ".".join(base + ([node.module] if node.module else []))
+                    # "from . import x" names a module; "from .m import f" the module m
+                    targets.update(
+                        [f"{stem}.{alias.name}" for alias in node.names]
+                        if not node.module
+                        else [stem]
+                    )
+            graph[module] = {t for t in targets if t.startswith("fairseq_vae")}
+    return graph
+
+
+def test_no_module_of_the_package_imports_itself_through_others():
+    graph = package_imports()
+    assert "fairseq_vae.models.hub_interface" in graph["fairseq_vae.models.bart_vae"]
+
+    def reaches(start, goal, seen):
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    # packages' __init__ files import their children by design: only module-to-module edges
+    cycles = [m for m in graph if not m.endswith(("fairseq_vae", ".models", ".criterions",
+                                                  ".tasks")) and reaches(m, m, {m})]  # fmt: skip
+    assert not cycles, f"modules that import themselves through others: {cycles}"
+
+
+def test_estimators_are_a_module_of_their_own_that_the_command_imports():
+    from fairseq_vae import estimators, evaluate
+
+    shared = ["gaussian_log_density", "standard_normal_log_density", "iw_log_likelihood",
+              "mutual_information", "active_units", "probe_factors", "read_labels"]  # fmt: skip
+    for name in shared:
+        assert getattr(estimators, name).__module__ == "fairseq_vae.estimators", name
+    defined = {n.name for n in ast.parse(open(evaluate.__file__).read()).body
+               if isinstance(n, (ast.FunctionDef, ast.ClassDef))}  # fmt: skip
+    assert not defined.intersection(shared), "evaluate.py redefines estimators"
+    # pure functions of tensors: neither fairseq's command line nor the rest of the package
+    assert package_imports()["fairseq_vae.estimators"] == set()
+    assert not [m for m in imported_modules(estimators.__file__) if m.startswith("fairseq")]
