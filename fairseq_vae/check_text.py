@@ -1,7 +1,11 @@
-"""Check raw text before it is binarised: valid UTF-8 and no empty lines, or say where not.
+"""Check raw text before it is binarised: valid UTF-8, no empty lines and no carriage return
+inside a line, or say where not.
 
 fairseq-preprocess stops on invalid UTF-8 with a UnicodeDecodeError that names neither file nor
-line, and turns an empty line into an empty sentence (its end-of-sentence token alone).
+line, and turns an empty line into an empty sentence (its end-of-sentence token alone). A line
+ends at "\n" (a "\r" just before it is part of the line end, as in Windows files); a lone "\r"
+inside a line is refused, because any reader with Python's universal newlines (open()'s default)
+would make two sentences of it and shift every later line against its labels.
 scripts/prepare_data.sh runs this first (as a plain script: it needs neither fairseq nor torch)::
 
     python fairseq_vae/check_text.py raw/train.txt raw/valid.txt raw/test.txt
@@ -21,10 +25,12 @@ SHOWN = 5  # line numbers named per kind of problem
 
 def text_problems(path: str) -> List[str]:
     """What is wrong with the text file at ``path``, one message per kind of problem."""
-    bad_utf8, empty = [], []
+    bad_utf8, empty, carriage_return = [], [], []
     with open(path, "rb") as f:
-        # lines end at "\n" alone, as scripts/spm_encode.py reads them
+        # lines end at "\n" (or "\r\n"), as scripts/spm_encode.py and gpt2_encode.py read them
         for number, line in enumerate(f, start=1):
+            if b"\r" in line.rstrip(b"\n").removesuffix(b"\r"):
+                carriage_return.append(str(number))
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -33,7 +39,11 @@ def text_problems(path: str) -> List[str]:
             if not text.strip():  # whitespace alone binarises to an empty sentence too
                 empty.append(str(number))
     found = []
-    for lines, what in ((bad_utf8, "not UTF-8"), (empty, "empty")):
+    for lines, what in (
+        (bad_utf8, "not UTF-8"),
+        (empty, "empty"),
+        (carriage_return, "split by a carriage return (\\r) inside the line"),
+    ):
         if lines:
             more = ", ..." if len(lines) > SHOWN else ""
             count = "1 line is" if len(lines) == 1 else f"{len(lines)} lines are"

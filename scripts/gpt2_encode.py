@@ -3,7 +3,8 @@
 BART recipe expects before ``fairseq-preprocess --srcdict bart/dict.txt``.
 
 Reads the local ``encoder.json`` and ``vocab.bpe`` (never downloads them). Line counts are
-kept, so encoded files stay aligned with any per-line labels.
+kept, so encoded files stay aligned with any per-line labels: a line ends at "\n" alone, as
+fairseq_vae/check_text.py and spm_encode.py read it (a "\r" inside a line is not a line end).
 
     python scripts/gpt2_encode.py --encoder-json bart/encoder.json --vocab-bpe bart/vocab.bpe \\
         --inputs train.txt --outputs train.bpe
@@ -25,7 +26,9 @@ def main():
         parser.error("--inputs and --outputs need the same number of files")
     bpe = get_encoder(args.encoder_json, args.vocab_bpe)
     for source, target in zip(args.inputs, args.outputs):
-        with open(source, encoding="utf-8") as fin, open(target, "w", encoding="utf-8") as fout:
+        with open(source, encoding="utf-8", newline="\n") as fin, open(
+            target, "w", encoding="utf-8", newline="\n"
+        ) as fout:
             for line in fin:
                 fout.write(" ".join(map(str, bpe.encode(line.strip()))) + "\n")
 

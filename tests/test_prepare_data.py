@@ -88,3 +88,35 @@ def test_bad_input_names_the_file(tmp_path, break_it, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "bin" / "bad").exists()
+
+
+def test_a_carriage_return_inside_a_line_neither_splits_it_nor_passes_silently(tmp_path):
+    """A lone "\\r" is not a line end anywhere: gpt2_encode keeps one output line per input line,
+    and prepare_data.sh (check_text) stops, naming the file and line."""
+    bart = tiny_gpt2_files(tmp_path / "bart")
+    lines = ["the cat sat", "the cat\rran on the mat", "a dog sat"]
+    source = tmp_path / "in.txt"
+    source.write_bytes("".join(line + "\r\n" for line in lines).encode())  # a Windows file
+    encoded = tmp_path / "out.bpe"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "gpt2_encode.py"), "--encoder-json",
+         str(bart / "encoder.json"), "--vocab-bpe", str(bart / "vocab.bpe"),
+         "--inputs", str(source), "--outputs", str(encoded)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    bpe = get_encoder(str(bart / "encoder.json"), str(bart / "vocab.bpe"))
+    rows = encoded.read_bytes().decode().split("\n")[:-1]
+    assert [bpe.decode([int(t) for t in row.split()]) for row in rows] == lines
+
+    write_corpus(tmp_path / "raw")
+    valid = tmp_path / "raw" / "valid.txt"
+    rows = valid.read_text().splitlines()
+    rows[6] = rows[6].replace(" ", "\r", 1)
+    valid.write_bytes(("\n".join(rows) + "\n").encode())
+    result = prepare(tmp_path / "raw", "cr", tmp_path / "bin", "--bart", str(bart))
+    assert result.returncode != 0
+    assert f"{valid}: 1 line is split by a carriage return (\\r) inside the line (line 7)" in (
+        result.stderr
+    )
+    assert not (tmp_path / "bin" / "cr").exists()
