@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """The cost of the latent: bart_vae against plain BART of the same dimensions.
 
 Both models are trained as autoencoders (source = target) on the same batches of a data-bin

@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """The main job (`make demo`): train the small bart_vae on the shipped synthetic corpus with
 fairseq-train, then evaluate it with fairseq-validate and print NLL, KL and ELBO.
 

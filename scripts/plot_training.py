@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Plot beta, KL, NLL and ELBO against updates from a fairseq-train log of a bart_vae run.
 
 Reads the ``train_inner`` lines (and, as markers, the ``valid`` lines) that fairseq-train

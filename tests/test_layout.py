@@ -1,7 +1,12 @@
-"""The package's shape: no import cycles, and the estimators apart from the command."""
+"""The package's shape: no import cycles, estimators apart from the command, and every script the
+README runs directly can be run as typed."""
 
 import ast
 import os
+import re
+import stat
+import subprocess
+import sys
 
 from conftest import ROOT
 
@@ -76,3 +81,33 @@ def test_estimators_are_a_module_of_their_own_that_the_command_imports():
     # pure functions of tensors: neither fairseq's command line nor the rest of the package
     assert package_imports()["fairseq_vae.estimators"] == set()
     assert not [m for m in imported_modules(estimators.__file__) if m.startswith("fairseq")]
+
+
+def readme_commands():
+    """The repository files the README runs directly: a path at the start of a shell line or of
+    an inline code span, e.g. ``scripts/sample.py -n 10`` (not ``python scripts/x.py``)."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    found = re.findall(r"(?:^|`)\s*((?:scripts|benchmarks)/[\w.-]+\.(?:py|sh))\b", readme, re.M)
+    return sorted(set(found))
+
+
+def test_every_script_the_readme_runs_is_executable_with_a_shebang():
+    commands = readme_commands()
+    assert {"scripts/sample.py", "scripts/interpolate.py", "scripts/prepare_data.sh"} <= set(
+        commands
+    )
+    for command in commands:
+        path = os.path.join(ROOT, command)
+        assert os.stat(path).st_mode & stat.S_IXUSR, f"{command} is not executable (chmod +x)"
+        first = open(path, encoding="utf-8").readline()
+        assert first.startswith("#!/usr/bin/env "), f"{command} has no #!/usr/bin/env line"
+
+
+def test_readme_python_scripts_run_as_typed(tmp_path):
+    """As after `source .venv/bin/activate`: this interpreter's folder first on PATH."""
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    for command in ["scripts/sample.py", "scripts/interpolate.py", "scripts/plot_training.py"]:
+        result = subprocess.run([command, "--help"], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=120)  # fmt: skip
+        assert result.returncode == 0, f"{command} --help:\n{result.stderr}"
+        assert result.stdout.startswith("usage:"), result.stdout
