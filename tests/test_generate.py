@@ -150,3 +150,57 @@ def test_checkpoint_trained_in_half_precision_loads_for_generation(
     assert sorted(hyps) == list(range(40))
     prior, _ = generate(data_bin, str(half), "--latent-source", "prior", "--prior-samples", "5")
     assert sorted(prior) == list(range(5))
+
+
+# --- the hub's edges ------------------------------------------------------------------------
+
+
+def test_hub_truncates_a_sentence_longer_than_the_positions_with_a_warning(hub, caplog):
+    limit = hub.model.encoder.max_positions()
+    words = (SENTENCES[0].split() * limit)[: limit + 40]
+    with caplog.at_level("WARNING"):
+        mu, _ = hub.encode([" ".join(words)])
+    assert f"{limit + 41} tokens is longer than the model's {limit} positions" in caplog.text
+    # the first limit - 1 words and </s>: what encoding the cut sentence gives
+    torch.testing.assert_close(mu, hub.encode([" ".join(words[: limit - 1])])[0])
+    assert len(hub.reconstruct([" ".join(words)])) == 1
+
+
+def test_hub_empty_inputs_give_empty_results(hub):
+    mu, logvar = hub.encode([])
+    assert mu.shape == logvar.shape == (0, hub.latent_dim)
+    assert hub.reconstruct([]) == [] and hub.sample(0) == [] and hub.decode(mu) == []
+
+
+def test_hub_seeded_sampling_ignores_and_keeps_the_global_random_state(hub):
+    options = {"sampling": True, "sampling_topk": 10}
+    torch.manual_seed(0)
+    first = hub.sample(6, seed=3, **options)
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
+    assert hub.sample(6, seed=3, **options) == first
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is untouched
+    # the word draws follow the seed: the same z with other word draws gives other sentences
+    z = torch.randn(6, hub.latent_dim, generator=torch.Generator().manual_seed(3))
+    assert hub.decode(z, seed=3, **options) == first
+    assert hub.decode(z, seed=4, **options) != first
+
+
+def test_hub_refuses_generation_options_fairseq_does_not_have(hub):
+    with pytest.raises(TypeError, match="'sampling_top_p' \\(did you mean 'sampling_topp'\\?\\)"):
+        hub.sample(2, sampling=True, sampling_top_p=0.9)
+    with pytest.raises(TypeError, match="unknown generation option 'beem'"):
+        hub.reconstruct(SENTENCES, beem=2)
+
+
+def test_hub_match_source_len_decodes_against_the_real_sources(hub, data_bin, tiny_checkpoint):
+    _, out = generate(data_bin, tiny_checkpoint, "--gen-subset", "test", "--beam", "1",
+                      "--match-source-len", "--batch-size", "8")  # fmt: skip
+    sources = dict(re.findall(r"^S-(\d+)\t(.*)$", out, flags=re.M))
+    expected = dict(re.findall(r"^H-(\d+)\t\S+\t(.*)$", out, flags=re.M))
+    ids = sorted(sources, key=int)
+    got = hub.reconstruct([sources[i] for i in ids], match_source_len=True)
+    assert got == [expected[i] for i in ids]  # fairseq-generate's lengths, from the real source
+    assert len({len(s.split()) for s in got}) > 1
+    with pytest.raises(ValueError, match="match_source_len needs the source sentences"):
+        hub.sample(2, match_source_len=True)

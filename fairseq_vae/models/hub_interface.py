@@ -8,20 +8,29 @@
 
 Subword segmentation (the corpus's sentencepiece model, or GPT-2 BPE for BART data) is applied
 and removed for the caller. Generation options are fairseq's (``beam``, ``sampling``,
-``sampling_topk``, ``sampling_topp``, ``max_len_b``, ``nbest``...), passed as keywords.
+``sampling_topk``, ``sampling_topp``, ``max_len_b``, ``nbest``...), passed as keywords; a name
+fairseq's generation config lacks is an error. Sentences longer than the model's positions are
+truncated with a warning, as fairseq's BART hub does. ``seed=`` makes the prior draw and
+``sampling=True``'s word draws reproducible without touching the global random state.
 """
 
+import contextlib
 import copy
+import difflib
+import logging
 import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from fairseq import utils
 from fairseq.data import encoders
 from omegaconf import open_dict
 from torch import Tensor
 
 from .latent import reparameterize
+
+logger = logging.getLogger(__name__)
 
 
 def interpolate_latents(z_a: Tensor, z_b: Tensor, steps: int, spherical: bool = False) -> Tensor:
@@ -68,11 +77,20 @@ class BARTVAEHubInterface(nn.Module):
 
     # --- text <-> tokens -------------------------------------------------------------------
     def to_tokens(self, sentence: str) -> Tensor:
+        """The sentence's token ids with </s>, cut to the encoder's positions if longer."""
         if self.tokenizer is not None:
             sentence = self.tokenizer.encode(sentence)
         if self.bpe is not None:
             sentence = self.bpe.encode(sentence)
-        return self.dictionary.encode_line(sentence, add_if_not_exist=False).long()
+        tokens = self.dictionary.encode_line(sentence, add_if_not_exist=False).long()
+        limit = self.model.encoder.max_positions()
+        if len(tokens) > limit:
+            logger.warning(
+                f"a sentence of {len(tokens)} tokens is longer than the model's {limit} "
+                f"positions: only its first {limit - 1} tokens are used"
+            )
+            tokens = torch.cat([tokens[: limit - 1], tokens[-1:]])  # keep the final </s>
+        return tokens
 
     def to_text(self, tokens: Tensor) -> str:
         sentence = self.dictionary.string(tokens)
@@ -83,71 +101,114 @@ class BARTVAEHubInterface(nn.Module):
         return sentence
 
     # --- the latent space --------------------------------------------------------------------
+    def batch(self, rows: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Right-padded N x T tokens (as in training) and the N lengths, on the model's device."""
+        lengths = torch.tensor([len(r) for r in rows])
+        tokens = torch.full((len(rows), int(lengths.max())), self.dictionary.pad())
+        for i, row in enumerate(rows):
+            tokens[i, : len(row)] = row
+        return tokens.to(self.device), lengths.to(self.device)
+
     @torch.no_grad()
-    def encode(self, sentences: Sequence[str]) -> Tuple[Tensor, Tensor]:
-        """The posterior q(z|x) of each sentence: (mu, logvar), each N x latent, fp32."""
-        sentences = [sentences] if isinstance(sentences, str) else list(sentences)
-        rows = [self.to_tokens(s) for s in sentences]
-        mus, logvars = [], []
+    def encode_tokens(self, rows: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        """(mu, logvar), each N x latent in fp32, of N token rows (each ending in </s>)."""
+        mus = [torch.empty(0, self.latent_dim, device=self.device)]
+        logvars = [torch.empty(0, self.latent_dim, device=self.device)]
         for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start : start + self.batch_size]
-            lengths = torch.tensor([len(r) for r in chunk])
-            tokens = torch.full((len(chunk), int(lengths.max())), self.dictionary.pad())
-            for i, row in enumerate(chunk):
-                tokens[i, : len(row)] = row  # right padding, as in training
             mu, logvar = self.model.encoder.posterior(
-                tokens.to(self.device), lengths.to(self.device)
+                *self.batch(rows[start : start + self.batch_size])
             )
             mus.append(mu)
             logvars.append(logvar)
         return torch.cat(mus), torch.cat(logvars)
+
+    def encode(self, sentences: Sequence[str]) -> Tuple[Tensor, Tensor]:
+        """The posterior q(z|x) of each sentence: (mu, logvar), each N x latent, fp32."""
+        sentences = [sentences] if isinstance(sentences, str) else list(sentences)
+        return self.encode_tokens([self.to_tokens(s) for s in sentences])
 
     def latent(self, sentences: Sequence[str], sample: bool = False) -> Tensor:
         """z for each sentence: the posterior mean, or a posterior sample (N x latent)."""
         mu, logvar = self.encode(sentences)
         return reparameterize(mu, logvar) if sample else mu
 
-    @torch.no_grad()
-    def decode_hypotheses(self, z: Tensor, **generation_options) -> List[List[dict]]:
-        """fairseq's hypotheses (tokens, score, ...) for each latent in z (N x latent)."""
-        z = z.to(self.device).float().reshape(-1, self.latent_dim)
+    def generation_config(self, generation_options: dict):
+        """The checkpoint's generation config with the caller's options (greedy by default)."""
         gen_args = copy.deepcopy(self.cfg.generation)
+        for key in generation_options:
+            if key not in gen_args:
+                close = difflib.get_close_matches(key, list(gen_args), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise TypeError(f"unknown generation option {key!r}{hint}: fairseq's are "
+                                f"{', '.join(sorted(gen_args))}")  # fmt: skip
         with open_dict(gen_args):
-            gen_args.beam = generation_options.pop("beam", 1)
+            gen_args.beam = 1
             for key, value in generation_options.items():
                 setattr(gen_args, key, value)
-        generator = self.task.build_generator([self.model], gen_args)
+        return gen_args
+
+    @torch.no_grad()
+    def decode_hypotheses(
+        self,
+        z: Tensor,
+        sources: Optional[List[Tensor]] = None,
+        seed: Optional[int] = None,
+        **generation_options,
+    ) -> List[List[dict]]:
+        """fairseq's hypotheses (tokens, score, ...) for each latent in z (N x latent).
+
+        ``sources`` (N token rows) are the sentences the latents came from: the encoder ignores
+        them (it takes the given z), but the search reads their lengths for ``max_len_a`` and
+        ``match_source_len``. ``seed`` fixes the word draws of ``sampling=True``; the global
+        random state is restored afterwards.
+        """
+        z = z.to(self.device).float().reshape(-1, self.latent_dim)
+        if sources is None and generation_options.get("match_source_len"):
+            raise ValueError(
+                "match_source_len needs the source sentences: use reconstruct(), not "
+                "decode(), sample() or interpolate()"
+            )
+        generator = self.task.build_generator(
+            [self.model], self.generation_config(generation_options)
+        )
         eos = self.dictionary.eos()
         results = []
-        for start in range(0, z.size(0), self.batch_size):
-            z_batch = z[start : start + self.batch_size]
-            n = z_batch.size(0)
-            # the source only fixes the batch size: the encoder takes the given z
-            sample = {
-                "id": torch.arange(n, device=self.device),
-                "net_input": {
-                    "src_tokens": torch.full((n, 1), eos, device=self.device),
-                    "src_lengths": torch.ones(n, dtype=torch.long, device=self.device),
-                    "z": z_batch,
-                },
-            }
-            results.extend(generator.generate([self.model], sample))
+        with utils.set_torch_seed(seed) if seed is not None else contextlib.nullcontext():
+            for start in range(0, z.size(0), self.batch_size):
+                z_batch = z[start : start + self.batch_size]
+                n = z_batch.size(0)
+                if sources is None:  # the source only fixes the batch size
+                    src_tokens = torch.full((n, 1), eos, device=self.device)
+                    src_lengths = torch.ones(n, dtype=torch.long, device=self.device)
+                else:
+                    src_tokens, src_lengths = self.batch(sources[start : start + self.batch_size])
+                sample = {
+                    "id": torch.arange(n, device=self.device),
+                    "net_input": {
+                        "src_tokens": src_tokens,
+                        "src_lengths": src_lengths,
+                        "z": z_batch,
+                    },
+                }
+                results.extend(generator.generate([self.model], sample))
         return results
 
-    def decode(self, z: Tensor, **generation_options) -> List[str]:
+    def decode(self, z: Tensor, **options) -> List[str]:
         """The best sentence decoded from each latent in z (N x latent)."""
-        hypotheses = self.decode_hypotheses(z, **generation_options)
-        return [self.to_text(hypos[0]["tokens"]) for hypos in hypotheses]
+        return [self.to_text(hypos[0]["tokens"]) for hypos in self.decode_hypotheses(z, **options)]
 
     def sample(self, n: int, seed: Optional[int] = None, **generation_options) -> List[str]:
-        """n sentences decoded from z ~ N(0, I); ``seed`` makes the draw reproducible."""
+        """n sentences decoded from z ~ N(0, I); ``seed`` fixes z and the word draws."""
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         z = torch.randn(n, self.latent_dim, generator=generator)
-        return self.decode(z, **generation_options)
+        return self.decode(z, seed=seed, **generation_options)
 
-    def reconstruct(self, sentences: Sequence[str], **generation_options) -> List[str]:
+    def reconstruct(self, sentences: Sequence[str], **options) -> List[str]:
         """Each sentence decoded from its posterior mean (greedy unless told otherwise)."""
-        return self.decode(self.latent(sentences), **generation_options)
+        sentences = [sentences] if isinstance(sentences, str) else list(sentences)
+        rows = [self.to_tokens(s) for s in sentences]
+        mu, _ = self.encode_tokens(rows)
+        return [self.to_text(h[0]["tokens"]) for h in self.decode_hypotheses(mu, rows, **options)]
 
     def interpolate(
         self, a: str, b: str, steps: int = 5, spherical: bool = False, **generation_options
