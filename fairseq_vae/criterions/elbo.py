@@ -217,8 +217,9 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
         metrics.log_scalar("kl", kl / nsentences, nsentences, round=3)
         metrics.log_scalar("elbo", -(nll + kl) / nsentences, nsentences, round=3)
         metrics.log_scalar("elbo_tok", -(nll + kl) / ntokens, ntokens, round=4)
+        # fairseq's guard: a -ELBO per token above ~709 nats (a beta = 0 phase) overflows exp
         metrics.log_derived(
-            "elbo_ppl", lambda meters: round(math.exp(-meters["elbo_tok"].avg), 2)
+            "elbo_ppl", lambda meters: utils.get_perplexity(-meters["elbo_tok"].avg, base=math.e)
         )
         metrics.log_scalar("beta", total("beta") / nsentences, nsentences, round=4)
         metrics.log_scalar("active_dims", total("active_dims") / nsentences, nsentences, round=1)
