@@ -167,6 +167,15 @@ def test_validation_loss_uses_beta_one(dict_dir):
     assert log["beta"] == log["nsentences"]  # beta 1, weighted by sentences
 
 
+def test_validation_loss_is_the_plain_elbo_without_label_smoothing(dict_dir):
+    # the default best checkpoint is chosen by the validation loss: it must be -ELBO
+    smoothing = ["--label-smoothing", "0.1"]
+    loss, _, log, nll, kl = criterion_loss(dict_dir, *smoothing, training=False, beta=0.0)
+    torch.testing.assert_close(loss, nll + kl.sum(), atol=1e-4, rtol=1e-5)
+    train_loss, _, _, train_nll, _ = criterion_loss(dict_dir, *smoothing, beta=0.0)
+    assert abs(float(train_loss - train_nll)) > 1e-3  # training keeps the smoothing
+
+
 def test_capacity_objective_in_the_criterion(dict_dir):
     extra = ["--kl-objective", "capacity", "--capacity-max", "10", "--capacity-updates", "100",
              "--capacity-gamma", "3"]  # fmt: skip
