@@ -133,7 +133,7 @@ def refuse_unsafe_checkpoints(load):
     @functools.wraps(load)
     def load_checkpoint_to_cpu(path, *args, **kwargs):
         try:
-            return load(path, *args, **kwargs)
+            state = load(path, *args, **kwargs)
         except pickle.UnpicklingError as error:
             refused = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
             if not refused:  # a damaged file, say: torch's own message fits
@@ -145,6 +145,11 @@ def refuse_unsafe_checkpoints(load):
                 "fairseq checkpoints do not contain, and loading it could run arbitrary code "
                 f"({'; '.join(refused)}). The allow-list is in fairseq_vae/checkpoint_safety.py."
             ) from None
+        if isinstance(state.get("model"), collections.OrderedDict):
+            # the model's upgrade_state_dict_named sees only this dict (torch keeps its own
+            # _metadata on it the same way): its errors can then name the file
+            state["model"].checkpoint_file = path
+        return state
 
     return load_checkpoint_to_cpu
 

@@ -183,3 +183,36 @@ def test_capacity_objective_in_the_criterion(dict_dir):
     expected = nll + 3.0 * (kl.sum(1) - 4.0).abs().sum()
     torch.testing.assert_close(loss, expected, atol=1e-4, rtol=1e-5)
     assert log["capacity"] == pytest.approx(4.0 * log["nsentences"])
+
+
+# --- loading checkpoints into bart_vae ------------------------------------------------------
+
+
+def test_checkpoint_with_other_layers_is_refused_naming_the_keys(dict_dir):
+    _, one_layer, _ = build_tiny(dict_dir)
+    _, two_layers, _ = build_tiny(dict_dir, "--decoder-layers", "2")
+    # fewer layers: the second decoder layer must not "load" with its random initialisation
+    with pytest.raises(ValueError, match=r"missing from the checkpoint: decoder\.layers\.1\."):
+        two_layers.load_state_dict(one_layer.state_dict())
+    with pytest.raises(ValueError, match=r"not in the model: decoder\.layers\.1\."):
+        one_layer.load_state_dict(two_layers.state_dict())
+
+
+def test_plain_bart_weights_load_and_only_the_vae_modules_keep_their_init(dict_dir):
+    # a BART state dict: no posterior heads, fusion or z projection, and BART's own name for
+    # the decoder's learned positions
+    _, source, _ = build_tiny(dict_dir, "--latent-to-embeddings")
+    vae_parts = ("mlp_mu", "mlp_logvar", "latent_attn", "latent_to_embed")
+    bart = {k: v for k, v in source.state_dict().items() if not any(p in k for p in vae_parts)}
+    positions = bart.pop("decoder.embed_positions.positions.weight")
+    bart["decoder.embed_positions.weight"] = positions
+    _, target, _ = build_tiny(dict_dir, "--latent-to-embeddings")
+    with torch.no_grad():  # build_tiny seeds its init: make every weight differ from source's
+        for param in target.parameters():
+            param.add_(1.0)
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    target.load_state_dict(bart)
+    loaded = target.state_dict()
+    for key, value in loaded.items():
+        expected = fresh[key] if any(p in key for p in vae_parts) else source.state_dict()[key]
+        assert torch.equal(value, expected), key

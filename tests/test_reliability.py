@@ -184,6 +184,33 @@ def test_dictionary_that_does_not_match_the_checkpoint_is_a_clear_error(
                     r"checkpoint's dict.txt", last), last  # fmt: skip
 
 
+def test_dictionary_of_the_same_size_in_another_order_is_refused(
+    data_bin, tiny_checkpoint, tmp_path
+):
+    # fairseq-preprocess on other text with a saturated vocabulary: same size, other ids
+    lines = open(os.path.join(data_bin, "dict.txt")).read().splitlines()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "dict.txt").write_text("\n".join(reversed(lines)) + "\n")
+
+    def load(checkpoint, data):
+        return checkpoint_utils.load_model_ensemble_and_task([checkpoint], {"data": str(data)})
+
+    with pytest.raises(ValueError) as error:
+        load(tiny_checkpoint, other)
+    assert f"checkpoint {tiny_checkpoint} was trained with another dictionary than " \
+           f"{other / 'dict.txt'}" in str(error.value)  # fmt: skip
+    load(tiny_checkpoint, data_bin)  # its own dictionary loads
+
+    # a checkpoint from before the checksum was recorded loads as it always did
+    state = torch.load(tiny_checkpoint)
+    del state["model"]["dictionary_sha256"]
+    old = str(tmp_path / "checkpoint_old.pt")
+    torch.save(state, old)
+    models, _, task = load(old, other)
+    assert len(task.source_dictionary) == len(lines) + 4
+
+
 def test_check_text_names_files_and_lines_of_bad_text(tmp_path):
     bad = tmp_path / "train.txt"
     bad.write_bytes(b"the cat\n\nsat \xff on\n  \nthe mat\n")
