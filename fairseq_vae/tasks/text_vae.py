@@ -318,9 +318,10 @@ class TextVAETask(FairseqTask):
         return empty | too_long
 
     def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
+        # constraints: fairseq-interactive --constraints, words each output must contain
         return LanguagePairDataset(
             src_tokens, src_lengths, self.dictionary, tgt_dict=self.dictionary,
-            left_pad_source=False,
+            left_pad_source=False, constraints=constraints,
         )
 
     def get_batch_iterator(self, dataset, **kwargs):
