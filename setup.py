@@ -6,8 +6,10 @@ setup(
     description="A fairseq --user-dir plugin that turns BART into a sentence-level text VAE",
     packages=find_packages(include=["fairseq_vae", "fairseq_vae.*"]),
     python_requires=">=3.9",
+    # torch 2.6: torch.load's weights_only and add_safe_globals as fairseq_vae/checkpoint_safety.py
+    # uses them (weights_only passed explicitly always wins over TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD)
     install_requires=[
-        "fairseq-fixed", "torch", "sentencepiece", "sacrebleu", "scikit-learn", "matplotlib"
+        "fairseq-fixed", "torch>=2.6", "sentencepiece", "sacrebleu", "scikit-learn", "matplotlib"
     ],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["fairseq-vae-eval = fairseq_vae.evaluate:cli_main"]},

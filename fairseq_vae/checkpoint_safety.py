@@ -1,11 +1,18 @@
 """Load fairseq checkpoints with torch's ``weights_only=True`` safety on; write them atomically.
 
-torch >= 2.6 unpickles checkpoints with ``weights_only=True`` by default, which refuses any
-global not on an allow-list; fairseq checkpoints store their options as an
-``argparse.Namespace``, so without this they cannot be loaded at all. We add exactly the
-globals fairseq's own checkpoints contain, never switch the safety off, and so a checkpoint
-whose pickle names anything else (code to run on load, say) is still refused, with an error
-that names the file.
+``weights_only=True`` unpickles only globals on an allow-list; fairseq checkpoints store their
+options as an ``argparse.Namespace``, so without this they cannot be loaded at all. We add
+exactly the globals fairseq's own checkpoints contain, never switch the safety off, and so a
+checkpoint whose pickle names anything else (code to run on load, say) is refused, with an
+error that names the file. fairseq's loader calls ``torch.load`` without ``weights_only``,
+which leaves the choice to torch's default, and ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` in the
+environment turns that default off; torch lets the switch override only the default, so the
+loader is given a ``torch.load`` that passes ``weights_only=True`` explicitly.
+
+A checkpoint's options are an omegaconf config once loaded, and omegaconf evaluates
+interpolations when an option is read: ``${oc.env:NAME}`` reads the environment, and any
+registered resolver runs. fairseq's own checkpoints only refer to other options
+(``${optimization.max_update}``); a checkpoint that calls a resolver is refused at load.
 
 fairseq writes a checkpoint once (to a temporary file, then renamed: atomic) and copies it to
 its other names, checkpoint_last.pt among them, with a plain copy that truncates the target
@@ -19,11 +26,15 @@ import functools
 import os
 import pickle
 import shutil
+import types
 import typing
 
 import torch
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
+from omegaconf import OmegaConf, grammar_parser
+from omegaconf.errors import GrammarParseError
+from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
 
 
 def fairseq_checkpoint_globals():
@@ -52,13 +63,77 @@ def fairseq_checkpoint_globals():
 torch.serialization.add_safe_globals(fairseq_checkpoint_globals())
 
 
+def calls_a_resolver(value: str) -> bool:
+    """Whether omegaconf would call a resolver (``${name:...}``) to read this string."""
+    if "${" not in value:
+        return False
+    try:
+        tree = grammar_parser.parse(value)
+    except GrammarParseError:
+        return False  # omegaconf cannot read it either: an error, nothing runs
+    nodes = [tree]
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, OmegaConfGrammarParser.InterpolationResolverContext):
+            return True
+        nodes.extend(node.getChildren() if hasattr(node, "getChildren") else [])
+    return False
+
+
+def resolver_interpolations(options, key=""):
+    """(key, value) of every string among the options that calls an omegaconf resolver."""
+    if OmegaConf.is_config(options):
+        options = OmegaConf.to_container(options, resolve=False)  # reading must not resolve
+    if isinstance(options, argparse.Namespace):
+        options = vars(options)
+    if isinstance(options, dict):
+        items = options.items()
+    elif isinstance(options, (list, tuple)):
+        items = enumerate(options)
+    else:
+        return [(key, options)] if isinstance(options, str) and calls_a_resolver(options) else []
+    found = []
+    for name, value in items:
+        found += resolver_interpolations(value, f"{key}.{name}" if key else str(name))
+    return found
+
+
+def load_checkpoint_state(f, *args, **kwargs):
+    """``torch.load`` for fairseq's checkpoint loader: weights_only=True passed explicitly (so
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot switch it off), and options that call an omegaconf
+    resolver refused before omegaconf can read them."""
+    kwargs["weights_only"] = True
+    state = torch.load(f, *args, **kwargs)
+    if isinstance(state, dict):
+        found = resolver_interpolations({k: state.get(k) for k in ("args", "cfg")})
+        if found:
+            key, value = found[0]
+            raise ValueError(
+                f"refusing to load checkpoint {getattr(f, 'name', f)}: its option {key} = "
+                f"{value!r} calls an omegaconf resolver, which would run when the option is "
+                "read (fairseq's checkpoints only refer to other options, like "
+                "${optimization.max_update})"
+            )
+    return state
+
+
+class TorchLoadingWeightsOnly(types.ModuleType):
+    """torch as fairseq's checkpoint_utils sees it: every attribute is torch's, but ``load``
+    is :func:`load_checkpoint_state` (the module's only torch.load calls load checkpoints)."""
+
+    load = staticmethod(load_checkpoint_state)
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
 def refuse_unsafe_checkpoints(load):
     """Wraps fairseq's checkpoint loader so that a refused pickle is reported with its file."""
 
     @functools.wraps(load)
     def load_checkpoint_to_cpu(path, *args, **kwargs):
         try:
-            return load(path, *args, **kwargs)
+            state = load(path, *args, **kwargs)
         except pickle.UnpicklingError as error:
             refused = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
             if not refused:  # a damaged file, say: torch's own message fits
@@ -70,6 +145,11 @@ def refuse_unsafe_checkpoints(load):
                 "fairseq checkpoints do not contain, and loading it could run arbitrary code "
                 f"({'; '.join(refused)}). The allow-list is in fairseq_vae/checkpoint_safety.py."
             ) from None
+        if isinstance(state.get("model"), collections.OrderedDict):
+            # the model's upgrade_state_dict_named sees only this dict (torch keeps its own
+            # _metadata on it the same way): its errors can then name the file
+            state["model"].checkpoint_file = path
+        return state
 
     return load_checkpoint_to_cpu
 
@@ -89,6 +169,7 @@ def atomic_copy(copy):
     return copy_atomically
 
 
+checkpoint_utils.torch = TorchLoadingWeightsOnly("torch")
 if not hasattr(checkpoint_utils.load_checkpoint_to_cpu, "__wrapped__"):  # import once only
     checkpoint_utils.load_checkpoint_to_cpu = refuse_unsafe_checkpoints(
         checkpoint_utils.load_checkpoint_to_cpu

@@ -4,9 +4,12 @@ import math
 
 import pytest
 import torch
+from conftest import build_tiny, encode_lines, random_sentences
+from fairseq.logging import metrics
 from torch.distributions import Normal, kl_divergence
 
 from fairseq_vae.criterions.elbo import (
+    ELBOCriterion,
     capacity_at,
     capacity_penalty,
     free_bits_kl,
@@ -79,10 +82,53 @@ def test_capacity_penalty_is_gamma_times_distance_per_sentence():
     assert float(capacity_penalty(kl_per_sentence, 5.0, 100.0)) == pytest.approx(expected)
 
 
-def test_kl_sum_over_sentences_does_not_depend_on_batch_size():
-    # defect 5 of the seed: a batch-mean KL next to a token-summed NLL scales with the batch
-    mu, logvar = random_posterior(batch=8)
-    whole = gaussian_kl(mu, logvar).sum()
-    halves = gaussian_kl(mu[:4], logvar[:4]).sum() + gaussian_kl(mu[4:], logvar[4:]).sum()
-    torch.testing.assert_close(whole, halves)
-    assert not math.isclose(float(whole), float(gaussian_kl(mu, logvar).sum(1).mean()))
+def criterion_on(task, model, criterion, lines):
+    """The criterion's (loss, sample_size, logging output) on one batch of ``lines``."""
+    d = task.source_dictionary
+    src, lengths = encode_lines(d, lines)
+    prev = torch.roll(src.masked_fill(src.eq(d.eos()), d.pad()), 1, dims=1)
+    prev[:, 0] = d.eos()
+    sample = {
+        "net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
+        "target": src,
+        "ntokens": int(src.ne(d.pad()).sum()),
+    }
+    return criterion(model, sample)
+
+
+def test_kl_sum_over_sentences_does_not_depend_on_batch_size(dict_dir):
+    # defect 5 of the seed: a batch-mean KL next to a token-summed NLL scales with the batch;
+    # summed over sentences, a batch's loss is the sum of its halves' losses, whatever beta
+    task, model, args = build_tiny(dict_dir, "--label-smoothing", "0.1")
+    criterion = task.build_criterion(args)
+    model.train()
+    model.encoder.latent_source = "mean"  # z = mu: each sentence's NLL is deterministic
+    lines = random_sentences(8, seed=12)
+    criterion.set_schedule_state(0, 0.5)
+    whole, whole_size, whole_log = criterion_on(task, model, criterion, lines)
+    first, first_size, _ = criterion_on(task, model, criterion, lines[:4])
+    second, second_size, _ = criterion_on(task, model, criterion, lines[4:])
+    assert whole_size == first_size + second_size == whole_log["ntokens"]
+    torch.testing.assert_close(whole, first + second, rtol=1e-5, atol=1e-4)
+
+    # the KL term is beta times the analytic KL summed (not averaged) over the 8 sentences
+    criterion.set_schedule_state(0, 0.0)
+    without_kl, _, _ = criterion_on(task, model, criterion, lines)
+    mu, logvar = model.encoder.posterior(*encode_lines(task.source_dictionary, lines))
+    q, prior = Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)
+    kl_sum = kl_divergence(q, prior).sum()
+    torch.testing.assert_close(whole - without_kl, 0.5 * kl_sum, rtol=1e-4, atol=1e-4)
+
+
+def test_elbo_perplexity_of_a_huge_loss_is_infinite_not_an_error():
+    # -ELBO per token above ~709 nats (a beta = 0 phase with a wide latent) overflows exp()
+    def logs(nll_per_token):
+        ntokens, nsentences = 10, 2
+        return [{"loss": nll_per_token * ntokens, "nll_loss": nll_per_token * ntokens, "kl": 0.0,
+                 "ntokens": ntokens, "nsentences": nsentences, "sample_size": ntokens,
+                 "beta": nsentences, "active_dims": 0}]  # fmt: skip
+
+    for nll_per_token, expected in ((2.0, round(math.exp(2.0), 2)), (800.0, math.inf)):
+        with metrics.aggregate() as aggregate:
+            ELBOCriterion.reduce_metrics(logs(nll_per_token))
+        assert aggregate.get_smoothed_values()["elbo_ppl"] == expected

@@ -71,6 +71,18 @@ def test_interactive_reconstructs_typed_sentences(data_bin, tiny_checkpoint):
     assert len(re.findall(r"^H-\d+\t", out, flags=re.M)) == 2
 
 
+def test_interactive_constraints_appear_in_the_output(data_bin, tiny_checkpoint):
+    # lexically constrained beam search: each typed line carries its constraints after a tab
+    out = run_tool("fairseq-interactive", data_bin, "--user-dir", USER_DIR, "--task", "text_vae",
+                   "--path", tiny_checkpoint, "--cpu", "--beam", "4", "--constraints",
+                   input="the cat sat on the mat\tquickly\na big dog ran\tunder\tred\n")
+    hypotheses = re.findall(r"^H-(\d+)\t\S+\t(.*)$", out, flags=re.M)  # fmt: skip
+    assert len(hypotheses) == 2, out[-3000:]
+    words = dict((int(i), text.split()) for i, text in hypotheses)
+    assert "quickly" in words[0]
+    assert "under" in words[1] and "red" in words[1]
+
+
 @pytest.fixture(scope="module")
 def hub(data_bin, tiny_checkpoint):
     import os

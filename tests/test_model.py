@@ -167,6 +167,15 @@ def test_validation_loss_uses_beta_one(dict_dir):
     assert log["beta"] == log["nsentences"]  # beta 1, weighted by sentences
 
 
+def test_validation_loss_is_the_plain_elbo_without_label_smoothing(dict_dir):
+    # the default best checkpoint is chosen by the validation loss: it must be -ELBO
+    smoothing = ["--label-smoothing", "0.1"]
+    loss, _, log, nll, kl = criterion_loss(dict_dir, *smoothing, training=False, beta=0.0)
+    torch.testing.assert_close(loss, nll + kl.sum(), atol=1e-4, rtol=1e-5)
+    train_loss, _, _, train_nll, _ = criterion_loss(dict_dir, *smoothing, beta=0.0)
+    assert abs(float(train_loss - train_nll)) > 1e-3  # training keeps the smoothing
+
+
 def test_capacity_objective_in_the_criterion(dict_dir):
     extra = ["--kl-objective", "capacity", "--capacity-max", "10", "--capacity-updates", "100",
              "--capacity-gamma", "3"]  # fmt: skip
@@ -174,3 +183,36 @@ def test_capacity_objective_in_the_criterion(dict_dir):
     expected = nll + 3.0 * (kl.sum(1) - 4.0).abs().sum()
     torch.testing.assert_close(loss, expected, atol=1e-4, rtol=1e-5)
     assert log["capacity"] == pytest.approx(4.0 * log["nsentences"])
+
+
+# --- loading checkpoints into bart_vae ------------------------------------------------------
+
+
+def test_checkpoint_with_other_layers_is_refused_naming_the_keys(dict_dir):
+    _, one_layer, _ = build_tiny(dict_dir)
+    _, two_layers, _ = build_tiny(dict_dir, "--decoder-layers", "2")
+    # fewer layers: the second decoder layer must not "load" with its random initialisation
+    with pytest.raises(ValueError, match=r"missing from the checkpoint: decoder\.layers\.1\."):
+        two_layers.load_state_dict(one_layer.state_dict())
+    with pytest.raises(ValueError, match=r"not in the model: decoder\.layers\.1\."):
+        one_layer.load_state_dict(two_layers.state_dict())
+
+
+def test_plain_bart_weights_load_and_only_the_vae_modules_keep_their_init(dict_dir):
+    # a BART state dict: no posterior heads, fusion or z projection, and BART's own name for
+    # the decoder's learned positions
+    _, source, _ = build_tiny(dict_dir, "--latent-to-embeddings")
+    vae_parts = ("mlp_mu", "mlp_logvar", "latent_attn", "latent_to_embed")
+    bart = {k: v for k, v in source.state_dict().items() if not any(p in k for p in vae_parts)}
+    positions = bart.pop("decoder.embed_positions.positions.weight")
+    bart["decoder.embed_positions.weight"] = positions
+    _, target, _ = build_tiny(dict_dir, "--latent-to-embeddings")
+    with torch.no_grad():  # build_tiny seeds its init: make every weight differ from source's
+        for param in target.parameters():
+            param.add_(1.0)
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    target.load_state_dict(bart)
+    loaded = target.state_dict()
+    for key, value in loaded.items():
+        expected = fresh[key] if any(p in key for p in vae_parts) else source.state_dict()[key]
+        assert torch.equal(value, expected), key

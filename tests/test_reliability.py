@@ -184,6 +184,33 @@ def test_dictionary_that_does_not_match_the_checkpoint_is_a_clear_error(
                     r"checkpoint's dict.txt", last), last  # fmt: skip
 
 
+def test_dictionary_of_the_same_size_in_another_order_is_refused(
+    data_bin, tiny_checkpoint, tmp_path
+):
+    # fairseq-preprocess on other text with a saturated vocabulary: same size, other ids
+    lines = open(os.path.join(data_bin, "dict.txt")).read().splitlines()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "dict.txt").write_text("\n".join(reversed(lines)) + "\n")
+
+    def load(checkpoint, data):
+        return checkpoint_utils.load_model_ensemble_and_task([checkpoint], {"data": str(data)})
+
+    with pytest.raises(ValueError) as error:
+        load(tiny_checkpoint, other)
+    assert f"checkpoint {tiny_checkpoint} was trained with another dictionary than " \
+           f"{other / 'dict.txt'}" in str(error.value)  # fmt: skip
+    load(tiny_checkpoint, data_bin)  # its own dictionary loads
+
+    # a checkpoint from before the checksum was recorded loads as it always did
+    state = torch.load(tiny_checkpoint)
+    del state["model"]["dictionary_sha256"]
+    old = str(tmp_path / "checkpoint_old.pt")
+    torch.save(state, old)
+    models, _, task = load(old, other)
+    assert len(task.source_dictionary) == len(lines) + 4
+
+
 def test_check_text_names_files_and_lines_of_bad_text(tmp_path):
     bad = tmp_path / "train.txt"
     bad.write_bytes(b"the cat\n\nsat \xff on\n  \nthe mat\n")
@@ -341,6 +368,71 @@ def test_checkpoint_that_would_run_code_is_refused(data_bin, tiny_checkpoint, tm
         assert last.startswith(f"_pickle.UnpicklingError: refusing to load checkpoint {evil}")
         assert "GLOBAL posix.system" in last
         assert not marker.exists()
+
+
+def test_torch_force_no_weights_only_load_cannot_switch_the_safety_off(
+    data_bin, tiny_checkpoint, tmp_path
+):
+    marker = tmp_path / "MARKER"
+    state = torch.load(tiny_checkpoint)
+    state["extra_state"]["payload"] = RunsCodeOnLoad(os.system, f"touch {marker}")
+    evil = str(tmp_path / "checkpoint_evil.pt")
+    torch.save(state, evil)
+    # torch's documented switch: a torch.load that does not pass weights_only runs the pickle
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    control = subprocess.run([sys.executable, "-c", f"import torch; torch.load({evil!r})"],
+                             capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert marker.exists(), control.stderr[-2000:]
+    marker.unlink()
+    # the plugin's tools pass weights_only=True explicitly: the switch does not reach them
+    for tool, args in [
+        ("fairseq-validate", ["--task", "text_vae", "--max-tokens", "400"]),
+        ("fairseq-vae-eval", ["--iw-samples", "2", "--no-bleu"]),
+    ]:
+        result = subprocess.run([os.path.join(BIN, tool), data_bin, "--user-dir", USER_DIR,
+                                 "--path", evil, "--cpu", *args],
+                                capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+        assert result.returncode != 0
+        last = result.stderr.strip().splitlines()[-1]
+        assert f"refusing to load checkpoint {evil}" in last, result.stderr[-3000:]
+        assert not marker.exists(), tool
+
+
+RECORDED = []
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("common.tensorboard_logdir", "${oc.env:HOME}"),  # reads the environment at access
+        ("checkpoint.save_dir", "runs/${h13_record:leak}"),  # any registered resolver runs
+        ("task.kl_schedule", "${h13_record:${optimization.max_update}}"),
+    ],
+)
+def test_resolver_interpolation_in_a_checkpoint_config_is_refused(
+    tiny_checkpoint, tmp_path, key, value
+):
+    if not OmegaConf.has_resolver("h13_record"):
+        OmegaConf.register_new_resolver("h13_record", lambda x: RECORDED.append(x) or str(x))
+    state = torch.load(tiny_checkpoint)
+    group, name = key.split(".")
+    state["cfg"][group][name] = value
+    path = str(tmp_path / "checkpoint_resolver.pt")
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=f"refusing to load checkpoint {path}: .*{key} = "):
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+        OmegaConf.to_container(state["cfg"], resolve=True)  # what reading the options does
+    assert RECORDED == []
+
+
+def test_node_references_in_a_checkpoint_config_still_load(tiny_checkpoint, tmp_path):
+    # fairseq's own configs refer to other options: II("optimization.max_update")
+    state = torch.load(tiny_checkpoint)
+    state["cfg"]["task"]["max_update"] = "${optimization.max_update}"
+    state["cfg"]["optimization"]["max_update"] = 77
+    path = str(tmp_path / "checkpoint_reference.pt")
+    torch.save(state, path)
+    assert checkpoint_utils.load_checkpoint_to_cpu(path)["cfg"].task.max_update == 77
 
 
 # --- atomic checkpoint writes ---------------------------------------------------------------

@@ -6,8 +6,9 @@ criterion::
     label-smoothed NLL summed over tokens + KL penalty summed over sentences
 
 where the KL penalty is ``beta * KL`` (beta from the task's schedule, optionally with free
-bits), or Burgess et al.'s capacity objective ``gamma * |KL - C|``. Validation always uses the
-plain ELBO (beta = 1, no free bits or capacity) so checkpoints are compared on a fixed scale.
+bits), or Burgess et al.'s capacity objective ``gamma * |KL - C|``. The validation ``loss`` is
+the plain -ELBO (NLL without label smoothing + KL, beta = 1, no free bits or capacity), so the
+default best checkpoint (``--best-checkpoint-metric loss``) is the one with the best ELBO.
 
 Units: ``loss`` and ``nll_loss`` are in bits per token as everywhere in fairseq (so ``ppl``
 is the usual 2 ** nll_loss); the VAE quantities ``kl`` and ``elbo`` are in nats per sentence,
@@ -151,7 +152,9 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
 
         beta, capacity = 1.0, None
         if not model.training:
-            penalty = kl_sum  # the plain ELBO: validation is always on the same scale
+            # the plain -ELBO, no smoothing, beta 1: the validation loss (which picks
+            # checkpoint_best.pt by default) compares checkpoints on one fixed scale
+            penalty, smoothed_nll = kl_sum, nll
         elif self.kl_objective == "capacity":
             capacity = capacity_at(self.update_num, self.capacity_max, self.capacity_updates)
             penalty = capacity_penalty(kl.sum(dim=1), capacity, self.capacity_gamma)
@@ -217,8 +220,9 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
         metrics.log_scalar("kl", kl / nsentences, nsentences, round=3)
         metrics.log_scalar("elbo", -(nll + kl) / nsentences, nsentences, round=3)
         metrics.log_scalar("elbo_tok", -(nll + kl) / ntokens, ntokens, round=4)
+        # fairseq's guard: a -ELBO per token above ~709 nats (a beta = 0 phase) overflows exp
         metrics.log_derived(
-            "elbo_ppl", lambda meters: round(math.exp(-meters["elbo_tok"].avg), 2)
+            "elbo_ppl", lambda meters: utils.get_perplexity(-meters["elbo_tok"].avg, base=math.e)
         )
         metrics.log_scalar("beta", total("beta") / nsentences, nsentences, round=4)
         metrics.log_scalar("active_dims", total("active_dims") / nsentences, nsentences, round=1)

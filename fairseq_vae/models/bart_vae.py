@@ -7,6 +7,7 @@ calls the encoder and decoder directly, never ``model.forward``) decodes from z 
 ``reorder_encoder_out`` carries the latent through beam search.
 """
 
+import hashlib
 import logging
 import os
 from typing import Dict, List, Optional
@@ -35,8 +36,28 @@ logger = logging.getLogger(__name__)
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 LATENT_KEYS = ("mu", "logvar", "z")
-# the modules that compute z and the decoder's memory from it (see BARTVAEModel.__init__)
-LATENT_MODULES = {"mlp_mu", "mlp_logvar", "latent_attn", "latent_memory"}
+# The VAE's own modules: they compute z, and the decoder's memory and inputs from it. A
+# checkpoint may lack their parameters (a plain BART, fine-tuned into a VAE): these, and only
+# these, keep their fresh initialisation at load (BARTVAEModel.upgrade_state_dict_named).
+LATENT_MODULES = {"mlp_mu", "mlp_logvar", "latent_attn", "latent_memory", "latent_to_embed"}
+# latent modules that keep BART's small N(0, 0.02) init (see BARTVAEModel.__init__)
+BART_INIT_MODULES = {"latent_to_embed"}
+
+
+# a buffer holding the SHA-256 of the training dictionary's symbols, in order: a dictionary of
+# the same size in another order (fairseq-preprocess run on other text) is refused at load
+DICTIONARY_CHECKSUM = "dictionary_sha256"
+
+
+def dictionary_sha256(dictionary) -> Tensor:
+    """The SHA-256 of a fairseq Dictionary's symbols in index order, as 32 uint8 values."""
+    digest = hashlib.sha256("\n".join(dictionary.symbols).encode("utf-8")).digest()
+    return torch.tensor(list(digest), dtype=torch.uint8)
+
+
+def is_latent_parameter(key: str) -> bool:
+    """Whether a state-dict key belongs to one of the LATENT_MODULES."""
+    return not LATENT_MODULES.isdisjoint(key.split("."))
 
 
 def masked_mean(states: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
@@ -215,6 +236,25 @@ def check_shapes(checkpoint: Dict[str, Tensor], own: Dict[str, Tensor], prefix: 
         )
 
 
+def check_keys(checkpoint: Dict[str, Tensor], own: Dict[str, Tensor], prefix: str):
+    """Raises a ValueError naming the keys when the checkpoint lacks a parameter that is not
+    one of the LATENT_MODULES', or holds one the model does not have."""
+    theirs = {key[len(prefix):] for key in checkpoint if key.startswith(prefix)}
+    filled = [key for key in own if is_latent_parameter(key) or key == DICTIONARY_CHECKSUM]
+    missing = sorted(key for key in own if key not in theirs and key not in filled)
+    unexpected = sorted(key for key in theirs if key not in own)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing from the checkpoint: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} not in the model: {', '.join(unexpected)}")
+    if problems:
+        raise ValueError(
+            f"the checkpoint's parameters do not fit this model: {'; '.join(problems)} (was it "
+            "trained with other --encoder-layers, --decoder-layers or latent options?)"
+        )
+
+
 def word_dropout(tokens: Tensor, p: float, unk: int, keep: List[int]) -> Tensor:
     """Bowman et al. (2016): replace each decoder input token by ``unk`` with probability p,
     never touching the special tokens in ``keep`` (padding, the leading eos/bos)."""
@@ -230,6 +270,8 @@ class BARTVAEModel(BARTModel):
 
     def __init__(self, args, encoder, decoder):
         super().__init__(args, encoder, decoder)
+        self.register_buffer(DICTIONARY_CHECKSUM, dictionary_sha256(encoder.dictionary))
+        self.dictionary_file = None  # the task's dict.txt, named in load errors
         # BART re-initialises every Linear with N(0, 0.02). For the latent path that makes
         # mu ~ 1e-2 against posterior noise of scale 1 and a memory ~ 1e-2 where BART's
         # decoder expects layer-normed, unit-scale encoder states: the decoder learns to
@@ -237,8 +279,9 @@ class BARTVAEModel(BARTModel):
         # modules keep PyTorch's scale-preserving defaults instead. The z-to-embedding
         # projection keeps BART's small init: it is added to token embeddings of that scale,
         # and a unit-scale vector there would drown which token the decoder is reading.
+        pytorch_init = LATENT_MODULES - BART_INIT_MODULES
         for name, module in self.named_modules():
-            if isinstance(module, nn.Linear) and LATENT_MODULES.intersection(name.split(".")):
+            if isinstance(module, nn.Linear) and pytorch_init.intersection(name.split(".")):
                 module.reset_parameters()
 
     @staticmethod
@@ -265,7 +308,9 @@ class BARTVAEModel(BARTModel):
     @classmethod
     def build_model(cls, args, task):
         bart_vae_architecture(args)
-        return super().build_model(args, task)
+        model = super().build_model(args, task)
+        model.dictionary_file = getattr(task, "dictionary_file", None)
+        return model
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):
@@ -302,10 +347,12 @@ class BARTVAEModel(BARTModel):
     def upgrade_state_dict_named(self, state_dict, name):
         """Loads plain BART checkpoints: fills the VAE parameters they lack.
 
-        Encoder and decoder weights come from the checkpoint; every parameter of ours that it
-        does not have (the posterior heads, the fusion, the z-to-embedding projection) keeps
-        its fresh initialisation, and a log line lists them. Checkpoints of other dimensions
-        or dictionary size are refused with both sizes named.
+        Encoder and decoder weights come from the checkpoint; the parameters of the
+        LATENT_MODULES that it does not have (the posterior heads, the fusion, the
+        z-to-embedding projection) keep their fresh initialisation, and a log line lists them.
+        Any other parameter missing from the checkpoint, or a checkpoint parameter the model
+        does not have (another number of layers, say), is an error naming the keys;
+        checkpoints of other dimensions or dictionary size are refused with both sizes named.
         """
         prefix = name + "." if name else ""
         positions = prefix + "decoder.embed_positions."
@@ -318,6 +365,8 @@ class BARTVAEModel(BARTModel):
         own = self.state_dict()
         try:
             check_shapes(state_dict, own, prefix, len(self.encoder.dictionary))
+            self.check_dictionary(state_dict.get(prefix + DICTIONARY_CHECKSUM), state_dict)
+            check_keys(state_dict, own, prefix)
         except ValueError as error:
             # fairseq's trainer replaces this with a generic "architectures must match"
             # message (keeping ours only in the traceback), so also log it plainly
@@ -331,6 +380,21 @@ class BARTVAEModel(BARTModel):
                 f"{len(fresh)} parameters not in the checkpoint keep their fresh "
                 f"initialisation: {', '.join(fresh)}"
             )
+
+    def check_dictionary(self, checksum: Optional[Tensor], state_dict):
+        """Raises a ValueError naming both files when the checkpoint's dictionary checksum is
+        not this task's (a checkpoint without one, older or a plain BART, is not checked)."""
+        if checksum is None or torch.equal(checksum.cpu(), self.dictionary_sha256.cpu()):
+            return
+        # checkpoint_safety's loader notes the file on the state dict it returns
+        checkpoint = getattr(state_dict, "checkpoint_file", "the checkpoint")
+        dictionary = self.dictionary_file or "this task's dictionary"
+        raise ValueError(
+            f"checkpoint {checkpoint} was trained with another dictionary than {dictionary}: "
+            "the same size, but other symbols or another order, so every token id would mean "
+            "another word. Use the data-bin the model was trained on, or binarise with the "
+            "checkpoint's dict.txt (fairseq-preprocess --srcdict)"
+        )
 
     @classmethod
     def from_pretrained(

@@ -239,9 +239,10 @@ class TextVAETask(FairseqTask):
 
     cfg: TextVAEConfig
 
-    def __init__(self, cfg: TextVAEConfig, dictionary: Dictionary):
+    def __init__(self, cfg: TextVAEConfig, dictionary: Dictionary, dictionary_file=None):
         super().__init__(cfg)
         self.dictionary = dictionary
+        self.dictionary_file = dictionary_file  # for messages: the dict.txt it was read from
 
     @classmethod
     def setup_task(cls, cfg: TextVAEConfig, **kwargs):
@@ -261,7 +262,7 @@ class TextVAETask(FairseqTask):
             )
         dictionary = Dictionary.load(dict_path)
         logger.info(f"dictionary: {len(dictionary)} types ({dict_path})")
-        return cls(cfg, dictionary)
+        return cls(cfg, dictionary, dict_path)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         if self.cfg.latent_source == "prior" and self.cfg.prior_samples > 0:
@@ -317,9 +318,10 @@ class TextVAETask(FairseqTask):
         return empty | too_long
 
     def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
+        # constraints: fairseq-interactive --constraints, words each output must contain
         return LanguagePairDataset(
             src_tokens, src_lengths, self.dictionary, tgt_dict=self.dictionary,
-            left_pad_source=False,
+            left_pad_source=False, constraints=constraints,
         )
 
     def get_batch_iterator(self, dataset, **kwargs):
