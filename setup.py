@@ -7,8 +7,14 @@ setup(
     packages=find_packages(include=["fairseq_vae", "fairseq_vae.*"]),
     python_requires=">=3.9",
     install_requires=[
-        "fairseq-fixed", "torch", "sentencepiece", "sacrebleu", "scikit-learn", "matplotlib"
+        "fairseq-fixed", "torch", "sentencepiece", "sacrebleu", "scikit-learn", "matplotlib",
+        "safetensors",
     ],
-    extras_require={"test": ["pytest"]},
-    entry_points={"console_scripts": ["fairseq-vae-eval = fairseq_vae.evaluate:cli_main"]},
+    extras_require={"test": ["pytest", "transformers", "tokenizers"]},
+    entry_points={
+        "console_scripts": [
+            "fairseq-vae-eval = fairseq_vae.evaluate:cli_main",
+            "fairseq-vae-import-hf = fairseq_vae.import_hf:cli_main",
+        ]
+    },
 )
