@@ -25,6 +25,7 @@ refused with an error naming the config field or tensor.
 """
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -33,9 +34,10 @@ import sys
 from typing import Dict, List, Tuple
 
 import torch
-from fairseq import options, tasks
+from fairseq import options
 from fairseq.data import Dictionary
 from fairseq.models.bart.model import bart_base_architecture, bart_large_architecture
+from fairseq.tasks.denoising import DenoisingTask
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -298,10 +300,15 @@ def bart_args(out_dir: str, fairseq_options: Dict[str, object]) -> argparse.Name
     return options.parse_args_and_arch(options.get_training_parser(), argv)
 
 
-def fairseq_bart_state(args: argparse.Namespace, state: Dict[str, Tensor], source: str):
-    """Builds fairseq's BART for ``args`` and checks that ``state`` has exactly its tensor names
-    and shapes; returns ``state`` with fairseq's own buffers (the layers' "version") added."""
-    task = tasks.setup_task(args)  # reads dict.txt, adds <mask>
+def fairseq_bart_state(
+    args: argparse.Namespace, dict_txt: str, state: Dict[str, Tensor], source: str
+) -> Dict[str, Tensor]:
+    """Builds fairseq's BART for ``args`` and ``dict_txt`` and checks that ``state`` has exactly
+    its tensor names and shapes; returns ``state`` with fairseq's own buffers (the layers'
+    "version") added."""
+    dictionary = Dictionary()
+    dictionary.add_from_file(io.StringIO(dict_txt))
+    task = DenoisingTask(args, dictionary)  # adds <mask>, as loading the checkpoint will
     # (not on the meta device: BART's initialisation copies through the CPU)
     expected = task.build_model(args).state_dict()
     buffers = {key: expected[key] for key in expected if key.endswith(".version")}
@@ -350,19 +357,19 @@ def import_hf(hf_dir: str, out_dir: str) -> List[str]:
     vocab = read_json(hf_dir, "vocab.json")
     special_token_ids(vocab, vocab_size, vocab_path)
     merges = read_merges(os.path.join(hf_dir, "merges.txt"))
-    hf_state = load_hf_weights(hf_dir)  # checked before anything is written
-    state = fairseq_state_dict(hf_state, hf_dir)
-
-    os.makedirs(out_dir, exist_ok=True)
+    state = fairseq_state_dict(load_hf_weights(hf_dir), hf_dir)
     encoder, vocab_bpe, dict_txt = gpt2_bpe_files(vocab, merges, vocab_size)
+    args = bart_args(os.path.abspath(out_dir), fairseq_options)
+    state = fairseq_bart_state(args, dict_txt, state, hf_dir)
+
+    # everything is checked: nothing is written for a folder that cannot be imported
+    os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "encoder.json"), "w", encoding="utf-8") as f:
         json.dump(encoder, f, ensure_ascii=False)
     with open(os.path.join(out_dir, "vocab.bpe"), "w", encoding="utf-8") as f:
         f.write(vocab_bpe)
     with open(os.path.join(out_dir, "dict.txt"), "w", encoding="utf-8") as f:
         f.write(dict_txt)
-    args = bart_args(os.path.abspath(out_dir), fairseq_options)
-    state = fairseq_bart_state(args, state, hf_dir)
     torch.save(checkpoint(args, state), os.path.join(out_dir, "model.pt"))
 
     dims = {name: fairseq_options[name] for name in [*DIMENSIONS, "activation_fn"]}

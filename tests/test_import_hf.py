@@ -302,7 +302,7 @@ def test_unrepresentable_config_names_the_field(hf_copy, tmp_path, changes, fiel
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
-def test_nonzero_logits_bias_and_untied_head_are_refused(hf_copy, tmp_path):
+def test_weights_fairseq_cannot_hold_are_refused_by_name(hf_copy, tmp_path):
     weights = load_file(str(hf_copy / "model.safetensors"))
     biased = {**weights, "final_logits_bias": torch.full_like(weights["final_logits_bias"], 0.1)}
     save_file(biased, str(hf_copy / "model.safetensors"))
@@ -312,6 +312,17 @@ def test_nonzero_logits_bias_and_untied_head_are_refused(hf_copy, tmp_path):
     save_file(untied, str(hf_copy / "model.safetensors"))
     with pytest.raises(HFImportError, match="lm_head.weight"):
         import_hf(str(hf_copy), str(tmp_path / "out"))
+    # mBART's final layer norm, under a config that does not say so
+    width = weights["model.shared.weight"].size(1)
+    extra = {**weights, "model.encoder.layer_norm.weight": torch.ones(width)}
+    save_file(extra, str(hf_copy / "model.safetensors"))
+    with pytest.raises(HFImportError, match=r"encoder\.layer_norm\.weight"):
+        import_hf(str(hf_copy), str(tmp_path / "out"))
+    del weights["model.decoder.layers.2.fc1.bias"]
+    save_file(weights, str(hf_copy / "model.safetensors"))
+    with pytest.raises(HFImportError, match=r"decoder\.layers\.2\.fc1\.bias"):
+        import_hf(str(hf_copy), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 @pytest.mark.parametrize("missing", ["config.json", "merges.txt", "vocab.json",
