@@ -9,8 +9,14 @@ setup(
     # torch 2.6: torch.load's weights_only and add_safe_globals as fairseq_vae/checkpoint_safety.py
     # uses them (weights_only passed explicitly always wins over TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD)
     install_requires=[
-        "fairseq-fixed", "torch>=2.6", "sentencepiece", "sacrebleu", "scikit-learn", "matplotlib"
+        "fairseq-fixed", "torch>=2.6", "sentencepiece", "sacrebleu", "scikit-learn", "matplotlib",
+        "safetensors",
     ],
-    extras_require={"test": ["pytest"]},
-    entry_points={"console_scripts": ["fairseq-vae-eval = fairseq_vae.evaluate:cli_main"]},
+    extras_require={"test": ["pytest", "transformers", "tokenizers"]},
+    entry_points={
+        "console_scripts": [
+            "fairseq-vae-eval = fairseq_vae.evaluate:cli_main",
+            "fairseq-vae-import-hf = fairseq_vae.import_hf:cli_main",
+        ]
+    },
 )
