@@ -4,7 +4,8 @@
 
 reads, from a local folder and without ``transformers``: ``config.json``; the weights
 (``model.safetensors``, sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``);
-and the tokenizer's ``vocab.json`` and ``merges.txt``. It writes into the output folder:
+and the tokenizer (``tokenizer.json``, or ``vocab.json`` and ``merges.txt``). It writes into
+the output folder:
 
 * ``model.pt``: a fairseq BART checkpoint (task ``denoising``, the folder's own dimensions)
   with exactly the tensors fairseq's BART has, for ``BARTModel.from_pretrained`` and
@@ -212,6 +213,53 @@ def read_merges(path: str) -> List[str]:
     return merges
 
 
+def read_tokenizer_json(path: str) -> Tuple[Dict[str, int], List[str]]:
+    """(vocabulary with the added tokens, merges) of a tokenizers tokenizer.json, refusing
+    what fairseq's GPT-2 BPE would not reproduce."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            tokenizer = json.load(f)
+        except json.JSONDecodeError as error:
+            raise HFImportError(f"{path} is not valid JSON: {error}") from None
+    model = tokenizer.get("model") or {}
+    pre = tokenizer.get("pre_tokenizer") or {}
+    # GPT-2's byte-level BPE: byte-level pre-tokenisation with GPT-2's regex, no prefix
+    # space, no normaliser, plain merges (fairseq's gpt2_bpe_utils does exactly that)
+    needed = [
+        ("model.type", model.get("type"), "BPE"),
+        ("model.dropout", model.get("dropout"), None),
+        ("model.continuing_subword_prefix", model.get("continuing_subword_prefix") or "", ""),
+        ("model.end_of_word_suffix", model.get("end_of_word_suffix") or "", ""),
+        ("normalizer", tokenizer.get("normalizer"), None),
+        ("pre_tokenizer.type", pre.get("type"), "ByteLevel"),
+        ("pre_tokenizer.add_prefix_space", pre.get("add_prefix_space"), False),
+        ("pre_tokenizer.use_regex", pre.get("use_regex", True), True),
+    ]
+    for name, value, wanted in needed:
+        if value != wanted:
+            raise HFImportError(
+                f"{path}: {name} is {json.dumps(value)}; fairseq's GPT-2 BPE needs "
+                f"{json.dumps(wanted)}"
+            )
+    vocab = dict(model.get("vocab") or {})
+    vocab.update({token["content"]: token["id"] for token in tokenizer.get("added_tokens", [])})
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return vocab, merges
+
+
+def read_tokenizer(folder: str) -> Tuple[Dict[str, int], List[str], str]:
+    """(vocabulary, merges, the file they came from). tokenizer.json first, as transformers'
+    tokenizers read it first; else vocab.json and merges.txt."""
+    path = os.path.join(folder, "tokenizer.json")
+    if os.path.isfile(path):
+        return (*read_tokenizer_json(path), path)
+    for name in ("vocab.json", "merges.txt"):
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise HFImportError(f"missing {os.path.join(folder, name)} (and no tokenizer.json)")
+    merges = read_merges(os.path.join(folder, "merges.txt"))
+    return read_json(folder, "vocab.json"), merges, os.path.join(folder, "vocab.json")
+
+
 def gpt2_bpe_files(vocab: Dict[str, int], merges: List[str], vocab_size: int):
     """(encoder.json's mapping, vocab.bpe's text, dict.txt's text) so that fairseq's GPT-2 BPE
     and dictionary give each token its Hugging Face id."""
@@ -353,10 +401,8 @@ def import_hf(hf_dir: str, out_dir: str) -> List[str]:
     vocab_size = config.get("vocab_size")
     if not isinstance(vocab_size, int):
         raise HFImportError(f"{config_path}: missing field vocab_size")
-    vocab_path = os.path.join(hf_dir, "vocab.json")
-    vocab = read_json(hf_dir, "vocab.json")
-    special_token_ids(vocab, vocab_size, vocab_path)
-    merges = read_merges(os.path.join(hf_dir, "merges.txt"))
+    vocab, merges, tokenizer_path = read_tokenizer(hf_dir)
+    special_token_ids(vocab, vocab_size, tokenizer_path)
     state = fairseq_state_dict(load_hf_weights(hf_dir), hf_dir)
     encoder, vocab_bpe, dict_txt = gpt2_bpe_files(vocab, merges, vocab_size)
     args = bart_args(os.path.abspath(out_dir), fairseq_options)
@@ -388,7 +434,7 @@ def cli_main():
     )
     parser.add_argument("hf_dir", help="folder with config.json, model.safetensors (or "
                         "model.safetensors.index.json and its shards, or pytorch_model.bin), "
-                        "vocab.json and merges.txt")  # fmt: skip
+                        "tokenizer.json or vocab.json and merges.txt")  # fmt: skip
     parser.add_argument("out_dir", help="where model.pt, dict.txt, encoder.json, vocab.bpe "
                         f"and {TRAIN_FLAGS_FILE} are written")  # fmt: skip
     args = parser.parse_args()

@@ -99,7 +99,12 @@ def hf_folder(folder, tokenizer_dir, vocab_size, cls, how, activation="gelu"):
     else:
         model.save_pretrained(str(folder))
         assert (folder / "model.safetensors").exists()
-    for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"):
+    # older folders have only vocab.json and merges.txt; newer ones also tokenizer.json,
+    # which transformers (and the importer) read first
+    names = ["vocab.json", "merges.txt"]
+    if how != "bin":
+        names += ["tokenizer.json", "tokenizer_config.json"]
+    for name in names:
         (folder / name).write_bytes((tokenizer_dir / name).read_bytes())
     return model
 
@@ -325,11 +330,27 @@ def test_weights_fairseq_cannot_hold_are_refused_by_name(hf_copy, tmp_path):
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
-@pytest.mark.parametrize("missing", ["config.json", "merges.txt", "vocab.json",
-                                     "model.safetensors"])  # fmt: skip
-def test_missing_file_is_named(hf_copy, tmp_path, missing):
-    (hf_copy / missing).unlink()
-    with pytest.raises(HFImportError, match=re.escape(str(hf_copy / missing))):
+@pytest.mark.parametrize(
+    "removed,named",
+    [
+        (["config.json"], "config.json"),
+        (["tokenizer.json", "vocab.json"], "vocab.json"),
+        (["tokenizer.json", "merges.txt"], "merges.txt"),
+        (["model.safetensors"], "model.safetensors"),
+    ],
+)
+def test_missing_file_is_named(hf_copy, tmp_path, removed, named):
+    for name in removed:
+        (hf_copy / name).unlink()
+    with pytest.raises(HFImportError, match=re.escape(str(hf_copy / named))):
+        import_hf(str(hf_copy), str(tmp_path / "out"))
+
+
+def test_tokenizer_fairseq_cannot_reproduce_is_refused(hf_copy, tmp_path):
+    tokenizer = json.loads((hf_copy / "tokenizer.json").read_text())
+    tokenizer["pre_tokenizer"]["add_prefix_space"] = True  # " " + text: other ids
+    (hf_copy / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(HFImportError, match="pre_tokenizer.add_prefix_space"):
         import_hf(str(hf_copy), str(tmp_path / "out"))
 
 
@@ -342,11 +363,12 @@ def one_error_line(hf_dir, out_dir):
 
 
 def test_cli_errors_are_one_line(hf_copy, tmp_path):
-    merges = (hf_copy / "merges.txt").read_bytes()
-    (hf_copy / "merges.txt").unlink()
+    weights = (hf_copy / "model.safetensors").read_bytes()
+    (hf_copy / "model.safetensors").unlink()
     line = one_error_line(hf_copy, tmp_path / "out")
-    assert line.startswith("fairseq-vae-import-hf: error:") and str(hf_copy / "merges.txt") in line
-    (hf_copy / "merges.txt").write_bytes(merges)
+    assert line.startswith("fairseq-vae-import-hf: error:")
+    assert str(hf_copy / "model.safetensors") in line
+    (hf_copy / "model.safetensors").write_bytes(weights)
     edit_config(hf_copy, scale_embedding=True)
     line = one_error_line(hf_copy, tmp_path / "out")
     assert line.startswith("fairseq-vae-import-hf: error:") and "scale_embedding" in line
