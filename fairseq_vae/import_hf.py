@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import shlex
 import sys
 from typing import Dict, List, Tuple
@@ -43,8 +44,6 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from fairseq_vae.models.bart_vae import bart_vae_architecture, bart_vae_large_architecture
-
-logger = logging.getLogger("fairseq_vae.import_hf")
 
 TRAIN_FLAGS_FILE = "train_flags.txt"
 MASK = "<mask>"
@@ -74,7 +73,7 @@ REPRESENTABLE = {
     "static_position_embeddings": False,
     "extra_pos_embeddings": 2,
 }
-# fairseq_train flag -> config.json field, for the dimensions of the model
+# fairseq-train option -> config.json field, for the dimensions of the model
 DIMENSIONS = {
     "encoder_embed_dim": "d_model",
     "decoder_embed_dim": "d_model",
@@ -116,7 +115,10 @@ def load_hf_weights(folder: str) -> Dict[str, Tensor]:
         ("pytorch_model.bin.index.json", load_torch),
     ):
         if os.path.isfile(os.path.join(folder, index_name)):
-            shards = sorted(set(read_json(folder, index_name)["weight_map"].values()))
+            weight_map = read_json(folder, index_name).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise HFImportError(f"{os.path.join(folder, index_name)}: no weight_map")
+            shards = sorted(set(weight_map.values()))
             state = {}
             for shard in shards:
                 path = os.path.join(folder, shard)
@@ -135,7 +137,15 @@ def load_hf_weights(folder: str) -> Dict[str, Tensor]:
 
 def load_torch(path: str) -> Dict[str, Tensor]:
     # tensors only: a pickle that names anything else is refused, never run
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message suggests weights_only=False, which would run what the pickle asks
+        refused = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+        raise HFImportError(
+            f"{path}: refused by torch.load(weights_only=True), it holds more than tensors "
+            f"({'; '.join(refused) or str(error).splitlines()[0]})"
+        ) from None
 
 
 def check_config(config: dict, source: str) -> Dict[str, object]:
@@ -183,21 +193,26 @@ def check_config(config: dict, source: str) -> Dict[str, object]:
     return fairseq_options
 
 
-def special_token_ids(vocab: Dict[str, int], vocab_size: int, source: str) -> None:
-    """Checks that the tokenizer lays out its special tokens as fairseq's BART does."""
+def mask_id(vocab: Dict[str, int], vocab_size: int, source: str) -> int:
+    """The id of <mask>, after checking that the tokenizer lays out its special tokens as
+    fairseq's BART does: <s> <pad> </s> <unk> first, <mask> last. <mask> is either the last
+    embedding row (bart-base, bart-large) or one past it (fine-tunes whose fairseq training
+    dropped that row, such as bart-large-cnn: its config's vocab_size is one smaller)."""
     for index, symbol in enumerate(Dictionary().symbols):  # <s> <pad> </s> <unk>
         if vocab.get(symbol) != index:
             raise HFImportError(
                 f"{source}: {symbol} has id {vocab.get(symbol)}, fairseq's dictionary needs {index}"
             )
-    if vocab.get(MASK) != vocab_size - 1:
+    mask = vocab.get(MASK)
+    if mask not in (vocab_size - 1, vocab_size):
         raise HFImportError(
-            f"{source}: {MASK} has id {vocab.get(MASK)}; fairseq's BART needs it last "
-            f"({vocab_size - 1}, the config's vocab_size - 1)"
+            f"{source}: {MASK} has id {mask}; fairseq's BART needs it last ({vocab_size - 1}, "
+            "the config's vocab_size - 1, or vocab_size when the model has no row for it)"
         )
-    too_big = [token for token, index in vocab.items() if index >= vocab_size]
+    too_big = [token for token, index in vocab.items() if index >= vocab_size and token != MASK]
     if too_big:
         raise HFImportError(f"{source}: {too_big[0]!r} has an id beyond vocab_size {vocab_size}")
+    return mask
 
 
 def read_merges(path: str) -> List[str]:
@@ -260,11 +275,10 @@ def read_tokenizer(folder: str) -> Tuple[Dict[str, int], List[str], str]:
     return read_json(folder, "vocab.json"), merges, os.path.join(folder, "vocab.json")
 
 
-def gpt2_bpe_files(vocab: Dict[str, int], merges: List[str], vocab_size: int):
+def gpt2_bpe_files(vocab: Dict[str, int], merges: List[str], mask_id: int):
     """(encoder.json's mapping, vocab.bpe's text, dict.txt's text) so that fairseq's GPT-2 BPE
     and dictionary give each token its Hugging Face id."""
     n_special = len(Dictionary().symbols)
-    mask_id = vocab_size - 1
     # the special tokens are left out: fairseq's BPE must never produce them from text
     encoder = {token: i for token, i in vocab.items() if n_special <= i < mask_id}
     # fairseq's get_encoder skips the first line (GPT-2's "#version" header) and the last
@@ -292,7 +306,7 @@ def shared_embedding(hf: Dict[str, Tensor], source: str) -> Tensor:
     return embedding
 
 
-def fairseq_state_dict(hf: Dict[str, Tensor], source: str) -> Dict[str, Tensor]:
+def fairseq_state_dict(hf: Dict[str, Tensor], mask_id: int, source: str) -> Dict[str, Tensor]:
     """fairseq BART's state dict from a Hugging Face BartModel or BartForConditionalGeneration
     one: the names are the same but for the ``model.`` prefix and the tied embeddings."""
     hf = {key[len("model."):] if key.startswith("model.") else key: t for key, t in hf.items()}
@@ -302,6 +316,10 @@ def fairseq_state_dict(hf: Dict[str, Tensor], source: str) -> Dict[str, Tensor]:
             f"{source}: final_logits_bias is not zero, and fairseq's BART has no logits bias"
         )
     embedding = shared_embedding(hf, source)
+    if embedding.size(0) == mask_id:
+        # no <mask> row (see mask_id): fairseq's BART adds <mask> to its dictionary, so the
+        # checkpoint needs a row; a zero one, never trained, which fine-tuning bart_vae drops
+        embedding = torch.cat([embedding, embedding.new_zeros(1, embedding.size(1))])
     state = {key: t for key, t in hf.items() if not key.endswith(("shared.weight",
              "embed_tokens.weight")) and key != "lm_head.weight"}  # fmt: skip
     for key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
@@ -402,9 +420,9 @@ def import_hf(hf_dir: str, out_dir: str) -> List[str]:
     if not isinstance(vocab_size, int):
         raise HFImportError(f"{config_path}: missing field vocab_size")
     vocab, merges, tokenizer_path = read_tokenizer(hf_dir)
-    special_token_ids(vocab, vocab_size, tokenizer_path)
-    state = fairseq_state_dict(load_hf_weights(hf_dir), hf_dir)
-    encoder, vocab_bpe, dict_txt = gpt2_bpe_files(vocab, merges, vocab_size)
+    mask = mask_id(vocab, vocab_size, tokenizer_path)
+    state = fairseq_state_dict(load_hf_weights(hf_dir), mask, hf_dir)
+    encoder, vocab_bpe, dict_txt = gpt2_bpe_files(vocab, merges, mask)
     args = bart_args(os.path.abspath(out_dir), fairseq_options)
     state = fairseq_bart_state(args, dict_txt, state, hf_dir)
 
