@@ -90,6 +90,12 @@ DROPOUTS = {"dropout": "dropout", "attention_dropout": "attention_dropout",
             "activation_dropout": "activation_dropout"}  # fmt: skip
 
 
+# Hugging Face names of the one token embedding (the model.-prefix removed); files may hold
+# any of them, as tied tensors are often saved once
+TIED_EMBEDDINGS = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+                   "lm_head.weight")  # fmt: skip
+
+
 class HFImportError(ValueError):
     """A folder that cannot be imported; the message names the file, field or tensor."""
 
@@ -291,9 +297,7 @@ def gpt2_bpe_files(vocab: Dict[str, int], merges: List[str], mask_id: int):
 
 def shared_embedding(hf: Dict[str, Tensor], source: str) -> Tensor:
     """The one token embedding fairseq's BART shares between encoder, decoder and output."""
-    names = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
-             "lm_head.weight"]  # fmt: skip
-    present = [name for name in names if name in hf]
+    present = [name for name in TIED_EMBEDDINGS if name in hf]
     if not present:
         raise HFImportError(f"{source}: no token embedding (shared.weight)")
     embedding = hf[present[0]]
@@ -306,7 +310,7 @@ def shared_embedding(hf: Dict[str, Tensor], source: str) -> Tensor:
     return embedding
 
 
-def fairseq_state_dict(hf: Dict[str, Tensor], mask_id: int, source: str) -> Dict[str, Tensor]:
+def fairseq_state_dict(hf: Dict[str, Tensor], mask: int, source: str) -> Dict[str, Tensor]:
     """fairseq BART's state dict from a Hugging Face BartModel or BartForConditionalGeneration
     one: the names are the same but for the ``model.`` prefix and the tied embeddings."""
     hf = {key[len("model."):] if key.startswith("model.") else key: t for key, t in hf.items()}
@@ -316,12 +320,11 @@ def fairseq_state_dict(hf: Dict[str, Tensor], mask_id: int, source: str) -> Dict
             f"{source}: final_logits_bias is not zero, and fairseq's BART has no logits bias"
         )
     embedding = shared_embedding(hf, source)
-    if embedding.size(0) == mask_id:
+    if embedding.size(0) == mask:
         # no <mask> row (see mask_id): fairseq's BART adds <mask> to its dictionary, so the
         # checkpoint needs a row; a zero one, never trained, which fine-tuning bart_vae drops
         embedding = torch.cat([embedding, embedding.new_zeros(1, embedding.size(1))])
-    state = {key: t for key, t in hf.items() if not key.endswith(("shared.weight",
-             "embed_tokens.weight")) and key != "lm_head.weight"}  # fmt: skip
+    state = {key: t for key, t in hf.items() if key not in TIED_EMBEDDINGS}
     for key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
                 "decoder.output_projection.weight"):  # fmt: skip
         state[key] = embedding

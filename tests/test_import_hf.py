@@ -7,7 +7,6 @@ and the weights fairseq-train starts a bart_vae from.
 """
 
 import json
-import os
 import random
 import re
 import shlex
