@@ -4,7 +4,8 @@
 
 reads, from a local folder and without ``transformers``: ``config.json``; the weights
 (``model.safetensors``, sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``);
-and the tokenizer's ``vocab.json`` and ``merges.txt``. It writes into the output folder:
+and the tokenizer (``tokenizer.json``, or ``vocab.json`` and ``merges.txt``). It writes into
+the output folder:
 
 * ``model.pt``: a fairseq BART checkpoint (task ``denoising``, the folder's own dimensions)
   with exactly the tensors fairseq's BART has, for ``BARTModel.from_pretrained`` and
@@ -29,6 +30,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import shlex
 import sys
 from typing import Dict, List, Tuple
@@ -42,8 +44,6 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from fairseq_vae.models.bart_vae import bart_vae_architecture, bart_vae_large_architecture
-
-logger = logging.getLogger("fairseq_vae.import_hf")
 
 TRAIN_FLAGS_FILE = "train_flags.txt"
 MASK = "<mask>"
@@ -73,7 +73,7 @@ REPRESENTABLE = {
     "static_position_embeddings": False,
     "extra_pos_embeddings": 2,
 }
-# fairseq_train flag -> config.json field, for the dimensions of the model
+# fairseq-train option -> config.json field, for the dimensions of the model
 DIMENSIONS = {
     "encoder_embed_dim": "d_model",
     "decoder_embed_dim": "d_model",
@@ -88,6 +88,12 @@ DIMENSIONS = {
 }
 DROPOUTS = {"dropout": "dropout", "attention_dropout": "attention_dropout",
             "activation_dropout": "activation_dropout"}  # fmt: skip
+
+
+# Hugging Face names of the one token embedding (the model.-prefix removed); files may hold
+# any of them, as tied tensors are often saved once
+TIED_EMBEDDINGS = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+                   "lm_head.weight")  # fmt: skip
 
 
 class HFImportError(ValueError):
@@ -115,7 +121,10 @@ def load_hf_weights(folder: str) -> Dict[str, Tensor]:
         ("pytorch_model.bin.index.json", load_torch),
     ):
         if os.path.isfile(os.path.join(folder, index_name)):
-            shards = sorted(set(read_json(folder, index_name)["weight_map"].values()))
+            weight_map = read_json(folder, index_name).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise HFImportError(f"{os.path.join(folder, index_name)}: no weight_map")
+            shards = sorted(set(weight_map.values()))
             state = {}
             for shard in shards:
                 path = os.path.join(folder, shard)
@@ -134,7 +143,15 @@ def load_hf_weights(folder: str) -> Dict[str, Tensor]:
 
 def load_torch(path: str) -> Dict[str, Tensor]:
     # tensors only: a pickle that names anything else is refused, never run
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message suggests weights_only=False, which would run what the pickle asks
+        refused = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+        raise HFImportError(
+            f"{path}: refused by torch.load(weights_only=True), it holds more than tensors "
+            f"({'; '.join(refused) or str(error).splitlines()[0]})"
+        ) from None
 
 
 def check_config(config: dict, source: str) -> Dict[str, object]:
@@ -182,21 +199,26 @@ def check_config(config: dict, source: str) -> Dict[str, object]:
     return fairseq_options
 
 
-def special_token_ids(vocab: Dict[str, int], vocab_size: int, source: str) -> None:
-    """Checks that the tokenizer lays out its special tokens as fairseq's BART does."""
+def mask_id(vocab: Dict[str, int], vocab_size: int, source: str) -> int:
+    """The id of <mask>, after checking that the tokenizer lays out its special tokens as
+    fairseq's BART does: <s> <pad> </s> <unk> first, <mask> last. <mask> is either the last
+    embedding row (bart-base, bart-large) or one past it (fine-tunes whose fairseq training
+    dropped that row, such as bart-large-cnn: its config's vocab_size is one smaller)."""
     for index, symbol in enumerate(Dictionary().symbols):  # <s> <pad> </s> <unk>
         if vocab.get(symbol) != index:
             raise HFImportError(
                 f"{source}: {symbol} has id {vocab.get(symbol)}, fairseq's dictionary needs {index}"
             )
-    if vocab.get(MASK) != vocab_size - 1:
+    mask = vocab.get(MASK)
+    if mask not in (vocab_size - 1, vocab_size):
         raise HFImportError(
-            f"{source}: {MASK} has id {vocab.get(MASK)}; fairseq's BART needs it last "
-            f"({vocab_size - 1}, the config's vocab_size - 1)"
+            f"{source}: {MASK} has id {mask}; fairseq's BART needs it last ({vocab_size - 1}, "
+            "the config's vocab_size - 1, or vocab_size when the model has no row for it)"
         )
-    too_big = [token for token, index in vocab.items() if index >= vocab_size]
+    too_big = [token for token, index in vocab.items() if index >= vocab_size and token != MASK]
     if too_big:
         raise HFImportError(f"{source}: {too_big[0]!r} has an id beyond vocab_size {vocab_size}")
+    return mask
 
 
 def read_merges(path: str) -> List[str]:
@@ -212,11 +234,57 @@ def read_merges(path: str) -> List[str]:
     return merges
 
 
-def gpt2_bpe_files(vocab: Dict[str, int], merges: List[str], vocab_size: int):
+def read_tokenizer_json(path: str) -> Tuple[Dict[str, int], List[str]]:
+    """(vocabulary with the added tokens, merges) of a tokenizers tokenizer.json, refusing
+    what fairseq's GPT-2 BPE would not reproduce."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            tokenizer = json.load(f)
+        except json.JSONDecodeError as error:
+            raise HFImportError(f"{path} is not valid JSON: {error}") from None
+    model = tokenizer.get("model") or {}
+    pre = tokenizer.get("pre_tokenizer") or {}
+    # GPT-2's byte-level BPE: byte-level pre-tokenisation with GPT-2's regex, no prefix
+    # space, no normaliser, plain merges (fairseq's gpt2_bpe_utils does exactly that)
+    needed = [
+        ("model.type", model.get("type"), "BPE"),
+        ("model.dropout", model.get("dropout"), None),
+        ("model.continuing_subword_prefix", model.get("continuing_subword_prefix") or "", ""),
+        ("model.end_of_word_suffix", model.get("end_of_word_suffix") or "", ""),
+        ("normalizer", tokenizer.get("normalizer"), None),
+        ("pre_tokenizer.type", pre.get("type"), "ByteLevel"),
+        ("pre_tokenizer.add_prefix_space", pre.get("add_prefix_space"), False),
+        ("pre_tokenizer.use_regex", pre.get("use_regex", True), True),
+    ]
+    for name, value, wanted in needed:
+        if value != wanted:
+            raise HFImportError(
+                f"{path}: {name} is {json.dumps(value)}; fairseq's GPT-2 BPE needs "
+                f"{json.dumps(wanted)}"
+            )
+    vocab = dict(model.get("vocab") or {})
+    vocab.update({token["content"]: token["id"] for token in tokenizer.get("added_tokens", [])})
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return vocab, merges
+
+
+def read_tokenizer(folder: str) -> Tuple[Dict[str, int], List[str], str]:
+    """(vocabulary, merges, the file they came from). tokenizer.json first, as transformers'
+    tokenizers read it first; else vocab.json and merges.txt."""
+    path = os.path.join(folder, "tokenizer.json")
+    if os.path.isfile(path):
+        return (*read_tokenizer_json(path), path)
+    for name in ("vocab.json", "merges.txt"):
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise HFImportError(f"missing {os.path.join(folder, name)} (and no tokenizer.json)")
+    merges = read_merges(os.path.join(folder, "merges.txt"))
+    return read_json(folder, "vocab.json"), merges, os.path.join(folder, "vocab.json")
+
+
+def gpt2_bpe_files(vocab: Dict[str, int], merges: List[str], mask_id: int):
     """(encoder.json's mapping, vocab.bpe's text, dict.txt's text) so that fairseq's GPT-2 BPE
     and dictionary give each token its Hugging Face id."""
     n_special = len(Dictionary().symbols)
-    mask_id = vocab_size - 1
     # the special tokens are left out: fairseq's BPE must never produce them from text
     encoder = {token: i for token, i in vocab.items() if n_special <= i < mask_id}
     # fairseq's get_encoder skips the first line (GPT-2's "#version" header) and the last
@@ -229,9 +297,7 @@ def gpt2_bpe_files(vocab: Dict[str, int], merges: List[str], vocab_size: int):
 
 def shared_embedding(hf: Dict[str, Tensor], source: str) -> Tensor:
     """The one token embedding fairseq's BART shares between encoder, decoder and output."""
-    names = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
-             "lm_head.weight"]  # fmt: skip
-    present = [name for name in names if name in hf]
+    present = [name for name in TIED_EMBEDDINGS if name in hf]
     if not present:
         raise HFImportError(f"{source}: no token embedding (shared.weight)")
     embedding = hf[present[0]]
@@ -244,7 +310,7 @@ def shared_embedding(hf: Dict[str, Tensor], source: str) -> Tensor:
     return embedding
 
 
-def fairseq_state_dict(hf: Dict[str, Tensor], source: str) -> Dict[str, Tensor]:
+def fairseq_state_dict(hf: Dict[str, Tensor], mask: int, source: str) -> Dict[str, Tensor]:
     """fairseq BART's state dict from a Hugging Face BartModel or BartForConditionalGeneration
     one: the names are the same but for the ``model.`` prefix and the tied embeddings."""
     hf = {key[len("model."):] if key.startswith("model.") else key: t for key, t in hf.items()}
@@ -254,8 +320,11 @@ def fairseq_state_dict(hf: Dict[str, Tensor], source: str) -> Dict[str, Tensor]:
             f"{source}: final_logits_bias is not zero, and fairseq's BART has no logits bias"
         )
     embedding = shared_embedding(hf, source)
-    state = {key: t for key, t in hf.items() if not key.endswith(("shared.weight",
-             "embed_tokens.weight")) and key != "lm_head.weight"}  # fmt: skip
+    if embedding.size(0) == mask:
+        # no <mask> row (see mask_id): fairseq's BART adds <mask> to its dictionary, so the
+        # checkpoint needs a row; a zero one, never trained, which fine-tuning bart_vae drops
+        embedding = torch.cat([embedding, embedding.new_zeros(1, embedding.size(1))])
+    state = {key: t for key, t in hf.items() if key not in TIED_EMBEDDINGS}
     for key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
                 "decoder.output_projection.weight"):  # fmt: skip
         state[key] = embedding
@@ -353,12 +422,10 @@ def import_hf(hf_dir: str, out_dir: str) -> List[str]:
     vocab_size = config.get("vocab_size")
     if not isinstance(vocab_size, int):
         raise HFImportError(f"{config_path}: missing field vocab_size")
-    vocab_path = os.path.join(hf_dir, "vocab.json")
-    vocab = read_json(hf_dir, "vocab.json")
-    special_token_ids(vocab, vocab_size, vocab_path)
-    merges = read_merges(os.path.join(hf_dir, "merges.txt"))
-    state = fairseq_state_dict(load_hf_weights(hf_dir), hf_dir)
-    encoder, vocab_bpe, dict_txt = gpt2_bpe_files(vocab, merges, vocab_size)
+    vocab, merges, tokenizer_path = read_tokenizer(hf_dir)
+    mask = mask_id(vocab, vocab_size, tokenizer_path)
+    state = fairseq_state_dict(load_hf_weights(hf_dir), mask, hf_dir)
+    encoder, vocab_bpe, dict_txt = gpt2_bpe_files(vocab, merges, mask)
     args = bart_args(os.path.abspath(out_dir), fairseq_options)
     state = fairseq_bart_state(args, dict_txt, state, hf_dir)
 
@@ -388,7 +455,7 @@ def cli_main():
     )
     parser.add_argument("hf_dir", help="folder with config.json, model.safetensors (or "
                         "model.safetensors.index.json and its shards, or pytorch_model.bin), "
-                        "vocab.json and merges.txt")  # fmt: skip
+                        "tokenizer.json or vocab.json and merges.txt")  # fmt: skip
     parser.add_argument("out_dir", help="where model.pt, dict.txt, encoder.json, vocab.bpe "
                         f"and {TRAIN_FLAGS_FILE} are written")  # fmt: skip
     args = parser.parse_args()

@@ -7,7 +7,6 @@ and the weights fairseq-train starts a bart_vae from.
 """
 
 import json
-import os
 import random
 import re
 import shlex
@@ -79,10 +78,11 @@ def perturbed(model):
     return model.eval()
 
 
-def hf_folder(folder, tokenizer_dir, vocab_size, cls, how, activation="gelu"):
-    """Saves a tiny random BART as a Hugging Face folder; returns the model."""
+def hf_folder(folder, tokenizer_dir, vocab_size, cls, how, activation="gelu", mask_row=True):
+    """Saves a tiny random BART as a Hugging Face folder; returns the model. Without
+    ``mask_row`` the embedding stops before <mask>, as facebook/bart-large-cnn's does."""
     config = BartConfig(
-        vocab_size=vocab_size, d_model=32, encoder_layers=2, decoder_layers=3,
+        vocab_size=vocab_size if mask_row else vocab_size - 1, d_model=32, encoder_layers=2, decoder_layers=3,
         encoder_attention_heads=4, decoder_attention_heads=2, encoder_ffn_dim=64,
         decoder_ffn_dim=48, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
         activation_dropout=0.0, activation_function=activation,
@@ -99,7 +99,12 @@ def hf_folder(folder, tokenizer_dir, vocab_size, cls, how, activation="gelu"):
     else:
         model.save_pretrained(str(folder))
         assert (folder / "model.safetensors").exists()
-    for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"):
+    # older folders have only vocab.json and merges.txt; newer ones also tokenizer.json,
+    # which transformers (and the importer) read first
+    names = ["vocab.json", "merges.txt"]
+    if how != "bin":
+        names += ["tokenizer.json", "tokenizer_config.json"]
+    for name in names:
         (folder / name).write_bytes((tokenizer_dir / name).read_bytes())
     return model
 
@@ -117,13 +122,14 @@ def corpus(tmp_path_factory):
     return root, vocab_size
 
 
-# (weights file, model class, activation): every kind of folder, and activations mapped to
-# fairseq's gelu, relu, gelu_accurate and tanh
+# (weights file, model class, activation, has a <mask> row): every kind of folder, and
+# activations mapped to fairseq's gelu, relu, gelu_accurate and tanh
 VARIANTS = {
-    "safetensors": ("safetensors", BartForConditionalGeneration, "gelu"),
-    "bart-model": ("safetensors", BartModel, "relu"),
-    "pytorch-bin": ("bin", BartForConditionalGeneration, "gelu_new"),
-    "sharded": ("sharded", BartForConditionalGeneration, "tanh"),
+    "safetensors": ("safetensors", BartForConditionalGeneration, "gelu", True),
+    "bart-model": ("safetensors", BartModel, "relu", True),
+    "pytorch-bin": ("bin", BartForConditionalGeneration, "gelu_new", True),
+    "sharded": ("sharded", BartForConditionalGeneration, "tanh", True),
+    "no-mask-row": ("safetensors", BartForConditionalGeneration, "gelu", False),
 }
 
 
@@ -132,9 +138,10 @@ def imported(corpus, tmp_path_factory):
     """variant -> (Hugging Face model, its folder, the imported folder, the flags printed)"""
     root, vocab_size = corpus
     out = {}
-    for name, (how, cls, activation) in VARIANTS.items():
+    for name, (how, cls, activation, mask_row) in VARIANTS.items():
         folder = tmp_path_factory.mktemp(name)
-        model = hf_folder(folder / "hf", root / "tokenizer", vocab_size, cls, how, activation)
+        model = hf_folder(folder / "hf", root / "tokenizer", vocab_size, cls, how, activation,
+                          mask_row)  # fmt: skip
         if name == "safetensors":  # the console script once; the function for the others
             log = run_tool("fairseq-vae-import-hf", folder / "hf", folder / "fairseq")
         else:
@@ -209,6 +216,9 @@ def test_fairseq_logits_equal_transformers(corpus, imported, variant):
         else:
             theirs = hf_model(**kwargs).logits
     keep = prev.ne(PAD)
+    if not VARIANTS[variant][3]:  # fairseq's dictionary has <mask>, the model had no row for it
+        assert ours.size(-1) == theirs.size(-1) + 1
+        ours = ours[..., :-1]
     assert ours.shape == theirs.shape
     assert theirs[keep].abs().max() > 0.5  # logits of some size, not a near-zero model
     torch.testing.assert_close(ours[keep], theirs[keep], atol=1e-4, rtol=0)
@@ -325,11 +335,39 @@ def test_weights_fairseq_cannot_hold_are_refused_by_name(hf_copy, tmp_path):
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
-@pytest.mark.parametrize("missing", ["config.json", "merges.txt", "vocab.json",
-                                     "model.safetensors"])  # fmt: skip
-def test_missing_file_is_named(hf_copy, tmp_path, missing):
-    (hf_copy / missing).unlink()
-    with pytest.raises(HFImportError, match=re.escape(str(hf_copy / missing))):
+@pytest.mark.parametrize(
+    "removed,named",
+    [
+        (["config.json"], "config.json"),
+        (["tokenizer.json", "vocab.json"], "vocab.json"),
+        (["tokenizer.json", "merges.txt"], "merges.txt"),
+        (["model.safetensors"], "model.safetensors"),
+    ],
+)
+def test_missing_file_is_named(hf_copy, tmp_path, removed, named):
+    for name in removed:
+        (hf_copy / name).unlink()
+    with pytest.raises(HFImportError, match=re.escape(str(hf_copy / named))):
+        import_hf(str(hf_copy), str(tmp_path / "out"))
+
+
+def test_tokenizer_fairseq_cannot_reproduce_is_refused(hf_copy, tmp_path):
+    tokenizer = json.loads((hf_copy / "tokenizer.json").read_text())
+    tokenizer["pre_tokenizer"]["add_prefix_space"] = True  # " " + text: other ids
+    (hf_copy / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(HFImportError, match="pre_tokenizer.add_prefix_space"):
+        import_hf(str(hf_copy), str(tmp_path / "out"))
+
+
+class NotATensor:
+    """A global that torch.load(weights_only=True) must refuse to unpickle."""
+
+
+def test_pickle_with_more_than_tensors_is_refused(hf_copy, tmp_path):
+    weights = load_file(str(hf_copy / "model.safetensors"))
+    (hf_copy / "model.safetensors").unlink()
+    torch.save({**weights, "extra": NotATensor()}, hf_copy / "pytorch_model.bin")
+    with pytest.raises(HFImportError, match=re.escape(str(hf_copy / "pytorch_model.bin"))):
         import_hf(str(hf_copy), str(tmp_path / "out"))
 
 
@@ -342,11 +380,12 @@ def one_error_line(hf_dir, out_dir):
 
 
 def test_cli_errors_are_one_line(hf_copy, tmp_path):
-    merges = (hf_copy / "merges.txt").read_bytes()
-    (hf_copy / "merges.txt").unlink()
+    weights = (hf_copy / "model.safetensors").read_bytes()
+    (hf_copy / "model.safetensors").unlink()
     line = one_error_line(hf_copy, tmp_path / "out")
-    assert line.startswith("fairseq-vae-import-hf: error:") and str(hf_copy / "merges.txt") in line
-    (hf_copy / "merges.txt").write_bytes(merges)
+    assert line.startswith("fairseq-vae-import-hf: error:")
+    assert str(hf_copy / "model.safetensors") in line
+    (hf_copy / "model.safetensors").write_bytes(weights)
     edit_config(hf_copy, scale_embedding=True)
     line = one_error_line(hf_copy, tmp_path / "out")
     assert line.startswith("fairseq-vae-import-hf: error:") and "scale_embedding" in line
