@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import BIN, ROOT, USER_DIR, encode_lines, random_sentences
+from conftest import BIN, ROOT, USER_DIR, build_tiny, encode_lines, random_sentences
 from vae_fixtures import make_data_bin, save_checkpoint, shift_right, train_tiny
 
 from fairseq_vae import estimators, evaluate
@@ -98,14 +98,15 @@ def slow_mutual_information(mu, logvar, z):
     return neg_entropy - log_qz / n
 
 
-def slow_active_units(mu, threshold):
+def slow_variances(mu):
+    """Each dimension's sample variance (n - 1 in the denominator) over the rows of mu."""
     n, dim = len(mu), len(mu[0])
-    count = 0
-    for d in range(dim):
-        mean = sum(mu[i][d] for i in range(n)) / n
-        if sum((mu[i][d] - mean) ** 2 for i in range(n)) / (n - 1) >= threshold:
-            count += 1
-    return count
+    means = [sum(mu[i][d] for i in range(n)) / n for d in range(dim)]
+    return [sum((mu[i][d] - means[d]) ** 2 for i in range(n)) / (n - 1) for d in range(dim)]
+
+
+def slow_active_units(mu, threshold):
+    return sum(1 for variance in slow_variances(mu) if variance >= threshold)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,12 +159,26 @@ def test_mutual_information_equals_loops(monkeypatch):
     assert mutual_information(mu, logvar, z) == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize("clusters", [2, 4])
+def test_mutual_information_of_separated_clusters_is_log_of_their_number(clusters):
+    # x picks one of C equally likely, far apart posteriors: z tells x's cluster and nothing
+    # more, so I(x; z) = H(cluster) = log C
+    torch.manual_seed(4)
+    n, dim = 2000, 2
+    centres = torch.randn(clusters, dim) * 30.0
+    mu = centres[torch.arange(n) % clusters]
+    logvar = torch.zeros(n, dim)
+    z = mu + torch.randn(n, dim)
+    # the estimate's noise is that of a mean of n values of log q(z|x), sd sqrt(dim / 2 / n)
+    assert mutual_information(mu, logvar, z) == pytest.approx(math.log(clusters), abs=0.1)
+
+
 def test_active_units_equals_loops():
     torch.manual_seed(3)
     mu = torch.randn(40, 6) * torch.tensor([0.01, 0.05, 0.09, 0.11, 0.5, 2.0])
     count, variances = active_units(mu, 0.01)
     assert count == slow_active_units(mu.tolist(), 0.01)
-    torch.testing.assert_close(variances, mu.var(dim=0))
+    torch.testing.assert_close(variances, torch.tensor(slow_variances(mu.tolist())))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,12 +332,10 @@ def test_fairseq_vae_eval_reports_every_metric_on_every_sentence(trained, dict_d
     settings, metrics = report["settings"], report["metrics"]
     assert settings["sentences"] == 37 and settings["skipped"] == 1
     assert settings["iw_samples"] == 12
+    # a word-level corpus: tokens are words (the perplexities' known answer on subwords is below)
     assert settings["tokens"] == settings["words"] == sum(len(s.split()) + 1 for s in lines if s)
     assert report["examples"][0]["input"] == lines[0]
     assert metrics["iw_nll"] < metrics["neg_elbo"]
-    assert metrics["iw_ppl_token"] == pytest.approx(
-        math.exp(metrics["iw_nll"] * 37 / settings["tokens"]), rel=1e-6
-    )
     assert 0 <= metrics["recon_bleu"] <= 100 and metrics["au"] == 8
     assert set(report["factors"]) == {"first", "long"}
 
@@ -344,3 +357,47 @@ def test_fairseq_vae_eval_reports_every_metric_on_every_sentence(trained, dict_d
     assert "MI pool=batch" in stdout and "BLEU" not in stdout
     mi = float(stdout.split("\nMI")[1].split()[0])
     assert mi <= math.log(10) + 0.2
+
+
+def test_fairseq_vae_eval_perplexities_have_a_known_answer_on_a_subword_corpus(tmp_path):
+    """With q(z|x) = p(z) and a decoder that ignores z, every importance weight is p(x|z), the
+    same for every z: the IW-NLL is the decoder's NLL for any K, and the perplexities per token
+    and per word follow from it and from counts made here."""
+    from fairseq.data import Dictionary
+
+    raw = random_sentences(12, seed=91)
+    # subword-nmt style units: words of more than 3 letters are split after their 2nd
+    lines = [" ".join(f"{w[:2]}@@ {w[2:]}" if len(w) > 3 else w for w in s.split()) for s in raw]
+    dictionary = Dictionary()
+    for line in lines:
+        dictionary.encode_line(line, add_if_not_exist=True)
+    dictionary.save(str(tmp_path / "dict.txt"))
+    data = make_data_bin(str(tmp_path / "bin"), str(tmp_path), {"test": lines})
+    task, model, args = build_tiny(data)
+    with torch.no_grad():
+        for head in (model.encoder.mlp_mu, model.encoder.mlp_logvar):
+            head[2].weight.zero_()
+            head[2].bias.zero_()  # mu = 0, logvar = 0
+        model.encoder.latent_attn.out_proj.weight.zero_()  # the memory: out_proj's bias alone
+        src, lengths, prev = batch_of(task, lines)
+        logits, _ = model(src, lengths, prev)
+    lprobs = torch.log_softmax(logits.double(), dim=-1).gather(-1, src.unsqueeze(-1)).squeeze(-1)
+    nll = -lprobs.masked_fill(src.eq(task.source_dictionary.pad()), 0).sum().item()
+    n_tokens = sum(len(line.split()) + 1 for line in lines)  # + 1: the end of sentence
+    n_words = sum(len(line.split()) + 1 for line in raw)
+    assert n_tokens > n_words
+    checkpoint = str(tmp_path / "checkpoint.pt")
+    save_checkpoint(checkpoint, model, args)
+    results = tmp_path / "results.json"
+    run(
+        "fairseq-vae-eval", data, "--user-dir", USER_DIR, "--path", checkpoint,
+        "--gen-subset", "test", "--iw-samples", "5", "--no-bleu", "--post-process",
+        "subword_nmt", "--results-json", str(results), "--cpu",
+    )  # fmt: skip
+    report = json.loads(results.read_text())
+    settings, metrics = report["settings"], report["metrics"]
+    assert (settings["sentences"], settings["tokens"], settings["words"]) == (12, n_tokens, n_words)
+    assert metrics["iw_nll"] == pytest.approx(nll / 12, rel=1e-5)
+    assert metrics["neg_elbo"] == pytest.approx(nll / 12, rel=1e-5)
+    assert metrics["iw_ppl_token"] == pytest.approx(math.exp(nll / n_tokens), rel=1e-5)
+    assert metrics["iw_ppl_word"] == pytest.approx(math.exp(nll / n_words), rel=1e-5)

@@ -55,6 +55,43 @@ def test_search_options_work_unchanged(data_bin, tiny_checkpoint, search):
     assert all(len(h) == nbest for h in hyps.values())
     if "--max-len-b" in search:
         assert all(len(h.split()) <= 3 for hs in hyps.values() for h in hs)
+    if "--sampling" not in search:
+        # a sentence's z and search do not depend on the rest of its batch
+        alone, _ = generate(data_bin, tiny_checkpoint, "--gen-subset", "valid", "--batch-size",
+                            "1", *search)  # fmt: skip
+        assert alone == hyps
+    if "--sampling-topk" in search:
+        k = int(search[search.index("--sampling-topk") + 1])
+        ranks = token_ranks(data_bin, tiny_checkpoint, hyps)
+        assert max(ranks) < k and len(ranks) > 40, sorted(ranks)[-5:]
+
+
+def token_ranks(data_bin, checkpoint, hyps):
+    """The rank of each hypothesis token among the tokens the search may choose, by the
+    model's next-token distribution given the posterior mean of its source sentence and the
+    tokens before it (0: the most probable)."""
+    from fairseq import checkpoint_utils
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], {"data": data_bin})
+    model, d = models[0].eval(), task.source_dictionary
+    model.encoder.latent_source = "mean"  # what --latent-source posterior-mean decodes from
+    task.load_dataset("valid")
+    ranks = []
+    with torch.no_grad():
+        for i, texts in hyps.items():
+            source = task.dataset("valid")[i]["source"]
+            encoder_out = model.encoder(source[None], torch.tensor([len(source)]))
+            for text in texts:
+                tokens = d.encode_line(text, add_if_not_exist=False).long()
+                prev = torch.cat([tokens.new_tensor([d.eos()]), tokens[:-1]])
+                logits, _ = model.decoder(prev[None], encoder_out=encoder_out)
+                scores = logits[0].float()  # T x V
+                # the search never emits padding, nor an end of sentence first (--min-len 1)
+                scores[:, d.pad()] = float("-inf")
+                scores[0, d.eos()] = float("-inf")
+                chosen = scores.gather(1, tokens[:, None])
+                ranks += (scores > chosen).sum(dim=1).tolist()
+    return ranks
 
 
 def test_reconstruction_prints_bleu(data_bin, tiny_checkpoint):
@@ -143,25 +180,71 @@ def test_linear_and_spherical_paths():
     torch.testing.assert_close(mid, (a + b) * (2**-0.5))
 
 
+def generate_in_process(task, model, split):
+    """{sample id: best hypothesis' tokens} of beam-2 generation, as fairseq-generate runs it."""
+    from fairseq.dataclass.configs import GenerationConfig
+
+    task.load_dataset(split)
+    generator = task.build_generator([model], GenerationConfig(beam=2))
+    batches = task.get_batch_iterator(dataset=task.dataset(split), max_tokens=400)
+    hypotheses = {}
+    for sample in batches.next_epoch_itr(shuffle=False):
+        for i, hypos in zip(sample["id"].tolist(), task.inference_step(generator, [model], sample)):
+            hypotheses[i] = hypos[0]["tokens"].tolist()
+    return hypotheses
+
+
+def cpu_runs(dtype):
+    try:
+        torch.ones(2, 2, dtype=dtype) @ torch.ones(2, 2, dtype=dtype)
+        return True
+    except RuntimeError:
+        return False
+
+
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_checkpoint_trained_in_half_precision_loads_for_generation(
+def test_checkpoint_trained_in_half_precision_generates_in_half_precision(
     data_bin, tiny_checkpoint, tmp_path, precision
 ):
     # what --fp16/--bf16 training saves: half-precision weights and the flag in the config
-    # (fairseq's --bf16 needs a GPU or TPU, so the checkpoint is converted here)
-    import fairseq_vae  # noqa: F401  (safe globals for torch.load)
+    # (fairseq's --bf16 training needs a GPU or TPU, so the checkpoint is converted here)
+    from fairseq import checkpoint_utils
 
-    state = torch.load(tiny_checkpoint, map_location="cpu")
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    if not cpu_runs(dtype):
+        pytest.skip(f"this machine's torch has no {precision} matrix product on the CPU")
+    state = torch.load(tiny_checkpoint, map_location="cpu")
     state["model"] = {k: v.to(dtype) if v.is_floating_point() else v
                       for k, v in state["model"].items()}  # fmt: skip
     state["cfg"]["common"][precision] = True
-    half = tmp_path / f"checkpoint_{precision}.pt"
+    half = str(tmp_path / f"checkpoint_{precision}.pt")
     torch.save(state, half)
-    hyps, _ = generate(data_bin, str(half), "--gen-subset", "valid", "--beam", "2")
-    assert sorted(hyps) == list(range(40))
-    prior, _ = generate(data_bin, str(half), "--latent-source", "prior", "--prior-samples", "5")
-    assert sorted(prior) == list(range(5))
+
+    # fairseq-generate converts the model with --fp16 only (it has no --bf16 for generation),
+    # so both are run here as it runs them, with the model in the half precision
+    def load(checkpoint, dtype):
+        models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+            [checkpoint], {"data": data_bin}
+        )
+        return task, models[0].to(dtype).eval()
+
+    task, model = load(half, dtype)
+    logits_dtypes = set()
+    model.decoder.output_projection.register_forward_hook(
+        lambda module, inputs, out: logits_dtypes.add(out.dtype)
+    )
+    hypotheses = generate_in_process(task, model, "valid")
+    assert logits_dtypes == {dtype}  # the decoder really ran in half precision
+    assert sorted(hypotheses) == list(range(40))
+    # the same sentences as the fp32 model (this tiny model's top hypotheses are far apart)
+    assert hypotheses == generate_in_process(*load(tiny_checkpoint, torch.float32), "valid")
+
+    if precision == "fp16":  # and the command line, from the data and from the prior
+        hyps, _ = generate(data_bin, half, "--fp16", "--gen-subset", "valid", "--beam", "2")
+        assert sorted(hyps) == list(range(40))
+        prior, _ = generate(data_bin, half, "--fp16", "--latent-source", "prior",
+                            "--prior-samples", "5")  # fmt: skip
+        assert sorted(prior) == list(range(5))
 
 
 # --- the hub's edges ------------------------------------------------------------------------
