@@ -54,6 +54,7 @@ from fairseq_vae.estimators import (
     probe_factors,
     read_labels,
 )
+from fairseq_vae.subword import build_bpe, corpus_bpe_options, describe_bpe
 
 logger = logging.getLogger("fairseq_vae.evaluate")
 
@@ -67,28 +68,26 @@ DEFAULT_MAX_TOKENS = 1024
 
 
 class Detokenizer:
-    """Token ids -> raw text: the corpus's sentencepiece model, or fairseq's --post-process."""
+    """Token ids -> raw text: the corpus's subword model (``fairseq_vae.subword``: sentencepiece
+    or GPT-2 BPE, reversed by fairseq's own BPE object), or fairseq's --post-process."""
 
-    def __init__(self, dictionary, spm_model: Optional[str] = None, post_process=None):
+    def __init__(self, dictionary, bpe_options: dict, post_process=None):
         self.dictionary = dictionary
+        self.bpe_options = bpe_options
+        self.bpe = build_bpe(bpe_options)
         self.post_process = post_process
-        self.sp = None
-        if spm_model:
-            import sentencepiece as spm
-
-            self.sp = spm.SentencePieceProcessor(model_file=spm_model)
 
     def describe(self) -> str:
-        if self.sp is not None:
-            return "sentencepiece decoding"
+        if self.bpe is not None:
+            return f"{describe_bpe(self.bpe_options)} decoding"
         if self.post_process:
             return f"fairseq --post-process {self.post_process}"
         return "none (dictionary symbols are taken as words)"
 
     def __call__(self, tokens: Tensor) -> str:
         tokens = utils.strip_pad(tokens, self.dictionary.pad())
-        if self.sp is not None:
-            return self.sp.decode_pieces(self.dictionary.string(tokens).split())
+        if self.bpe is not None:
+            return self.bpe.decode(self.dictionary.string(tokens))
         return self.dictionary.string(tokens, bpe_symbol=self.post_process)
 
 
@@ -119,7 +118,8 @@ def add_eval_args(parser: argparse.ArgumentParser):
                        "regression on the posterior mean predicts each factor")
     group.add_argument("--spm-model", metavar="FILE",
                        help="sentencepiece model to detokenise with, for BLEU and word counts "
-                       "(default: DATA/spm.model when it exists, else --post-process)")
+                       "(default: the corpus's own: DATA/spm.model, or GPT-2 BPE with "
+                       "DATA/encoder.json and DATA/vocab.bpe, else --post-process)")
     group.add_argument("--no-bleu", action="store_true",
                        help="skip the greedy reconstruction and its BLEU")
     group.add_argument("--results-json", metavar="FILE",
@@ -223,13 +223,6 @@ def posterior_means(model, task, split: str, **iterator_args) -> Tuple[Tensor, T
     return torch.cat(mus)[order], torch.cat(logvars)[order], ids[order]
 
 
-def default_spm_model(data: Optional[str]) -> Optional[str]:
-    if not data:
-        return None
-    candidate = os.path.join(utils.split_paths(data)[0], "spm.model")
-    return candidate if os.path.isfile(candidate) else None
-
-
 @torch.no_grad()
 def evaluate(cfg, args, model, task, saved_cfg) -> dict:
     """Runs every metric on ``cfg.dataset.gen_subset``; returns the report as a dict."""
@@ -248,8 +241,11 @@ def evaluate(cfg, args, model, task, saved_cfg) -> dict:
         saved_task_cfg=saved_cfg.task,
     )
     dictionary = task.target_dictionary
-    spm_model = args.spm_model or default_spm_model(cfg.task.data)
-    detok = Detokenizer(dictionary, spm_model, cfg.common_eval.post_process)
+    if args.spm_model:
+        bpe_options = {"bpe": "sentencepiece", "sentencepiece_model": args.spm_model}
+    else:
+        bpe_options = corpus_bpe_options(cfg.task.data)
+    detok = Detokenizer(dictionary, bpe_options, cfg.common_eval.post_process)
     expected_ids = evaluable_ids(dataset)
     labels = read_labels(args.labels) if args.labels else None
     if labels is not None:

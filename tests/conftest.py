@@ -1,5 +1,6 @@
 """Shared helpers: a tiny dictionary and tiny bart_vae models built through fairseq's options."""
 
+import json
 import os
 import random
 import subprocess
@@ -9,6 +10,7 @@ import pytest
 import torch
 from fairseq import options, tasks
 from fairseq.data import Dictionary
+from fairseq.data.encoders.gpt2_bpe_utils import bytes_to_unicode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(ROOT, "fairseq_vae")
@@ -111,3 +113,16 @@ def tiny_checkpoint(data_bin, tmp_path_factory):
     run_tool("fairseq-train", *train_args(data_bin, save_dir, "--max-update", "60",
                                           "--kl-schedule", "constant", "--kl-beta-max", "0.2"))
     return str(save_dir / "checkpoint_last.pt")
+
+
+def tiny_gpt2_files(folder):
+    """A byte-level BPE with a few merges, in GPT-2's file formats, and a BART-style dict."""
+    folder.mkdir()
+    byte_symbols = list(bytes_to_unicode().values())
+    merges = [("t", "h"), ("th", "e"), ("Ġ", "c"), ("Ġc", "a"), ("Ġca", "t")]
+    vocab = byte_symbols + ["".join(m) for m in merges]
+    (folder / "encoder.json").write_text(json.dumps({s: i for i, s in enumerate(vocab)}))
+    (folder / "vocab.bpe").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    # BART's dict.txt lists GPT-2 ids (as words) with counts
+    (folder / "dict.txt").write_text("".join(f"{i} {1000 - i}\n" for i in range(len(vocab))))
+    return folder

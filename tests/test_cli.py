@@ -62,3 +62,24 @@ def test_train_logs_the_scheduled_beta_then_validate_reports_kl_and_elbo(data_bi
     # sentence, so they agree through the token count
     ntok = float(values["wpb"])
     assert loss_bits * math.log(2) * ntok == pytest.approx(-elbo * 40, rel=0.02)
+
+
+def test_tensorboard_event_files_carry_kl_beta_elbo_and_active_dims(data_bin, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logdir = tmp_path / "tensorboard"
+    out = run_tool("fairseq-train", *train_args(
+        data_bin, tmp_path / "checkpoints", "--max-update", "4", "--kl-cycle-updates", "4",
+        "--kl-ramp-fraction", "0.5", "--log-interval", "1", "--tensorboard-logdir", logdir))  # fmt: skip
+    assert "tensorboard not found" not in out
+    cfg = OmegaConf.structured(TextVAEConfig)
+    cfg.kl_cycle_updates, cfg.kl_ramp_fraction, cfg.max_update = 4, 0.5, 4
+    for split in ("train_inner", "valid"):
+        events = EventAccumulator(str(logdir / split)).Reload()
+        assert {"kl", "beta", "elbo", "active_dims"} <= set(events.Tags()["scalars"]), split
+    events = EventAccumulator(str(logdir / "train_inner")).Reload()
+    # one point per update (--log-interval 1), at the beta the schedule gave that update
+    beta = [(event.step, event.value) for event in events.Scalars("beta")]
+    assert [step for step, _ in beta] == [1, 2, 3, 4]
+    assert [value for _, value in beta] == pytest.approx([kl_beta(s - 1, cfg) for s, _ in beta])
+    assert all(event.value >= 0 for event in events.Scalars("kl"))

@@ -21,6 +21,7 @@ from fairseq_vae.estimators import (
     probe_factors,
     standard_normal_log_density,
 )
+from fairseq_vae.subword import corpus_bpe_options
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -285,7 +286,7 @@ def test_detokenised_synth_source_is_the_raw_corpus_text():
     data = os.path.join(ROOT, "data-bin", "synth")
     dictionary = Dictionary.load(os.path.join(data, "dict.txt"))
     sentences = data_utils.load_indexed_dataset(os.path.join(data, "test"), dictionary)
-    detok = evaluate.Detokenizer(dictionary, os.path.join(data, "spm.model"))
+    detok = evaluate.Detokenizer(dictionary, corpus_bpe_options(data))
     with open(os.path.join(ROOT, "corpus", "synth", "test.txt"), encoding="utf-8") as f:
         raw = [next(f).rstrip("\n") for _ in range(20)]
     assert [detok(sentences[i]) for i in range(20)] == raw

@@ -1,14 +1,13 @@
 """scripts/prepare_data.sh: sentencepiece mode, BART (GPT-2 BPE) mode, and its errors."""
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, random_sentences
+from conftest import ROOT, random_sentences, tiny_gpt2_files
 from fairseq.data import Dictionary, data_utils
-from fairseq.data.encoders.gpt2_bpe_utils import bytes_to_unicode, get_encoder
+from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
 
 SCRIPT = os.path.join(ROOT, "scripts", "prepare_data.sh")
 
@@ -42,19 +41,6 @@ def test_sentencepiece_mode_round_trips(tmp_path):
     original = (tmp_path / "raw" / "valid.txt").read_text().splitlines()
     decoded = [sp.decode(line.split()) for line in binarised_lines(dest, "valid")]
     assert decoded == original
-
-
-def tiny_gpt2_files(folder):
-    """A byte-level BPE with a few merges, in GPT-2's file formats, and a BART-style dict."""
-    folder.mkdir()
-    byte_symbols = list(bytes_to_unicode().values())
-    merges = [("t", "h"), ("th", "e"), ("Ġ", "c"), ("Ġc", "a"), ("Ġca", "t")]
-    vocab = byte_symbols + ["".join(m) for m in merges]
-    (folder / "encoder.json").write_text(json.dumps({s: i for i, s in enumerate(vocab)}))
-    (folder / "vocab.bpe").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    # BART's dict.txt lists GPT-2 ids (as words) with counts
-    (folder / "dict.txt").write_text("".join(f"{i} {1000 - i}\n" for i in range(len(vocab))))
-    return folder
 
 
 def test_bart_mode_uses_local_gpt2_files_and_the_checkpoint_dict(tmp_path):

@@ -25,7 +25,8 @@ from fairseq.models.transformer import TransformerDecoder, TransformerEncoder
 from fairseq.modules import MultiheadAttention
 from torch import Tensor
 
-from .hub_interface import BARTVAEHubInterface, default_bpe_options
+from ..subword import corpus_bpe_options
+from .hub_interface import BARTVAEHubInterface
 from .latent import reparameterize
 
 logger = logging.getLogger(__name__)
@@ -406,15 +407,15 @@ class BARTVAEModel(BARTModel):
     ):
         """A :class:`BARTVAEHubInterface` for a checkpoint in ``model_name_or_path``.
 
-        ``data_name_or_path`` is the data-bin folder (its dict.txt, and its spm.model for
-        sentencepiece unless ``bpe=...`` says otherwise, e.g. ``bpe="gpt2",
-        gpt2_encoder_json=..., gpt2_vocab_bpe=...`` with local files). Nothing is downloaded.
+        ``data_name_or_path`` is the data-bin folder: its dict.txt, and its own subword files
+        (spm.model, or GPT-2's encoder.json and vocab.bpe as ``prepare_data.sh --bart`` leaves
+        them) unless ``bpe=...`` says otherwise. Nothing is downloaded.
         """
         data = data_name_or_path
         if data.startswith("."):
             data = os.path.join(model_name_or_path, data)
         if "bpe" not in kwargs:
-            kwargs.update(default_bpe_options(data))
+            kwargs.update(corpus_bpe_options(data))
         # the checkpoint records the --user-dir it was trained with, which may not exist here
         kwargs.setdefault("user_dir", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         x = hub_utils.from_pretrained(

@@ -18,13 +18,11 @@ import contextlib
 import copy
 import difflib
 import logging
-import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from fairseq import utils
-from fairseq.data import encoders
 from omegaconf import open_dict
 from torch import Tensor
 
@@ -61,8 +59,9 @@ class BARTVAEHubInterface(nn.Module):
         self.model = model
         self.batch_size = batch_size
         self.dictionary = task.source_dictionary
-        self.bpe = encoders.build_bpe(cfg.bpe)
-        self.tokenizer = encoders.build_tokenizer(cfg.tokenizer)
+        # the task's: the corpus's own subword files unless the config names a --bpe
+        self.bpe = task.build_bpe(cfg.bpe)
+        self.tokenizer = task.build_tokenizer(cfg.tokenizer)
         self.model.eval()
         # tells the device and dtype the model lives on
         self.register_buffer("_float_tensor", torch.tensor([0], dtype=torch.float))
@@ -216,16 +215,3 @@ class BARTVAEHubInterface(nn.Module):
         """Sentences decoded along the path between the posterior means of a and b."""
         z = self.latent([a, b])
         return self.decode(interpolate_latents(z[0], z[1], steps, spherical), **generation_options)
-
-
-def default_bpe_options(data_path: str) -> dict:
-    """Subword options for a data-bin folder made by scripts/prepare_data.sh: its
-    sentencepiece model, or (BART mode) its local GPT-2 BPE files."""
-    spm = os.path.join(data_path, "spm.model")
-    if os.path.isfile(spm):
-        return {"bpe": "sentencepiece", "sentencepiece_model": spm}
-    encoder_json = os.path.join(data_path, "encoder.json")
-    vocab_bpe = os.path.join(data_path, "vocab.bpe")
-    if os.path.isfile(encoder_json) and os.path.isfile(vocab_bpe):
-        return {"bpe": "gpt2", "gpt2_encoder_json": encoder_json, "gpt2_vocab_bpe": vocab_bpe}
-    return {}

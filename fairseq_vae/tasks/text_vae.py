@@ -31,6 +31,8 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from ..subword import build_bpe, corpus_bpe_options
+
 logger = logging.getLogger(__name__)
 
 KL_SCHEDULES = ["cyclical", "monotonic", "sawtooth", "constant"]
@@ -346,6 +348,13 @@ class TextVAETask(FairseqTask):
 
     def max_positions(self):
         return (self.cfg.max_source_positions, self.cfg.max_target_positions)
+
+    def build_bpe(self, args):
+        """``--bpe`` when given, else the corpus's own subword files in the data folder, so that
+        fairseq-generate and fairseq-interactive read and print raw text by default."""
+        if args is None or getattr(args, "_name", getattr(args, "bpe", None)) is None:
+            return build_bpe(corpus_bpe_options(self.cfg.data))
+        return super().build_bpe(args)
 
     @property
     def source_dictionary(self):
