@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Penn Treebank: bart_vae against fairseq's own transformer_lm at equal decoder size and budget.
+"""A word-level corpus (Penn Treebank by default): bart_vae's operating points against
+fairseq's own transformer_lm at equal decoder size and budget.
 
-    benchmarks/ptb.sh --budget cpu                 # the run behind benchmarks/results/ptb.md
-    benchmarks/ptb.sh --budget cpu --sweep         # first the sweep of KL remedies on valid
+    benchmarks/ptb.sh --budget cpu                 # the LM and the default setting
+    benchmarks/ptb.sh --budget cpu --sweep         # the LM and every setting of SETTINGS
+    benchmarks/ptb.sh --data DIR --sweep           # any corpus: DIR/{train,valid,test}.txt
     benchmarks/ptb.sh --budget gpu                 # bart_vae base sizes, bf16, on one GPU
 
-PTB is already tokenised word-level text with <unk>, so it is binarised word-level with
+The corpus is already tokenised word-level text, so it is binarised word-level with
 fairseq-preprocess --only-source (no BPE): a model token is a word or the end of sentence, and
-perplexities are per word +1 </s> per sentence, the unit of the text-VAE literature.
+perplexities are per word +1 </s> per sentence, the unit of the text-VAE literature. The report
+names the corpus (the --data folder) and counts its sentences and tokens from the text.
 
 Both models train on the same binarised data, for the same number of updates, with the same
 batches (--max-tokens), optimiser, learning rate schedule, dropout and seed, and a decoder of the
@@ -15,17 +18,18 @@ same width, depth, heads, activation, positions and tied embeddings; each run is
 --stop-time-hours. Then on the test split:
 
 * transformer_lm: fairseq-eval-lm --sample-break-mode eos, PPL = 2 ** (base-2 loss per token);
-* bart_vae: fairseq-vae-eval, IW-NLL and IW-PPL with K importance samples (500, as He et al.
-  2019), -ELBO, KL, MI, AU and reconstruction BLEU (greedy from the posterior mean).
+* bart_vae: fairseq-vae-eval, IW-NLL and IW-PPL with K importance samples, -ELBO, KL, MI, AU
+  and reconstruction BLEU (greedy from the posterior mean).
 
-With --sweep, a few KL-remedy settings are first trained for --sweep-updates and compared on the
-validation split (-ELBO, KL, MI, AU from fairseq-vae-eval with K=10); the main run then uses the
-best: the lowest valid -ELBO among the settings with KL >= 5 nats and AU >= 10. Without --sweep the
-main run uses DEFAULT_REMEDY, the winner of the recorded sweep.
+Each VAE setting (a KL remedy: cyclical annealing with free bits, BN-VAE at a few gammas, i.e.
+KL targets, Li et al.'s autoencoder-then-reset-decoder recipe, z in every decoder layer) is an
+operating point on the rate/distortion curve. With several settings every point is evaluated
+with --sweep-iw-samples (100) and the chosen one (CHOICE_RULE) again with --iw-samples (500).
+The table goes to --results (Markdown), with the same rows in a .json and the KL against
+IW-PPL and BLEU plot in a .png of the same name beside it.
 
-Everything is written under --out (default benchmarks/runs/ptb-<budget>, ignored by git) and the
-table to --results (default benchmarks/results/ptb.md). The data is read from --data and never
-copied into the repository.
+Everything else is written under --out (default benchmarks/runs/ptb-<budget>, ignored by git).
+The data is read from --data and never copied into the repository.
 """
 
 import argparse
@@ -70,21 +74,37 @@ SCHEDULES = {
     # Fu et al. 2019: 4 cycles, each beta = 0 for 1/4, ramp over 1/4, beta = 1 for 1/2
     "cyclical": ["--kl-schedule", "cyclical", "--kl-cycles", "4",
                  "--kl-zero-fraction", "0.25", "--kl-ramp-fraction", "0.25"],
+    # beta = 1 throughout: BN-VAE needs no annealing, its KL has a floor
+    "constant": ["--kl-schedule", "constant", "--kl-beta-max", "1"],
+    # after an autoencoder phase (Li et al.): a ramp over the first half, then 1
+    "ramp": ["--kl-schedule", "monotonic", "--kl-cycles", "1", "--kl-ramp-fraction", "0.5"],
 }
 
-# The KL remedies compared by --sweep: one change at a time from the first row.
-SWEEP = {
-    "cyclical, fb 0.25, wd 0, fusion att+emb": dict(
-        schedule="cyclical", free_bits=0.25, word_dropout=0.0, latent_dim=32, to_embeddings=True),
-    "monotonic, fb 0.25, wd 0, fusion att+emb": dict(
-        schedule="monotonic", free_bits=0.25, word_dropout=0.0, latent_dim=32, to_embeddings=True),
-    "cyclical, fb 0.25, wd 0.3, fusion att+emb": dict(
-        schedule="cyclical", free_bits=0.25, word_dropout=0.3, latent_dim=32, to_embeddings=True),
-    "cyclical, fb 0.25, wd 0, fusion att": dict(
-        schedule="cyclical", free_bits=0.25, word_dropout=0.0, latent_dim=32, to_embeddings=False),
-}
-DEFAULT_REMEDY = "cyclical, fb 0.25, wd 0, fusion att"
-SWEEP_RULE = "lowest valid -ELBO among the settings with KL >= 5 nats and AU >= 10"
+LATENT_DIM = 32
+
+# The operating points: each setting is a KL remedy (and, where it has one, a KL target: the
+# floor gamma^2 / 2 per dimension of BN-VAE, or the free-bits lambda per dimension, times the
+# latent size). ``autoencoder_first``: Li et al. 2019, the first half of the updates trains an
+# autoencoder (beta = 0), the second half starts from it with --reset-decoder.
+SETTINGS = {
+    "cyclical, fb 0.25": dict(schedule="cyclical", args=["--free-bits", "0.25"], kl_target=8.0),
+    "BN-VAE gamma 0.5": dict(schedule="constant", args=["--bn-vae-gamma", "0.5"], kl_target=4.0),
+    "BN-VAE gamma 0.7": dict(schedule="constant", args=["--bn-vae-gamma", "0.7"], kl_target=7.8),
+    "BN-VAE gamma 1.0": dict(schedule="constant", args=["--bn-vae-gamma", "1.0"], kl_target=16.0),
+    "BN-VAE gamma 0.7, z in every layer": dict(
+        schedule="constant", args=["--bn-vae-gamma", "0.7", "--latent-layer-memory"],
+        kl_target=7.8),
+    "AE, reset decoder, fb 0.25": dict(
+        schedule="ramp", args=["--free-bits", "0.25"], kl_target=8.0, autoencoder_first=True),
+    "AE, reset decoder, fb 0.5": dict(
+        schedule="ramp", args=["--free-bits", "0.5"], kl_target=16.0, autoencoder_first=True),
+}  # fmt: skip
+DEFAULT_SETTING = "cyclical, fb 0.25"
+# the issue's PTB target for an operating point, and how the point re-evaluated with the full
+# K is chosen
+TARGET = {"kl": 12.0, "mi": 6.0, "au": 24, "recon_bleu": 10.0}
+CHOICE_RULE = ("the lowest IW-PPL among the points with KL >= 12, MI >= 6, AU >= 24 and "
+               "BLEU >= 10; if none has them all, the lowest IW-PPL")
 
 SEED = 1
 
@@ -93,34 +113,40 @@ def log(msg: str):
     print(f"[ptb {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def remedy_args(remedy: dict) -> List[str]:
-    args = SCHEDULES[remedy["schedule"]] + [
-        "--free-bits", str(remedy["free_bits"]),
-        "--word-dropout", str(remedy["word_dropout"]),
-        "--latent-dim", str(remedy["latent_dim"]),
-    ]
-    return args + (["--latent-to-embeddings"] if remedy["to_embeddings"] else [])
+def setting_args(setting: dict) -> List[str]:
+    """The fairseq-train options of a setting (the main phase)."""
+    return SCHEDULES[setting["schedule"]] + ["--latent-dim", str(LATENT_DIM)] + setting["args"]
 
 
-def common_train_args(b: dict, max_update: int, save_dir: str) -> List[str]:
+def common_train_args(b: dict, max_update: int, save_dir: str, hours: float) -> List[str]:
     return [
         "--user-dir", os.path.join(REPO, "fairseq_vae"),
         "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", str(b["lr"]),
         "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(b["warmup"]),
         "--dropout", "0.1", "--attention-dropout", "0.0", "--activation-dropout", "0.0",
         "--max-tokens", str(b["max_tokens"]), "--required-batch-size-multiple", "1",
-        "--max-update", str(max_update), "--stop-time-hours", str(b["hours"]),
+        "--max-update", str(max_update), "--stop-time-hours", str(hours),
         "--seed", str(SEED), "--num-workers", "0",
         "--save-dir", save_dir, "--no-epoch-checkpoints",
         "--log-format", "simple", "--log-interval", "50",
     ] + b["precision"] + ([] if b["precision"] else ["--cpu"])
 
 
-def vae_train_cmd(data: str, b: dict, remedy: dict, max_update: int, save_dir: str) -> List[str]:
-    return [
-        os.path.join(BIN, "fairseq-train"), data, "--task", "text_vae",
-        "--arch", b["vae_arch"], "--criterion", "elbo",
-    ] + remedy_args(remedy) + common_train_args(b, max_update, save_dir)
+def vae_train_cmds(data: str, b: dict, setting: dict, max_update: int, save_dir: str):
+    """The fairseq-train commands of a setting, run one after the other; the last one writes
+    save_dir/checkpoint_last.pt. Li et al.'s recipe splits the updates and the time in two."""
+    base = [os.path.join(BIN, "fairseq-train"), data, "--task", "text_vae",
+            "--arch", b["vae_arch"], "--criterion", "elbo"]
+    if not setting.get("autoencoder_first"):
+        return [base + setting_args(setting) + common_train_args(b, max_update, save_dir,
+                                                                  b["hours"])]
+    half, ae_dir = max_update // 2, os.path.join(save_dir, "autoencoder")
+    autoencoder = base + ["--kl-schedule", "constant", "--kl-beta-max", "0", "--latent-dim",
+                          str(LATENT_DIM)] + common_train_args(b, half, ae_dir, b["hours"] / 2)
+    vae = base + setting_args(setting) + [
+        "--finetune-from-model", os.path.join(ae_dir, "checkpoint_last.pt"), "--reset-decoder",
+    ] + common_train_args(b, max_update - half, save_dir, b["hours"] / 2)
+    return [autoencoder, vae]
 
 
 def lm_train_cmd(data: str, b: dict, max_update: int, save_dir: str) -> List[str]:
@@ -134,19 +160,21 @@ def lm_train_cmd(data: str, b: dict, max_update: int, save_dir: str) -> List[str
         "--decoder-layers", str(b["layers"]), "--decoder-attention-heads", str(b["heads"]),
         "--activation-fn", "gelu", "--decoder-learned-pos", "--layernorm-embedding",
         "--no-scale-embedding", "--share-decoder-input-output-embed",
-    ] + common_train_args(b, max_update, save_dir)
+    ] + common_train_args(b, max_update, save_dir, b["hours"])
 
 
-def run_logged(cmd: List[str], logfile: str, threads: Optional[int] = None) -> subprocess.Popen:
-    """Start cmd with stdout and stderr to logfile; returns the process."""
+def run_logged(cmds: List[List[str]], logfile: str, threads: Optional[int] = None):
+    """Start the commands one after the other (stopping at the first failure), stdout and
+    stderr to logfile; returns the process."""
     os.makedirs(os.path.dirname(logfile), exist_ok=True)
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    script = " && ".join(f"echo {shlex.quote('$ ' + shlex.join(c))} && {shlex.join(c)}"
+                         for c in cmds)  # fmt: skip
     with open(logfile, "w") as f:
-        f.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
-        f.flush()
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        return subprocess.Popen(["bash", "-c", script], stdout=f, stderr=subprocess.STDOUT,
+                                env=env, cwd=REPO)
 
 
 def wait_all(procs: Dict[str, subprocess.Popen], logs: Dict[str, str]) -> Dict[str, float]:
@@ -173,7 +201,8 @@ def wait_all(procs: Dict[str, subprocess.Popen], logs: Dict[str, str]) -> Dict[s
 
 
 def run_jobs(jobs: Dict[str, tuple], parallel: bool) -> Dict[str, float]:
-    """jobs: name -> (cmd, logfile). Parallel jobs get one thread each (2-core CPU budget)."""
+    """jobs: name -> (commands, logfile). Parallel jobs get one thread each (2-core CPU
+    budget)."""
     seconds = {}
     if parallel:
         procs = {n: run_logged(c, l, threads=1) for n, (c, l) in jobs.items()}
@@ -187,18 +216,33 @@ def run_jobs(jobs: Dict[str, tuple], parallel: bool) -> Dict[str, float]:
 
 
 def train_summary(logfile: str) -> dict:
-    """The number of updates done, from a fairseq-train log."""
-    updates = [int(u) for u in re.findall(r"num_updates[= ](\d+)", open(logfile).read())]
-    return {"updates": max(updates) if updates else 0}
+    """The number of updates done, from a log of one or more fairseq-train runs (each starts
+    with its "$ command" line and counts its updates from 0)."""
+    total = 0
+    for run in re.split(r"^\$ ", open(logfile).read(), flags=re.M):
+        updates = [int(u) for u in re.findall(r"num_updates[= ](\d+)", run)]
+        total += max(updates, default=0)
+    return {"updates": total}
+
+
+def corpus_stats(data_dir: str) -> dict:
+    """Sentences (non-empty lines) and tokens (words + 1 end of sentence each) per split."""
+    stats = {}
+    for split in ("train", "valid", "test"):
+        with open(os.path.join(data_dir, f"{split}.txt"), encoding="utf-8") as f:
+            lengths = [len(line.split()) for line in f if line.strip()]
+        stats[split] = {"sentences": len(lengths), "tokens": sum(lengths) + len(lengths)}
+    return stats
 
 
 def prepare(data_dir: str, out: str) -> str:
-    """Binarise PTB word-level into out/data-bin (once; reused when the inputs are unchanged)."""
+    """Binarise the corpus word-level into out/data-bin (once; reused while the inputs are
+    unchanged)."""
     for split in ("train", "valid", "test"):
         f = os.path.join(data_dir, f"{split}.txt")
         if not os.path.isfile(f):
-            sys.exit(f"ptb: missing {f}: --data must be a folder with PTB's train.txt, valid.txt "
-                     "and test.txt (default ../shared/data/ptb)")
+            sys.exit(f"ptb: missing {f}: --data must be a folder with a word-level corpus's "
+                     "train.txt, valid.txt and test.txt (default ../shared/data/ptb)")
     dest = os.path.join(out, "data-bin")
     stamp = os.path.join(dest, "source.json")
     source = {s: os.path.getsize(os.path.join(data_dir, f"{s}.txt"))
@@ -230,7 +274,7 @@ def vae_eval(data: str, ckpt: str, split: str, k: int, out_json: str, b: dict, b
         "--results-json", out_json,
     ] + ([] if b["precision"] else ["--cpu"]) + ([] if bleu else ["--no-bleu"])
     logfile = out_json[: -len(".json")] + ".log"
-    seconds = run_jobs({f"fairseq-vae-eval {split} K={k}": (cmd, logfile)}, parallel=False)
+    seconds = run_jobs({f"fairseq-vae-eval {split} K={k}": ([cmd], logfile)}, parallel=False)
     report = json.load(open(out_json))
     report["settings"]["seconds"] = round(sum(seconds.values()), 1)
     return report
@@ -242,7 +286,7 @@ def lm_eval(data: str, ckpt: str, out_log: str, b: dict) -> dict:
         "--path", ckpt, "--gen-subset", "test", "--sample-break-mode", "eos",
         "--tokens-per-sample", "256", "--max-tokens", "4096", "--seed", str(SEED),
     ] + ([] if b["precision"] else ["--cpu"])
-    seconds = run_jobs({"fairseq-eval-lm test": (cmd, out_log)}, parallel=False)
+    seconds = run_jobs({"fairseq-eval-lm test": ([cmd], out_log)}, parallel=False)
     text = open(out_log).read()
     m = re.search(r"Evaluated ([0-9,]+) tokens", text)
     loss = re.search(r"Loss \(base 2\): ([0-9.]+), Perplexity: ([0-9.]+)", text)
@@ -251,49 +295,6 @@ def lm_eval(data: str, ckpt: str, out_log: str, b: dict) -> dict:
     tokens, base2 = int(m.group(1).replace(",", "")), float(loss.group(1))
     return {"tokens": tokens, "nll_token": base2 * math.log(2), "ppl": 2 ** base2,
             "seconds": round(sum(seconds.values()), 1)}
-
-
-def sweep(data: str, out: str, b: dict) -> dict:
-    runs = {}
-    names = list(SWEEP)
-    for i in range(0, len(names), 2 if b["parallel"] else 1):
-        batch = names[i : i + (2 if b["parallel"] else 1)]
-        jobs = {}
-        for name in batch:
-            d = os.path.join(out, "sweep", f"r{names.index(name)}")
-            jobs[name] = (vae_train_cmd(data, b, SWEEP[name], b["sweep_updates"], d),
-                          os.path.join(d, "train.log"))
-        seconds = run_jobs(jobs, b["parallel"])
-        for name in batch:
-            d = os.path.join(out, "sweep", f"r{names.index(name)}")
-            rep = vae_eval(data, os.path.join(d, "checkpoint_last.pt"), "valid", 10,
-                           os.path.join(d, "valid.json"), b, bleu=False)
-            runs[name] = {"metrics": rep["metrics"], "train": train_summary(jobs[name][1]),
-                          "train_s": round(seconds[name], 1), "remedy": SWEEP[name]}
-    ok = [n for n, r in runs.items() if r["metrics"]["kl"] >= 5 and r["metrics"]["au"] >= 10]
-    pool = ok or list(runs)
-    best = min(pool, key=lambda n: runs[n]["metrics"]["neg_elbo"])
-    result = {"runs": runs, "best": best, "rule": SWEEP_RULE, "updates": b["sweep_updates"],
-              "all_failed_the_floors": not ok}
-    json.dump(result, open(os.path.join(out, "sweep", "sweep.json"), "w"), indent=1)
-    log(f"sweep winner: {best}")
-    return result
-
-
-def sweep_table(s: dict) -> List[str]:
-    lines = [
-        f"Each setting trained {s['updates']} updates (seed {SEED}); valid split, K=10. "
-        f"Choice: {s['rule']}.",
-        "",
-        "| setting | valid -ELBO | rec. NLL | KL | MI | AU | IW-PPL (K=10) | chosen |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
-    ]
-    for name, r in s["runs"].items():
-        m = r["metrics"]
-        lines.append(
-            f"| {name} | {m['neg_elbo']:.2f} | {m['rec_nll']:.2f} | {m['kl']:.2f} | {m['mi']:.2f} "
-            f"| {m['au']} | {m['iw_ppl_token']:.1f} | {'yes' if name == s['best'] else ''} |")
-    return lines
 
 
 def machine() -> str:
@@ -305,79 +306,167 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import torch
     import fairseq
+    import torch
 
     return (f"{cpu}, {os.cpu_count()} cores visible; Python {platform.python_version()}, "
             f"torch {torch.__version__}, fairseq {fairseq.__version__}")
 
 
-def write_results(path: str, args, b: dict, remedy_name: str, vae: dict, lm: dict,
-                  train: dict, sweep_result: Optional[dict], started: str):
-    m, s = vae["metrics"], vae["settings"]
-    target = {
-        "IW-PPL <= LM PPL": m["iw_ppl_token"] <= lm["ppl"],
-        "KL >= 5": m["kl"] >= 5, "MI >= 3": m["mi"] >= 3, "AU >= 10": m["au"] >= 10,
-    }
+def train_all(data: str, out: str, b: dict, names: List[str]) -> Dict[str, dict]:
+    """Trains the LM and the VAE of every setting, two at a time on the CPU budget."""
+    jobs = {"transformer_lm": ([lm_train_cmd(data, b, b["max_update"], os.path.join(out, "lm"))],
+                               os.path.join(out, "lm", "train.log"))}
+    for i, name in enumerate(names):
+        d = os.path.join(out, "vae", f"s{i}")
+        jobs[name] = (vae_train_cmds(data, b, SETTINGS[name], b["max_update"], d),
+                      os.path.join(d, "train.log"))
+    order, size, trained = list(jobs), 2 if b["parallel"] else 1, {}
+    for i in range(0, len(order), size):
+        batch = {n: jobs[n] for n in order[i : i + size]}
+        seconds = run_jobs(batch, b["parallel"])
+        for n, (_, logfile) in batch.items():
+            trained[n] = {"dir": os.path.dirname(logfile), "minutes": seconds[n] / 60,
+                          **train_summary(logfile)}
+    return trained
+
+
+def vae_row(name: str, report: dict, trained: dict) -> dict:
+    m = report["metrics"]
+    return {
+        "model": "bart_vae", "setting": name, "split": "test",
+        "iw_samples": report["settings"]["iw_samples"],
+        "ppl_word": m["iw_ppl_word"], "iw_nll": m["iw_nll"], "neg_elbo": m["neg_elbo"],
+        "kl": m["kl"], "mi": m["mi"], "au": m["au"], "recon_bleu": m["recon_bleu"],
+        "kl_target": SETTINGS[name].get("kl_target"), "updates": trained["updates"],
+        "train_min": round(trained["minutes"], 1),
+        "eval_min": round(report["settings"]["seconds"] / 60, 1),
+    }  # fmt: skip
+
+
+def lm_row(lm: dict, trained: dict, sentences: int) -> dict:
+    return {
+        "model": "transformer_lm", "setting": "transformer_lm", "split": "test",
+        "iw_samples": None, "ppl_word": lm["ppl"],
+        "iw_nll": lm["nll_token"] * lm["tokens"] / sentences,
+        "neg_elbo": None, "kl": None, "mi": None, "au": None, "recon_bleu": None,
+        "kl_target": None, "updates": trained["updates"], "train_min": round(trained["minutes"], 1),
+        "eval_min": round(lm["seconds"] / 60, 1),
+    }  # fmt: skip
+
+
+def meets_target(row: dict) -> bool:
+    return all(row[key] >= value for key, value in TARGET.items())
+
+
+def choose(rows: List[dict]) -> dict:
+    """The operating point re-evaluated with the full K (CHOICE_RULE)."""
+    pool = [r for r in rows if meets_target(r)] or rows
+    return min(pool, key=lambda r: r["ppl_word"])
+
+
+def fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def results_markdown(args, b: dict, corpus: dict, rows: List[dict], chosen: dict,
+                     started: str) -> str:
+    name, test = corpus["name"], corpus["splits"]["test"]
+    lm = rows[0]
     lines = [
-        f"# Penn Treebank: bart_vae against transformer_lm (`--budget {args.budget}`)",
+        f"# {name}: bart_vae against transformer_lm (`--budget {args.budget}`)",
         "",
-        f"Written by `benchmarks/ptb.sh --budget {args.budget}"
-        + (" --sweep" if args.sweep else "") + f"` on {started}.",
+        f"Written by `benchmarks/ptb.sh {' '.join(sys.argv[1:])}` on {started}.",
         f"Machine: {machine()}.",
         "",
-        "Test split, 3761 sentences; perplexities are per word, +1 end of sentence per sentence "
-        f"({s['tokens']} tokens; fairseq-eval-lm scored {lm['tokens']}). NLL, -ELBO, KL and MI "
-        "in nats per sentence.",
+        f"Corpus `{name}` (`{args.data}`), counted from its text: "
+        + ", ".join(f"{split} {c['sentences']} sentences / {c['tokens']} tokens"
+                    for split, c in corpus["splits"].items())
+        + " (tokens: words + 1 end of sentence). Test split, perplexities per token of the "
+        "word-level binarisation, i.e. per word +1 end of sentence. NLL, -ELBO, KL and MI in "
+        "nats per sentence. KL target: the floor the remedy puts under the KL (BN-VAE "
+        f"gamma^2 / 2, or free bits lambda, per dimension, times the latent size {LATENT_DIM}).",
         "",
-        "| model | PPL | NLL | -ELBO | KL | MI | AU | rec. BLEU | updates | train min |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| transformer_lm | {lm['ppl']:.2f} | {lm['nll_token'] * lm['tokens'] / s['sentences']:.2f} "
-        f"| | | | | | {train['lm']['updates']} | {train['lm_s'] / 60:.1f} |",
-        f"| bart_vae (IW, K={s['iw_samples']}) | {m['iw_ppl_token']:.2f} | {m['iw_nll']:.2f} "
-        f"| {m['neg_elbo']:.2f} | {m['kl']:.2f} | {m['mi']:.2f} | {m['au']}/{s['latent_dim']} "
-        f"| {m['recon_bleu']:.2f} | {train['vae']['updates']} | {train['vae_s'] / 60:.1f} |",
+        "| model | setting | KL target | K | PPL | NLL | -ELBO | KL | MI | AU | rec. BLEU "
+        "| updates | train min |",
+        "| --- | --- " + "| ---: " * 11 + "|",
+    ]
+    for r in rows:
+        mark = "**" if r is chosen else ""
+        au = "" if r["au"] is None else f"{r['au']}/{LATENT_DIM}"
+        lines.append(
+            f"| {r['model']} | {mark}{r['setting']}{mark} | {fmt(r['kl_target'], '.1f')} "
+            f"| {fmt(r['iw_samples'], 'd')} | {r['ppl_word']:.2f} | {fmt(r['iw_nll'], '.2f')} "
+            f"| {fmt(r['neg_elbo'], '.2f')} | {fmt(r['kl'], '.2f')} | {fmt(r['mi'], '.2f')} "
+            f"| {au} | {fmt(r['recon_bleu'], '.2f')} | {r['updates']} | {r['train_min']:.1f} |")
+    checks = {"IW-PPL <= LM PPL": chosen["ppl_word"] <= lm["ppl_word"],
+              **{f"{k} >= {v}": chosen[k] >= v for k, v in TARGET.items()}}
+    lines += [
         "",
-        "Targets: " + ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in target.items())
-        + ".",
-        f"The VAE's ELBO-PPL is {m['elbo_ppl_token']:.2f}. Evaluation took "
-        f"{s['seconds'] / 60:.1f} min (VAE, K={s['iw_samples']}) and {lm['seconds'] / 60:.1f} min "
-        "(LM).",
+        f"Chosen point (bold; {CHOICE_RULE}), K={chosen['iw_samples']}: "
+        + ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in checks.items()) + ".",
+        f"The plot of the trade-off is `{os.path.basename(args.results)[:-3]}.png`; every row is "
+        f"also in `{os.path.basename(args.results)[:-3]}.json`.",
         "",
         "## Settings",
         "",
         f"- Data: `{args.data}` binarised word-level with `fairseq-preprocess --only-source` "
-        "(no BPE; PTB's `<unk>` is fairseq's unknown word).",
+        "(no BPE; an `<unk>` in the text is fairseq's unknown word).",
         f"- Decoder, both models: {b['layers']} layers, width {b['dim']}, FFN {b['ffn']}, "
         f"{b['heads']} heads, GELU, learned positions, layer norm on embeddings, tied input/output "
         "embeddings, dropout 0.1. The VAE's decoder layers also hold the cross-attention to the "
-        f"latent memory; its encoder is `{b['vae_arch']}`'s.",
-        f"- Training, both: Adam (0.9, 0.98), lr {b['lr']}, inverse_sqrt with {b['warmup']} warm-up "
-        f"updates, --max-tokens {b['max_tokens']}, {b['max_update']} updates at most, "
+        f"latent memory; its encoder is `{b['vae_arch']}`'s; latent {LATENT_DIM}.",
+        f"- Training, both: Adam (0.9, 0.98), lr {b['lr']}, inverse_sqrt with {b['warmup']} "
+        f"warm-up updates, --max-tokens {b['max_tokens']}, {b['max_update']} updates at most, "
         f"--stop-time-hours {b['hours']}, seed {SEED}"
         + (f", {' '.join(b['precision'])}" if b["precision"] else "")
-        + (", the two trainings run side by side with one thread each on the 2 cores"
-           if b["parallel"] else "")
+        + (", two trainings side by side with one thread each" if b["parallel"] else "")
         + ". The last checkpoint of each is evaluated.",
-        f"- KL remedies (VAE): {remedy_name}, i.e. `{' '.join(remedy_args(SWEEP[remedy_name]))}`.",
-        f"- VAE evaluation: `fairseq-vae-eval --iw-samples {s['iw_samples']}`, MI over the whole "
-        f"test set, AU threshold {s['au_threshold']}, BLEU of greedy reconstructions from the "
+        "- VAE settings (fairseq-train options):",
+    ]
+    for r in rows[1:]:
+        s = SETTINGS[r["setting"]]
+        how = " ".join(setting_args(s))
+        if s.get("autoencoder_first"):
+            how = (f"first {b['max_update'] // 2} updates with `--kl-schedule constant "
+                   "--kl-beta-max 0`, then `--finetune-from-model AE --reset-decoder "
+                   f"{how}`")
+        else:
+            how = f"`{how}`"
+        if f"- {r['setting']}:" not in "\n".join(lines):
+            lines.append(f"  - {r['setting']}: {how}")
+    lines += [
+        f"- VAE evaluation: `fairseq-vae-eval` with K importance samples as the table says, MI "
+        "over the whole test set, AU threshold 0.01, BLEU of greedy reconstructions from the "
         "posterior mean (sacrebleu).",
         "- LM evaluation: `fairseq-eval-lm --sample-break-mode eos`.",
         "",
-        "## Sweep of KL remedies (validation split)",
-        "",
     ]
-    if sweep_result:
-        lines += sweep_table(sweep_result)
-    else:
-        lines.append("Not run in this invocation (`--sweep` runs it); the remedies above are "
-                     "DEFAULT_REMEDY of benchmarks/ptb.py.")
-    lines.append("")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
     return "\n".join(lines)
+
+
+def plot(path: str, rows: List[dict], corpus_name: str):
+    """Rate (KL) against distortion: IW-PPL (the LM as a line) and reconstruction BLEU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lm, vae = rows[0], [r for r in rows[1:]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for r in vae:
+        label = f"{r['setting']} (K={r['iw_samples']})"
+        left.scatter(r["kl"], r["ppl_word"], label=label)
+        right.scatter(r["kl"], r["recon_bleu"], label=label)
+    left.axhline(lm["ppl_word"], color="black", linestyle="--", label="transformer_lm")
+    left.set(xlabel="KL (nats per sentence)", ylabel="test PPL per word",
+             title=f"{corpus_name}: likelihood")
+    right.set(xlabel="KL (nats per sentence)", ylabel="reconstruction BLEU",
+              title=f"{corpus_name}: reconstruction")
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main():
@@ -386,42 +475,68 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     p.add_argument("--data", default=os.path.join("..", "shared", "data", "ptb"),
-                   help="folder with PTB's train.txt, valid.txt, test.txt (relative to the current folder)")
+                   help="folder with a word-level corpus's train.txt, valid.txt and test.txt "
+                   "(relative to the current folder)")
     p.add_argument("--out", help="working folder (default benchmarks/runs/ptb-<budget>)")
-    p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", "ptb.md"))
-    p.add_argument("--sweep", action="store_true", help="run the sweep of KL remedies first")
+    p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", "ptb.md"),
+                   help="the table (Markdown); the .json and .png of the same name go beside it")
+    p.add_argument("--sweep", action="store_true",
+                   help=f"train every setting ({len(SETTINGS)}) instead of only the default")
+    p.add_argument("--settings", help="';'-separated setting names to train (see SETTINGS)")
     p.add_argument("--max-update", type=int, help="override the budget's update count")
-    p.add_argument("--sweep-updates", type=int, help="override the budget's sweep update count")
-    p.add_argument("--iw-samples", type=int, default=500)
+    p.add_argument("--iw-samples", type=int, default=500,
+                   help="importance samples for the chosen point (default 500)")
+    p.add_argument("--sweep-iw-samples", type=int, default=100,
+                   help="importance samples for every other point (default 100)")
     args = p.parse_args()
+    if not args.results.endswith(".md"):
+        p.error(f"--results must name a .md file, got {args.results}")
     b = dict(BUDGETS[args.budget])
     if args.max_update:
         b["max_update"] = args.max_update
-    if args.sweep_updates:
-        b["sweep_updates"] = args.sweep_updates
-    out = os.path.abspath(args.out or os.path.join(REPO, "benchmarks", "runs", f"ptb-{args.budget}"))
+    names = list(SETTINGS) if args.sweep else [DEFAULT_SETTING]
+    if args.settings:
+        names = [n.strip() for n in args.settings.split(";")]
+        unknown = [n for n in names if n not in SETTINGS]
+        if unknown:
+            p.error(f"--settings: unknown {unknown}; choose from {list(SETTINGS)}")
+    out = args.out or os.path.join(REPO, "benchmarks", "runs", f"ptb-{args.budget}")
+    out = os.path.abspath(out)
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    corpus = {"name": os.path.basename(os.path.abspath(args.data)), "data": args.data,
+              "splits": corpus_stats(args.data) if os.path.isdir(args.data) else {}}
     data = prepare(args.data, out)
 
-    sweep_result = sweep(data, out, b) if args.sweep else None
-    remedy_name = sweep_result["best"] if sweep_result else DEFAULT_REMEDY
+    trained = train_all(data, out, b, names)
+    test = corpus["splits"]["test"]
+    lm = lm_eval(data, os.path.join(out, "lm", "checkpoint_last.pt"),
+                 os.path.join(out, "lm", "test.log"), b)
+    rows = [lm_row(lm, trained["transformer_lm"], test["sentences"])]
+    k = args.sweep_iw_samples if len(names) > 1 else args.iw_samples
+    for name in names:
+        d = trained[name]["dir"]
+        report = vae_eval(data, os.path.join(d, "checkpoint_last.pt"), "test", k,
+                          os.path.join(d, f"test-K{k}.json"), b)
+        rows.append(vae_row(name, report, trained[name]))
+    chosen = choose(rows[1:])
+    if chosen["iw_samples"] != args.iw_samples:
+        d = trained[chosen["setting"]]["dir"]
+        report = vae_eval(data, os.path.join(d, "checkpoint_last.pt"), "test", args.iw_samples,
+                          os.path.join(d, f"test-K{args.iw_samples}.json"), b)
+        chosen = vae_row(chosen["setting"], report, trained[chosen["setting"]])
+        rows.append(chosen)
 
-    vae_dir, lm_dir = os.path.join(out, "vae"), os.path.join(out, "lm")
-    jobs = {
-        "bart_vae": (vae_train_cmd(data, b, SWEEP[remedy_name], b["max_update"], vae_dir),
-                     os.path.join(vae_dir, "train.log")),
-        "transformer_lm": (lm_train_cmd(data, b, b["max_update"], lm_dir),
-                           os.path.join(lm_dir, "train.log")),
-    }
-    seconds = run_jobs(jobs, b["parallel"])
-    train = {"vae": train_summary(jobs["bart_vae"][1]), "lm": train_summary(jobs["transformer_lm"][1]),
-             "vae_s": seconds["bart_vae"], "lm_s": seconds["transformer_lm"]}
-    lm = lm_eval(data, os.path.join(lm_dir, "checkpoint_last.pt"), os.path.join(lm_dir, "test.log"), b)
-    vae = vae_eval(data, os.path.join(vae_dir, "checkpoint_last.pt"), "test", args.iw_samples,
-                   os.path.join(vae_dir, "test.json"), b)
-    table = write_results(args.results, args, b, remedy_name, vae, lm, train, sweep_result, started)
+    table = results_markdown(args, b, corpus, rows, chosen, started)
+    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+    with open(args.results, "w") as f:
+        f.write(table)
+    stem = args.results[: -len(".md")]
+    with open(stem + ".json", "w") as f:
+        json.dump({"corpus": corpus, "budget": args.budget, "target": TARGET,
+                   "choice": CHOICE_RULE, "chosen": chosen["setting"], "rows": rows}, f, indent=1)
+    plot(stem + ".png", rows, corpus["name"])
     print(table)
-    log(f"wrote {args.results}")
+    log(f"wrote {args.results}, {stem}.json and {stem}.png")
 
 
 if __name__ == "__main__":

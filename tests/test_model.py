@@ -55,8 +55,13 @@ def test_seed_t_position_fusion_equals_one_position_memory(dict_dir):
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["--latent-fusion", "memory", "--latent-memory-slots", "3"], ["--latent-to-embeddings"]],
-    ids=["attention", "memory", "to-embeddings"],
+    [
+        [],
+        ["--latent-fusion", "memory", "--latent-memory-slots", "3"],
+        ["--latent-to-embeddings"],
+        ["--latent-layer-memory"],
+    ],
+    ids=["attention", "memory", "to-embeddings", "layer-memory"],
 )
 def test_with_z_fixed_the_decoder_ignores_the_encoder_input(dict_dir, extra):
     task, model, _ = build_tiny(dict_dir, *extra)

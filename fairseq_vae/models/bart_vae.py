@@ -7,6 +7,7 @@ calls the encoder and decoder directly, never ``model.forward``) decodes from z 
 ``reorder_encoder_out`` carries the latent through beam search.
 """
 
+import functools
 import hashlib
 import logging
 import os
@@ -40,7 +41,15 @@ LATENT_KEYS = ("mu", "logvar", "z")
 # The VAE's own modules: they compute z, and the decoder's memory and inputs from it. A
 # checkpoint may lack their parameters (a plain BART, fine-tuned into a VAE): these, and only
 # these, keep their fresh initialisation at load (BARTVAEModel.upgrade_state_dict_named).
-LATENT_MODULES = {"mlp_mu", "mlp_logvar", "latent_attn", "latent_memory", "latent_to_embed"}
+LATENT_MODULES = {
+    "mlp_mu",
+    "mlp_logvar",
+    "mu_batch_norm",
+    "latent_attn",
+    "latent_memory",
+    "latent_layer_memory",
+    "latent_to_embed",
+}
 # latent modules that keep BART's small N(0, 0.02) init (see BARTVAEModel.__init__)
 BART_INIT_MODULES = {"latent_to_embed"}
 
@@ -59,6 +68,14 @@ def dictionary_sha256(dictionary) -> Tensor:
 def is_latent_parameter(key: str) -> bool:
     """Whether a state-dict key belongs to one of the LATENT_MODULES."""
     return not LATENT_MODULES.isdisjoint(key.split("."))
+# what --reset-decoder re-initialises (Li et al. 2019): the decoder and the z -> memory fusion,
+# everything that reads z; the encoder, the posterior heads and the embeddings the decoder
+# shares with the encoder keep the checkpoint's weights
+DECODER_SIDE = ("decoder.", "encoder.latent_attn.", "encoder.latent_memory.")
+SHARED_EMBEDDINGS = ("decoder.embed_tokens.weight", "decoder.output_projection.weight")
+# a buffer whose presence in a checkpoint says "this decoder was trained in this setting":
+# loading a checkpoint without it under --reset-decoder re-initialises the decoder once
+DECODER_RESET_MARKER = "decoder_reset_done"
 
 
 def masked_mean(states: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
@@ -70,6 +87,54 @@ def masked_mean(states: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
         return states.mean(dim=1)
     keep = (~padding_mask).unsqueeze(-1).float()  # B x T x 1
     return (states * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+
+
+def fixed_scale_batch_norm(
+    mu: Tensor, mean: Tensor, var: Tensor, gamma: float, shift: Tensor, eps: float
+) -> Tensor:
+    """gamma * (mu - mean) / sqrt(var + eps) + shift, per dimension, in fp32."""
+    return gamma * (mu - mean.float()) / torch.sqrt(var.float() + eps) + shift.float()
+
+
+class LatentBatchNorm(nn.Module):
+    """BN-VAE (Zhu et al. 2020): batch norm of the posterior means with a FIXED scale gamma.
+
+    In training, each dimension of mu is normalised with its batch mean and variance, scaled by
+    gamma and shifted by a learned beta_d, so over a batch mean_b(mu_bd^2) = gamma^2 + beta_d^2
+    (up to eps): the expected KL of every dimension is at least gamma^2 / 2, and the KL cannot
+    vanish. Evaluation uses running statistics (saved in checkpoints as buffers). Written out
+    rather than nn.BatchNorm1d because the statistics must stay fp32 when --fp16 halves the
+    model's buffers.
+
+    eps is far below torch's 1e-5 on purpose: with var ~ eps the output shrinks with the scale
+    of the raw means, and once the decoder ignores z the KL's only gradient on the posterior
+    head is that shrinking direction, which Adam's per-coordinate normalisation turns into full
+    steps: the raw means' variance drops below eps within a few hundred updates (measured: KL
+    4.4 nats under a floor of 7.8 at update 100). At 1e-10 the output is scale-invariant to
+    fp32 precision, so the floor holds.
+    """
+
+    def __init__(self, dim: int, gamma: float, eps: float = 1e-10, momentum: float = 0.1):
+        super().__init__()
+        self.gamma, self.eps, self.momentum = gamma, eps, momentum
+        self.shift = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_var", torch.ones(dim))
+
+    def forward(self, mu: Tensor) -> Tensor:
+        if not self.training:
+            return fixed_scale_batch_norm(
+                mu, self.running_mean, self.running_var, self.gamma, self.shift, self.eps
+            )
+        mean, var = mu.mean(dim=0), mu.var(dim=0, unbiased=False)  # B x D -> D
+        with torch.no_grad():
+            # running variance unbiased, as torch's batch norm keeps it; one sentence has none
+            n = mu.size(0)
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            if n > 1:
+                unbiased = (var * n / (n - 1)).to(self.running_var.dtype)
+                self.running_var.lerp_(unbiased, self.momentum)
+        return fixed_scale_batch_norm(mu, mean, var, self.gamma, self.shift, self.eps)
 
 
 def gaussian_head(dim: int, latent_dim: int) -> nn.Sequential:
@@ -95,6 +160,9 @@ class VAEEncoder(TransformerEncoder):
         self.latent_source = "sample"
         self.mlp_mu = gaussian_head(dim, self.latent_dim)
         self.mlp_logvar = gaussian_head(dim, self.latent_dim)
+        self.mu_batch_norm = None
+        if args.bn_vae_gamma > 0:
+            self.mu_batch_norm = LatentBatchNorm(self.latent_dim, args.bn_vae_gamma)
         if self.latent_fusion == "attention":
             # With z as the only key, every attention weight is 1 and the output is
             # out_proj(v_proj(z)) whatever the query: the seed's T-position memory holds T
@@ -121,6 +189,8 @@ class VAEEncoder(TransformerEncoder):
         pooled = masked_mean(states, padding_mask).to(states.dtype)  # B x C
         # fp32 from here on: KL and log-densities must not be computed in half precision
         mu = self.mlp_mu(pooled).float()
+        if self.mu_batch_norm is not None:
+            mu = self.mu_batch_norm(mu)
         logvar = self.mlp_logvar(pooled).float().clamp(LOGVAR_MIN, LOGVAR_MAX)
         return mu, logvar
 
@@ -200,7 +270,9 @@ class LatentPlusPositions(nn.Module):
 
 
 class VAEDecoder(TransformerDecoder):
-    """BART's decoder; with ``--latent-to-embeddings`` it also adds z to its input embeddings."""
+    """BART's decoder; with ``--latent-to-embeddings`` it also adds z to its input embeddings,
+    and with ``--latent-layer-memory`` every layer gets its own projection of z as one more
+    memory slot (Optimus' z in every layer)."""
 
     def __init__(self, args, dictionary, embed_tokens):
         super().__init__(args, dictionary, embed_tokens)
@@ -208,13 +280,34 @@ class VAEDecoder(TransformerDecoder):
             self.embed_positions = LatentPlusPositions(
                 self.embed_positions, args.latent_dim, args.decoder_embed_dim
             )
+        self.latent_layer_memory = None
+        self.layer_memories: List[Tensor] = []
+        if args.latent_layer_memory:
+            self.latent_layer_memory = nn.ModuleList(
+                nn.Linear(args.latent_dim, args.decoder_embed_dim) for _ in self.layers
+            )
+            # fairseq's layer loop hands every layer the same memory; a pre-hook per layer
+            # appends that layer's slot without copying the loop
+            for idx, layer in enumerate(self.layers):
+                layer.register_forward_pre_hook(functools.partial(self.add_layer_memory, idx))
+
+    def add_layer_memory(self, idx: int, layer, args):
+        # args: (x, memory S x B x C, memory padding mask B x S or None, ...)
+        memory = torch.cat([args[1], self.layer_memories[idx]], dim=0)  # (S + 1) x B x C
+        mask = args[2]
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_zeros(mask.size(0), 1)], dim=1)  # B x (S + 1)
+        return (args[0], memory, mask, *args[3:])
 
     def extract_features(self, prev_output_tokens, encoder_out=None, **kwargs):
+        z = encoder_out["z"][0]
         if isinstance(self.embed_positions, LatentPlusPositions):
-            z = encoder_out["z"][0]
             self.embed_positions.latent_bias = self.embed_positions.latent_to_embed(
                 z.to(self.embed_positions.latent_to_embed.weight.dtype)
             )
+        if self.latent_layer_memory is not None:
+            z = z.to(self.latent_layer_memory[0].weight.dtype)
+            self.layer_memories = [proj(z)[None] for proj in self.latent_layer_memory]  # 1 x B x C
         return super().extract_features(prev_output_tokens, encoder_out=encoder_out, **kwargs)
 
 
@@ -284,6 +377,8 @@ class BARTVAEModel(BARTModel):
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear) and pytorch_init.intersection(name.split(".")):
                 module.reset_parameters()
+        if args.reset_decoder:
+            self.register_buffer(DECODER_RESET_MARKER, torch.ones(()))
 
     @staticmethod
     def add_args(parser):
@@ -302,9 +397,23 @@ class BARTVAEModel(BARTModel):
         parser.add_argument("--latent-to-embeddings", action="store_true",
                             help="also add a projection of z to every decoder input "
                             "embedding, as Optimus does")
+        parser.add_argument("--latent-layer-memory", action="store_true",
+                            help="also give every decoder layer its own projection of z as "
+                            "one more memory slot (Optimus' z in every layer)")
         parser.add_argument("--word-dropout", type=float, metavar="P",
                             help="replace decoder input tokens by <unk> with this probability "
                             "during training (Bowman et al. 2016) (default: 0)")
+        parser.add_argument("--bn-vae-gamma", type=float, metavar="G",
+                            help="BN-VAE (Zhu et al. 2020): batch-normalise each dimension of "
+                            "the posterior mean with this fixed scale and a learned shift, so "
+                            "every dimension's expected KL is at least G^2/2; evaluation uses "
+                            "running statistics (default: 0, off)")
+        parser.add_argument("--reset-decoder", action="store_true",
+                            help="Li et al. (2019): with --finetune-from-model, keep the "
+                            "checkpoint's encoder and posterior heads but re-initialise the "
+                            "decoder and the z-to-decoder fusion (embeddings shared with the "
+                            "encoder are kept); done once: checkpoints of this run then load "
+                            "as they are")
 
     @classmethod
     def build_model(cls, args, task):
@@ -367,6 +476,10 @@ class BARTVAEModel(BARTModel):
         try:
             check_shapes(state_dict, own, prefix, len(self.encoder.dictionary))
             self.check_dictionary(state_dict.get(prefix + DICTIONARY_CHECKSUM), state_dict)
+            if self.args.reset_decoder:
+                self.reset_decoder_weights(state_dict, prefix)
+            elif prefix + DECODER_RESET_MARKER in state_dict:
+                del state_dict[prefix + DECODER_RESET_MARKER]  # fine-tuning such a checkpoint on
             check_keys(state_dict, own, prefix)
         except ValueError as error:
             # fairseq's trainer replaces this with a generic "architectures must match"
@@ -396,6 +509,24 @@ class BARTVAEModel(BARTModel):
             "another word. Use the data-bin the model was trained on, or binarise with the "
             "checkpoint's dict.txt (fairseq-preprocess --srcdict)"
         )
+
+    def reset_decoder_weights(self, state_dict, prefix: str):
+        """--reset-decoder: the first time a checkpoint without the marker is loaded (phase 1
+        of Li et al.'s recipe), its decoder-side tensors are replaced by this model's fresh
+        initialisation; this run's own checkpoints carry the marker and load unchanged."""
+        if prefix + DECODER_RESET_MARKER in state_dict:
+            return
+        shared = self.args.share_all_embeddings  # then the decoder's embeddings are the encoder's
+        own = self.state_dict()
+        reset = [
+            key
+            for key in own
+            if key.startswith(DECODER_SIDE) and not (shared and key in SHARED_EMBEDDINGS)
+        ]
+        for key in reset:
+            state_dict[prefix + key] = own[key]
+        state_dict[prefix + DECODER_RESET_MARKER] = own[DECODER_RESET_MARKER]
+        logger.info(f"--reset-decoder: {len(reset)} decoder-side tensors re-initialised")
 
     @classmethod
     def from_pretrained(
@@ -461,4 +592,7 @@ def vae_defaults(args):
     args.latent_fusion = getattr(args, "latent_fusion", "attention")
     args.latent_memory_slots = getattr(args, "latent_memory_slots", 1)
     args.latent_to_embeddings = getattr(args, "latent_to_embeddings", False)
+    args.latent_layer_memory = getattr(args, "latent_layer_memory", False)
     args.word_dropout = getattr(args, "word_dropout", 0.0)
+    args.bn_vae_gamma = getattr(args, "bn_vae_gamma", 0.0)
+    args.reset_decoder = getattr(args, "reset_decoder", False)

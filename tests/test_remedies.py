@@ -1,0 +1,166 @@
+"""Remedies that raise the latent's information: BN-VAE, decoder re-initialisation (Li et al.
+2019) and z in every decoder layer's memory, each checked against its definition."""
+
+import torch
+import torch.nn.functional as F
+from conftest import build_tiny, encode_lines, random_sentences, run_tool, train_args
+from fairseq import checkpoint_utils
+
+import fairseq_vae  # noqa: F401  (safe globals for torch.load)
+from fairseq_vae.models.bart_vae import DECODER_RESET_MARKER
+
+
+def raw_means(model, src, src_len):
+    """mlp_mu's output before the batch norm, from the encoder's own pooled states."""
+    encoder = model.encoder
+    norm, encoder.mu_batch_norm = encoder.mu_batch_norm, None
+    try:
+        return encoder.posterior(src, src_len)[0]
+    finally:
+        encoder.mu_batch_norm = norm
+
+
+def test_bn_vae_batch_moments_are_fixed(dict_dir):
+    # over a training batch, mean_b mu_bd = shift_d and mean_b mu_bd^2 = gamma^2 + shift_d^2
+    # (var / (var + eps) away from it), so the KL of every dimension has a floor
+    task, model, _ = build_tiny(dict_dir, "--bn-vae-gamma", "0.7")
+    shift = torch.linspace(-1.0, 1.0, model.encoder.latent_dim)
+    model.encoder.mu_batch_norm.shift.data.copy_(shift)
+    src, src_len = encode_lines(task.source_dictionary, random_sentences(64, seed=1))
+    model.train()
+    mu, _ = model.encoder.posterior(src, src_len)
+    var = raw_means(model, src, src_len).var(dim=0, unbiased=False)
+    torch.testing.assert_close(mu.mean(dim=0), shift, atol=1e-5, rtol=0)
+    expected = 0.49 * var / (var + 1e-10) + shift**2
+    torch.testing.assert_close(mu.pow(2).mean(dim=0), expected, atol=1e-5, rtol=1e-5)
+    assert (mu.pow(2).mean(dim=0) > 0.48).all()
+
+
+def test_bn_vae_matches_torch_batch_norm_in_training_and_eval(dict_dir):
+    task, model, _ = build_tiny(dict_dir, "--bn-vae-gamma", "0.5")
+    norm = model.encoder.mu_batch_norm
+    norm.shift.data.normal_()
+    dim = model.encoder.latent_dim
+    weight = torch.full((dim,), 0.5)
+    running_mean, running_var = torch.zeros(dim), torch.ones(dim)  # torch's reference state
+    d = task.source_dictionary
+    for seed in (2, 3):
+        src, src_len = encode_lines(d, random_sentences(16, seed=seed))
+        model.train()
+        raw = raw_means(model, src, src_len).detach()
+        expected = F.batch_norm(raw, running_mean, running_var, weight, norm.shift.detach(),
+                                training=True, momentum=0.1, eps=1e-10)  # fmt: skip
+        torch.testing.assert_close(model.encoder.posterior(src, src_len)[0], expected)
+    torch.testing.assert_close(norm.running_mean, running_mean)
+    torch.testing.assert_close(norm.running_var, running_var)
+    # evaluation normalises with the running statistics, so a sentence's mu is its own
+    model.eval()
+    src, src_len = encode_lines(d, random_sentences(5, seed=4))
+    raw = raw_means(model, src, src_len)
+    expected = F.batch_norm(raw, running_mean, running_var, weight, norm.shift.detach(),
+                            training=False, eps=1e-10)  # fmt: skip
+    mu = model.encoder.posterior(src, src_len)[0]
+    torch.testing.assert_close(mu, expected)
+    torch.testing.assert_close(model.encoder.posterior(src[:1], src_len[:1])[0], mu[:1])
+
+
+def load_model(path):
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([str(path)])
+    return models[0].eval()
+
+
+def test_bn_vae_checkpoint_keeps_running_statistics(data_bin, tmp_path):
+    run_tool("fairseq-train", *train_args(data_bin, tmp_path, "--max-update", "6",
+                                          "--bn-vae-gamma", "0.6"))  # fmt: skip
+    state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["model"]
+    key = "encoder.mu_batch_norm."
+    # six updates moved the statistics away from their initial 0 and 1
+    assert state[key + "running_mean"].abs().max() > 1e-3
+    assert (state[key + "running_var"] - 1).abs().max() > 1e-3
+    model = load_model(tmp_path / "checkpoint_last.pt")
+    src, src_len = encode_lines(model.encoder.dictionary, random_sentences(4, seed=7))
+    raw = raw_means(model, src, src_len)
+    expected = F.batch_norm(raw, state[key + "running_mean"], state[key + "running_var"],
+                            torch.full((raw.size(1),), 0.6), state[key + "shift"],
+                            training=False, eps=1e-10)  # fmt: skip
+    torch.testing.assert_close(model.encoder.posterior(src, src_len)[0], expected)
+
+
+def is_decoder_side(key):
+    shared = key in ("decoder.embed_tokens.weight", "decoder.output_projection.weight")
+    return key.startswith(("decoder.", "encoder.latent_attn.")) and not shared
+
+
+def test_reset_decoder_keeps_the_encoder_and_reinitialises_the_decoder(data_bin, tmp_path):
+    # phase 1: an autoencoder (beta = 0)
+    phase1 = tmp_path / "phase1"
+    run_tool("fairseq-train", *train_args(data_bin, phase1, "--max-update", "15",
+                                          "--kl-schedule", "constant", "--kl-beta-max", "0"))
+    # phase 2 at --lr 0 (Adam's step is exactly zero: the saved model is the model as loaded),
+    # and a run from scratch with the same seed: the fresh initialisation to compare with
+    phase2, scratch = tmp_path / "phase2", tmp_path / "scratch"
+    common = ["--max-update", "1", "--lr", "0", "--free-bits", "0.5", "--disable-validation"]
+    phase1_model = phase1 / "checkpoint_last.pt"
+    out = run_tool("fairseq-train", *train_args(data_bin, phase2, *common, "--reset-decoder",
+                                                "--finetune-from-model", phase1_model))
+    assert "decoder-side tensors re-initialised" in out
+    run_tool("fairseq-train", *train_args(data_bin, scratch, *common, "--reset-decoder"))
+    trained = torch.load(phase1 / "checkpoint_last.pt", map_location="cpu")["model"]
+    fresh = torch.load(scratch / "checkpoint_last.pt", map_location="cpu")["model"]
+    result = torch.load(phase2 / "checkpoint_last.pt", map_location="cpu")["model"]
+    decoder_keys = [k for k in trained if is_decoder_side(k)]
+    assert "decoder.layers.0.encoder_attn.k_proj.weight" in decoder_keys
+    assert "encoder.latent_attn.v_proj.weight" in decoder_keys
+    # training moved the decoder away from its initialisation, so "fresh" is not "trained"
+    fc1 = "decoder.layers.0.fc1.weight"
+    assert not torch.equal(trained[fc1], fresh[fc1])
+    for key in trained:
+        if is_decoder_side(key):
+            assert torch.equal(result[key], fresh[key]), key
+        else:  # the encoder, the posterior heads, the shared embeddings
+            assert torch.equal(result[key], trained[key]), key
+    # the phase-2 checkpoint carries the marker: loading it (evaluation, a restart) keeps its
+    # decoder instead of resetting it again
+    assert DECODER_RESET_MARKER in result
+    reloaded = load_model(phase2 / "checkpoint_last.pt").state_dict()
+    for key in decoder_keys:
+        assert torch.equal(reloaded[key], result[key]), key
+
+
+def test_layer_memory_appends_each_layers_own_projection_of_z(dict_dir):
+    task, model, _ = build_tiny(dict_dir, "--latent-layer-memory", "--decoder-layers", "2")
+    d = task.source_dictionary
+    src, src_len = encode_lines(d, random_sentences(3, seed=8))
+    prev, _ = encode_lines(d, random_sentences(3, seed=9))
+    seen = {}
+
+    def keep_memory(idx):
+        def hook(module, args, kwargs):
+            seen[idx] = kwargs["key"]
+
+        return hook
+
+    for idx, layer in enumerate(model.decoder.layers):
+        layer.encoder_attn.register_forward_pre_hook(keep_memory(idx), with_kwargs=True)
+    model.encoder.latent_source = "mean"
+    encoder_out = model.encoder(src, src_len)
+    model.decoder(prev, encoder_out=encoder_out)
+    z, shared = encoder_out["z"][0], encoder_out["encoder_out"][0]  # B x latent, 1 x B x C
+    for idx, proj in enumerate(model.decoder.latent_layer_memory):
+        own = (z @ proj.weight.T + proj.bias)[None]
+        torch.testing.assert_close(seen[idx], torch.cat([shared, own]))
+    assert not torch.allclose(seen[0][1], seen[1][1])  # a separate projection per layer
+
+
+def test_layer_memory_incremental_decoding_matches_the_full_forward(dict_dir):
+    task, model, _ = build_tiny(dict_dir, "--latent-layer-memory", "--latent-to-embeddings")
+    d = task.source_dictionary
+    src, src_len = encode_lines(d, random_sentences(2, seed=10))
+    prev, _ = encode_lines(d, ["the cat sat on", "a dog ran under"])
+    model.encoder.latent_source = "mean"
+    encoder_out = model.encoder(src, src_len)
+    full, _ = model.decoder(prev, encoder_out=encoder_out)
+    state = {}
+    steps = [model.decoder(prev[:, : t + 1], encoder_out=encoder_out, incremental_state=state)[0]
+             for t in range(prev.size(1))]  # fmt: skip
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
