@@ -54,7 +54,10 @@ RECIPES = {
           "--kl-ramp-fraction", "0.25", "--free-bits", "0.1", "--word-dropout", "0.3"]),
     ],
 }  # fmt: skip
-DEFAULT_RECIPE = "pretrain-reset"
+# "annealing" stays the default: "pretrain-reset" holds three times the KL and more MI and BLEU,
+# but its IW-PPL is 29% worse (8.5 against 6.6, README "Results"), and the demo's likelihood
+# must not regress; neither meets every demo target of issue 11 yet
+DEFAULT_RECIPE = "annealing"
 # importance samples of the evaluation (the README's numbers use the same)
 IW_SAMPLES = 100
 
