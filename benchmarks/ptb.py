@@ -371,7 +371,7 @@ def fmt(value, spec: str) -> str:
 
 def results_markdown(args, b: dict, corpus: dict, rows: List[dict], chosen: dict,
                      started: str) -> str:
-    name, test = corpus["name"], corpus["splits"]["test"]
+    name = corpus["name"]
     lm = rows[0]
     lines = [
         f"# {name}: bart_vae against transformer_lm (`--budget {args.budget}`)",
@@ -436,7 +436,7 @@ def results_markdown(args, b: dict, corpus: dict, rows: List[dict], chosen: dict
         if f"- {r['setting']}:" not in "\n".join(lines):
             lines.append(f"  - {r['setting']}: {how}")
     lines += [
-        f"- VAE evaluation: `fairseq-vae-eval` with K importance samples as the table says, MI "
+        "- VAE evaluation: `fairseq-vae-eval` with K importance samples as the table says, MI "
         "over the whole test set, AU threshold 0.01, BLEU of greedy reconstructions from the "
         "posterior mean (sacrebleu).",
         "- LM evaluation: `fairseq-eval-lm --sample-break-mode eos`.",
