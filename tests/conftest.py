@@ -102,7 +102,10 @@ def train_args(data, save_dir, *extra):
         data, "--user-dir", USER_DIR, "--task", "text_vae", "--criterion", "elbo", *TINY_ARCH,
         "--optimizer", "adam", "--lr", "3e-3", "--max-tokens", "400",
         "--save-dir", save_dir, "--no-epoch-checkpoints", "--seed", "3",
-        "--required-batch-size-multiple", "1", "--num-workers", "0", "--cpu", *extra,
+        "--required-batch-size-multiple", "1", "--num-workers", "0", "--cpu",
+        # fairseq's prefetch thread, left running when training stops mid-epoch, can abort the
+        # process at exit ("terminate called without an active exception") after a good run
+        "--data-buffer-size", "0", *extra,
     ]  # fmt: skip
 
 
