@@ -72,6 +72,19 @@ def encode_lines(dictionary, lines):
     return tokens, lengths
 
 
+def autoencoder_sample(dictionary, lines):
+    """A text_vae training batch of ``lines``: each sentence is its own target, and the
+    decoder input is the target shifted right behind </s> (fairseq's prev_output_tokens)."""
+    src, lengths = encode_lines(dictionary, lines)
+    prev = torch.roll(src.masked_fill(src.eq(dictionary.eos()), dictionary.pad()), 1, dims=1)
+    prev[:, 0] = dictionary.eos()
+    return {
+        "net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
+        "target": src,
+        "ntokens": int(src.ne(dictionary.pad()).sum()),
+    }
+
+
 def run_tool(tool, *args, cwd=None, input=None, check=True):
     """Runs one of fairseq's console scripts; returns stdout + stderr."""
     result = subprocess.run(

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import build_tiny, encode_lines, random_sentences
+from conftest import autoencoder_sample, build_tiny, encode_lines, random_sentences
 from fairseq.logging import metrics
 from torch.distributions import Normal, kl_divergence
 
@@ -84,16 +84,7 @@ def test_capacity_penalty_is_gamma_times_distance_per_sentence():
 
 def criterion_on(task, model, criterion, lines):
     """The criterion's (loss, sample_size, logging output) on one batch of ``lines``."""
-    d = task.source_dictionary
-    src, lengths = encode_lines(d, lines)
-    prev = torch.roll(src.masked_fill(src.eq(d.eos()), d.pad()), 1, dims=1)
-    prev[:, 0] = d.eos()
-    sample = {
-        "net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
-        "target": src,
-        "ntokens": int(src.ne(d.pad()).sum()),
-    }
-    return criterion(model, sample)
+    return criterion(model, autoencoder_sample(task.source_dictionary, lines))
 
 
 def test_kl_sum_over_sentences_does_not_depend_on_batch_size(dict_dir):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import build_tiny, encode_lines, random_sentences
+from conftest import autoencoder_sample, build_tiny, encode_lines, random_sentences
 
 from fairseq_vae.criterions.elbo import gaussian_kl
 from fairseq_vae.models.bart_vae import masked_mean, word_dropout
@@ -143,14 +143,8 @@ def criterion_loss(dict_dir, *extra, training=True, update_num=0, beta=1.0):
     criterion = criterions.build_criterion(args, task)
     criterion.set_schedule_state(update_num, beta)
     d = task.source_dictionary
-    src, src_len = encode_lines(d, random_sentences(5, seed=6))
-    prev = torch.roll(src.masked_fill(src.eq(d.eos()), d.pad()), 1, dims=1)
-    prev[:, 0] = d.eos()
-    sample = {
-        "net_input": {"src_tokens": src, "src_lengths": src_len, "prev_output_tokens": prev},
-        "target": src,
-        "ntokens": int(src.ne(d.pad()).sum()),
-    }
+    sample = autoencoder_sample(d, random_sentences(5, seed=6))
+    src = sample["target"]
     model.encoder.latent_source = "mean"  # deterministic, so two runs can be compared
     model.train(training)
     loss, sample_size, log = criterion(model, sample)
