@@ -127,6 +127,9 @@ def common_train_args(b: dict, max_update: int, save_dir: str, hours: float) -> 
         "--max-tokens", str(b["max_tokens"]), "--required-batch-size-multiple", "1",
         "--max-update", str(max_update), "--stop-time-hours", str(hours),
         "--seed", str(SEED), "--num-workers", "0",
+        # fairseq's prefetch thread, left running when training stops mid-epoch, can abort the
+        # finished run at exit
+        "--data-buffer-size", "0",
         "--save-dir", save_dir, "--no-epoch-checkpoints",
         "--log-format", "simple", "--log-interval", "50",
     ] + b["precision"] + ([] if b["precision"] else ["--cpu"])
@@ -172,57 +175,24 @@ def run_logged(cmds: List[List[str]], logfile: str, threads: Optional[int] = Non
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     script = " && ".join(f"echo {shlex.quote('$ ' + shlex.join(c))} && {shlex.join(c)}"
                          for c in cmds)  # fmt: skip
-    with open(logfile, "w") as f:
+    with open(logfile, "a") as f:  # a rerun resumes (fairseq's checkpoint_last.pt) and appends
         return subprocess.Popen(["bash", "-c", script], stdout=f, stderr=subprocess.STDOUT,
                                 env=env, cwd=REPO)
 
 
-def wait_all(procs: Dict[str, subprocess.Popen], logs: Dict[str, str]) -> Dict[str, float]:
-    """Wait for the processes; stop with the log's tail if one fails. Returns wall seconds."""
-    start, seconds = time.time(), {}
-    pending = dict(procs)
-    while pending:
-        for name, p in list(pending.items()):
-            rc = p.poll()
-            if rc is None:
-                continue
-            seconds[name] = time.time() - start
-            del pending[name]
-            if rc != 0:
-                for q in pending.values():
-                    q.terminate()
-                with open(logs[name]) as f:
-                    tail = f.readlines()[-25:]
-                sys.exit(f"ptb: {name} failed (exit {rc}); the end of {logs[name]}:\n"
-                         + "".join(tail))
-            log(f"{name} done in {seconds[name] / 60:.1f} min")
-        time.sleep(2)
-    return seconds
-
-
-def run_jobs(jobs: Dict[str, tuple], parallel: bool) -> Dict[str, float]:
-    """jobs: name -> (commands, logfile). Parallel jobs get one thread each (2-core CPU
-    budget)."""
-    seconds = {}
-    if parallel:
-        procs = {n: run_logged(c, l, threads=1) for n, (c, l) in jobs.items()}
-        for n, (c, l) in jobs.items():
-            log(f"started {n} (one thread), log {l}")
-        return wait_all(procs, {n: l for n, (c, l) in jobs.items()})
-    for n, (c, l) in jobs.items():
-        log(f"started {n}, log {l}")
-        seconds.update(wait_all({n: run_logged(c, l)}, {n: l}))
-    return seconds
-
-
 def train_summary(logfile: str) -> dict:
-    """The number of updates done, from a log of one or more fairseq-train runs (each starts
-    with its "$ command" line and counts its updates from 0)."""
-    total = 0
-    for run in re.split(r"^\$ ", open(logfile).read(), flags=re.M):
-        updates = [int(u) for u in re.findall(r"num_updates[= ](\d+)", run)]
-        total += max(updates, default=0)
-    return {"updates": total}
+    """Updates and training minutes from a log of one or more fairseq-train commands (each starts
+    with its "$ command" line). A command that was stopped and rerun resumes from its
+    checkpoint_last.pt, and fairseq restores its update count and wall clock, so each command's
+    largest value is its total."""
+    updates, wall = {}, {}
+    for run in re.split(r"^\$ ", open(logfile).read(), flags=re.M)[1:]:
+        command = run.split("\n", 1)[0]
+        updates[command] = max([updates.get(command, 0)]
+                               + [int(u) for u in re.findall(r"num_updates[= ](\d+)", run)])
+        wall[command] = max([wall.get(command, 0)]
+                            + [int(w) for w in re.findall(r"\| wall (\d+)", run)])
+    return {"updates": sum(updates.values()), "minutes": sum(wall.values()) / 60}
 
 
 def corpus_stats(data_dir: str) -> dict:
@@ -235,19 +205,19 @@ def corpus_stats(data_dir: str) -> dict:
     return stats
 
 
-def prepare(data_dir: str, out: str) -> str:
-    """Binarise the corpus word-level into out/data-bin (once; reused while the inputs are
-    unchanged)."""
+def prepare(data_dir: str, out: str, name: str = "data-bin", srcdict: Optional[str] = None) -> str:
+    """Binarise the corpus word-level into out/<name> (once; reused while the inputs are
+    unchanged), with the dictionary srcdict if given, else the training text's."""
     for split in ("train", "valid", "test"):
         f = os.path.join(data_dir, f"{split}.txt")
         if not os.path.isfile(f):
-            sys.exit(f"ptb: missing {f}: --data must be a folder with a word-level corpus's "
+            sys.exit(f"missing {f}: --data must be a folder with a word-level corpus's "
                      "train.txt, valid.txt and test.txt (default ../shared/data/ptb)")
-    dest = os.path.join(out, "data-bin")
+    dest = os.path.join(out, name)
     stamp = os.path.join(dest, "source.json")
     source = {s: os.path.getsize(os.path.join(data_dir, f"{s}.txt"))
               for s in ("train", "valid", "test")}
-    source["data"] = os.path.abspath(data_dir)
+    source["data"], source["srcdict"] = os.path.abspath(data_dir), srcdict
     if os.path.isfile(stamp) and json.load(open(stamp)) == source:
         log(f"reusing {dest}")
         return dest
@@ -262,39 +232,52 @@ def prepare(data_dir: str, out: str) -> str:
         "--validpref", os.path.join(data_dir, "valid.txt"),
         "--testpref", os.path.join(data_dir, "test.txt"),
         "--destdir", dest, "--workers", "2",
-    ], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    ] + (["--srcdict", srcdict] if srcdict else []), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     json.dump(source, open(stamp, "w"))
     return dest
 
 
-def vae_eval(data: str, ckpt: str, split: str, k: int, out_json: str, b: dict, bleu=True) -> dict:
+def vae_eval_job(data: str, ckpt: str, split: str, k: int, out_json: str, b: dict, after=(),
+                 bleu=True) -> dict:
+    """A run_queue job: fairseq-vae-eval writing out_json (its -ELBO, IW-NLL, KL, MI, AU,
+    BLEU and seconds) only once it has finished."""
+    partial = out_json + ".partial"
     cmd = [
         os.path.join(BIN, "fairseq-vae-eval"), data, "--user-dir", os.path.join(REPO, "fairseq_vae"),
         "--path", ckpt, "--gen-subset", split, "--iw-samples", str(k), "--seed", str(SEED),
-        "--results-json", out_json,
+        "--results-json", partial,
     ] + ([] if b["precision"] else ["--cpu"]) + ([] if bleu else ["--no-bleu"])
-    logfile = out_json[: -len(".json")] + ".log"
-    seconds = run_jobs({f"fairseq-vae-eval {split} K={k}": ([cmd], logfile)}, parallel=False)
-    report = json.load(open(out_json))
-    report["settings"]["seconds"] = round(sum(seconds.values()), 1)
-    return report
+    return {"cmds": [cmd, ["mv", partial, out_json]], "log": out_json[: -len(".json")] + ".log",
+            "done": out_json, "after": list(after)}
 
 
-def lm_eval(data: str, ckpt: str, out_log: str, b: dict) -> dict:
+def vae_eval(data: str, ckpt: str, split: str, k: int, out_json: str, b: dict) -> dict:
+    run_queue({f"fairseq-vae-eval {split} K={k}": vae_eval_job(data, ckpt, split, k, out_json, b)},
+              slots=1)
+    return json.load(open(out_json))
+
+
+def lm_eval_job(data: str, ckpt: str, out_log: str, b: dict, after=()) -> dict:
+    """A run_queue job: fairseq-eval-lm on the test split, its log read by lm_result."""
     cmd = [
         os.path.join(BIN, "fairseq-eval-lm"), data, "--user-dir", os.path.join(REPO, "fairseq_vae"),
         "--path", ckpt, "--gen-subset", "test", "--sample-break-mode", "eos",
         "--tokens-per-sample", "256", "--max-tokens", "4096", "--seed", str(SEED),
     ] + ([] if b["precision"] else ["--cpu"])
-    seconds = run_jobs({"fairseq-eval-lm test": ([cmd], out_log)}, parallel=False)
+    return {"cmds": [cmd, ["touch", out_log + ".done"]], "log": out_log,
+            "done": out_log + ".done", "after": list(after)}
+
+
+def lm_result(out_log: str) -> dict:
     text = open(out_log).read()
-    m = re.search(r"Evaluated ([0-9,]+) tokens", text)
-    loss = re.search(r"Loss \(base 2\): ([0-9.]+), Perplexity: ([0-9.]+)", text)
+    m = re.findall(r"Evaluated ([0-9,]+) tokens in ([0-9.]+)s", text)
+    loss = re.findall(r"Loss \(base 2\): ([0-9.]+), Perplexity: ([0-9.]+)", text)
     if not (m and loss):
-        sys.exit(f"ptb: cannot find the loss in {out_log}")
-    tokens, base2 = int(m.group(1).replace(",", "")), float(loss.group(1))
+        sys.exit(f"cannot find the loss in {out_log}")
+    # the last run's (the log is appended to)
+    tokens, base2 = int(m[-1][0].replace(",", "")), float(loss[-1][0])
     return {"tokens": tokens, "nll_token": base2 * math.log(2), "ppl": 2 ** base2,
-            "seconds": round(sum(seconds.values()), 1)}
+            "seconds": float(m[-1][1])}
 
 
 def machine() -> str:
@@ -313,22 +296,53 @@ def machine() -> str:
             f"torch {torch.__version__}, fairseq {fairseq.__version__}")
 
 
-def train_all(data: str, out: str, b: dict, names: List[str]) -> Dict[str, dict]:
-    """Trains the LM and the VAE of every setting, two at a time on the CPU budget."""
-    jobs = {"transformer_lm": ([lm_train_cmd(data, b, b["max_update"], os.path.join(out, "lm"))],
-                               os.path.join(out, "lm", "train.log"))}
-    for i, name in enumerate(names):
-        d = os.path.join(out, "vae", f"s{i}")
-        jobs[name] = (vae_train_cmds(data, b, SETTINGS[name], b["max_update"], d),
-                      os.path.join(d, "train.log"))
-    order, size, trained = list(jobs), 2 if b["parallel"] else 1, {}
-    for i in range(0, len(order), size):
-        batch = {n: jobs[n] for n in order[i : i + size]}
-        seconds = run_jobs(batch, b["parallel"])
-        for n, (_, logfile) in batch.items():
-            trained[n] = {"dir": os.path.dirname(logfile), "minutes": seconds[n] / 60,
-                          **train_summary(logfile)}
-    return trained
+def setting_dir(name: str) -> str:
+    """A setting's folder name under out/vae: its name in lower case, a word per dash."""
+    return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
+
+
+def train_done(logfile: str) -> str:
+    """The marker written beside a training's log when all its commands have finished."""
+    return os.path.join(os.path.dirname(logfile), "done")
+
+
+def run_queue(jobs: Dict[str, dict], slots: int):
+    """jobs: name -> {"cmds": commands run one after the other, "log": their log, "done": a
+    file the last command writes, "after": names of jobs that must finish first}. Runs the jobs
+    whose "done" file is missing (a rerun skips what an earlier run finished), in the order
+    given as their "after" jobs finish, `slots` at a time: with 2 slots each gets one thread of
+    the 2-core CPU budget. A failure stops the others and exits with the log's tail."""
+    todo = {n: j for n, j in jobs.items() if not os.path.isfile(j["done"])}
+    for n in jobs:
+        if n not in todo:
+            log(f"{n}: done in an earlier run ({jobs[n]['done']})")
+    running, start = {}, {}
+    while todo or running:
+        for n, j in list(todo.items()):
+            if len(running) < slots and not any(a in todo or a in running
+                                                for a in j.get("after", [])):
+                running[n] = run_logged(j["cmds"], j["log"], threads=1 if slots > 1 else None)
+                start[n] = time.time()
+                log(f"started {n}, log {j['log']}")
+                del todo[n]
+        for n, p in list(running.items()):
+            rc = p.poll()
+            if rc is None:
+                continue
+            del running[n]
+            if rc != 0:
+                for q in running.values():
+                    q.terminate()
+                with open(jobs[n]["log"]) as f:
+                    tail = f.readlines()[-25:]
+                sys.exit(f"{n} failed (exit {rc}); the end of {jobs[n]['log']}:\n" + "".join(tail))
+            log(f"{n} done in {(time.time() - start[n]) / 60:.1f} min")
+        time.sleep(2)
+
+
+def train_job(cmds: List[List[str]], logfile: str, after=()) -> dict:
+    return {"cmds": cmds + [["touch", train_done(logfile)]], "log": logfile,
+            "done": train_done(logfile), "after": list(after)}
 
 
 def vae_row(name: str, report: dict, trained: dict) -> dict:
@@ -447,8 +461,11 @@ def results_markdown(args, b: dict, corpus: dict, rows: List[dict], chosen: dict
 
 def plot(path: str, rows: List[dict], corpus_name: str):
     """Rate (KL) against distortion: IW-PPL (the LM as a line) and reconstruction BLEU."""
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's root logger is DEBUG
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -507,16 +524,32 @@ def main():
               "splits": corpus_stats(args.data) if os.path.isdir(args.data) else {}}
     data = prepare(args.data, out)
 
-    trained = train_all(data, out, b, names)
-    test = corpus["splits"]["test"]
-    lm = lm_eval(data, os.path.join(out, "lm", "checkpoint_last.pt"),
-                 os.path.join(out, "lm", "test.log"), b)
-    rows = [lm_row(lm, trained["transformer_lm"], test["sentences"])]
+    # every training and the evaluation of each, two at a time on the CPU budget; a rerun skips
+    # what an earlier run finished
     k = args.sweep_iw_samples if len(names) > 1 else args.iw_samples
+    logs = {"transformer_lm": os.path.join(out, "lm", "train.log")}
+    jobs = {"transformer_lm": train_job([lm_train_cmd(data, b, b["max_update"], os.path.join(
+        out, "lm"))], logs["transformer_lm"])}
+    jobs["eval transformer_lm"] = lm_eval_job(data, os.path.join(out, "lm", "checkpoint_last.pt"),
+                                              os.path.join(out, "lm", "test.log"), b,
+                                              after=["transformer_lm"])
     for name in names:
-        d = trained[name]["dir"]
-        report = vae_eval(data, os.path.join(d, "checkpoint_last.pt"), "test", k,
-                          os.path.join(d, f"test-K{k}.json"), b)
+        d = os.path.join(out, "vae", setting_dir(name))
+        logs[name] = os.path.join(d, "train.log")
+        jobs[name] = train_job(vae_train_cmds(data, b, SETTINGS[name], b["max_update"], d),
+                               logs[name])
+    for name in names:
+        d = os.path.dirname(logs[name])
+        jobs[f"eval {name}"] = vae_eval_job(data, os.path.join(d, "checkpoint_last.pt"), "test",
+                                            k, os.path.join(d, f"test-K{k}.json"), b,
+                                            after=[name])
+    run_queue(jobs, 2 if b["parallel"] else 1)
+    trained = {n: {"dir": os.path.dirname(l), **train_summary(l)} for n, l in logs.items()}
+    test = corpus["splits"]["test"]
+    lm = lm_result(os.path.join(out, "lm", "test.log"))
+    rows = [lm_row(lm, trained["transformer_lm"], test["sentences"])]
+    for name in names:
+        report = json.load(open(os.path.join(trained[name]["dir"], f"test-K{k}.json")))
         rows.append(vae_row(name, report, trained[name]))
     chosen = choose(rows[1:])
     if chosen["iw_samples"] != args.iw_samples:

@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""Does a pretrained BART pay, and does its decoder ignore z? bart_vae fine-tuned from a BART
+pretrained here with fairseq's own denoising task, against the same bart_vae from scratch, on
+all of a word-level corpus (Penn Treebank by default) and on a 10% slice of its training text.
+
+    benchmarks/pretrained.sh                        # PTB, the CPU budget
+    benchmarks/pretrained.sh --data DIR --out RUNS  # any corpus: DIR/{train,valid,test}.txt
+
+1. Pretrain: BART's text infilling with `fairseq-train --task denoising --arch bart_base` at
+   bart_vae_small's dimensions (2+2 layers, width 128, FFN 512, 4 heads, 256 positions): spans
+   of Poisson(3.5) length over 30% of the tokens, each span replaced by one <mask> (10% of them by
+   a random word instead), no sentence permutation (one sentence a line) and no rotation, on the
+   corpus's whole training text, for --pretrain-hours of training.
+2. Fine-tune bart_vae_small from it with --finetune-from-model (the encoder, decoder and
+   embeddings copied, the latent modules new), and train the same bart_vae_small from scratch:
+   same setting (KL remedy, benchmarks/ptb.py's default unless --setting says otherwise),
+   updates, batches, optimiser and seed, on (a) all of the training text and (b) a fixed random
+   10% of its sentences (the low-resource case), binarised with the full text's dictionary so the
+   pretrained embeddings fit.
+3. Train benchmarks/ptb.py's transformer_lm of the same decoder size on the same data and
+   updates: the reference line.
+4. Evaluate every model's checkpoint_best.pt (lowest validation loss: the 10% runs see each
+   sentence dozens of times) on the test split: fairseq-vae-eval (IW-PPL per word with K
+   importance samples, -ELBO, KL, MI, AU, reconstruction BLEU) and fairseq-eval-lm.
+
+Jobs run two at a time with one thread each (2 cores). Everything is written under --out
+(default benchmarks/runs/pretrained-<budget>, ignored by git); a rerun skips every training and
+evaluation that finished (fairseq resumes an unfinished training from its checkpoint_last.pt).
+The table goes to --results (Markdown) with the same rows in a .json beside it.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import random
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ptb  # noqa: E402  (the corpus preparation, the job queue and the models' settings)
+
+DATA_SIZES = {"full": 1.0, "10%": 0.1}
+SUBSET_SEED = 1
+# the issue's targets: on 10% of the data the fine-tuned model's IW-PPL at most 0.85 x the
+# from-scratch model's, on all of it at most 1.0 x, and in both no posterior collapse
+PPL_RATIO = {"10%": 0.85, "full": 1.0}
+FLOOR = {"kl": 5.0, "mi": 3.0, "au": 16}
+
+
+def bart_dims(b: dict) -> list:
+    """bart_base at the VAE's (bart_vae_small's) dimensions, so every weight has a home."""
+    return [
+        "--encoder-embed-dim", str(b["dim"]), "--decoder-embed-dim", str(b["dim"]),
+        "--encoder-ffn-embed-dim", str(b["ffn"]), "--decoder-ffn-embed-dim", str(b["ffn"]),
+        "--encoder-layers", str(b["layers"]), "--decoder-layers", str(b["layers"]),
+        "--encoder-attention-heads", str(b["heads"]), "--decoder-attention-heads", str(b["heads"]),
+        "--max-source-positions", "256", "--max-target-positions", "256",
+    ]  # fmt: skip
+
+
+def pretrain_cmd(data: str, b: dict, save_dir: str, hours: float) -> list:
+    """BART's text-infilling objective (Lewis et al. 2020) with fairseq's denoising task."""
+    return [
+        os.path.join(ptb.BIN, "fairseq-train"), data, "--task", "denoising", "--arch", "bart_base",
+        *bart_dims(b), "--criterion", "cross_entropy",
+        "--mask", "0.3", "--mask-random", "0.1", "--mask-length", "span-poisson",
+        "--poisson-lambda", "3.5", "--replace-length", "1",
+        "--permute-sentences", "0", "--rotate", "0", "--insert", "0",
+        "--tokens-per-sample", "256", "--sample-break-mode", "eos",
+    ] + ptb.common_train_args(b, 100000, save_dir, hours)  # fmt: skip
+
+
+def subset_corpus(data_dir: str, out: str, fraction: float) -> str:
+    """A fixed random `fraction` of the training sentences (in their order), with the full
+    validation and test text: out/subset-<percent>/{train,valid,test}.txt."""
+    dest = os.path.join(out, f"subset-{round(100 * fraction)}pct")
+    os.makedirs(dest, exist_ok=True)
+    with open(os.path.join(data_dir, "train.txt"), encoding="utf-8") as f:
+        lines = f.readlines()
+    keep = sorted(random.Random(SUBSET_SEED).sample(range(len(lines)), round(fraction * len(lines))))
+    with open(os.path.join(dest, "train.txt"), "w", encoding="utf-8") as f:
+        f.writelines(lines[i] for i in keep)
+    for split in ("valid", "test"):
+        link = os.path.join(dest, f"{split}.txt")
+        if not os.path.islink(link):
+            os.symlink(os.path.abspath(os.path.join(data_dir, f"{split}.txt")), link)
+    return dest
+
+
+def last_valid_loss(logfile: str):
+    """The last validation loss (base 2) of a fairseq-train log, None before the first."""
+    losses = re.findall(r"valid on 'valid' subset \| loss ([0-9.]+)", open(logfile).read())
+    return float(losses[-1]) if losses else None
+
+
+def fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def checks(rows: list) -> list:
+    """(data, what, met) for each target."""
+    out = []
+    for data, ratio in PPL_RATIO.items():
+        by = {r["init"]: r for r in rows if r["data"] == data}
+        if set(by) != {"pretrained", "scratch"}:
+            continue
+        pre, scratch = by["pretrained"], by["scratch"]
+        out.append((data, f"pretrained IW-PPL {pre['ppl_word']:.1f} <= {ratio} x scratch's "
+                    f"{scratch['ppl_word']:.1f}", pre["ppl_word"] <= ratio * scratch["ppl_word"]))
+        for init, r in by.items():
+            out.append((data, f"{init}: KL >= 5, MI >= 3, AU >= 16",
+                        all(r[k] >= v for k, v in FLOOR.items())))
+    return out
+
+
+def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
+    name = corpus["name"]
+    lines = [
+        f"# {name}: bart_vae fine-tuned from a BART pretrained here, against from scratch",
+        "",
+        f"Written by `benchmarks/pretrained.sh {' '.join(sys.argv[1:])}` on {started}.",
+        f"Machine: {ptb.machine()}.",
+        "",
+        f"Corpus `{name}` (`{args.data}`): "
+        + ", ".join(f"{s} {c['sentences']} sentences / {c['tokens']} tokens"
+                    for s, c in corpus["splits"].items())
+        + f"; the 10% slice: {corpus['subset_sentences']} training sentences. Test split; PPL "
+        "per word (+1 end of sentence); NLL, -ELBO, KL and MI in nats per sentence; "
+        f"K importance samples ({args.iw_reason}).",
+        "",
+        "| init | data | K | IW-PPL | IW-NLL | -ELBO | KL | MI | AU | rec. BLEU | updates "
+        "| train min | LM PPL |",
+        "| --- | --- " + "| ---: " * 11 + "|",
+    ]
+    lm = {r["data"]: r for r in lm_rows}
+    for r in rows:
+        lines.append(
+            f"| {r['init']} | {r['data']} | {r['iw_samples']} | {r['ppl_word']:.2f} "
+            f"| {r['iw_nll']:.2f} | {r['neg_elbo']:.2f} | {r['kl']:.2f} | {r['mi']:.2f} "
+            f"| {r['au']}/{ptb.LATENT_DIM} | {r['recon_bleu']:.2f} | {r['updates']} "
+            f"| {r['train_min']:.1f} | {fmt(lm.get(r['data'], {}).get('ppl_word'), '.2f')} |")
+    lines += ["", "Targets:"]
+    lines += [f"- {data}: {what}: {'met' if met else 'missed'}" for data, what, met in checks(rows)]
+    lines += [
+        "",
+        "## Settings",
+        "",
+        f"- Pretraining: `fairseq-train --task denoising --arch bart_base` at the VAE's "
+        f"dimensions ({b['layers']}+{b['layers']} layers, width {b['dim']}, FFN {b['ffn']}, "
+        f"{b['heads']} heads, 256 positions): text infilling, 30% of the tokens masked in "
+        "Poisson(3.5)-long spans, each span one `<mask>` (10% a random word), no sentence "
+        f"permutation, no rotation; all of the training text; {pretrain['updates']} updates in "
+        f"{pretrain['minutes']:.1f} min of training (--stop-time-hours {args.pretrain_hours}, one "
+        f"thread); last validation loss {fmt(pretrain['valid_loss'], '.3f')} bits per token.",
+        f"- VAE, both inits: `--arch {b['vae_arch']}`, setting \"{args.setting}\" of "
+        f"benchmarks/ptb.py (`{' '.join(ptb.setting_args(ptb.SETTINGS[args.setting]))}`); "
+        "fine-tuned: the same command with `--finetune-from-model` the pretrained checkpoint.",
+        f"- Training, every model: Adam (0.9, 0.98), lr {b['lr']}, inverse_sqrt with "
+        f"{b['warmup']} warm-up updates, --max-tokens {b['max_tokens']}, dropout 0.1, seed "
+        f"{ptb.SEED}; {args.full_updates} updates on all the data, {args.subset_updates} on the "
+        "10% slice (its text binarised with the full text's dictionary); two jobs at a time "
+        "with one thread each. checkpoint_best.pt (lowest validation loss) is evaluated.",
+        "- LM PPL: benchmarks/ptb.py's transformer_lm (the VAE decoder's size) trained on the "
+        "same data for the same updates, `fairseq-eval-lm --sample-break-mode eos`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", choices=sorted(ptb.BUDGETS), default="cpu")
+    p.add_argument("--data", default=os.path.join("..", "shared", "data", "ptb"),
+                   help="folder with a word-level corpus's train.txt, valid.txt and test.txt "
+                   "(relative to the current folder; default ../shared/data/ptb)")
+    p.add_argument("--out", help="working folder (default benchmarks/runs/pretrained-<budget>)")
+    p.add_argument("--results",
+                   default=os.path.join(ptb.REPO, "benchmarks", "results", "pretrained.md"),
+                   help="the table (Markdown); the .json of the same name goes beside it")
+    p.add_argument("--setting", default=ptb.DEFAULT_SETTING, choices=list(ptb.SETTINGS),
+                   help="the VAE's KL remedy, a setting of benchmarks/ptb.py")
+    p.add_argument("--pretrain-hours", type=float, default=0.75,
+                   help="training time of the denoising pretraining (default 0.75)")
+    p.add_argument("--full-updates", type=int, help="updates on all the data (default: the "
+                   "budget's, as benchmarks/ptb.py)")
+    p.add_argument("--subset-updates", type=int,
+                   help="updates on the 10%% slice (default: half the full updates)")
+    p.add_argument("--iw-samples", type=int, default=100,
+                   help="importance samples (default 100)")
+    p.add_argument("--iw-reason", default="K=100: K=500 takes about 35 min a model on PTB test "
+                   "on these 2 cores, K=100 about a fifth of that",
+                   help="why this K, for the report")
+    args = p.parse_args()
+    if not args.results.endswith(".md"):
+        p.error(f"--results must name a .md file, got {args.results}")
+    b = dict(ptb.BUDGETS[args.budget])
+    args.full_updates = args.full_updates or b["max_update"]
+    args.subset_updates = args.subset_updates or args.full_updates // 2
+    out = os.path.abspath(args.out or os.path.join(ptb.REPO, "benchmarks", "runs",
+                                                   f"pretrained-{args.budget}"))
+    started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    if not os.path.isdir(args.data):
+        p.error(f"--data {args.data}: no such folder")
+    corpus = {"name": os.path.basename(os.path.abspath(args.data)), "data": args.data,
+              "splits": ptb.corpus_stats(args.data)}
+    data = {"full": ptb.prepare(args.data, out)}
+    subset = subset_corpus(args.data, out, DATA_SIZES["10%"])
+    corpus["subset_sentences"] = ptb.corpus_stats(subset)["train"]["sentences"]
+    data["10%"] = ptb.prepare(subset, out, "data-bin-10pct",
+                              srcdict=os.path.join(data["full"], "dict.txt"))
+
+    pre_dir = os.path.join(out, "bart")
+    pretrained = os.path.join(pre_dir, "checkpoint_last.pt")
+    setting = ptb.SETTINGS[args.setting]
+    jobs, models = {}, {}
+    jobs["pretrain"] = ptb.train_job([pretrain_cmd(data["full"], b, pre_dir, args.pretrain_hours)],
+                                     os.path.join(pre_dir, "train.log"))
+    for size in DATA_SIZES:
+        updates = args.full_updates if size == "full" else args.subset_updates
+        tag = size.replace("%", "pct")
+        for init in ("scratch", "pretrained"):
+            d = os.path.join(out, f"vae-{init}-{tag}")
+            cmds = ptb.vae_train_cmds(data[size], b, setting, updates, d)
+            after = []
+            if init == "pretrained":
+                cmds[0] = cmds[0] + ["--finetune-from-model", pretrained]
+                after = ["pretrain"]
+            models[(init, size)] = d
+            jobs[f"bart_vae {init} {size}"] = ptb.train_job(cmds, os.path.join(d, "train.log"),
+                                                            after)
+        d = os.path.join(out, f"lm-{tag}")
+        models[("lm", size)] = d
+        jobs[f"transformer_lm {size}"] = ptb.train_job(
+            [ptb.lm_train_cmd(data[size], b, updates, d)], os.path.join(d, "train.log"))
+    k = args.iw_samples
+    for (init, size), d in models.items():
+        ckpt, name = os.path.join(d, "checkpoint_best.pt"), f"{init} {size}"
+        if init == "lm":
+            jobs[f"eval {name}"] = ptb.lm_eval_job(
+                data[size], ckpt, os.path.join(d, "test.log"), b, after=[f"transformer_lm {size}"])
+        else:
+            jobs[f"eval {name}"] = ptb.vae_eval_job(
+                data[size], ckpt, "test", k, os.path.join(d, f"test-K{k}.json"), b,
+                after=[f"bart_vae {name}"])
+    ptb.run_queue(jobs, slots=2 if b["parallel"] else 1)
+
+    pre_summary = ptb.train_summary(os.path.join(pre_dir, "train.log"))
+    pretrain = {**pre_summary, "valid_loss": last_valid_loss(os.path.join(pre_dir, "train.log"))}
+    rows, lm_rows = [], []
+    for (init, size), d in models.items():
+        trained = ptb.train_summary(os.path.join(d, "train.log"))
+        if init == "lm":
+            lm = ptb.lm_result(os.path.join(d, "test.log"))
+            lm_rows.append({"model": "transformer_lm", "data": size, "ppl_word": lm["ppl"],
+                            "updates": trained["updates"],
+                            "train_min": round(trained["minutes"], 1)})
+            continue
+        report = json.load(open(os.path.join(d, f"test-K{k}.json")))
+        m = report["metrics"]
+        rows.append({
+            "init": init, "data": size, "updates": trained["updates"], "iw_samples": k,
+            "ppl_word": m["iw_ppl_word"], "iw_nll": m["iw_nll"], "neg_elbo": m["neg_elbo"],
+            "kl": m["kl"], "mi": m["mi"], "au": m["au"], "recon_bleu": m["recon_bleu"],
+            "train_min": round(trained["minutes"], 1),
+            "eval_min": round(report["settings"]["seconds"] / 60, 1),
+        })  # fmt: skip
+    rows.sort(key=lambda r: (r["data"] != "10%", r["init"]))
+    table = markdown(args, b, corpus, pretrain, rows, lm_rows, started)
+    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+    with open(args.results, "w") as f:
+        f.write(table)
+    stem = args.results[: -len(".md")]
+    with open(stem + ".json", "w") as f:
+        json.dump({"corpus": corpus, "budget": args.budget, "setting": args.setting,
+                   "pretrain": pretrain, "lm": lm_rows, "rows": rows,
+                   "targets": [{"data": d, "check": w, "met": m} for d, w, m in checks(rows)]},
+                  f, indent=1)
+    print(table)
+    ptb.log(f"wrote {args.results} and {stem}.json")
+
+
+if __name__ == "__main__":
+    main()
