@@ -32,6 +32,8 @@ def pretrain_bart(data, save_dir, width, updates):
         "fairseq-train", data, "--user-dir", USER_DIR, "--task", "denoising", "--arch", "bart_base",
         *dims(width), "--criterion", "cross_entropy", "--mask", "0.3", "--mask-random", "0.1",
         "--poisson-lambda", "3.5", "--mask-length", "span-poisson", "--replace-length", "1",
+        # text infilling only, as benchmarks/pretrained.py: one sentence a line
+        "--permute-sentences", "0", "--rotate", "0", "--insert", "0",
         "--tokens-per-sample", "64", "--sample-break-mode", "eos", "--lr", "3e-3",
         "--max-update", str(updates), "--save-dir", save_dir, "--disable-validation", *COMMON,
         # its prefetch thread, left running when training stops mid-epoch, aborts at exit
