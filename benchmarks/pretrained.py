@@ -68,7 +68,7 @@ def pretrain_cmd(data: str, b: dict, save_dir: str, hours: float) -> list:
         "--poisson-lambda", "3.5", "--replace-length", "1",
         "--permute-sentences", "0", "--rotate", "0", "--insert", "0",
         "--tokens-per-sample", "256", "--sample-break-mode", "eos",
-    ] + ptb.common_train_args(b, 100000, save_dir, hours)  # fmt: skip
+    ] + ptb.common_train_args(b, 100000, save_dir) + ["--stop-time-hours", str(hours)]  # fmt: skip
 
 
 def subset_corpus(data_dir: str, out: str, fraction: float) -> str:

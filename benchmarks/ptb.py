@@ -14,8 +14,7 @@ names the corpus (the --data folder) and counts its sentences and tokens from th
 
 Both models train on the same binarised data, for the same number of updates, with the same
 batches (--max-tokens), optimiser, learning rate schedule, dropout and seed, and a decoder of the
-same width, depth, heads, activation, positions and tied embeddings; each run is also capped by
---stop-time-hours. Then on the test split:
+same width, depth, heads, activation, positions and tied embeddings. Then on the test split:
 
 * transformer_lm: fairseq-eval-lm --sample-break-mode eos, PPL = 2 ** (base-2 loss per token);
 * bart_vae: fairseq-vae-eval, IW-NLL and IW-PPL with K importance samples, -ELBO, KL, MI, AU
@@ -55,14 +54,14 @@ BUDGETS = {
         "vae_arch": "bart_vae_small",
         "dim": 128, "ffn": 512, "layers": 2, "heads": 4,
         "max_update": 1600, "max_tokens": 4096, "lr": 1e-3, "warmup": 200,
-        "hours": 1.0, "precision": [], "parallel": True,
+        "precision": [], "parallel": True,
         "sweep_updates": 400,
     },
     "gpu": {
         "vae_arch": "bart_vae",
         "dim": 768, "ffn": 3072, "layers": 6, "heads": 12,
         "max_update": 20000, "max_tokens": 8192, "lr": 3e-4, "warmup": 1000,
-        "hours": 1.0, "precision": ["--bf16"], "parallel": False,
+        "precision": ["--bf16"], "parallel": False,
         "sweep_updates": 4000,
     },
 }
@@ -121,14 +120,17 @@ def setting_args(setting: dict) -> List[str]:
     return SCHEDULES[setting["schedule"]] + ["--latent-dim", str(LATENT_DIM)] + setting["args"]
 
 
-def common_train_args(b: dict, max_update: int, save_dir: str, hours: float) -> List[str]:
+def common_train_args(b: dict, max_update: int, save_dir: str) -> List[str]:
+    """The budget is the update count, never --stop-time-hours: a time cap ends runs early on a
+    loaded machine, and fairseq counts the training time of a --finetune-from-model checkpoint
+    in it (a fine-tuned BART stopped after 15 of its 60 minutes)."""
     return [
         "--user-dir", os.path.join(REPO, "fairseq_vae"),
         "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", str(b["lr"]),
         "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(b["warmup"]),
         "--dropout", "0.1", "--attention-dropout", "0.0", "--activation-dropout", "0.0",
         "--max-tokens", str(b["max_tokens"]), "--required-batch-size-multiple", "1",
-        "--max-update", str(max_update), "--stop-time-hours", str(hours),
+        "--max-update", str(max_update),
         "--seed", str(SEED), "--num-workers", "0",
         # fairseq's prefetch thread, left running when training stops mid-epoch, can abort the
         # finished run at exit
@@ -144,14 +146,13 @@ def vae_train_cmds(data: str, b: dict, setting: dict, max_update: int, save_dir:
     base = [os.path.join(BIN, "fairseq-train"), data, "--task", "text_vae",
             "--arch", b["vae_arch"], "--criterion", "elbo"]
     if not setting.get("autoencoder_first"):
-        return [base + setting_args(setting) + common_train_args(b, max_update, save_dir,
-                                                                  b["hours"])]
+        return [base + setting_args(setting) + common_train_args(b, max_update, save_dir)]
     half, ae_dir = max_update // 2, os.path.join(save_dir, "autoencoder")
     autoencoder = base + ["--kl-schedule", "constant", "--kl-beta-max", "0", "--latent-dim",
-                          str(LATENT_DIM)] + common_train_args(b, half, ae_dir, b["hours"] / 2)
+                          str(LATENT_DIM)] + common_train_args(b, half, ae_dir)
     vae = base + setting_args(setting) + [
         "--finetune-from-model", os.path.join(ae_dir, "checkpoint_last.pt"), "--reset-decoder",
-    ] + common_train_args(b, max_update - half, save_dir, b["hours"] / 2)
+    ] + common_train_args(b, max_update - half, save_dir)
     return [autoencoder, vae]
 
 
@@ -166,7 +167,7 @@ def lm_train_cmd(data: str, b: dict, max_update: int, save_dir: str) -> List[str
         "--decoder-layers", str(b["layers"]), "--decoder-attention-heads", str(b["heads"]),
         "--activation-fn", "gelu", "--decoder-learned-pos", "--layernorm-embedding",
         "--no-scale-embedding", "--share-decoder-input-output-embed",
-    ] + common_train_args(b, max_update, save_dir, b["hours"])
+    ] + common_train_args(b, max_update, save_dir)
 
 
 def run_logged(cmds: List[List[str]], logfile: str, threads: Optional[int] = None):
@@ -185,16 +186,19 @@ def run_logged(cmds: List[List[str]], logfile: str, threads: Optional[int] = Non
 
 def train_summary(logfile: str) -> dict:
     """Updates and training minutes from a log of one or more fairseq-train commands (each starts
-    with its "$ command" line). A command that was stopped and rerun resumes from its
-    checkpoint_last.pt, and fairseq restores its update count and wall clock, so each command's
-    largest value is its total."""
+    with its "$ command" line). A training that was stopped and rerun resumes from the
+    checkpoint_last.pt of its --save-dir, and fairseq restores its update count and wall clock,
+    so the largest value of each save dir is its total."""
     updates, wall = {}, {}
     for run in re.split(r"^\$ ", open(logfile).read(), flags=re.M)[1:]:
-        command = run.split("\n", 1)[0]
+        save_dir = re.search(r"--save-dir (\S+)", run.split("\n", 1)[0])
+        if not save_dir:
+            continue  # not a training (touch)
+        command = save_dir.group(1)
         updates[command] = max([updates.get(command, 0)]
                                + [int(u) for u in re.findall(r"num_updates[= ](\d+)", run)])
         wall[command] = max([wall.get(command, 0)]
-                            + [int(w) for w in re.findall(r"\| wall (\d+)", run)])
+                            + [int(w) for w in re.findall(r"(?<![_a-z])wall[= ](\d+)", run)])
     return {"updates": sum(updates.values()), "minutes": sum(wall.values()) / 60}
 
 
@@ -435,7 +439,7 @@ def results_markdown(args, b: dict, corpus: dict, rows: List[dict], chosen: dict
         f"latent memory; its encoder is `{b['vae_arch']}`'s; latent {LATENT_DIM}.",
         f"- Training, both: Adam (0.9, 0.98), lr {b['lr']}, inverse_sqrt with {b['warmup']} "
         f"warm-up updates, --max-tokens {b['max_tokens']}, {b['max_update']} updates at most, "
-        f"--stop-time-hours {b['hours']}, seed {SEED}"
+        f"seed {SEED}"
         + (f", {' '.join(b['precision'])}" if b["precision"] else "")
         + (", two trainings side by side with one thread each" if b["parallel"] else "")
         + ". The last checkpoint of each is evaluated.",
