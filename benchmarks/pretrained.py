@@ -188,6 +188,8 @@ def main():
                    "budget's, as benchmarks/ptb.py)")
     p.add_argument("--subset-updates", type=int,
                    help="updates on the 10%% slice (default: half the full updates)")
+    p.add_argument("--report", action="store_true",
+                   help="write the table from what earlier runs finished, running nothing")
     p.add_argument("--iw-samples", type=int, default=100,
                    help="importance samples (default 100)")
     p.add_argument("--iw-reason", default="K=100: K=500 takes about 35 min a model on PTB test "
@@ -236,16 +238,26 @@ def main():
         jobs[f"transformer_lm {size}"] = ptb.train_job(
             [ptb.lm_train_cmd(data[size], b, updates, d)], os.path.join(d, "train.log"))
     k = args.iw_samples
+    evals = {}
     for (init, size), d in models.items():
         ckpt, name = os.path.join(d, "checkpoint_best.pt"), f"{init} {size}"
         if init == "lm":
-            jobs[f"eval {name}"] = ptb.lm_eval_job(
+            evals[f"transformer_lm {size}"] = ptb.lm_eval_job(
                 data[size], ckpt, os.path.join(d, "test.log"), b, after=[f"transformer_lm {size}"])
         else:
-            jobs[f"eval {name}"] = ptb.vae_eval_job(
+            evals[f"bart_vae {name}"] = ptb.vae_eval_job(
                 data[size], ckpt, "test", k, os.path.join(d, f"test-K{k}.json"), b,
                 after=[f"bart_vae {name}"])
-    ptb.run_queue(jobs, slots=2 if b["parallel"] else 1)
+    # each evaluation queued right after its training: a finished model is evaluated before the
+    # next one starts training, so a session that ends early leaves finished rows
+    queue = {}
+    for name, job in jobs.items():
+        queue[name] = job
+        if name in evals:
+            queue[f"eval {name}"] = evals[name]
+    if not args.report:
+        ptb.run_queue(queue, slots=2 if b["parallel"] else 1)
+    pending = [n for n, j in queue.items() if not os.path.isfile(j["done"])]
 
     pre_summary = ptb.train_summary(os.path.join(pre_dir, "train.log"))
     pretrain = {**pre_summary, "valid_loss": last_valid_loss(os.path.join(pre_dir, "train.log"))}
@@ -253,10 +265,14 @@ def main():
     for (init, size), d in models.items():
         trained = ptb.train_summary(os.path.join(d, "train.log"))
         if init == "lm":
+            if f"eval transformer_lm {size}" in pending:
+                continue
             lm = ptb.lm_result(os.path.join(d, "test.log"))
             lm_rows.append({"model": "transformer_lm", "data": size, "ppl_word": lm["ppl"],
                             "updates": trained["updates"],
                             "train_min": round(trained["minutes"], 1)})
+            continue
+        if f"eval bart_vae {init} {size}" in pending:
             continue
         report = json.load(open(os.path.join(d, f"test-K{k}.json")))
         m = report["metrics"]
@@ -269,13 +285,16 @@ def main():
         })  # fmt: skip
     rows.sort(key=lambda r: (r["data"] != "10%", r["init"]))
     table = markdown(args, b, corpus, pretrain, rows, lm_rows, started)
+    if pending:
+        table += ("\n**Not finished yet** (a rerun without --report goes on from here): "
+                  + ", ".join(pending) + ".\n")
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     with open(args.results, "w") as f:
         f.write(table)
     stem = args.results[: -len(".md")]
     with open(stem + ".json", "w") as f:
         json.dump({"corpus": corpus, "budget": args.budget, "setting": args.setting,
-                   "pretrain": pretrain, "lm": lm_rows, "rows": rows,
+                   "pretrain": pretrain, "lm": lm_rows, "rows": rows, "pending": pending,
                    "targets": [{"data": d, "check": w, "met": m} for d, w, m in checks(rows)]},
                   f, indent=1)
     print(table)
