@@ -217,72 +217,52 @@ def main():
     pre_dir = os.path.join(out, "bart")
     pretrained = os.path.join(pre_dir, "checkpoint_last.pt")
     setting = ptb.SETTINGS[args.setting]
-    jobs, models = {}, {}
+    k = args.iw_samples
+    # each evaluation is queued right after its training: a finished model is evaluated before
+    # the next one starts training, so a session that ends early leaves finished rows
+    jobs, models = {}, {}  # models: (init, size) -> (folder, its evaluation's job)
     jobs["pretrain"] = ptb.train_job([pretrain_cmd(data["full"], b, pre_dir, args.pretrain_hours)],
                                      os.path.join(pre_dir, "train.log"))
     for size in DATA_SIZES:
         updates = args.full_updates if size == "full" else args.subset_updates
         tag = size.replace("%", "pct")
-        for init in ("scratch", "pretrained"):
-            d = os.path.join(out, f"vae-{init}-{tag}")
-            cmds = ptb.vae_train_cmds(data[size], b, setting, updates, d)
-            after = []
+        for init in ("scratch", "pretrained", "lm"):
+            name = f"{'transformer_lm' if init == 'lm' else 'bart_vae ' + init} {size}"
+            d = os.path.join(out, f"lm-{tag}" if init == "lm" else f"vae-{init}-{tag}")
+            ckpt = os.path.join(d, "checkpoint_best.pt")
+            if init == "lm":
+                cmds = [ptb.lm_train_cmd(data[size], b, updates, d)]
+                evaluation = ptb.lm_eval_job(data[size], ckpt, os.path.join(d, "test.log"), b,
+                                             after=[name])
+            else:
+                cmds = ptb.vae_train_cmds(data[size], b, setting, updates, d)
+                evaluation = ptb.vae_eval_job(data[size], ckpt, "test", k,
+                                              os.path.join(d, f"test-K{k}.json"), b, after=[name])
             if init == "pretrained":
                 cmds[0] = cmds[0] + ["--finetune-from-model", pretrained]
-                after = ["pretrain"]
-            models[(init, size)] = d
-            jobs[f"bart_vae {init} {size}"] = ptb.train_job(cmds, os.path.join(d, "train.log"),
-                                                            after)
-        d = os.path.join(out, f"lm-{tag}")
-        models[("lm", size)] = d
-        jobs[f"transformer_lm {size}"] = ptb.train_job(
-            [ptb.lm_train_cmd(data[size], b, updates, d)], os.path.join(d, "train.log"))
-    k = args.iw_samples
-    evals = {}
-    for (init, size), d in models.items():
-        ckpt, name = os.path.join(d, "checkpoint_best.pt"), f"{init} {size}"
-        if init == "lm":
-            evals[f"transformer_lm {size}"] = ptb.lm_eval_job(
-                data[size], ckpt, os.path.join(d, "test.log"), b, after=[f"transformer_lm {size}"])
-        else:
-            evals[f"bart_vae {name}"] = ptb.vae_eval_job(
-                data[size], ckpt, "test", k, os.path.join(d, f"test-K{k}.json"), b,
-                after=[f"bart_vae {name}"])
-    # each evaluation queued right after its training: a finished model is evaluated before the
-    # next one starts training, so a session that ends early leaves finished rows
-    queue = {}
-    for name, job in jobs.items():
-        queue[name] = job
-        if name in evals:
-            queue[f"eval {name}"] = evals[name]
+            jobs[name] = ptb.train_job(cmds, os.path.join(d, "train.log"),
+                                       after=["pretrain"] if init == "pretrained" else [])
+            jobs[f"eval {name}"] = evaluation
+            models[(init, size)] = (d, evaluation)
     if not args.report:
-        ptb.run_queue(queue, slots=2 if b["parallel"] else 1)
-    pending = [n for n, j in queue.items() if not os.path.isfile(j["done"])]
+        ptb.run_queue(jobs, slots=2 if b["parallel"] else 1)
+    pending = [n for n, j in jobs.items() if not os.path.isfile(j["done"])]
 
     pre_summary = ptb.train_summary(os.path.join(pre_dir, "train.log"))
     pretrain = {**pre_summary, "valid_loss": last_valid_loss(os.path.join(pre_dir, "train.log"))}
     rows, lm_rows = [], []
-    for (init, size), d in models.items():
+    for (init, size), (d, evaluation) in models.items():
+        if not os.path.isfile(evaluation["done"]):
+            continue
         trained = ptb.train_summary(os.path.join(d, "train.log"))
         if init == "lm":
-            if f"eval transformer_lm {size}" in pending:
-                continue
-            lm = ptb.lm_result(os.path.join(d, "test.log"))
+            lm = ptb.lm_result(evaluation["log"])
             lm_rows.append({"model": "transformer_lm", "data": size, "ppl_word": lm["ppl"],
                             "updates": trained["updates"],
                             "train_min": round(trained["minutes"], 1)})
-            continue
-        if f"eval bart_vae {init} {size}" in pending:
-            continue
-        report = json.load(open(os.path.join(d, f"test-K{k}.json")))
-        m = report["metrics"]
-        rows.append({
-            "init": init, "data": size, "updates": trained["updates"], "iw_samples": k,
-            "ppl_word": m["iw_ppl_word"], "iw_nll": m["iw_nll"], "neg_elbo": m["neg_elbo"],
-            "kl": m["kl"], "mi": m["mi"], "au": m["au"], "recon_bleu": m["recon_bleu"],
-            "train_min": round(trained["minutes"], 1),
-            "eval_min": round(report["settings"]["seconds"] / 60, 1),
-        })  # fmt: skip
+        else:
+            report = json.load(open(evaluation["done"]))
+            rows.append({"init": init, "data": size, **ptb.vae_metrics(report, trained)})
     rows.sort(key=lambda r: (r["data"] != "10%", r["init"]))
     table = markdown(args, b, corpus, pretrain, rows, lm_rows, started)
     if pending:

@@ -55,14 +55,12 @@ BUDGETS = {
         "dim": 128, "ffn": 512, "layers": 2, "heads": 4,
         "max_update": 1600, "max_tokens": 4096, "lr": 1e-3, "warmup": 200,
         "precision": [], "parallel": True,
-        "sweep_updates": 400,
     },
     "gpu": {
         "vae_arch": "bart_vae",
         "dim": 768, "ffn": 3072, "layers": 6, "heads": 12,
         "max_update": 20000, "max_tokens": 8192, "lr": 3e-4, "warmup": 1000,
         "precision": ["--bf16"], "parallel": False,
-        "sweep_updates": 4000,
     },
 }
 
@@ -239,7 +237,8 @@ def prepare(data_dir: str, out: str, name: str = "data-bin", srcdict: Optional[s
         "--validpref", os.path.join(data_dir, "valid.txt"),
         "--testpref", os.path.join(data_dir, "test.txt"),
         "--destdir", dest, "--workers", "2",
-    ] + (["--srcdict", srcdict] if srcdict else []), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    ] + (["--srcdict", srcdict] if srcdict else []),
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     json.dump(source, open(stamp, "w"))
     return dest
 
@@ -352,17 +351,21 @@ def train_job(cmds: List[List[str]], logfile: str, after=()) -> dict:
             "done": train_done(logfile), "after": list(after)}
 
 
-def vae_row(name: str, report: dict, trained: dict) -> dict:
+def vae_metrics(report: dict, trained: dict) -> dict:
+    """A bart_vae row's numbers: a fairseq-vae-eval report and its training's train_summary."""
     m = report["metrics"]
     return {
-        "model": "bart_vae", "setting": name, "split": "test",
         "iw_samples": report["settings"]["iw_samples"],
         "ppl_word": m["iw_ppl_word"], "iw_nll": m["iw_nll"], "neg_elbo": m["neg_elbo"],
         "kl": m["kl"], "mi": m["mi"], "au": m["au"], "recon_bleu": m["recon_bleu"],
-        "kl_target": SETTINGS[name].get("kl_target"), "updates": trained["updates"],
-        "train_min": round(trained["minutes"], 1),
+        "updates": trained["updates"], "train_min": round(trained["minutes"], 1),
         "eval_min": round(report["settings"]["seconds"] / 60, 1),
     }  # fmt: skip
+
+
+def vae_row(name: str, report: dict, trained: dict) -> dict:
+    return {"model": "bart_vae", "setting": name, "split": "test",
+            "kl_target": SETTINGS[name].get("kl_target"), **vae_metrics(report, trained)}
 
 
 def lm_row(lm: dict, trained: dict, sentences: int) -> dict:
@@ -545,8 +548,7 @@ def main():
         logs[name] = os.path.join(d, "train.log")
         jobs[name] = train_job(vae_train_cmds(data, b, SETTINGS[name], b["max_update"], d),
                                logs[name])
-    for name in names:
-        d = os.path.dirname(logs[name])
+        # queued right after its training: a session that ends early leaves finished rows
         jobs[f"eval {name}"] = vae_eval_job(data, os.path.join(d, "checkpoint_last.pt"), "test",
                                             k, os.path.join(d, f"test-K{k}.json"), b,
                                             after=[name])
