@@ -33,6 +33,7 @@ The data is read from --data and never copied into the repository.
 
 import argparse
 import datetime
+import importlib
 import json
 import math
 import os
@@ -98,6 +99,15 @@ SETTINGS = {
     "AE, reset decoder, BN-VAE gamma 1.0, z in every layer": dict(
         schedule="ramp", args=["--bn-vae-gamma", "1.0", "--latent-layer-memory"], kl_target=16.0,
         autoencoder_first=True),
+    # fine-tuned from a BART denoising-pretrained on the same training text (--pretrained-bart,
+    # benchmarks/pretrained.sh's bart/checkpoint_best.pt): a decoder that already models the
+    # language leaves room for a higher rate
+    "BART init, fb 0.25": dict(schedule="cyclical", args=["--free-bits", "0.25"], kl_target=8.0,
+                               bart_init=True),
+    "BART init, fb 0.5": dict(schedule="cyclical", args=["--free-bits", "0.5"], kl_target=16.0,
+                              bart_init=True),
+    "BART init, BN-VAE gamma 1.0": dict(schedule="constant", args=["--bn-vae-gamma", "1.0"],
+                                        kl_target=16.0, bart_init=True),
 }  # fmt: skip
 DEFAULT_SETTING = "cyclical, fb 0.25"
 # the issue's PTB target for an operating point, and how the point re-evaluated with the full
@@ -138,11 +148,17 @@ def common_train_args(b: dict, max_update: int, save_dir: str) -> List[str]:
     ] + b["precision"] + ([] if b["precision"] else ["--cpu"])
 
 
-def vae_train_cmds(data: str, b: dict, setting: dict, max_update: int, save_dir: str):
+def vae_train_cmds(data: str, b: dict, setting: dict, max_update: int, save_dir: str,
+                   bart: Optional[str] = None):
     """The fairseq-train commands of a setting, run one after the other; the last one writes
-    save_dir/checkpoint_last.pt. Li et al.'s recipe splits the updates and the time in two."""
+    save_dir/checkpoint_last.pt. Li et al.'s recipe splits the updates and the time in two; a
+    "bart_init" setting fine-tunes the pretrained BART checkpoint `bart`."""
     base = [os.path.join(BIN, "fairseq-train"), data, "--task", "text_vae",
             "--arch", b["vae_arch"], "--criterion", "elbo"]
+    if setting.get("bart_init"):
+        if not bart:
+            raise ValueError("a BART-init setting needs --pretrained-bart")
+        base += ["--finetune-from-model", bart]
     if not setting.get("autoencoder_first"):
         return [base + setting_args(setting) + common_train_args(b, max_update, save_dir)]
     half, ae_dir = max_update // 2, os.path.join(save_dir, "autoencoder")
@@ -241,6 +257,30 @@ def prepare(data_dir: str, out: str, name: str = "data-bin", srcdict: Optional[s
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     json.dump(source, open(stamp, "w"))
     return dest
+
+
+def bart_pretraining(ckpt: str, data: str) -> dict:
+    """The --pretrained-bart checkpoint's data and its training (train_summary, when its
+    train.log lies beside it); exits when it was trained with another dictionary than data's,
+    as every token id would then mean another word."""
+    sys.path.insert(0, REPO)
+    import torch
+
+    importlib.import_module("fairseq_vae")  # its allow-list of the globals checkpoints hold
+
+    if not os.path.isfile(ckpt):
+        sys.exit(f"--pretrained-bart {ckpt}: no such file (benchmarks/pretrained.sh writes "
+                 "one: <out>/bart/checkpoint_best.pt)")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    trained_on = state["cfg"]["task"]["data"]
+    theirs, ours = os.path.join(trained_on, "dict.txt"), os.path.join(data, "dict.txt")
+    if not os.path.isfile(theirs) or open(theirs).read() != open(ours).read():
+        sys.exit(f"--pretrained-bart {ckpt} was trained on {trained_on}, whose dict.txt is "
+                 f"missing or not {ours}: pretrain on this corpus's training text "
+                 "(benchmarks/pretrained.sh --data)")
+    train_log = os.path.join(os.path.dirname(ckpt), "train.log")
+    summary = train_summary(train_log) if os.path.isfile(train_log) else {}
+    return {"checkpoint": ckpt, "data": trained_on, **summary}
 
 
 def vae_eval_job(data: str, ckpt: str, split: str, k: int, out_json: str, b: dict, after=(),
@@ -394,7 +434,7 @@ def fmt(value, spec: str) -> str:
 
 
 def results_markdown(args, b: dict, corpus: dict, rows: List[dict], chosen: dict,
-                     started: str) -> str:
+                     started: str, bart: Optional[dict] = None) -> str:
     name = corpus["name"]
     lm = rows[0]
     lines = [
@@ -455,10 +495,19 @@ def results_markdown(args, b: dict, corpus: dict, rows: List[dict], chosen: dict
             how = (f"first {b['max_update'] // 2} updates with `--kl-schedule constant "
                    "--kl-beta-max 0`, then `--finetune-from-model AE --reset-decoder "
                    f"{how}`")
+        elif s.get("bart_init"):
+            how = f"`--finetune-from-model BART {how}`"
         else:
             how = f"`{how}`"
         if f"- {r['setting']}:" not in "\n".join(lines):
             lines.append(f"  - {r['setting']}: {how}")
+    if bart:
+        cost = (f", {bart['updates']} updates in {bart['minutes']:.1f} min of training"
+                if "updates" in bart else "")
+        lines.append(
+            f"  - BART: `{bart['checkpoint']}`, BART's text infilling with fairseq's denoising "
+            f"task on the training text (`{bart['data']}`{cost}; benchmarks/pretrained.sh). "
+            "The BART init rows' updates and minutes do not include it.")
     lines += [
         "- VAE evaluation: `fairseq-vae-eval` with K importance samples as the table says, MI "
         "over the whole test set, AU threshold 0.01, BLEU of greedy reconstructions from the "
@@ -510,6 +559,10 @@ def main():
     p.add_argument("--sweep", action="store_true",
                    help=f"train every setting ({len(SETTINGS)}) instead of only the default")
     p.add_argument("--settings", help="';'-separated setting names to train (see SETTINGS)")
+    p.add_argument("--pretrained-bart", metavar="CKPT",
+                   help="a BART denoising-pretrained on this corpus's training text (with "
+                   "benchmarks/pretrained.sh: <its out>/bart/checkpoint_best.pt); the \"BART "
+                   "init\" settings fine-tune it, and are left out of --sweep without it")
     p.add_argument("--max-update", type=int, help="override the budget's update count")
     p.add_argument("--iw-samples", type=int, default=500,
                    help="importance samples for the chosen point (default 500)")
@@ -527,12 +580,21 @@ def main():
         unknown = [n for n in names if n not in SETTINGS]
         if unknown:
             p.error(f"--settings: unknown {unknown}; choose from {list(SETTINGS)}")
+    need_bart = [n for n in names if SETTINGS[n].get("bart_init")]
+    if need_bart and not args.pretrained_bart:
+        if args.settings:
+            p.error(f"--settings {need_bart} fine-tune a pretrained BART: give --pretrained-bart")
+        log(f"leaving out {need_bart}: no --pretrained-bart")
+        names = [n for n in names if n not in need_bart]
     out = args.out or os.path.join(REPO, "benchmarks", "runs", f"ptb-{args.budget}")
     out = os.path.abspath(out)
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     corpus = {"name": os.path.basename(os.path.abspath(args.data)), "data": args.data,
               "splits": corpus_stats(args.data) if os.path.isdir(args.data) else {}}
     data = prepare(args.data, out)
+    bart = None
+    if any(SETTINGS[n].get("bart_init") for n in names):
+        bart = bart_pretraining(os.path.abspath(args.pretrained_bart), data)
 
     # every training and the evaluation of each, two at a time on the CPU budget; a rerun skips
     # what an earlier run finished
@@ -546,8 +608,8 @@ def main():
     for name in names:
         d = os.path.join(out, "vae", setting_dir(name))
         logs[name] = os.path.join(d, "train.log")
-        jobs[name] = train_job(vae_train_cmds(data, b, SETTINGS[name], b["max_update"], d),
-                               logs[name])
+        jobs[name] = train_job(vae_train_cmds(data, b, SETTINGS[name], b["max_update"], d,
+                                              bart and bart["checkpoint"]), logs[name])
         # queued right after its training: a session that ends early leaves finished rows
         jobs[f"eval {name}"] = vae_eval_job(data, os.path.join(d, "checkpoint_last.pt"), "test",
                                             k, os.path.join(d, f"test-K{k}.json"), b,
@@ -568,14 +630,15 @@ def main():
         chosen = vae_row(chosen["setting"], report, trained[chosen["setting"]])
         rows.append(chosen)
 
-    table = results_markdown(args, b, corpus, rows, chosen, started)
+    table = results_markdown(args, b, corpus, rows, chosen, started, bart)
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     with open(args.results, "w") as f:
         f.write(table)
     stem = args.results[: -len(".md")]
     with open(stem + ".json", "w") as f:
         json.dump({"corpus": corpus, "budget": args.budget, "target": TARGET,
-                   "choice": CHOICE_RULE, "chosen": chosen["setting"], "rows": rows}, f, indent=1)
+                   "choice": CHOICE_RULE, "chosen": chosen["setting"], "pretrained_bart": bart,
+                   "rows": rows}, f, indent=1)
     plot(stem + ".png", rows, corpus["name"])
     print(table)
     log(f"wrote {args.results}, {stem}.json and {stem}.png")
