@@ -94,22 +94,29 @@ def last_valid_loss(logfile: str):
     return float(losses[-1]) if losses else None
 
 
+def best_update(logfile: str):
+    """The update at which fairseq last saved checkpoint_best.pt (lowest validation loss)."""
+    saved = re.findall(r"checkpoint_best\.pt \(epoch \d+ @ (\d+) updates", open(logfile).read())
+    return int(saved[-1]) if saved else None
+
+
 def fmt(value, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
 def checks(rows: list) -> list:
-    """(data, what, met) for each target."""
+    """(data, setting, what, met) for each target, per data size and setting."""
     out = []
-    for data, ratio in PPL_RATIO.items():
-        by = {r["init"]: r for r in rows if r["data"] == data}
+    for data, setting in dict.fromkeys((r["data"], r["setting"]) for r in rows):
+        by = {r["init"]: r for r in rows if (r["data"], r["setting"]) == (data, setting)}
         if set(by) != {"pretrained", "scratch"}:
             continue
-        pre, scratch = by["pretrained"], by["scratch"]
-        out.append((data, f"pretrained IW-PPL {pre['ppl_word']:.1f} <= {ratio} x scratch's "
-                    f"{scratch['ppl_word']:.1f}", pre["ppl_word"] <= ratio * scratch["ppl_word"]))
+        pre, scratch, ratio = by["pretrained"], by["scratch"], PPL_RATIO[data]
+        out.append((data, setting, f"pretrained IW-PPL {pre['ppl_word']:.1f} <= {ratio} x "
+                    f"scratch's {scratch['ppl_word']:.1f}",
+                    pre["ppl_word"] <= ratio * scratch["ppl_word"]))
         for init, r in by.items():
-            out.append((data, f"{init}: KL >= 5, MI >= 3, AU >= 16",
+            out.append((data, setting, f"{init}: KL >= 5, MI >= 3, AU >= 16",
                         all(r[k] >= v for k, v in FLOOR.items())))
     return out
 
@@ -129,19 +136,22 @@ def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
         "per word (+1 end of sentence); NLL, -ELBO, KL and MI in nats per sentence; "
         f"K importance samples ({args.iw_reason}).",
         "",
-        "| init | data | K | IW-PPL | IW-NLL | -ELBO | KL | MI | AU | rec. BLEU | updates "
-        "| train min | LM PPL |",
-        "| --- | --- " + "| ---: " * 11 + "|",
+        "| setting | init | data | K | IW-PPL | IW-NLL | -ELBO | KL | MI | AU | rec. BLEU "
+        "| updates | best at | train min | LM PPL |",
+        "| --- | --- | --- " + "| ---: " * 12 + "|",
     ]
     lm = {r["data"]: r for r in lm_rows}
     for r in rows:
         lines.append(
-            f"| {r['init']} | {r['data']} | {r['iw_samples']} | {r['ppl_word']:.2f} "
-            f"| {r['iw_nll']:.2f} | {r['neg_elbo']:.2f} | {r['kl']:.2f} | {r['mi']:.2f} "
-            f"| {r['au']}/{ptb.LATENT_DIM} | {r['recon_bleu']:.2f} | {r['updates']} "
-            f"| {r['train_min']:.1f} | {fmt(lm.get(r['data'], {}).get('ppl_word'), '.2f')} |")
-    lines += ["", "Targets:"]
-    lines += [f"- {data}: {what}: {'met' if met else 'missed'}" for data, what, met in checks(rows)]
+            f"| {r['setting']} | {r['init']} | {r['data']} | {r['iw_samples']} "
+            f"| {r['ppl_word']:.2f} | {r['iw_nll']:.2f} | {r['neg_elbo']:.2f} | {r['kl']:.2f} "
+            f"| {r['mi']:.2f} | {r['au']}/{ptb.LATENT_DIM} | {r['recon_bleu']:.2f} "
+            f"| {r['updates']} | {fmt(r['best_update'], 'd')} | {r['train_min']:.1f} "
+            f"| {fmt(lm.get(r['data'], {}).get('ppl_word'), '.2f')} |")
+    lines += ["", "\"best at\": the update of checkpoint_best.pt, the one evaluated.", "",
+              "Targets:"]
+    lines += [f"- {data}, {setting}: {what}: {'met' if met else 'missed'}"
+              for data, setting, what, met in checks(rows)]
     lines += [
         "",
         "## Settings",
@@ -153,9 +163,14 @@ def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
         f"permutation, no rotation; all of the training text; {pretrain['updates']} updates in "
         f"{pretrain['minutes']:.1f} min of training (--stop-time-hours {args.pretrain_hours}, one "
         f"thread); last validation loss {fmt(pretrain['valid_loss'], '.3f')} bits per token.",
-        f"- VAE, both inits: `--arch {b['vae_arch']}`, setting \"{args.setting}\" of "
-        f"benchmarks/ptb.py (`{' '.join(ptb.setting_args(ptb.SETTINGS[args.setting]))}`); "
-        "fine-tuned: the same command with `--finetune-from-model` the pretrained checkpoint.",
+        f"- VAE, both inits: `--arch {b['vae_arch']}`, with the settings (KL remedies) of "
+        "benchmarks/ptb.py below; fine-tuned: the same command with `--finetune-from-model` "
+        "the pretrained checkpoint.",
+    ] + [
+        f"  - {name}{' (main setting: both data sizes)' if name == args.setting else ''}: "
+        f"`{' '.join(ptb.setting_args(ptb.SETTINGS[name]))}`"
+        for name in dict.fromkeys([args.setting] + [r["setting"] for r in rows])
+    ] + [
         f"- Training, every model: Adam (0.9, 0.98), lr {b['lr']}, inverse_sqrt with "
         f"{b['warmup']} warm-up updates, --max-tokens {b['max_tokens']}, dropout 0.1, seed "
         f"{ptb.SEED}; {args.full_updates} updates on all the data, {args.subset_updates} on the "
@@ -182,6 +197,10 @@ def main():
                    help="the table (Markdown); the .json of the same name goes beside it")
     p.add_argument("--setting", default=ptb.DEFAULT_SETTING, choices=[n for n, s in ptb.SETTINGS.items() if not s.get("bart_init")],
                    help="the VAE's KL remedy, a setting of benchmarks/ptb.py")
+    p.add_argument("--remedies", default="BN-VAE gamma 1.0",
+                   help="';'-separated settings of benchmarks/ptb.py also trained, scratch and "
+                   "fine-tuned, on the 10%% slice, where the default setting's latent collapses "
+                   "(default: BN-VAE gamma 1.0; '' for none)")
     p.add_argument("--pretrain-hours", type=float, default=0.75,
                    help="training time of the denoising pretraining (default 0.75)")
     p.add_argument("--full-updates", type=int, help="updates on all the data (default: the "
@@ -196,6 +215,11 @@ def main():
                    "on these 2 cores, K=100 about a fifth of that",
                    help="why this K, for the report")
     args = p.parse_args()
+    remedies = [n.strip() for n in args.remedies.split(";") if n.strip()]
+    unusable = [n for n in remedies if n not in p._option_string_actions["--setting"].choices]
+    if unusable:
+        p.error(f"--remedies: {unusable} are not settings a BART fine-tunes here; choose from "
+                f"{p._option_string_actions['--setting'].choices}")
     if not args.results.endswith(".md"):
         p.error(f"--results must name a .md file, got {args.results}")
     b = dict(ptb.BUDGETS[args.budget])
@@ -216,34 +240,42 @@ def main():
 
     pre_dir = os.path.join(out, "bart")
     pretrained = os.path.join(pre_dir, "checkpoint_last.pt")
-    setting = ptb.SETTINGS[args.setting]
     k = args.iw_samples
     # each evaluation is queued right after its training: a finished model is evaluated before
     # the next one starts training, so a session that ends early leaves finished rows
-    jobs, models = {}, {}  # models: (init, size) -> (folder, its evaluation's job)
+    # models: (setting, init, size) -> (folder, its evaluation's job); the LM's setting is None
+    jobs, models = {}, {}
     jobs["pretrain"] = ptb.train_job([pretrain_cmd(data["full"], b, pre_dir, args.pretrain_hours)],
                                      os.path.join(pre_dir, "train.log"))
-    for size in DATA_SIZES:
+    runs = [(None, "lm", size) for size in DATA_SIZES]
+    runs += [(args.setting, init, size) for size in DATA_SIZES for init in ("scratch", "pretrained")]
+    runs += [(remedy, init, "10%") for remedy in remedies if remedy != args.setting
+             for init in ("scratch", "pretrained")]
+    for setting, init, size in runs:
         updates = args.full_updates if size == "full" else args.subset_updates
         tag = size.replace("%", "pct")
-        for init in ("scratch", "pretrained", "lm"):
-            name = f"{'transformer_lm' if init == 'lm' else 'bart_vae ' + init} {size}"
-            d = os.path.join(out, f"lm-{tag}" if init == "lm" else f"vae-{init}-{tag}")
-            ckpt = os.path.join(d, "checkpoint_best.pt")
-            if init == "lm":
-                cmds = [ptb.lm_train_cmd(data[size], b, updates, d)]
-                evaluation = ptb.lm_eval_job(data[size], ckpt, os.path.join(d, "test.log"), b,
-                                             after=[name])
-            else:
-                cmds = ptb.vae_train_cmds(data[size], b, setting, updates, d)
-                evaluation = ptb.vae_eval_job(data[size], ckpt, "test", k,
-                                              os.path.join(d, f"test-K{k}.json"), b, after=[name])
-            if init == "pretrained":
-                cmds[0] = cmds[0] + ["--finetune-from-model", pretrained]
-            jobs[name] = ptb.train_job(cmds, os.path.join(d, "train.log"),
-                                       after=["pretrain"] if init == "pretrained" else [])
-            jobs[f"eval {name}"] = evaluation
-            models[(init, size)] = (d, evaluation)
+        if init == "lm":
+            name, d = f"transformer_lm {size}", os.path.join(out, f"lm-{tag}")
+        else:
+            # the main setting's folders keep their plain names
+            suffix = "" if setting == args.setting else "-" + ptb.setting_dir(setting)
+            name = f"bart_vae {init} {size}" + (f", {setting}" if suffix else "")
+            d = os.path.join(out, f"vae-{init}-{tag}{suffix}")
+        ckpt = os.path.join(d, "checkpoint_best.pt")
+        if init == "lm":
+            cmds = [ptb.lm_train_cmd(data[size], b, updates, d)]
+            evaluation = ptb.lm_eval_job(data[size], ckpt, os.path.join(d, "test.log"), b,
+                                         after=[name])
+        else:
+            cmds = ptb.vae_train_cmds(data[size], b, ptb.SETTINGS[setting], updates, d)
+            evaluation = ptb.vae_eval_job(data[size], ckpt, "test", k,
+                                          os.path.join(d, f"test-K{k}.json"), b, after=[name])
+        if init == "pretrained":
+            cmds[0] = cmds[0] + ["--finetune-from-model", pretrained]
+        jobs[name] = ptb.train_job(cmds, os.path.join(d, "train.log"),
+                                   after=["pretrain"] if init == "pretrained" else [])
+        jobs[f"eval {name}"] = evaluation
+        models[(setting, init, size)] = (d, evaluation)
     if not args.report:
         ptb.run_queue(jobs, slots=2 if b["parallel"] else 1)
     pending = [n for n, j in jobs.items() if not os.path.isfile(j["done"])]
@@ -251,7 +283,7 @@ def main():
     pre_summary = ptb.train_summary(os.path.join(pre_dir, "train.log"))
     pretrain = {**pre_summary, "valid_loss": last_valid_loss(os.path.join(pre_dir, "train.log"))}
     rows, lm_rows = [], []
-    for (init, size), (d, evaluation) in models.items():
+    for (setting, init, size), (d, evaluation) in models.items():
         if not os.path.isfile(evaluation["done"]):
             continue
         trained = ptb.train_summary(os.path.join(d, "train.log"))
@@ -262,8 +294,11 @@ def main():
                             "train_min": round(trained["minutes"], 1)})
         else:
             report = json.load(open(evaluation["done"]))
-            rows.append({"init": init, "data": size, **ptb.vae_metrics(report, trained)})
-    rows.sort(key=lambda r: (r["data"] != "10%", r["init"]))
+            rows.append({"init": init, "data": size, "setting": setting,
+                         **ptb.vae_metrics(report, trained),
+                         "best_update": best_update(os.path.join(d, "train.log"))})
+    rows.sort(key=lambda r: (r["data"] != "10%", r["setting"] != args.setting, r["setting"],
+                             r["init"]))
     table = markdown(args, b, corpus, pretrain, rows, lm_rows, started)
     if pending:
         table += ("\n**Not finished yet** (a rerun without --report goes on from here): "
@@ -275,7 +310,9 @@ def main():
     with open(stem + ".json", "w") as f:
         json.dump({"corpus": corpus, "budget": args.budget, "setting": args.setting,
                    "pretrain": pretrain, "lm": lm_rows, "rows": rows, "pending": pending,
-                   "targets": [{"data": d, "check": w, "met": m} for d, w, m in checks(rows)]},
+                   "remedies": remedies,
+                   "targets": [{"data": d, "setting": s, "check": w, "met": m}
+                               for d, s, w, m in checks(rows)]},
                   f, indent=1)
     print(table)
     ptb.log(f"wrote {args.results} and {stem}.json")
