@@ -19,8 +19,8 @@ all of a word-level corpus (Penn Treebank by default) and on a 10% slice of its 
    pretrained embeddings fit.
 3. Train benchmarks/ptb.py's transformer_lm of the same decoder size on the same data and
    updates: the reference line.
-4. Evaluate every model's checkpoint_best.pt (lowest validation loss: the 10% runs see each
-   sentence dozens of times) on the test split: fairseq-vae-eval (IW-PPL per word with K
+4. Evaluate every model's checkpoint_best.pt (lowest validation loss from the end of the
+   warm-up on: the 10% runs see each sentence dozens of times) on the test split: fairseq-vae-eval (IW-PPL per word with K
    importance samples, -ELBO, KL, MI, AU, reconstruction BLEU) and fairseq-eval-lm.
 
 Jobs run two at a time with one thread each (2 cores). Everything is written under --out
@@ -175,7 +175,9 @@ def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
         f"{b['warmup']} warm-up updates, --max-tokens {b['max_tokens']}, dropout 0.1, seed "
         f"{ptb.SEED}; {args.full_updates} updates on all the data, {args.subset_updates} on the "
         "10% slice (its text binarised with the full text's dictionary); two jobs at a time "
-        "with one thread each. checkpoint_best.pt (lowest validation loss) is evaluated.",
+        "with one thread each. checkpoint_best.pt (lowest validation loss, validating from "
+        f"update {b['warmup']}, the end of the warm-up: `--validate-after-updates`) is "
+        "evaluated.",
         "- LM PPL: benchmarks/ptb.py's transformer_lm (the VAE decoder's size) trained on the "
         "same data for the same updates, `fairseq-eval-lm --sample-break-mode eos`.",
         "",
@@ -270,6 +272,10 @@ def main():
             cmds = ptb.vae_train_cmds(data[size], b, ptb.SETTINGS[setting], updates, d)
             evaluation = ptb.vae_eval_job(data[size], ckpt, "test", k,
                                           os.path.join(d, f"test-K{k}.json"), b, after=[name])
+        # model selection starts after the warm-up: before it a fine-tuned model is the
+        # pretrained decoder with an encoder the KL term has not shaped yet (z unused), and on
+        # the 10% slice that model's ELBO is the best of the run (update 25 to 50)
+        cmds[-1] = cmds[-1] + ["--validate-after-updates", str(b["warmup"])]
         if init == "pretrained":
             cmds[0] = cmds[0] + ["--finetune-from-model", pretrained]
         jobs[name] = ptb.train_job(cmds, os.path.join(d, "train.log"),
