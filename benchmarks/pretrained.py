@@ -186,6 +186,8 @@ def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
 
 
 def main():
+    # the settings that start from scratch (ptb.py's "BART init" ones already fine-tune)
+    fine_tunable = [n for n, s in ptb.SETTINGS.items() if not s.get("bart_init")]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -197,7 +199,7 @@ def main():
     p.add_argument("--results",
                    default=os.path.join(ptb.REPO, "benchmarks", "results", "pretrained.md"),
                    help="the table (Markdown); the .json of the same name goes beside it")
-    p.add_argument("--setting", default=ptb.DEFAULT_SETTING, choices=[n for n, s in ptb.SETTINGS.items() if not s.get("bart_init")],
+    p.add_argument("--setting", default=ptb.DEFAULT_SETTING, choices=fine_tunable,
                    help="the VAE's KL remedy, a setting of benchmarks/ptb.py")
     p.add_argument("--remedies", default="BN-VAE gamma 1.0",
                    help="';'-separated settings of benchmarks/ptb.py also trained, scratch and "
@@ -218,10 +220,10 @@ def main():
                    help="why this K, for the report")
     args = p.parse_args()
     remedies = [n.strip() for n in args.remedies.split(";") if n.strip()]
-    unusable = [n for n in remedies if n not in p._option_string_actions["--setting"].choices]
+    unusable = [n for n in remedies if n not in fine_tunable]
     if unusable:
         p.error(f"--remedies: {unusable} are not settings a BART fine-tunes here; choose from "
-                f"{p._option_string_actions['--setting'].choices}")
+                f"{fine_tunable}")
     if not args.results.endswith(".md"):
         p.error(f"--results must name a .md file, got {args.results}")
     b = dict(ptb.BUDGETS[args.budget])
