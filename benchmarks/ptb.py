@@ -100,7 +100,7 @@ SETTINGS = {
         schedule="ramp", args=["--bn-vae-gamma", "1.0", "--latent-layer-memory"], kl_target=16.0,
         autoencoder_first=True),
     # fine-tuned from a BART denoising-pretrained on the same training text (--pretrained-bart,
-    # benchmarks/pretrained.sh's bart/checkpoint_best.pt): a decoder that already models the
+    # benchmarks/pretrained.sh's bart/checkpoint_last.pt, the one it fine-tunes): a decoder that already models the
     # language leaves room for a higher rate
     "BART init, fb 0.25": dict(schedule="cyclical", args=["--free-bits", "0.25"], kl_target=8.0,
                                bart_init=True),
@@ -270,7 +270,7 @@ def bart_pretraining(ckpt: str, data: str) -> dict:
 
     if not os.path.isfile(ckpt):
         sys.exit(f"--pretrained-bart {ckpt}: no such file (benchmarks/pretrained.sh writes "
-                 "one: <out>/bart/checkpoint_best.pt)")
+                 "one: <out>/bart/checkpoint_last.pt)")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     trained_on = state["cfg"]["task"]["data"]
     theirs, ours = os.path.join(trained_on, "dict.txt"), os.path.join(data, "dict.txt")
@@ -561,7 +561,7 @@ def main():
     p.add_argument("--settings", help="';'-separated setting names to train (see SETTINGS)")
     p.add_argument("--pretrained-bart", metavar="CKPT",
                    help="a BART denoising-pretrained on this corpus's training text (with "
-                   "benchmarks/pretrained.sh: <its out>/bart/checkpoint_best.pt); the \"BART "
+                   "benchmarks/pretrained.sh: <its out>/bart/checkpoint_last.pt); the \"BART "
                    "init\" settings fine-tune it, and are left out of --sweep without it")
     p.add_argument("--max-update", type=int, help="override the budget's update count")
     p.add_argument("--iw-samples", type=int, default=500,
