@@ -99,9 +99,9 @@ SETTINGS = {
     "AE, reset decoder, BN-VAE gamma 1.0, z in every layer": dict(
         schedule="ramp", args=["--bn-vae-gamma", "1.0", "--latent-layer-memory"], kl_target=16.0,
         autoencoder_first=True),
-    # fine-tuned from a BART denoising-pretrained on the same training text (--pretrained-bart,
-    # benchmarks/pretrained.sh's bart/checkpoint_last.pt, the one it fine-tunes): a decoder that already models the
-    # language leaves room for a higher rate
+    # fine-tuned from a BART denoising-pretrained on the same training text (--pretrained-bart:
+    # benchmarks/pretrained.sh's bart/checkpoint_last.pt, the one it fine-tunes itself): a
+    # decoder that already models the language leaves room for a higher rate
     "BART init, fb 0.25": dict(schedule="cyclical", args=["--free-bits", "0.25"], kl_target=8.0,
                                bart_init=True),
     "BART init, fb 0.5": dict(schedule="cyclical", args=["--free-bits", "0.5"], kl_target=16.0,
