@@ -1,12 +1,23 @@
 """Remedies that raise the latent's information: BN-VAE, decoder re-initialisation (Li et al.
-2019) and z in every decoder layer's memory, each checked against its definition."""
+2019), z in every decoder layer's memory and the bag-of-words loss (Zhao et al. 2017), each
+checked against its definition."""
+
+import re
 
 import torch
 import torch.nn.functional as F
-from conftest import build_tiny, encode_lines, random_sentences, run_tool, train_args
+from conftest import (
+    autoencoder_sample,
+    build_tiny,
+    encode_lines,
+    random_sentences,
+    run_tool,
+    train_args,
+)
 from fairseq import checkpoint_utils
 
 import fairseq_vae  # noqa: F401  (safe globals for torch.load)
+from fairseq_vae.criterions.elbo import bag_of_words_nll
 from fairseq_vae.models.bart_vae import DECODER_RESET_MARKER
 
 
@@ -164,3 +175,65 @@ def test_layer_memory_incremental_decoding_matches_the_full_forward(dict_dir):
     steps = [model.decoder(prev[:, : t + 1], encoder_out=encoder_out, incremental_state=state)[0]
              for t in range(prev.size(1))]  # fmt: skip
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_bag_of_words_nll_scores_every_token_with_one_distribution_per_sentence():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 11)
+    pad = 1
+    target = torch.tensor([[4, 7, 4, 2], [9, 2, pad, pad], [0, 10, 3, 2]])
+    expected = 0.0
+    for b in range(3):
+        words = torch.distributions.Categorical(logits=logits[b])
+        expected -= sum(words.log_prob(t) for t in target[b] if t != pad)
+    torch.testing.assert_close(bag_of_words_nll(logits, target, pad), expected)
+    # the order of a sentence's words does not matter
+    shuffled = target.clone()
+    shuffled[0] = target[0, [3, 1, 0, 2]]
+    torch.testing.assert_close(bag_of_words_nll(logits, shuffled, pad), expected)
+
+
+def test_bow_loss_is_added_to_the_training_loss_only(dict_dir):
+    task, model, args = build_tiny(dict_dir, "--bow-loss-weight", "0.5")
+    _, plain, plain_args = build_tiny(dict_dir)
+    # the same weights without the head: same z and the same -ELBO, no bag-of-words term
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "latent_bow" not in k})
+    sample = autoencoder_sample(task.source_dictionary, random_sentences(6, seed=11))
+    criterion, plain_criterion = task.build_criterion(args), task.build_criterion(plain_args)
+    for training in (True, False):
+        model.train(training)
+        plain.train(training)
+        torch.manual_seed(5)
+        loss, _, log = criterion(model, sample)
+        torch.manual_seed(5)
+        plain_loss, _, plain_log = plain_criterion(plain, sample)
+        if not training:  # the validation loss stays the plain -ELBO
+            torch.testing.assert_close(loss, plain_loss)
+            assert "bow" not in log
+            continue
+        torch.manual_seed(5)
+        net_input = sample["net_input"]
+        z = model.encoder(net_input["src_tokens"], net_input["src_lengths"])["z"][0]
+        pad = task.source_dictionary.pad()
+        bow = bag_of_words_nll(model.encoder.latent_bow(z), sample["target"], pad)
+        torch.testing.assert_close(log["bow"], bow)
+        torch.testing.assert_close(loss, plain_loss + 0.5 * bow)
+        # the term trains the encoder: its gradient reaches the posterior heads
+        model.zero_grad()
+        bow.backward()
+        assert model.encoder.mlp_mu[0].weight.grad.abs().sum() > 0
+
+
+def test_bow_loss_fine_tunes_a_checkpoint_without_the_head(data_bin, tiny_checkpoint, tmp_path):
+    out = run_tool("fairseq-train", *train_args(data_bin, tmp_path, "--max-update", "4",
+                                                "--bow-loss-weight", "1", "--log-interval", "1",
+                                                "--finetune-from-model", tiny_checkpoint))
+    fresh = "keep their fresh initialisation: encoder.latent_bow.weight, encoder.latent_bow.bias"
+    assert fresh in out
+    assert re.search(r"\bbow=[0-9.]+", out), out[-2000:]
+    # the saved model has the head and loads for evaluation, where it is not used
+    model = load_model(tmp_path / "checkpoint_last.pt")
+    assert model.encoder.latent_bow is not None
+    src, src_len = encode_lines(model.encoder.dictionary, random_sentences(2, seed=12))
+    extra = model(src, src_len, src)[1]
+    assert "bow_logits" not in extra

@@ -5,8 +5,9 @@ criterion::
 
     label-smoothed NLL summed over tokens + KL penalty summed over sentences
 
-where the KL penalty is ``beta * KL`` (beta from the task's schedule, optionally with free
-bits), or Burgess et al.'s capacity objective ``gamma * |KL - C|``. The validation ``loss`` is
+(plus ``W * bag-of-words NLL`` with the model's ``--bow-loss-weight W``), where the KL
+penalty is ``beta * KL`` (beta from the task's schedule, optionally with free bits), or
+Burgess et al.'s capacity objective ``gamma * |KL - C|``. The validation ``loss`` is
 the plain -ELBO (NLL without label smoothing + KL, beta = 1, no free bits or capacity), so the
 default best checkpoint (``--best-checkpoint-metric loss``) is the one with the best ELBO.
 
@@ -93,6 +94,15 @@ def free_bits_kl(kl: Tensor, free_bits: float, mode: str) -> Tensor:
     raise ValueError(f"--free-bits-mode must be batch or example, got {mode}")
 
 
+def bag_of_words_nll(logits: Tensor, target: Tensor, pad: int) -> Tensor:
+    """Zhao et al. (2017)'s bag-of-words loss, summed over the batch: -sum_b sum_t
+    log softmax(logits_b)[target_bt] over the non-pad target tokens (B x V logits from z,
+    B x T target), in fp32. One distribution per sentence scores all its tokens, so only
+    what z says about which words occur can lower it, never their order."""
+    lprobs = torch.log_softmax(logits.float(), dim=-1)
+    return -(lprobs.gather(1, target) * target.ne(pad)).sum()
+
+
 def capacity_at(update_num: int, capacity_max: float, capacity_updates: int) -> float:
     """C of the capacity objective: linear from 0 to C_max over N updates, then C_max."""
     if capacity_updates <= 0:
@@ -162,6 +172,10 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
             beta = self.beta
             penalty = beta * free_bits_kl(kl, self.free_bits, self.free_bits_mode)
         loss = smoothed_nll.float() + penalty
+        bow = None
+        if "bow_logits" in net_output[1]:  # the model adds them only in training
+            bow = bag_of_words_nll(net_output[1]["bow_logits"], sample["target"], self.padding_idx)
+            loss = loss + model.args.bow_loss_weight * bow
         # one scalar read per training step (the trainer reads the gradient norm each step
         # anyway); without it a NaN surfaces only as "gradients are Nan/Inf", naming no term
         if model.training and self.check_finite and not torch.isfinite(loss):
@@ -185,6 +199,8 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
         }
         if capacity is not None:
             logging_output["capacity"] = capacity * nsentences
+        if bow is not None:
+            logging_output["bow"] = bow.data
         if self.report_accuracy:
             n_correct, total = self.compute_accuracy(model, net_output, sample)
             logging_output["n_correct"] = utils.item(n_correct.data)
@@ -228,3 +244,6 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
         metrics.log_scalar("active_dims", total("active_dims") / nsentences, nsentences, round=1)
         if any("capacity" in log for log in logging_outputs):
             metrics.log_scalar("capacity", total("capacity") / nsentences, nsentences, round=3)
+        if any("bow" in log for log in logging_outputs):
+            # the bag-of-words NLL in nats per sentence (lower: z names more of the words)
+            metrics.log_scalar("bow", total("bow") / nsentences, nsentences, round=3)

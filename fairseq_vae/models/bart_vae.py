@@ -49,6 +49,7 @@ LATENT_MODULES = {
     "latent_memory",
     "latent_layer_memory",
     "latent_to_embed",
+    "latent_bow",
 }
 # latent modules that keep BART's small N(0, 0.02) init (see BARTVAEModel.__init__)
 BART_INIT_MODULES = {"latent_to_embed"}
@@ -163,6 +164,10 @@ class VAEEncoder(TransformerEncoder):
         self.mu_batch_norm = None
         if args.bn_vae_gamma > 0:
             self.mu_batch_norm = LatentBatchNorm(self.latent_dim, args.bn_vae_gamma)
+        # --bow-loss-weight: z's prediction of the sentence's words, order-free (training only)
+        self.latent_bow = None
+        if args.bow_loss_weight > 0:
+            self.latent_bow = nn.Linear(self.latent_dim, len(dictionary))
         if self.latent_fusion == "attention":
             # With z as the only key, every attention weight is 1 and the output is
             # out_proj(v_proj(z)) whatever the query: the seed's T-position memory holds T
@@ -408,6 +413,13 @@ class BARTVAEModel(BARTModel):
                             "the posterior mean with this fixed scale and a learned shift, so "
                             "every dimension's expected KL is at least G^2/2; evaluation uses "
                             "running statistics (default: 0, off)")
+        parser.add_argument("--bow-loss-weight", type=float, metavar="W",
+                            help="Zhao et al. (2017)'s bag-of-words loss: a linear layer reads "
+                            "every word of the sentence, in any order, from z alone, and W "
+                            "times its NLL is added to the training loss, so the encoder puts "
+                            "the words into z from the first updates; training only: the "
+                            "validation loss, evaluation and generation are the plain model "
+                            "(default: 0, off)")
         parser.add_argument("--reset-decoder", action="store_true",
                             help="Li et al. (2019): with --finetune-from-model, keep the "
                             "checkpoint's encoder and posterior heads but re-initialise the "
@@ -452,6 +464,10 @@ class BARTVAEModel(BARTModel):
         )
         for key in LATENT_KEYS:
             extra[key] = encoder_out[key][0]
+        if self.training and self.encoder.latent_bow is not None:
+            extra["bow_logits"] = self.encoder.latent_bow(
+                extra["z"].to(self.encoder.latent_bow.weight.dtype)
+            )  # B x V
         return x, extra
 
     def upgrade_state_dict_named(self, state_dict, name):
@@ -595,4 +611,5 @@ def vae_defaults(args):
     args.latent_layer_memory = getattr(args, "latent_layer_memory", False)
     args.word_dropout = getattr(args, "word_dropout", 0.0)
     args.bn_vae_gamma = getattr(args, "bn_vae_gamma", 0.0)
+    args.bow_loss_weight = getattr(args, "bow_loss_weight", 0.0)
     args.reset_decoder = getattr(args, "reset_decoder", False)
