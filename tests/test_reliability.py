@@ -251,9 +251,18 @@ def infinite_mu(module, inputs, output):
     return output
 
 
-@pytest.mark.parametrize("hook, term", [(nan_logits, "NLL is"), (infinite_mu, "KL is")])
-def test_non_finite_loss_names_the_term(dict_dir, hook, term):
-    task, model, args = build_tiny(dict_dir)
+def nan_bag_of_words(module, inputs, output):
+    if "bow_logits" in output[1]:  # training only
+        output[1]["bow_logits"] = output[1]["bow_logits"] * float("nan")
+    return output
+
+
+@pytest.mark.parametrize("hook, term, extra", [
+    (nan_logits, "NLL is", []), (infinite_mu, "KL is", []),
+    (nan_bag_of_words, "bag-of-words NLL is", ["--bow-loss-weight", "1"]),
+])  # fmt: skip
+def test_non_finite_loss_names_the_term(dict_dir, hook, term, extra):
+    task, model, args = build_tiny(dict_dir, *extra)
     criterion = task.build_criterion(args)
     sample = tiny_batch(task)
     model.train()
@@ -262,7 +271,9 @@ def test_non_finite_loss_names_the_term(dict_dir, hook, term):
     with pytest.raises(FloatingPointError, match=f"at update 0: {term} not finite"):
         criterion(model, sample)
     model.eval()  # validation only reports: no exception
-    assert not torch.isfinite(criterion(model, sample)[0])
+    validation_loss = criterion(model, sample)[0]
+    # the bag-of-words term is not part of the validation loss
+    assert torch.isfinite(validation_loss) == (hook is nan_bag_of_words)
 
 
 def test_diverging_fairseq_train_stops_and_names_the_term(data_bin, tmp_path):

@@ -206,7 +206,7 @@ def test_bow_loss_is_added_to_the_training_loss_only(dict_dir):
         torch.manual_seed(5)
         loss, _, log = criterion(model, sample)
         torch.manual_seed(5)
-        plain_loss, _, plain_log = plain_criterion(plain, sample)
+        plain_loss, _, _ = plain_criterion(plain, sample)
         if not training:  # the validation loss stays the plain -ELBO
             torch.testing.assert_close(loss, plain_loss)
             assert "bow" not in log

@@ -179,7 +179,9 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
         # one scalar read per training step (the trainer reads the gradient norm each step
         # anyway); without it a NaN surfaces only as "gradients are Nan/Inf", naming no term
         if model.training and self.check_finite and not torch.isfinite(loss):
-            raise FloatingPointError(self.non_finite_message(loss, nll, kl_sum, beta, capacity))
+            raise FloatingPointError(
+                self.non_finite_message(loss, nll, kl_sum, beta, capacity, bow)
+            )
 
         nsentences = sample["target"].size(0)
         ntokens = sample["ntokens"]
@@ -207,19 +209,22 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
             logging_output["total"] = utils.item(total.data)
         return loss, sample_size, logging_output
 
-    def non_finite_message(self, loss, nll, kl, beta, capacity) -> str:
+    def non_finite_message(self, loss, nll, kl, beta, capacity, bow=None) -> str:
         """Names the term of a non-finite training loss, for the FloatingPointError."""
         terms = {"NLL": nll.item(), "KL": kl.item()}
+        if bow is not None:
+            terms["bag-of-words NLL"] = bow.item()
         bad = [name for name, value in terms.items() if not math.isfinite(value)]
         if bad:
             culprit = " and ".join(bad) + (" are" if len(bad) > 1 else " is")
-        else:  # both finite: the penalty overflowed (a huge beta or gamma)
+        else:  # all finite: the penalty overflowed (a huge beta or gamma)
             culprit = "the KL penalty is"
         weight = f"C {capacity}" if capacity is not None else f"beta {beta}"
+        values = ", ".join(f"{name} {value:.6g}" for name, value in terms.items())
         return (
             f"training loss is {loss.item()} at update {self.update_num}: {culprit} not finite "
-            f"(NLL {terms['NLL']:.6g}, KL {terms['KL']:.6g} nats summed over the batch, "
-            f"{weight}); lower --lr, set --clip-norm, or train in fp32 or --bf16, not --fp16"
+            f"({values} nats summed over the batch, {weight}); lower --lr, set --clip-norm, or "
+            "train in fp32 or --bf16, not --fp16"
         )
 
     @classmethod
