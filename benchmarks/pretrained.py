@@ -40,6 +40,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ptb  # noqa: E402  (the corpus preparation, the job queue and the models' settings)
 
+from fairseq_vae.denoising import denoising_pretraining_args  # noqa: E402
+
 DATA_SIZES = {"full": 1.0, "10%": 0.1}
 SUBSET_SEED = 1
 # the issue's targets: on 10% of the data the fine-tuned model's IW-PPL at most 0.85 x the
@@ -48,27 +50,13 @@ PPL_RATIO = {"10%": 0.85, "full": 1.0}
 FLOOR = {"kl": 5.0, "mi": 3.0, "au": 16}
 
 
-def bart_dims(b: dict) -> list:
-    """bart_base at the VAE's (bart_vae_small's) dimensions, so every weight has a home."""
-    return [
-        "--encoder-embed-dim", str(b["dim"]), "--decoder-embed-dim", str(b["dim"]),
-        "--encoder-ffn-embed-dim", str(b["ffn"]), "--decoder-ffn-embed-dim", str(b["ffn"]),
-        "--encoder-layers", str(b["layers"]), "--decoder-layers", str(b["layers"]),
-        "--encoder-attention-heads", str(b["heads"]), "--decoder-attention-heads", str(b["heads"]),
-        "--max-source-positions", "256", "--max-target-positions", "256",
-    ]  # fmt: skip
-
-
 def pretrain_cmd(data: str, b: dict, save_dir: str, hours: float) -> list:
-    """BART's text-infilling objective (Lewis et al. 2020) with fairseq's denoising task."""
+    """BART's text-infilling objective (Lewis et al. 2020) with fairseq's denoising task, at the
+    VAE's (bart_vae_small's) dimensions."""
     return [
-        os.path.join(ptb.BIN, "fairseq-train"), data, "--task", "denoising", "--arch", "bart_base",
-        *bart_dims(b), "--criterion", "cross_entropy",
-        "--mask", "0.3", "--mask-random", "0.1", "--mask-length", "span-poisson",
-        "--poisson-lambda", "3.5", "--replace-length", "1",
-        "--permute-sentences", "0", "--rotate", "0", "--insert", "0",
-        "--tokens-per-sample", "256", "--sample-break-mode", "eos",
-    ] + ptb.common_train_args(b, 100000, save_dir) + ["--stop-time-hours", str(hours)]  # fmt: skip
+        os.path.join(ptb.BIN, "fairseq-train"), data,
+        *denoising_pretraining_args(b["dim"], b["ffn"], b["layers"], b["heads"]),
+    ] + ptb.common_train_args(b, 100000, save_dir) + ["--stop-time-hours", str(hours)]
 
 
 def subset_corpus(data_dir: str, out: str, fraction: float) -> str:

@@ -573,6 +573,9 @@ def main():
                    help="importance samples for the chosen point (default 500)")
     p.add_argument("--sweep-iw-samples", type=int, default=100,
                    help="importance samples for every other point (default 100)")
+    p.add_argument("--full-k", metavar="SETTINGS", default="",
+                   help="';'-separated settings also evaluated with --iw-samples beside the "
+                   "chosen point, e.g. the recipe you mean to use on this corpus")
     args = p.parse_args()
     if not args.results.endswith(".md"):
         p.error(f"--results must name a .md file, got {args.results}")
@@ -585,6 +588,10 @@ def main():
         unknown = [n for n in names if n not in SETTINGS]
         if unknown:
             p.error(f"--settings: unknown {unknown}; choose from {list(SETTINGS)}")
+    full_k = [n.strip() for n in args.full_k.split(";") if n.strip()]
+    if [n for n in full_k if n not in names]:
+        p.error(f"--full-k: {[n for n in full_k if n not in names]} are not among the settings "
+                f"trained: {names}")
     need_bart = [n for n in names if SETTINGS[n].get("bart_init")]
     if need_bart and not args.pretrained_bart:
         if args.settings:
@@ -628,12 +635,16 @@ def main():
         report = json.load(open(os.path.join(trained[name]["dir"], f"test-K{k}.json")))
         rows.append(vae_row(name, report, trained[name]))
     chosen = choose(rows[1:])
-    if chosen["iw_samples"] != args.iw_samples:
-        d = trained[chosen["setting"]]["dir"]
+    # the chosen point, then any --full-k setting, again with the full K (a row each)
+    for name in dict.fromkeys([chosen["setting"]] + full_k):
+        if k == args.iw_samples:
+            break  # one setting: its row already has the full K
+        d = trained[name]["dir"]
         report = vae_eval(data, os.path.join(d, "checkpoint_last.pt"), "test", args.iw_samples,
                           os.path.join(d, f"test-K{args.iw_samples}.json"), b)
-        chosen = vae_row(chosen["setting"], report, trained[chosen["setting"]])
-        rows.append(chosen)
+        rows.append(vae_row(name, report, trained[name]))
+        if name == chosen["setting"]:
+            chosen = rows[-1]
 
     table = results_markdown(args, b, corpus, rows, chosen, started, bart)
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)

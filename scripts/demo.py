@@ -18,40 +18,55 @@ import subprocess
 import sys
 import time
 
+from fairseq_vae.denoising import denoising_pretraining_args
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 
 # The demo model: 2+2 layers of width 128, a 32-dimensional z, trained on 2 CPU cores in
 # minutes. A short run on an easy corpus is where posterior collapse bites hardest: the decoder
 # learns the language long before the encoder has anything to say.
+# the optimisation, shared by every phase of every recipe
 COMMON = [
-    "--arch", "bart_vae_small", "--latent-dim", "32",
-    "--task", "text_vae", "--criterion", "elbo",
     "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "1e-3",
     "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "200",
     "--max-tokens", "4096", "--required-batch-size-multiple", "1",
     "--num-workers", "0", "--seed", "1",
 ]  # fmt: skip
+VAE = ["--arch", "bart_vae_small", "--latent-dim", "32", "--task", "text_vae", "--criterion", "elbo"]
 # Each recipe is a list of (phase name, fraction of the updates, fairseq-train options); a phase
 # after the first starts from the previous phase's checkpoint (--finetune-from-model).
 RECIPES = {
+    # a BART pretrained on the corpus with fairseq's denoising task (text infilling, at
+    # bart_vae_small's dimensions), then fine-tuned as the VAE with cyclical annealing and free
+    # bits 0.25: the pretrained encoder already separates sentences, so the same KL buys more
+    # information (benchmarks/ptb.py's "BART init" settings; README "Results")
+    "bart-init": [
+        ("BART's denoising pretraining (fairseq's denoising task)", 0.4,
+         denoising_pretraining_args(dim=128, ffn=512, layers=2, heads=4)),
+        ("the VAE fine-tuned from it: cyclical annealing, free bits 0.25", 0.6,
+         VAE + ["--kl-schedule", "cyclical", "--kl-cycles", "4", "--kl-zero-fraction", "0.25",
+                "--kl-ramp-fraction", "0.25", "--free-bits", "0.25"]),
+    ],
     # Li et al. (2019) with BN-VAE: half the updates train an autoencoder (beta = 0: the encoder
     # learns to carry the sentence), then the decoder is re-initialised and the VAE trains with
     # beta ramping to 1 while BN-VAE (gamma 1) keeps every dimension's KL at about 0.5 nats or
     # more; z also enters every decoder layer. The README compares it with "annealing".
     "pretrain-reset": [
-        ("the autoencoder (beta = 0)", 0.5, ["--kl-schedule", "constant", "--kl-beta-max", "0"]),
+        ("the autoencoder (beta = 0)", 0.5,
+         VAE + ["--kl-schedule", "constant", "--kl-beta-max", "0"]),
         ("the VAE: its encoder, a fresh decoder, BN-VAE and annealing", 0.5,
-         ["--reset-decoder", "--latent-layer-memory", "--bn-vae-gamma", "1.0",
-          "--kl-schedule", "monotonic", "--kl-ramp-fraction", "0.5"]),
+         VAE + ["--reset-decoder", "--latent-layer-memory", "--bn-vae-gamma", "1.0",
+                "--kl-schedule", "monotonic", "--kl-ramp-fraction", "0.5"]),
     ],
     # the earlier demo: an autoencoder phase inside one run (beta = 0 for the first half, a ramp
     # to 1 over the next quarter), word dropout, z also added to the input embeddings, and a
     # small free-bits floor
     "annealing": [
         ("the VAE with KL annealing", 1.0,
-         ["--latent-to-embeddings", "--kl-schedule", "monotonic", "--kl-zero-fraction", "0.5",
-          "--kl-ramp-fraction", "0.25", "--free-bits", "0.1", "--word-dropout", "0.3"]),
+         VAE + ["--latent-to-embeddings", "--kl-schedule", "monotonic",
+                "--kl-zero-fraction", "0.5", "--kl-ramp-fraction", "0.25", "--free-bits", "0.1",
+                "--word-dropout", "0.3"]),
     ],
 }  # fmt: skip
 # "annealing" stays the default: "pretrain-reset" holds three times the KL and more MI and BLEU,

@@ -8,6 +8,7 @@ import torch
 from conftest import ROOT, USER_DIR, run_tool
 
 import fairseq_vae  # noqa: F401  (its safe globals let torch.load read fairseq checkpoints)
+from fairseq_vae.denoising import denoising_pretraining_args
 
 SYNTH = os.path.join(ROOT, "data-bin", "synth")  # the shipped corpus
 
@@ -27,14 +28,12 @@ COMMON = ["--optimizer", "adam", "--max-tokens", "2000", "--num-workers", "0", "
 
 
 def pretrain_bart(data, save_dir, width, updates):
-    """BART's own pretraining objective (text infilling) with fairseq's denoising task."""
+    """BART's own pretraining objective (text infilling) with fairseq's denoising task, as the
+    demo's "bart-init" recipe and benchmarks/pretrained.py run it (bart_vae's 1024 positions)."""
     run_tool(
-        "fairseq-train", data, "--user-dir", USER_DIR, "--task", "denoising", "--arch", "bart_base",
-        *dims(width), "--criterion", "cross_entropy", "--mask", "0.3", "--mask-random", "0.1",
-        "--poisson-lambda", "3.5", "--mask-length", "span-poisson", "--replace-length", "1",
-        # text infilling only, as benchmarks/pretrained.py: one sentence a line
-        "--permute-sentences", "0", "--rotate", "0", "--insert", "0",
-        "--tokens-per-sample", "64", "--sample-break-mode", "eos", "--lr", "3e-3",
+        "fairseq-train", data, "--user-dir", USER_DIR,
+        *denoising_pretraining_args(dim=width, ffn=2 * width, layers=1, heads=2, positions=1024),
+        "--dropout", "0", "--attention-dropout", "0", "--lr", "3e-3",
         "--max-update", str(updates), "--save-dir", save_dir, "--disable-validation", *COMMON,
         # its prefetch thread, left running when training stops mid-epoch, aborts at exit
         "--data-buffer-size", "0",
