@@ -199,6 +199,9 @@ def main():
                    "budget's, as benchmarks/ptb.py)")
     p.add_argument("--subset-updates", type=int,
                    help="updates on the 10%% slice (default: half the full updates)")
+    p.add_argument("--pretrain-only", action="store_true",
+                   help="run only the denoising pretraining (for benchmarks/ptb.py's "
+                   "--pretrained-bart <out>/bart/checkpoint_last.pt), not the comparison")
     p.add_argument("--report", action="store_true",
                    help="write the table from what earlier runs finished, running nothing")
     p.add_argument("--iw-samples", type=int, default=100,
@@ -272,6 +275,10 @@ def main():
                                    after=["pretrain"] if init == "pretrained" else [])
         jobs[f"eval {name}"] = evaluation
         models[(setting, init, size)] = (d, evaluation)
+    if args.pretrain_only:
+        ptb.run_queue({"pretrain": jobs["pretrain"]}, slots=1)
+        ptb.log(f"pretrained BART: {pretrained}")
+        return
     if not args.report:
         ptb.run_queue(jobs, slots=2 if b["parallel"] else 1)
     pending = [n for n, j in jobs.items() if not os.path.isfile(j["done"])]
