@@ -101,9 +101,9 @@ SETTINGS = {
         autoencoder_first=True),
     # fine-tuned from a BART denoising-pretrained on the same training text (--pretrained-bart:
     # benchmarks/pretrained.sh's bart/checkpoint_last.pt, the one it fine-tunes itself): a
-    # decoder that already models the language leaves room for a higher rate
-    # a lower rate: on short, predictable sentences the autoregressive decoder infers most of
-    # what z would say from the prefix, and every nat of floor above what z earns costs
+    # decoder that already models the language leaves room for a higher rate. Free bits 0.1 is
+    # the low rate for short, predictable sentences, where the autoregressive decoder infers
+    # most of what z would say from the prefix and every nat of floor above what z earns costs
     # likelihood
     "BART init, fb 0.1": dict(schedule="cyclical", args=["--free-bits", "0.1"], kl_target=3.2,
                               bart_init=True),
@@ -635,10 +635,9 @@ def main():
         report = json.load(open(os.path.join(trained[name]["dir"], f"test-K{k}.json")))
         rows.append(vae_row(name, report, trained[name]))
     chosen = choose(rows[1:])
-    # the chosen point, then any --full-k setting, again with the full K (a row each)
-    for name in dict.fromkeys([chosen["setting"]] + full_k):
-        if k == args.iw_samples:
-            break  # one setting: its row already has the full K
+    # the chosen point, then any --full-k setting, again with the full K (a row each); with one
+    # setting its row already has the full K
+    for name in dict.fromkeys([chosen["setting"]] + full_k if k != args.iw_samples else []):
         d = trained[name]["dir"]
         report = vae_eval(data, os.path.join(d, "checkpoint_last.pt"), "test", args.iw_samples,
                           os.path.join(d, f"test-K{args.iw_samples}.json"), b)
