@@ -237,3 +237,25 @@ def test_bow_loss_fine_tunes_a_checkpoint_without_the_head(data_bin, tiny_checkp
     src, src_len = encode_lines(model.encoder.dictionary, random_sentences(2, seed=12))
     extra = model(src, src_len, src)[1]
     assert "bow_logits" not in extra
+
+
+def test_untied_encoder_embeddings_train_apart_from_the_decoders(data_bin, tiny_checkpoint,
+                                                                   tmp_path):
+    # fine-tuned from a checkpoint with BART's one shared table: both copies start from it
+    out = run_tool("fairseq-train", *train_args(data_bin, tmp_path, "--max-update", "4",
+                                                "--untie-encoder-embeddings",
+                                                "--finetune-from-model", tiny_checkpoint))
+    assert "done training" in out
+    tied = torch.load(tiny_checkpoint, map_location="cpu")["model"]
+    assert torch.equal(tied["encoder.embed_tokens.weight"], tied["decoder.embed_tokens.weight"])
+    state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["model"]
+    encoder, decoder = state["encoder.embed_tokens.weight"], state["decoder.embed_tokens.weight"]
+    # the decoder's input and output embeddings are still one table ...
+    assert torch.equal(decoder, state["decoder.output_projection.weight"])
+    # ... and the encoder's is its own: both moved from the shared start, to different values
+    assert not torch.equal(encoder, tied["encoder.embed_tokens.weight"])
+    assert not torch.equal(decoder, tied["decoder.embed_tokens.weight"])
+    assert not torch.equal(encoder, decoder)
+    model = load_model(tmp_path / "checkpoint_last.pt")
+    assert model.encoder.embed_tokens.weight is not model.decoder.embed_tokens.weight
+    torch.testing.assert_close(model.encoder.embed_tokens.weight, encoder)

@@ -420,6 +420,12 @@ class BARTVAEModel(BARTModel):
                             "the words into z from the first updates; training only: the "
                             "validation loss, evaluation and generation are the plain model "
                             "(default: 0, off)")
+        parser.add_argument("--untie-encoder-embeddings", action="store_true",
+                            help="give the encoder its own token embeddings instead of BART's "
+                            "one table shared with the decoder: a language model's embeddings "
+                            "make words that can stand in each other's place nearly equal "
+                            "('great' and 'horrible'), and the encoder then cannot tell them "
+                            "apart (the decoder's input and output embeddings stay tied)")
         parser.add_argument("--reset-decoder", action="store_true",
                             help="Li et al. (2019): with --finetune-from-model, keep the "
                             "checkpoint's encoder and posterior heads but re-initialise the "
@@ -613,3 +619,7 @@ def vae_defaults(args):
     args.bn_vae_gamma = getattr(args, "bn_vae_gamma", 0.0)
     args.bow_loss_weight = getattr(args, "bow_loss_weight", 0.0)
     args.reset_decoder = getattr(args, "reset_decoder", False)
+    args.untie_encoder_embeddings = getattr(args, "untie_encoder_embeddings", False)
+    if args.untie_encoder_embeddings:
+        # the decoder keeps its input embeddings tied to its output layer
+        args.share_all_embeddings = False
