@@ -424,7 +424,7 @@ class BARTVAEModel(BARTModel):
                             help="give the encoder its own token embeddings instead of BART's "
                             "one table shared with the decoder: a language model's embeddings "
                             "make words that can stand in each other's place nearly equal "
-                            "('great' and 'horrible'), and the encoder then cannot tell them "
+                            "('great' and 'horrible'), and the encoder then can hardly tell them "
                             "apart (the decoder's input and output embeddings stay tied)")
         parser.add_argument("--reset-decoder", action="store_true",
                             help="Li et al. (2019): with --finetune-from-model, keep the "
