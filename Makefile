@@ -25,7 +25,10 @@ $(STAMP): setup.py requirements.txt
 demo: install
 	$(PY) scripts/demo.py
 
+# ruff's settings are in pyproject.toml
 test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q tests
 
 clean-venv:

@@ -9,7 +9,12 @@ setup(
     # torch 2.6: torch.load's weights_only and add_safe_globals as fairseq_vae/checkpoint_safety.py
     # uses them (weights_only passed explicitly always wins over TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD)
     install_requires=[
-        "fairseq-fixed", "torch>=2.6", "sentencepiece", "sacrebleu", "scikit-learn", "matplotlib",
+        "fairseq-fixed",
+        "torch>=2.6",
+        "sentencepiece",
+        "sacrebleu",
+        "scikit-learn",
+        "matplotlib",
         "safetensors",
     ],
     extras_require={"test": ["pytest", "transformers", "tokenizers"]},

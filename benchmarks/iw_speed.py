@@ -92,11 +92,15 @@ def main():
     worst = ((batched - looped).abs() / looped.abs()).max().item()
     pairs = mu.size(0) * args.iw_samples
     device = "cuda" if use_cuda else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"IW-NLL of {mu.size(0)} sentences x K={args.iw_samples} samples on {device}; "
-          f"mean IW-NLL {-batched.mean().item():.3f} nats, batched vs loop differ by at most "
-          f"{worst:.1e} relative")  # fmt: skip
-    print(f"batched (chunks of {args.iw_chunk}): {batched_s:8.3f} s  "
-          f"({pairs / batched_s:9.1f} samples/s)")  # fmt: skip
+    print(
+        f"IW-NLL of {mu.size(0)} sentences x K={args.iw_samples} samples on {device}; "
+        f"mean IW-NLL {-batched.mean().item():.3f} nats, batched vs loop differ by at most "
+        f"{worst:.1e} relative"
+    )
+    print(
+        f"batched (chunks of {args.iw_chunk}): {batched_s:8.3f} s  "
+        f"({pairs / batched_s:9.1f} samples/s)"
+    )
     print(f"one sample at a time:  {loop_s:8.3f} s  ({pairs / loop_s:9.1f} samples/s)")
     print(f"speed-up: {loop_s / batched_s:.1f}x")
 

@@ -20,6 +20,7 @@ reconstructing the same number of sentences with the same greedy search:
 """
 
 import argparse
+import functools
 import os
 import resource
 import statistics
@@ -33,21 +34,49 @@ from fairseq.data import iterators
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = {  # the VAE architecture and BART's architecture of the same dimensions
-    "small": ("bart_vae_small", "bart_base", ["--encoder-embed-dim", "128",
-              "--encoder-ffn-embed-dim", "512", "--encoder-layers", "2", "--decoder-layers", "2",
-              "--encoder-attention-heads", "4", "--decoder-attention-heads", "4"]),
+    "small": (
+        "bart_vae_small",
+        "bart_base",
+        [
+            "--encoder-embed-dim",
+            "128",
+            "--encoder-ffn-embed-dim",
+            "512",
+            "--encoder-layers",
+            "2",
+            "--decoder-layers",
+            "2",
+            "--encoder-attention-heads",
+            "4",
+            "--decoder-attention-heads",
+            "4",
+        ],
+    ),
     "base": ("bart_vae", "bart_base", []),
-}  # fmt: skip
+}
 
 
 def build(arch, criterion, data, extra):
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(
         parser,
-        [data, "--user-dir", os.path.join(ROOT, "fairseq_vae"), "--task", "text_vae",
-         "--arch", arch, "--criterion", criterion, "--max-update", "1000",
-         "--kl-schedule", "constant", *extra],
-    )  # fmt: skip
+        [
+            data,
+            "--user-dir",
+            os.path.join(ROOT, "fairseq_vae"),
+            "--task",
+            "text_vae",
+            "--arch",
+            arch,
+            "--criterion",
+            criterion,
+            "--max-update",
+            "1000",
+            "--kl-schedule",
+            "constant",
+            *extra,
+        ],
+    )
     task = tasks.setup_task(args)
     torch.manual_seed(1)
     model = task.build_model(args)
@@ -90,10 +119,22 @@ def rss_mib() -> float:
 def cpu_peak_training_memory(args, name) -> float:
     """MiB: peak RSS of a child that builds one model and trains it, less its RSS before."""
     out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--data", args.data, "--shape", args.shape,
-         "--max-tokens", str(args.max_tokens), "--peak-memory-of", name],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--data",
+            args.data,
+            "--shape",
+            args.shape,
+            "--max-tokens",
+            str(args.max_tokens),
+            "--peak-memory-of",
+            name,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return float(out.strip().splitlines()[-1])
 
 
@@ -131,7 +172,10 @@ def generation_speed(task, models, args, device, fixed_len):
             sample = iterators.utils.move_to_cuda(sample)
         with torch.no_grad():
             hypos = generator.generate([model], sample)  # warm-up
-            t = min(timed(lambda: generator.generate([model], sample), device) for _ in range(3))
+            t = min(
+                timed(functools.partial(generator.generate, [model], sample), device)
+                for _ in range(3)
+            )
         speed[name] = len(sample["id"]) / t
         lengths[name] = statistics.mean(len(h[0]["tokens"]) for h in hypos)
         if name == "bart_vae":
@@ -148,11 +192,16 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=2048)
     parser.add_argument("--generate", type=int, default=64, help="sentences to generate")
-    parser.add_argument("--gen-len", type=int, default=20,
-                        help="tokens per sentence of the fixed-length generation")
-    parser.add_argument("--train-updates", type=int, default=0,
-                        help="untimed updates of each model (lr 1e-3) before the natural-length "
-                        "generation; 0 skips it")
+    parser.add_argument(
+        "--gen-len", type=int, default=20, help="tokens per sentence of the fixed-length generation"
+    )
+    parser.add_argument(
+        "--train-updates",
+        type=int,
+        default=0,
+        help="untimed updates of each model (lr 1e-3) before the natural-length "
+        "generation; 0 skips it",
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--peak-memory-of", choices=["bart_vae", "bart"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -173,7 +222,7 @@ def main():
         return
 
     optimizers, peak = {}, {name: 0.0 for name in models}
-    for name, (model, crit) in models.items():
+    for name, (model, _) in models.items():
         model.to(device).train()
         optimizers[name] = torch.optim.Adam(model.parameters(), lr=1e-4)
     times = {name: [] for name in models}
@@ -183,8 +232,10 @@ def main():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
-            t = timed(lambda: train_update(model, crit, optimizers[name], sample, device, dtype),
-                      device)  # fmt: skip
+            update = functools.partial(
+                train_update, model, crit, optimizers[name], sample, device, dtype
+            )
+            t = timed(update, device)
             if device.type == "cuda":
                 peak[name] = max(peak[name], (torch.cuda.max_memory_allocated() - base) / 2**20)
             if i >= args.warmup:
@@ -195,7 +246,7 @@ def main():
     fixed, fixed_len = generation_speed(vae_task, models, args, device, args.gen_len)
     natural = None
     if args.train_updates:
-        for name, (model, crit) in models.items():
+        for name in models:
             for group in optimizers[name].param_groups:
                 group["lr"] = 1e-3
         epoch = batches(vae_task, "train", args.max_tokens, args.train_updates)
@@ -207,9 +258,11 @@ def main():
 
     vae_ms = statistics.median(times["bart_vae"]) * 1000
     bart_ms = statistics.median(times["bart"]) * 1000
-    print(f"shape {args.shape} on {device.type} ({dtype}), {args.updates} timed updates of "
-          f"{args.max_tokens} tokens after {args.warmup} warm-up, alternating; "
-          f"{args.generate} sentences generated greedily")  # fmt: skip
+    print(
+        f"shape {args.shape} on {device.type} ({dtype}), {args.updates} timed updates of "
+        f"{args.max_tokens} tokens after {args.warmup} warm-up, alternating; "
+        f"{args.generate} sentences generated greedily"
+    )
     print(f"{'':<34}{'bart_vae':>10}{'bart':>10}{'ratio':>8}")
     rows = [
         ("ms per update (median)", vae_ms, bart_ms),
@@ -217,8 +270,13 @@ def main():
         (f"sent/s, fixed length {args.gen_len}", fixed["bart_vae"], fixed["bart"]),
     ]
     if natural:
-        rows.append((f"sent/s, natural length, {args.train_updates} upd.",
-                     natural["bart_vae"], natural["bart"]))  # fmt: skip
+        rows.append(
+            (
+                f"sent/s, natural length, {args.train_updates} upd.",
+                natural["bart_vae"],
+                natural["bart"],
+            )
+        )
         rows.append(("  mean output length", natural_len["bart_vae"], natural_len["bart"]))
     for label, a, b in rows:
         print(f"{label:<34}{a:10.1f}{b:10.1f}{a / b:8.3f}")

@@ -20,8 +20,9 @@ all of a word-level corpus (Penn Treebank by default) and on a 10% slice of its 
 3. Train benchmarks/ptb.py's transformer_lm of the same decoder size on the same data and
    updates: the reference line.
 4. Evaluate every model's checkpoint_best.pt (lowest validation loss from the end of the
-   warm-up on: the 10% runs see each sentence dozens of times) on the test split: fairseq-vae-eval (IW-PPL per word with K
-   importance samples, -ELBO, KL, MI, AU, reconstruction BLEU) and fairseq-eval-lm.
+   warm-up on: the 10% runs see each sentence dozens of times) on the test split:
+   fairseq-vae-eval (IW-PPL per word with K importance samples, -ELBO, KL, MI, AU,
+   reconstruction BLEU) and fairseq-eval-lm.
 
 Jobs run two at a time with one thread each (2 cores). Everything is written under --out
 (default benchmarks/runs/pretrained-<budget>, ignored by git); a rerun skips every training and
@@ -53,10 +54,15 @@ FLOOR = {"kl": 5.0, "mi": 3.0, "au": 16}
 def pretrain_cmd(data: str, b: dict, save_dir: str, hours: float) -> list:
     """BART's text-infilling objective (Lewis et al. 2020) with fairseq's denoising task, at the
     VAE's (bart_vae_small's) dimensions."""
-    return [
-        os.path.join(ptb.BIN, "fairseq-train"), data,
-        *denoising_pretraining_args(b["dim"], b["ffn"], b["layers"], b["heads"]),
-    ] + ptb.common_train_args(b, 100000, save_dir) + ["--stop-time-hours", str(hours)]
+    return (
+        [
+            os.path.join(ptb.BIN, "fairseq-train"),
+            data,
+            *denoising_pretraining_args(b["dim"], b["ffn"], b["layers"], b["heads"]),
+        ]
+        + ptb.common_train_args(b, 100000, save_dir)
+        + ["--stop-time-hours", str(hours)]
+    )
 
 
 def subset_corpus(data_dir: str, out: str, fraction: float) -> str:
@@ -66,7 +72,9 @@ def subset_corpus(data_dir: str, out: str, fraction: float) -> str:
     os.makedirs(dest, exist_ok=True)
     with open(os.path.join(data_dir, "train.txt"), encoding="utf-8") as f:
         lines = f.readlines()
-    keep = sorted(random.Random(SUBSET_SEED).sample(range(len(lines)), round(fraction * len(lines))))
+    keep = sorted(
+        random.Random(SUBSET_SEED).sample(range(len(lines)), round(fraction * len(lines)))
+    )
     with open(os.path.join(dest, "train.txt"), "w", encoding="utf-8") as f:
         f.writelines(lines[i] for i in keep)
     for split in ("valid", "test"):
@@ -100,12 +108,24 @@ def checks(rows: list) -> list:
         if set(by) != {"pretrained", "scratch"}:
             continue
         pre, scratch, ratio = by["pretrained"], by["scratch"], PPL_RATIO[data]
-        out.append((data, setting, f"pretrained IW-PPL {pre['ppl_word']:.1f} <= {ratio} x "
-                    f"scratch's {scratch['ppl_word']:.1f}",
-                    pre["ppl_word"] <= ratio * scratch["ppl_word"]))
+        out.append(
+            (
+                data,
+                setting,
+                f"pretrained IW-PPL {pre['ppl_word']:.1f} <= {ratio} x "
+                f"scratch's {scratch['ppl_word']:.1f}",
+                pre["ppl_word"] <= ratio * scratch["ppl_word"],
+            )
+        )
         for init, r in by.items():
-            out.append((data, setting, f"{init}: KL >= 5, MI >= 3, AU >= 16",
-                        all(r[k] >= v for k, v in FLOOR.items())))
+            out.append(
+                (
+                    data,
+                    setting,
+                    f"{init}: KL >= 5, MI >= 3, AU >= 16",
+                    all(r[k] >= v for k, v in FLOOR.items()),
+                )
+            )
     return out
 
 
@@ -118,8 +138,10 @@ def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
         f"Machine: {ptb.machine()}.",
         "",
         f"Corpus `{name}` (`{args.data}`): "
-        + ", ".join(f"{s} {c['sentences']} sentences / {c['tokens']} tokens"
-                    for s, c in corpus["splits"].items())
+        + ", ".join(
+            f"{s} {c['sentences']} sentences / {c['tokens']} tokens"
+            for s, c in corpus["splits"].items()
+        )
         + f"; the 10% slice: {corpus['subset_sentences']} training sentences. Test split; PPL "
         "per word (+1 end of sentence); NLL, -ELBO, KL and MI in nats per sentence; "
         f"K importance samples ({args.iw_reason}).",
@@ -135,103 +157,149 @@ def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
             f"| {r['ppl_word']:.2f} | {r['iw_nll']:.2f} | {r['neg_elbo']:.2f} | {r['kl']:.2f} "
             f"| {r['mi']:.2f} | {r['au']}/{ptb.LATENT_DIM} | {r['recon_bleu']:.2f} "
             f"| {r['updates']} | {fmt(r['best_update'], 'd')} | {r['train_min']:.1f} "
-            f"| {fmt(lm.get(r['data'], {}).get('ppl_word'), '.2f')} |")
-    lines += ["", "\"best at\": the update of checkpoint_best.pt, the one evaluated.", "",
-              "Targets:"]
-    lines += [f"- {data}, {setting}: {what}: {'met' if met else 'missed'}"
-              for data, setting, what, met in checks(rows)]
+            f"| {fmt(lm.get(r['data'], {}).get('ppl_word'), '.2f')} |"
+        )
+    lines += ["", '"best at": the update of checkpoint_best.pt, the one evaluated.', "", "Targets:"]
     lines += [
-        "",
-        "## Settings",
-        "",
-        f"- Pretraining: `fairseq-train --task denoising --arch bart_base` at the VAE's "
-        f"dimensions ({b['layers']}+{b['layers']} layers, width {b['dim']}, FFN {b['ffn']}, "
-        f"{b['heads']} heads, 256 positions): text infilling, 30% of the tokens masked in "
-        "Poisson(3.5)-long spans, each span one `<mask>` (10% a random word), no sentence "
-        f"permutation, no rotation; all of the training text; {pretrain['updates']} updates in "
-        f"{pretrain['minutes']:.1f} min of training (--stop-time-hours {args.pretrain_hours}, one "
-        f"thread); last validation loss {fmt(pretrain['valid_loss'], '.3f')} bits per token.",
-        f"- VAE, both inits: `--arch {b['vae_arch']}`, with the settings (KL remedies) of "
-        "benchmarks/ptb.py below; fine-tuned: the same command with `--finetune-from-model` "
-        "the pretrained checkpoint.",
-    ] + [
-        f"  - {name}{' (main setting: both data sizes)' if name == args.setting else ''}: "
-        f"`{' '.join(ptb.setting_args(ptb.SETTINGS[name]))}`"
-        for name in dict.fromkeys([args.setting] + [r["setting"] for r in rows])
-    ] + [
-        f"- Training, every model: Adam (0.9, 0.98), lr {b['lr']}, inverse_sqrt with "
-        f"{b['warmup']} warm-up updates, --max-tokens {b['max_tokens']}, dropout 0.1, seed "
-        f"{ptb.SEED}; {args.full_updates} updates on all the data, {args.subset_updates} on the "
-        "10% slice (its text binarised with the full text's dictionary); two jobs at a time "
-        "with one thread each. checkpoint_best.pt (lowest validation loss, validating from "
-        f"update {b['warmup']}, the end of the warm-up: `--validate-after-updates`) is "
-        "evaluated.",
-        "- LM PPL: benchmarks/ptb.py's transformer_lm (the VAE decoder's size) trained on the "
-        "same data for the same updates, `fairseq-eval-lm --sample-break-mode eos`.",
-        "",
+        f"- {data}, {setting}: {what}: {'met' if met else 'missed'}"
+        for data, setting, what, met in checks(rows)
     ]
+    lines += (
+        [
+            "",
+            "## Settings",
+            "",
+            f"- Pretraining: `fairseq-train --task denoising --arch bart_base` at the VAE's "
+            f"dimensions ({b['layers']}+{b['layers']} layers, width {b['dim']}, FFN {b['ffn']}, "
+            f"{b['heads']} heads, 256 positions): text infilling, 30% of the tokens masked in "
+            "Poisson(3.5)-long spans, each span one `<mask>` (10% a random word), no sentence "
+            "permutation, no rotation; all of the training text; "
+            f"{pretrain['updates']} updates in {pretrain['minutes']:.1f} min of training "
+            f"(--stop-time-hours {args.pretrain_hours}, one thread); last validation loss "
+            f"{fmt(pretrain['valid_loss'], '.3f')} bits per token.",
+            f"- VAE, both inits: `--arch {b['vae_arch']}`, with the settings (KL remedies) of "
+            "benchmarks/ptb.py below; fine-tuned: the same command with `--finetune-from-model` "
+            "the pretrained checkpoint.",
+        ]
+        + [
+            f"  - {name}{' (main setting: both data sizes)' if name == args.setting else ''}: "
+            f"`{' '.join(ptb.setting_args(ptb.SETTINGS[name]))}`"
+            for name in dict.fromkeys([args.setting] + [r["setting"] for r in rows])
+        ]
+        + [
+            f"- Training, every model: Adam (0.9, 0.98), lr {b['lr']}, inverse_sqrt with "
+            f"{b['warmup']} warm-up updates, --max-tokens {b['max_tokens']}, dropout 0.1, seed "
+            f"{ptb.SEED}; {args.full_updates} updates on all the data, {args.subset_updates} on "
+            "the 10% slice (its text binarised with the full text's dictionary); two jobs at a "
+            "time with one thread each. checkpoint_best.pt (lowest validation loss, validating "
+            f"from update {b['warmup']}, the end of the warm-up: `--validate-after-updates`) is "
+            "evaluated.",
+            "- LM PPL: benchmarks/ptb.py's transformer_lm (the VAE decoder's size) trained on the "
+            "same data for the same updates, `fairseq-eval-lm --sample-break-mode eos`.",
+            "",
+        ]
+    )
     return "\n".join(lines)
 
 
 def main():
     # the settings that start from scratch (ptb.py's "BART init" ones already fine-tune)
     fine_tunable = [n for n, s in ptb.SETTINGS.items() if not s.get("bart_init")]
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--budget", choices=sorted(ptb.BUDGETS), default="cpu")
-    p.add_argument("--data", default=os.path.join("..", "shared", "data", "ptb"),
-                   help="folder with a word-level corpus's train.txt, valid.txt and test.txt "
-                   "(relative to the current folder; default ../shared/data/ptb)")
+    p.add_argument(
+        "--data",
+        default=os.path.join("..", "shared", "data", "ptb"),
+        help="folder with a word-level corpus's train.txt, valid.txt and test.txt "
+        "(relative to the current folder; default ../shared/data/ptb)",
+    )
     p.add_argument("--out", help="working folder (default benchmarks/runs/pretrained-<budget>)")
-    p.add_argument("--results",
-                   default=os.path.join(ptb.REPO, "benchmarks", "results", "pretrained.md"),
-                   help="the table (Markdown); the .json of the same name goes beside it")
-    p.add_argument("--setting", default=ptb.DEFAULT_SETTING, choices=fine_tunable,
-                   help="the VAE's KL remedy, a setting of benchmarks/ptb.py")
-    p.add_argument("--remedies", default="BN-VAE gamma 1.0",
-                   help="';'-separated settings of benchmarks/ptb.py also trained, scratch and "
-                   "fine-tuned, on the 10%% slice, where the default setting's latent collapses "
-                   "(default: BN-VAE gamma 1.0; '' for none)")
-    p.add_argument("--pretrain-hours", type=float, default=0.75,
-                   help="training time of the denoising pretraining (default 0.75)")
-    p.add_argument("--full-updates", type=int, help="updates on all the data (default: the "
-                   "budget's, as benchmarks/ptb.py)")
-    p.add_argument("--subset-updates", type=int,
-                   help="updates on the 10%% slice (default: half the full updates)")
-    p.add_argument("--pretrain-only", action="store_true",
-                   help="run only the denoising pretraining (for benchmarks/ptb.py's "
-                   "--pretrained-bart <out>/bart/checkpoint_last.pt), not the comparison")
-    p.add_argument("--report", action="store_true",
-                   help="write the table from what earlier runs finished, running nothing")
-    p.add_argument("--iw-samples", type=int, default=100,
-                   help="importance samples (default 100)")
-    p.add_argument("--iw-reason", default="K=100: K=500 takes about 35 min a model on PTB test "
-                   "on these 2 cores, K=100 about a fifth of that",
-                   help="why this K, for the report")
+    p.add_argument(
+        "--results",
+        default=os.path.join(ptb.REPO, "benchmarks", "results", "pretrained.md"),
+        help="the table (Markdown); the .json of the same name goes beside it",
+    )
+    p.add_argument(
+        "--setting",
+        default=ptb.DEFAULT_SETTING,
+        choices=fine_tunable,
+        help="the VAE's KL remedy, a setting of benchmarks/ptb.py",
+    )
+    p.add_argument(
+        "--remedies",
+        default="BN-VAE gamma 1.0",
+        help="';'-separated settings of benchmarks/ptb.py also trained, scratch and "
+        "fine-tuned, on the 10%% slice, where the default setting's latent collapses "
+        "(default: BN-VAE gamma 1.0; '' for none)",
+    )
+    p.add_argument(
+        "--pretrain-hours",
+        type=float,
+        default=0.75,
+        help="training time of the denoising pretraining (default 0.75)",
+    )
+    p.add_argument(
+        "--full-updates",
+        type=int,
+        help="updates on all the data (default: the budget's, as benchmarks/ptb.py)",
+    )
+    p.add_argument(
+        "--subset-updates",
+        type=int,
+        help="updates on the 10%% slice (default: half the full updates)",
+    )
+    p.add_argument(
+        "--pretrain-only",
+        action="store_true",
+        help="run only the denoising pretraining (for benchmarks/ptb.py's "
+        "--pretrained-bart <out>/bart/checkpoint_last.pt), not the comparison",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="write the table from what earlier runs finished, running nothing",
+    )
+    p.add_argument("--iw-samples", type=int, default=100, help="importance samples (default 100)")
+    p.add_argument(
+        "--iw-reason",
+        default="K=100: K=500 takes about 35 min a model on PTB test "
+        "on these 2 cores, K=100 about a fifth of that",
+        help="why this K, for the report",
+    )
     args = p.parse_args()
     remedies = [n.strip() for n in args.remedies.split(";") if n.strip()]
     unusable = [n for n in remedies if n not in fine_tunable]
     if unusable:
-        p.error(f"--remedies: {unusable} are not settings a BART fine-tunes here; choose from "
-                f"{fine_tunable}")
+        p.error(
+            f"--remedies: {unusable} are not settings a BART fine-tunes here; choose from "
+            f"{fine_tunable}"
+        )
     if not args.results.endswith(".md"):
         p.error(f"--results must name a .md file, got {args.results}")
     b = dict(ptb.BUDGETS[args.budget])
     args.full_updates = args.full_updates or b["max_update"]
     args.subset_updates = args.subset_updates or args.full_updates // 2
-    out = os.path.abspath(args.out or os.path.join(ptb.REPO, "benchmarks", "runs",
-                                                   f"pretrained-{args.budget}"))
+    out = os.path.abspath(
+        args.out or os.path.join(ptb.REPO, "benchmarks", "runs", f"pretrained-{args.budget}")
+    )
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     if not os.path.isdir(args.data):
         p.error(f"--data {args.data}: no such folder")
-    corpus = {"name": os.path.basename(os.path.abspath(args.data)), "data": args.data,
-              "splits": ptb.corpus_stats(args.data)}
+    corpus = {
+        "name": os.path.basename(os.path.abspath(args.data)),
+        "data": args.data,
+        "splits": ptb.corpus_stats(args.data),
+    }
     data = {"full": ptb.prepare(args.data, out)}
     subset = subset_corpus(args.data, out, DATA_SIZES["10%"])
     corpus["subset_sentences"] = ptb.corpus_stats(subset)["train"]["sentences"]
-    data["10%"] = ptb.prepare(subset, out, "data-bin-10pct",
-                              srcdict=os.path.join(data["full"], "dict.txt"))
+    data["10%"] = ptb.prepare(
+        subset, out, "data-bin-10pct", srcdict=os.path.join(data["full"], "dict.txt")
+    )
 
     pre_dir = os.path.join(out, "bart")
     pretrained = os.path.join(pre_dir, "checkpoint_last.pt")
@@ -240,12 +308,20 @@ def main():
     # the next one starts training, so a session that ends early leaves finished rows
     # models: (setting, init, size) -> (folder, its evaluation's job); the LM's setting is None
     jobs, models = {}, {}
-    jobs["pretrain"] = ptb.train_job([pretrain_cmd(data["full"], b, pre_dir, args.pretrain_hours)],
-                                     os.path.join(pre_dir, "train.log"))
+    jobs["pretrain"] = ptb.train_job(
+        [pretrain_cmd(data["full"], b, pre_dir, args.pretrain_hours)],
+        os.path.join(pre_dir, "train.log"),
+    )
     runs = [(None, "lm", size) for size in DATA_SIZES]
-    runs += [(args.setting, init, size) for size in DATA_SIZES for init in ("scratch", "pretrained")]
-    runs += [(remedy, init, "10%") for remedy in remedies if remedy != args.setting
-             for init in ("scratch", "pretrained")]
+    runs += [
+        (args.setting, init, size) for size in DATA_SIZES for init in ("scratch", "pretrained")
+    ]
+    runs += [
+        (remedy, init, "10%")
+        for remedy in remedies
+        if remedy != args.setting
+        for init in ("scratch", "pretrained")
+    ]
     for setting, init, size in runs:
         updates = args.full_updates if size == "full" else args.subset_updates
         tag = size.replace("%", "pct")
@@ -259,20 +335,23 @@ def main():
         ckpt = os.path.join(d, "checkpoint_best.pt")
         if init == "lm":
             cmds = [ptb.lm_train_cmd(data[size], b, updates, d)]
-            evaluation = ptb.lm_eval_job(data[size], ckpt, os.path.join(d, "test.log"), b,
-                                         after=[name])
+            evaluation = ptb.lm_eval_job(
+                data[size], ckpt, os.path.join(d, "test.log"), b, after=[name]
+            )
         else:
             cmds = ptb.vae_train_cmds(data[size], b, ptb.SETTINGS[setting], updates, d)
-            evaluation = ptb.vae_eval_job(data[size], ckpt, "test", k,
-                                          os.path.join(d, f"test-K{k}.json"), b, after=[name])
+            evaluation = ptb.vae_eval_job(
+                data[size], ckpt, "test", k, os.path.join(d, f"test-K{k}.json"), b, after=[name]
+            )
         # model selection starts after the warm-up: before it a fine-tuned model is the
         # pretrained decoder with an encoder the KL term has not shaped yet (z unused), and on
         # the 10% slice that model's ELBO is the best of the run (update 25 to 50)
         cmds[-1] = cmds[-1] + ["--validate-after-updates", str(b["warmup"])]
         if init == "pretrained":
             cmds[0] = cmds[0] + ["--finetune-from-model", pretrained]
-        jobs[name] = ptb.train_job(cmds, os.path.join(d, "train.log"),
-                                   after=["pretrain"] if init == "pretrained" else [])
+        jobs[name] = ptb.train_job(
+            cmds, os.path.join(d, "train.log"), after=["pretrain"] if init == "pretrained" else []
+        )
         jobs[f"eval {name}"] = evaluation
         models[(setting, init, size)] = (d, evaluation)
     if args.pretrain_only:
@@ -292,31 +371,58 @@ def main():
         trained = ptb.train_summary(os.path.join(d, "train.log"))
         if init == "lm":
             lm = ptb.lm_result(evaluation["log"])
-            lm_rows.append({"model": "transformer_lm", "data": size, "ppl_word": lm["ppl"],
-                            "updates": trained["updates"],
-                            "train_min": round(trained["minutes"], 1)})
+            lm_rows.append(
+                {
+                    "model": "transformer_lm",
+                    "data": size,
+                    "ppl_word": lm["ppl"],
+                    "updates": trained["updates"],
+                    "train_min": round(trained["minutes"], 1),
+                }
+            )
         else:
             report = json.load(open(evaluation["done"]))
-            rows.append({"init": init, "data": size, "setting": setting,
-                         **ptb.vae_metrics(report, trained),
-                         "best_update": best_update(os.path.join(d, "train.log"))})
-    rows.sort(key=lambda r: (r["data"] != "10%", r["setting"] != args.setting, r["setting"],
-                             r["init"]))
+            rows.append(
+                {
+                    "init": init,
+                    "data": size,
+                    "setting": setting,
+                    **ptb.vae_metrics(report, trained),
+                    "best_update": best_update(os.path.join(d, "train.log")),
+                }
+            )
+    rows.sort(
+        key=lambda r: (r["data"] != "10%", r["setting"] != args.setting, r["setting"], r["init"])
+    )
     table = markdown(args, b, corpus, pretrain, rows, lm_rows, started)
     if pending:
-        table += ("\n**Not finished yet** (a rerun without --report goes on from here): "
-                  + ", ".join(pending) + ".\n")
+        table += (
+            "\n**Not finished yet** (a rerun without --report goes on from here): "
+            + ", ".join(pending)
+            + ".\n"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     with open(args.results, "w") as f:
         f.write(table)
     stem = args.results[: -len(".md")]
     with open(stem + ".json", "w") as f:
-        json.dump({"corpus": corpus, "budget": args.budget, "setting": args.setting,
-                   "pretrain": pretrain, "lm": lm_rows, "rows": rows, "pending": pending,
-                   "remedies": remedies,
-                   "targets": [{"data": d, "setting": s, "check": w, "met": m}
-                               for d, s, w, m in checks(rows)]},
-                  f, indent=1)
+        json.dump(
+            {
+                "corpus": corpus,
+                "budget": args.budget,
+                "setting": args.setting,
+                "pretrain": pretrain,
+                "lm": lm_rows,
+                "rows": rows,
+                "pending": pending,
+                "remedies": remedies,
+                "targets": [
+                    {"data": d, "setting": s, "check": w, "met": m} for d, s, w, m in checks(rows)
+                ],
+            },
+            f,
+            indent=1,
+        )
     print(table)
     ptb.log(f"wrote {args.results} and {stem}.json")
 

@@ -53,25 +53,55 @@ BIN = os.path.dirname(sys.executable)  # the fairseq-* commands of this interpre
 BUDGETS = {
     "cpu": {
         "vae_arch": "bart_vae_small",
-        "dim": 128, "ffn": 512, "layers": 2, "heads": 4,
-        "max_update": 1600, "max_tokens": 4096, "lr": 1e-3, "warmup": 200,
-        "precision": [], "parallel": True,
+        "dim": 128,
+        "ffn": 512,
+        "layers": 2,
+        "heads": 4,
+        "max_update": 1600,
+        "max_tokens": 4096,
+        "lr": 1e-3,
+        "warmup": 200,
+        "precision": [],
+        "parallel": True,
     },
     "gpu": {
         "vae_arch": "bart_vae",
-        "dim": 768, "ffn": 3072, "layers": 6, "heads": 12,
-        "max_update": 20000, "max_tokens": 8192, "lr": 3e-4, "warmup": 1000,
-        "precision": ["--bf16"], "parallel": False,
+        "dim": 768,
+        "ffn": 3072,
+        "layers": 6,
+        "heads": 12,
+        "max_update": 20000,
+        "max_tokens": 8192,
+        "lr": 3e-4,
+        "warmup": 1000,
+        "precision": ["--bf16"],
+        "parallel": False,
     },
 }
 
 SCHEDULES = {
     # beta = 0 for the first quarter, then a linear ramp over the second quarter, then 1
-    "monotonic": ["--kl-schedule", "monotonic", "--kl-cycles", "1",
-                  "--kl-zero-fraction", "0.25", "--kl-ramp-fraction", "0.25"],
+    "monotonic": [
+        "--kl-schedule",
+        "monotonic",
+        "--kl-cycles",
+        "1",
+        "--kl-zero-fraction",
+        "0.25",
+        "--kl-ramp-fraction",
+        "0.25",
+    ],
     # Fu et al. 2019: 4 cycles, each beta = 0 for 1/4, ramp over 1/4, beta = 1 for 1/2
-    "cyclical": ["--kl-schedule", "cyclical", "--kl-cycles", "4",
-                 "--kl-zero-fraction", "0.25", "--kl-ramp-fraction", "0.25"],
+    "cyclical": [
+        "--kl-schedule",
+        "cyclical",
+        "--kl-cycles",
+        "4",
+        "--kl-zero-fraction",
+        "0.25",
+        "--kl-ramp-fraction",
+        "0.25",
+    ],
     # beta = 1 throughout: BN-VAE needs no annealing, its KL has a floor
     "constant": ["--kl-schedule", "constant", "--kl-beta-max", "1"],
     # after an autoencoder phase (Li et al.): a ramp over the first half, then 1
@@ -89,37 +119,48 @@ SETTINGS = {
     "BN-VAE gamma 0.7": dict(schedule="constant", args=["--bn-vae-gamma", "0.7"], kl_target=7.8),
     "BN-VAE gamma 1.0": dict(schedule="constant", args=["--bn-vae-gamma", "1.0"], kl_target=16.0),
     "BN-VAE gamma 0.7, z in every layer": dict(
-        schedule="constant", args=["--bn-vae-gamma", "0.7", "--latent-layer-memory"],
-        kl_target=7.8),
+        schedule="constant", args=["--bn-vae-gamma", "0.7", "--latent-layer-memory"], kl_target=7.8
+    ),
     "AE, reset decoder, fb 0.25": dict(
-        schedule="ramp", args=["--free-bits", "0.25"], kl_target=8.0, autoencoder_first=True),
+        schedule="ramp", args=["--free-bits", "0.25"], kl_target=8.0, autoencoder_first=True
+    ),
     "AE, reset decoder, fb 0.5": dict(
-        schedule="ramp", args=["--free-bits", "0.5"], kl_target=16.0, autoencoder_first=True),
+        schedule="ramp", args=["--free-bits", "0.5"], kl_target=16.0, autoencoder_first=True
+    ),
     # the demo's "pretrain-reset" recipe: the most KL, MI and BLEU on the shipped corpus
     "AE, reset decoder, BN-VAE gamma 1.0, z in every layer": dict(
-        schedule="ramp", args=["--bn-vae-gamma", "1.0", "--latent-layer-memory"], kl_target=16.0,
-        autoencoder_first=True),
+        schedule="ramp",
+        args=["--bn-vae-gamma", "1.0", "--latent-layer-memory"],
+        kl_target=16.0,
+        autoencoder_first=True,
+    ),
     # fine-tuned from a BART denoising-pretrained on the same training text (--pretrained-bart:
     # benchmarks/pretrained.sh's bart/checkpoint_last.pt, the one it fine-tunes itself): a
     # decoder that already models the language leaves room for a higher rate. Free bits 0.1 is
     # the low rate for short, predictable sentences, where the autoregressive decoder infers
     # most of what z would say from the prefix and every nat of floor above what z earns costs
     # likelihood
-    "BART init, fb 0.1": dict(schedule="cyclical", args=["--free-bits", "0.1"], kl_target=3.2,
-                              bart_init=True),
-    "BART init, fb 0.25": dict(schedule="cyclical", args=["--free-bits", "0.25"], kl_target=8.0,
-                               bart_init=True),
-    "BART init, fb 0.5": dict(schedule="cyclical", args=["--free-bits", "0.5"], kl_target=16.0,
-                              bart_init=True),
-    "BART init, BN-VAE gamma 1.0": dict(schedule="constant", args=["--bn-vae-gamma", "1.0"],
-                                        kl_target=16.0, bart_init=True),
-}  # fmt: skip
+    "BART init, fb 0.1": dict(
+        schedule="cyclical", args=["--free-bits", "0.1"], kl_target=3.2, bart_init=True
+    ),
+    "BART init, fb 0.25": dict(
+        schedule="cyclical", args=["--free-bits", "0.25"], kl_target=8.0, bart_init=True
+    ),
+    "BART init, fb 0.5": dict(
+        schedule="cyclical", args=["--free-bits", "0.5"], kl_target=16.0, bart_init=True
+    ),
+    "BART init, BN-VAE gamma 1.0": dict(
+        schedule="constant", args=["--bn-vae-gamma", "1.0"], kl_target=16.0, bart_init=True
+    ),
+}
 DEFAULT_SETTING = "cyclical, fb 0.25"
 # the issue's PTB target for an operating point, and how the point re-evaluated with the full
 # K is chosen
 TARGET = {"kl": 12.0, "mi": 6.0, "au": 24, "recon_bleu": 10.0}
-CHOICE_RULE = ("the lowest IW-PPL among the points with KL >= 12, MI >= 6, AU >= 24 and "
-               "BLEU >= 10; if none has them all, the lowest IW-PPL")
+CHOICE_RULE = (
+    "the lowest IW-PPL among the points with KL >= 12, MI >= 6, AU >= 24 and "
+    "BLEU >= 10; if none has them all, the lowest IW-PPL"
+)
 
 SEED = 1
 
@@ -137,29 +178,69 @@ def common_train_args(b: dict, max_update: int, save_dir: str) -> List[str]:
     """The budget is the update count, never --stop-time-hours: a time cap ends runs early on a
     loaded machine, and fairseq counts the training time of a --finetune-from-model checkpoint
     in it (a fine-tuned BART stopped after 15 of its 60 minutes)."""
-    return [
-        "--user-dir", os.path.join(REPO, "fairseq_vae"),
-        "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", str(b["lr"]),
-        "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(b["warmup"]),
-        "--dropout", "0.1", "--attention-dropout", "0.0", "--activation-dropout", "0.0",
-        "--max-tokens", str(b["max_tokens"]), "--required-batch-size-multiple", "1",
-        "--max-update", str(max_update),
-        "--seed", str(SEED), "--num-workers", "0",
-        # fairseq's prefetch thread, left running when training stops mid-epoch, can abort the
-        # finished run at exit
-        "--data-buffer-size", "0",
-        "--save-dir", save_dir, "--no-epoch-checkpoints",
-        "--log-format", "simple", "--log-interval", "50",
-    ] + b["precision"] + ([] if b["precision"] else ["--cpu"])
+    return (
+        [
+            "--user-dir",
+            os.path.join(REPO, "fairseq_vae"),
+            "--optimizer",
+            "adam",
+            "--adam-betas",
+            "(0.9,0.98)",
+            "--lr",
+            str(b["lr"]),
+            "--lr-scheduler",
+            "inverse_sqrt",
+            "--warmup-updates",
+            str(b["warmup"]),
+            "--dropout",
+            "0.1",
+            "--attention-dropout",
+            "0.0",
+            "--activation-dropout",
+            "0.0",
+            "--max-tokens",
+            str(b["max_tokens"]),
+            "--required-batch-size-multiple",
+            "1",
+            "--max-update",
+            str(max_update),
+            "--seed",
+            str(SEED),
+            "--num-workers",
+            "0",
+            # fairseq's prefetch thread, left running when training stops mid-epoch, can abort the
+            # finished run at exit
+            "--data-buffer-size",
+            "0",
+            "--save-dir",
+            save_dir,
+            "--no-epoch-checkpoints",
+            "--log-format",
+            "simple",
+            "--log-interval",
+            "50",
+        ]
+        + b["precision"]
+        + ([] if b["precision"] else ["--cpu"])
+    )
 
 
-def vae_train_cmds(data: str, b: dict, setting: dict, max_update: int, save_dir: str,
-                   bart: Optional[str] = None):
+def vae_train_cmds(
+    data: str, b: dict, setting: dict, max_update: int, save_dir: str, bart: Optional[str] = None
+):
     """The fairseq-train commands of a setting, run one after the other; the last one writes
     save_dir/checkpoint_last.pt. Li et al.'s recipe splits the updates and the time in two; a
     "bart_init" setting fine-tunes the pretrained BART checkpoint `bart`."""
-    base = [os.path.join(BIN, "fairseq-train"), data, "--task", "text_vae",
-            "--arch", b["vae_arch"], "--criterion", "elbo"]
+    base = [
+        os.path.join(BIN, "fairseq-train"),
+        data,
+        "--task",
+        "text_vae",
+        "--arch",
+        b["vae_arch"],
+        "--criterion",
+        "elbo",
+    ]
     if setting.get("bart_init"):
         if not bart:
             raise ValueError("a BART-init setting needs --pretrained-bart")
@@ -167,25 +248,57 @@ def vae_train_cmds(data: str, b: dict, setting: dict, max_update: int, save_dir:
     if not setting.get("autoencoder_first"):
         return [base + setting_args(setting) + common_train_args(b, max_update, save_dir)]
     half, ae_dir = max_update // 2, os.path.join(save_dir, "autoencoder")
-    autoencoder = base + ["--kl-schedule", "constant", "--kl-beta-max", "0", "--latent-dim",
-                          str(LATENT_DIM)] + common_train_args(b, half, ae_dir)
-    vae = base + setting_args(setting) + [
-        "--finetune-from-model", os.path.join(ae_dir, "checkpoint_last.pt"), "--reset-decoder",
-    ] + common_train_args(b, max_update - half, save_dir)
+    autoencoder = (
+        base
+        + ["--kl-schedule", "constant", "--kl-beta-max", "0", "--latent-dim", str(LATENT_DIM)]
+        + common_train_args(b, half, ae_dir)
+    )
+    vae = (
+        base
+        + setting_args(setting)
+        + [
+            "--finetune-from-model",
+            os.path.join(ae_dir, "checkpoint_last.pt"),
+            "--reset-decoder",
+        ]
+        + common_train_args(b, max_update - half, save_dir)
+    )
     return [autoencoder, vae]
 
 
 def lm_train_cmd(data: str, b: dict, max_update: int, save_dir: str) -> List[str]:
     return [
-        os.path.join(BIN, "fairseq-train"), data, "--task", "language_modeling",
-        "--arch", "transformer_lm", "--criterion", "cross_entropy",
-        "--sample-break-mode", "eos", "--tokens-per-sample", "256",
-        "--decoder-embed-dim", str(b["dim"]), "--decoder-ffn-embed-dim", str(b["ffn"]),
+        os.path.join(BIN, "fairseq-train"),
+        data,
+        "--task",
+        "language_modeling",
+        "--arch",
+        "transformer_lm",
+        "--criterion",
+        "cross_entropy",
+        "--sample-break-mode",
+        "eos",
+        "--tokens-per-sample",
+        "256",
+        "--decoder-embed-dim",
+        str(b["dim"]),
+        "--decoder-ffn-embed-dim",
+        str(b["ffn"]),
         # transformer_lm's input and output dims default to 512 whatever the width is
-        "--decoder-input-dim", str(b["dim"]), "--decoder-output-dim", str(b["dim"]),
-        "--decoder-layers", str(b["layers"]), "--decoder-attention-heads", str(b["heads"]),
-        "--activation-fn", "gelu", "--decoder-learned-pos", "--layernorm-embedding",
-        "--no-scale-embedding", "--share-decoder-input-output-embed",
+        "--decoder-input-dim",
+        str(b["dim"]),
+        "--decoder-output-dim",
+        str(b["dim"]),
+        "--decoder-layers",
+        str(b["layers"]),
+        "--decoder-attention-heads",
+        str(b["heads"]),
+        "--activation-fn",
+        "gelu",
+        "--decoder-learned-pos",
+        "--layernorm-embedding",
+        "--no-scale-embedding",
+        "--share-decoder-input-output-embed",
     ] + common_train_args(b, max_update, save_dir)
 
 
@@ -196,11 +309,13 @@ def run_logged(cmds: List[List[str]], logfile: str, threads: Optional[int] = Non
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    script = " && ".join(f"echo {shlex.quote('$ ' + shlex.join(c))} && {shlex.join(c)}"
-                         for c in cmds)  # fmt: skip
+    script = " && ".join(
+        f"echo {shlex.quote('$ ' + shlex.join(c))} && {shlex.join(c)}" for c in cmds
+    )
     with open(logfile, "a") as f:  # a rerun resumes (fairseq's checkpoint_last.pt) and appends
-        return subprocess.Popen(["bash", "-c", script], stdout=f, stderr=subprocess.STDOUT,
-                                env=env, cwd=REPO)
+        return subprocess.Popen(
+            ["bash", "-c", script], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO
+        )
 
 
 def train_summary(logfile: str) -> dict:
@@ -214,10 +329,12 @@ def train_summary(logfile: str) -> dict:
         if not save_dir:
             continue  # not a training (touch)
         command = save_dir.group(1)
-        updates[command] = max([updates.get(command, 0)]
-                               + [int(u) for u in re.findall(r"num_updates[= ](\d+)", run)])
-        wall[command] = max([wall.get(command, 0)]
-                            + [int(w) for w in re.findall(r"(?<![_a-z])wall[= ](\d+)", run)])
+        updates[command] = max(
+            [updates.get(command, 0)] + [int(u) for u in re.findall(r"num_updates[= ](\d+)", run)]
+        )
+        wall[command] = max(
+            [wall.get(command, 0)] + [int(w) for w in re.findall(r"(?<![_a-z])wall[= ](\d+)", run)]
+        )
     return {"updates": sum(updates.values()), "minutes": sum(wall.values()) / 60}
 
 
@@ -237,29 +354,46 @@ def prepare(data_dir: str, out: str, name: str = "data-bin", srcdict: Optional[s
     for split in ("train", "valid", "test"):
         f = os.path.join(data_dir, f"{split}.txt")
         if not os.path.isfile(f):
-            sys.exit(f"missing {f}: --data must be a folder with a word-level corpus's "
-                     "train.txt, valid.txt and test.txt (default ../shared/data/ptb)")
+            sys.exit(
+                f"missing {f}: --data must be a folder with a word-level corpus's "
+                "train.txt, valid.txt and test.txt (default ../shared/data/ptb)"
+            )
     dest = os.path.join(out, name)
     stamp = os.path.join(dest, "source.json")
-    source = {s: os.path.getsize(os.path.join(data_dir, f"{s}.txt"))
-              for s in ("train", "valid", "test")}
+    source = {
+        s: os.path.getsize(os.path.join(data_dir, f"{s}.txt")) for s in ("train", "valid", "test")
+    }
     source["data"], source["srcdict"] = os.path.abspath(data_dir), srcdict
     if os.path.isfile(stamp) and json.load(open(stamp)) == source:
         log(f"reusing {dest}")
         return dest
-    subprocess.run([sys.executable, os.path.join(REPO, "fairseq_vae", "check_text.py")]
-                   + [os.path.join(data_dir, f"{s}.txt") for s in ("train", "valid", "test")],
-                   check=True)
+    subprocess.run(
+        [sys.executable, os.path.join(REPO, "fairseq_vae", "check_text.py")]
+        + [os.path.join(data_dir, f"{s}.txt") for s in ("train", "valid", "test")],
+        check=True,
+    )
     subprocess.run(["rm", "-rf", dest], check=True)
     log(f"binarising {data_dir} word-level into {dest}")
-    subprocess.run([
-        os.path.join(BIN, "fairseq-preprocess"), "--only-source",
-        "--trainpref", os.path.join(data_dir, "train.txt"),
-        "--validpref", os.path.join(data_dir, "valid.txt"),
-        "--testpref", os.path.join(data_dir, "test.txt"),
-        "--destdir", dest, "--workers", "2",
-    ] + (["--srcdict", srcdict] if srcdict else []),
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    subprocess.run(
+        [
+            os.path.join(BIN, "fairseq-preprocess"),
+            "--only-source",
+            "--trainpref",
+            os.path.join(data_dir, "train.txt"),
+            "--validpref",
+            os.path.join(data_dir, "valid.txt"),
+            "--testpref",
+            os.path.join(data_dir, "test.txt"),
+            "--destdir",
+            dest,
+            "--workers",
+            "2",
+        ]
+        + (["--srcdict", srcdict] if srcdict else []),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     json.dump(source, open(stamp, "w"))
     return dest
 
@@ -274,49 +408,92 @@ def bart_pretraining(ckpt: str, data: str) -> dict:
     importlib.import_module("fairseq_vae")  # its allow-list of the globals checkpoints hold
 
     if not os.path.isfile(ckpt):
-        sys.exit(f"--pretrained-bart {ckpt}: no such file (benchmarks/pretrained.sh writes "
-                 "one: <out>/bart/checkpoint_last.pt)")
+        sys.exit(
+            f"--pretrained-bart {ckpt}: no such file (benchmarks/pretrained.sh writes "
+            "one: <out>/bart/checkpoint_last.pt)"
+        )
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     trained_on = state["cfg"]["task"]["data"]
     theirs, ours = os.path.join(trained_on, "dict.txt"), os.path.join(data, "dict.txt")
     if not os.path.isfile(theirs) or open(theirs).read() != open(ours).read():
-        sys.exit(f"--pretrained-bart {ckpt} was trained on {trained_on}, whose dict.txt is "
-                 f"missing or not {ours}: pretrain on this corpus's training text "
-                 "(benchmarks/pretrained.sh --data)")
+        sys.exit(
+            f"--pretrained-bart {ckpt} was trained on {trained_on}, whose dict.txt is "
+            f"missing or not {ours}: pretrain on this corpus's training text "
+            "(benchmarks/pretrained.sh --data)"
+        )
     train_log = os.path.join(os.path.dirname(ckpt), "train.log")
     summary = train_summary(train_log) if os.path.isfile(train_log) else {}
     return {"checkpoint": ckpt, "data": trained_on, **summary}
 
 
-def vae_eval_job(data: str, ckpt: str, split: str, k: int, out_json: str, b: dict, after=(),
-                 bleu=True) -> dict:
+def vae_eval_job(
+    data: str, ckpt: str, split: str, k: int, out_json: str, b: dict, after=(), bleu=True
+) -> dict:
     """A run_queue job: fairseq-vae-eval writing out_json (its -ELBO, IW-NLL, KL, MI, AU,
     BLEU and seconds) only once it has finished."""
     partial = out_json + ".partial"
-    cmd = [
-        os.path.join(BIN, "fairseq-vae-eval"), data, "--user-dir", os.path.join(REPO, "fairseq_vae"),
-        "--path", ckpt, "--gen-subset", split, "--iw-samples", str(k), "--seed", str(SEED),
-        "--results-json", partial,
-    ] + ([] if b["precision"] else ["--cpu"]) + ([] if bleu else ["--no-bleu"])
-    return {"cmds": [cmd, ["mv", partial, out_json]], "log": out_json[: -len(".json")] + ".log",
-            "done": out_json, "after": list(after)}
+    cmd = (
+        [
+            os.path.join(BIN, "fairseq-vae-eval"),
+            data,
+            "--user-dir",
+            os.path.join(REPO, "fairseq_vae"),
+            "--path",
+            ckpt,
+            "--gen-subset",
+            split,
+            "--iw-samples",
+            str(k),
+            "--seed",
+            str(SEED),
+            "--results-json",
+            partial,
+        ]
+        + ([] if b["precision"] else ["--cpu"])
+        + ([] if bleu else ["--no-bleu"])
+    )
+    return {
+        "cmds": [cmd, ["mv", partial, out_json]],
+        "log": out_json[: -len(".json")] + ".log",
+        "done": out_json,
+        "after": list(after),
+    }
 
 
 def vae_eval(data: str, ckpt: str, split: str, k: int, out_json: str, b: dict) -> dict:
-    run_queue({f"fairseq-vae-eval {split} K={k}": vae_eval_job(data, ckpt, split, k, out_json, b)},
-              slots=1)
+    run_queue(
+        {f"fairseq-vae-eval {split} K={k}": vae_eval_job(data, ckpt, split, k, out_json, b)},
+        slots=1,
+    )
     return json.load(open(out_json))
 
 
 def lm_eval_job(data: str, ckpt: str, out_log: str, b: dict, after=()) -> dict:
     """A run_queue job: fairseq-eval-lm on the test split, its log read by lm_result."""
     cmd = [
-        os.path.join(BIN, "fairseq-eval-lm"), data, "--user-dir", os.path.join(REPO, "fairseq_vae"),
-        "--path", ckpt, "--gen-subset", "test", "--sample-break-mode", "eos",
-        "--tokens-per-sample", "256", "--max-tokens", "4096", "--seed", str(SEED),
+        os.path.join(BIN, "fairseq-eval-lm"),
+        data,
+        "--user-dir",
+        os.path.join(REPO, "fairseq_vae"),
+        "--path",
+        ckpt,
+        "--gen-subset",
+        "test",
+        "--sample-break-mode",
+        "eos",
+        "--tokens-per-sample",
+        "256",
+        "--max-tokens",
+        "4096",
+        "--seed",
+        str(SEED),
     ] + ([] if b["precision"] else ["--cpu"])
-    return {"cmds": [cmd, ["touch", out_log + ".done"]], "log": out_log,
-            "done": out_log + ".done", "after": list(after)}
+    return {
+        "cmds": [cmd, ["touch", out_log + ".done"]],
+        "log": out_log,
+        "done": out_log + ".done",
+        "after": list(after),
+    }
 
 
 def lm_result(out_log: str) -> dict:
@@ -327,8 +504,12 @@ def lm_result(out_log: str) -> dict:
         sys.exit(f"cannot find the loss in {out_log}")
     # the last run's (the log is appended to)
     tokens, base2 = int(m[-1][0].replace(",", "")), float(loss[-1][0])
-    return {"tokens": tokens, "nll_token": base2 * math.log(2), "ppl": 2 ** base2,
-            "seconds": float(m[-1][1])}
+    return {
+        "tokens": tokens,
+        "nll_token": base2 * math.log(2),
+        "ppl": 2**base2,
+        "seconds": float(m[-1][1]),
+    }
 
 
 def machine() -> str:
@@ -343,8 +524,10 @@ def machine() -> str:
     import fairseq
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} cores visible; Python {platform.python_version()}, "
-            f"torch {torch.__version__}, fairseq {fairseq.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores visible; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, fairseq {fairseq.__version__}"
+    )
 
 
 def setting_dir(name: str) -> str:
@@ -370,8 +553,9 @@ def run_queue(jobs: Dict[str, dict], slots: int):
     running, start = {}, {}
     while todo or running:
         for n, j in list(todo.items()):
-            if len(running) < slots and not any(a in todo or a in running
-                                                for a in j.get("after", [])):
+            if len(running) < slots and not any(
+                a in todo or a in running for a in j.get("after", [])
+            ):
                 running[n] = run_logged(j["cmds"], j["log"], threads=1 if slots > 1 else None)
                 start[n] = time.time()
                 log(f"started {n}, log {j['log']}")
@@ -392,8 +576,12 @@ def run_queue(jobs: Dict[str, dict], slots: int):
 
 
 def train_job(cmds: List[List[str]], logfile: str, after=()) -> dict:
-    return {"cmds": cmds + [["touch", train_done(logfile)]], "log": logfile,
-            "done": train_done(logfile), "after": list(after)}
+    return {
+        "cmds": cmds + [["touch", train_done(logfile)]],
+        "log": logfile,
+        "done": train_done(logfile),
+        "after": list(after),
+    }
 
 
 def vae_metrics(report: dict, trained: dict) -> dict:
@@ -401,27 +589,47 @@ def vae_metrics(report: dict, trained: dict) -> dict:
     m = report["metrics"]
     return {
         "iw_samples": report["settings"]["iw_samples"],
-        "ppl_word": m["iw_ppl_word"], "iw_nll": m["iw_nll"], "neg_elbo": m["neg_elbo"],
-        "kl": m["kl"], "mi": m["mi"], "au": m["au"], "recon_bleu": m["recon_bleu"],
-        "updates": trained["updates"], "train_min": round(trained["minutes"], 1),
+        "ppl_word": m["iw_ppl_word"],
+        "iw_nll": m["iw_nll"],
+        "neg_elbo": m["neg_elbo"],
+        "kl": m["kl"],
+        "mi": m["mi"],
+        "au": m["au"],
+        "recon_bleu": m["recon_bleu"],
+        "updates": trained["updates"],
+        "train_min": round(trained["minutes"], 1),
         "eval_min": round(report["settings"]["seconds"] / 60, 1),
-    }  # fmt: skip
+    }
 
 
 def vae_row(name: str, report: dict, trained: dict) -> dict:
-    return {"model": "bart_vae", "setting": name, "split": "test",
-            "kl_target": SETTINGS[name].get("kl_target"), **vae_metrics(report, trained)}
+    return {
+        "model": "bart_vae",
+        "setting": name,
+        "split": "test",
+        "kl_target": SETTINGS[name].get("kl_target"),
+        **vae_metrics(report, trained),
+    }
 
 
 def lm_row(lm: dict, trained: dict, sentences: int) -> dict:
     return {
-        "model": "transformer_lm", "setting": "transformer_lm", "split": "test",
-        "iw_samples": None, "ppl_word": lm["ppl"],
+        "model": "transformer_lm",
+        "setting": "transformer_lm",
+        "split": "test",
+        "iw_samples": None,
+        "ppl_word": lm["ppl"],
         "iw_nll": lm["nll_token"] * lm["tokens"] / sentences,
-        "neg_elbo": None, "kl": None, "mi": None, "au": None, "recon_bleu": None,
-        "kl_target": None, "updates": trained["updates"], "train_min": round(trained["minutes"], 1),
+        "neg_elbo": None,
+        "kl": None,
+        "mi": None,
+        "au": None,
+        "recon_bleu": None,
+        "kl_target": None,
+        "updates": trained["updates"],
+        "train_min": round(trained["minutes"], 1),
         "eval_min": round(lm["seconds"] / 60, 1),
-    }  # fmt: skip
+    }
 
 
 def meets_target(row: dict) -> bool:
@@ -438,8 +646,15 @@ def fmt(value, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
-def results_markdown(args, b: dict, corpus: dict, rows: List[dict], chosen: dict,
-                     started: str, bart: Optional[dict] = None) -> str:
+def results_markdown(
+    args,
+    b: dict,
+    corpus: dict,
+    rows: List[dict],
+    chosen: dict,
+    started: str,
+    bart: Optional[dict] = None,
+) -> str:
     name = corpus["name"]
     lm = rows[0]
     lines = [
@@ -449,8 +664,10 @@ def results_markdown(args, b: dict, corpus: dict, rows: List[dict], chosen: dict
         f"Machine: {machine()}.",
         "",
         f"Corpus `{name}` (`{args.data}`), counted from its text: "
-        + ", ".join(f"{split} {c['sentences']} sentences / {c['tokens']} tokens"
-                    for split, c in corpus["splits"].items())
+        + ", ".join(
+            f"{split} {c['sentences']} sentences / {c['tokens']} tokens"
+            for split, c in corpus["splits"].items()
+        )
         + " (tokens: words + 1 end of sentence). Test split, perplexities per token of the "
         "word-level binarisation, i.e. per word +1 end of sentence. NLL, -ELBO, KL and MI in "
         "nats per sentence. KL target: the floor the remedy puts under the KL (BN-VAE "
@@ -467,13 +684,17 @@ def results_markdown(args, b: dict, corpus: dict, rows: List[dict], chosen: dict
             f"| {r['model']} | {mark}{r['setting']}{mark} | {fmt(r['kl_target'], '.1f')} "
             f"| {fmt(r['iw_samples'], 'd')} | {r['ppl_word']:.2f} | {fmt(r['iw_nll'], '.2f')} "
             f"| {fmt(r['neg_elbo'], '.2f')} | {fmt(r['kl'], '.2f')} | {fmt(r['mi'], '.2f')} "
-            f"| {au} | {fmt(r['recon_bleu'], '.2f')} | {r['updates']} | {r['train_min']:.1f} |")
-    checks = {"IW-PPL <= LM PPL": chosen["ppl_word"] <= lm["ppl_word"],
-              **{f"{k} >= {v}": chosen[k] >= v for k, v in TARGET.items()}}
+            f"| {au} | {fmt(r['recon_bleu'], '.2f')} | {r['updates']} | {r['train_min']:.1f} |"
+        )
+    checks = {
+        "IW-PPL <= LM PPL": chosen["ppl_word"] <= lm["ppl_word"],
+        **{f"{k} >= {v}": chosen[k] >= v for k, v in TARGET.items()},
+    }
     lines += [
         "",
         f"Chosen point (bold; {CHOICE_RULE}), K={chosen['iw_samples']}: "
-        + ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in checks.items()) + ".",
+        + ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in checks.items())
+        + ".",
         f"The plot of the trade-off is `{os.path.basename(args.results)[:-3]}.png`; every row is "
         f"also in `{os.path.basename(args.results)[:-3]}.json`.",
         "",
@@ -497,9 +718,11 @@ def results_markdown(args, b: dict, corpus: dict, rows: List[dict], chosen: dict
         s = SETTINGS[r["setting"]]
         how = " ".join(setting_args(s))
         if s.get("autoencoder_first"):
-            how = (f"first {b['max_update'] // 2} updates with `--kl-schedule constant "
-                   "--kl-beta-max 0`, then `--finetune-from-model AE --reset-decoder "
-                   f"{how}`")
+            how = (
+                f"first {b['max_update'] // 2} updates with `--kl-schedule constant "
+                "--kl-beta-max 0`, then `--finetune-from-model AE --reset-decoder "
+                f"{how}`"
+            )
         elif s.get("bart_init"):
             how = f"`--finetune-from-model BART {how}`"
         else:
@@ -507,12 +730,16 @@ def results_markdown(args, b: dict, corpus: dict, rows: List[dict], chosen: dict
         if f"- {r['setting']}:" not in "\n".join(lines):
             lines.append(f"  - {r['setting']}: {how}")
     if bart:
-        cost = (f", {bart['updates']} updates in {bart['minutes']:.1f} min of training"
-                if "updates" in bart else "")
+        cost = (
+            f", {bart['updates']} updates in {bart['minutes']:.1f} min of training"
+            if "updates" in bart
+            else ""
+        )
         lines.append(
             f"  - BART: `{bart['checkpoint']}`, BART's text infilling with fairseq's denoising "
             f"task on the training text (`{bart['data']}`{cost}; benchmarks/pretrained.sh). "
-            "The BART init rows' updates and minutes do not include it.")
+            "The BART init rows' updates and minutes do not include it."
+        )
     lines += [
         "- VAE evaluation: `fairseq-vae-eval` with K importance samples as the table says, MI "
         "over the whole test set, AU threshold 0.01, BLEU of greedy reconstructions from the "
@@ -540,10 +767,16 @@ def plot(path: str, rows: List[dict], corpus_name: str):
         left.scatter(r["kl"], r["ppl_word"], label=label)
         right.scatter(r["kl"], r["recon_bleu"], label=label)
     left.axhline(lm["ppl_word"], color="black", linestyle="--", label="transformer_lm")
-    left.set(xlabel="KL (nats per sentence)", ylabel="test PPL per word",
-             title=f"{corpus_name}: likelihood")
-    right.set(xlabel="KL (nats per sentence)", ylabel="reconstruction BLEU",
-              title=f"{corpus_name}: reconstruction")
+    left.set(
+        xlabel="KL (nats per sentence)",
+        ylabel="test PPL per word",
+        title=f"{corpus_name}: likelihood",
+    )
+    right.set(
+        xlabel="KL (nats per sentence)",
+        ylabel="reconstruction BLEU",
+        title=f"{corpus_name}: reconstruction",
+    )
     left.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -551,31 +784,57 @@ def plot(path: str, rows: List[dict], corpus_name: str):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
-    p.add_argument("--data", default=os.path.join("..", "shared", "data", "ptb"),
-                   help="folder with a word-level corpus's train.txt, valid.txt and test.txt "
-                   "(relative to the current folder)")
+    p.add_argument(
+        "--data",
+        default=os.path.join("..", "shared", "data", "ptb"),
+        help="folder with a word-level corpus's train.txt, valid.txt and test.txt "
+        "(relative to the current folder)",
+    )
     p.add_argument("--out", help="working folder (default benchmarks/runs/ptb-<budget>)")
-    p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", "ptb.md"),
-                   help="the table (Markdown); the .json and .png of the same name go beside it")
-    p.add_argument("--sweep", action="store_true",
-                   help=f"train every setting ({len(SETTINGS)}) instead of only the default")
+    p.add_argument(
+        "--results",
+        default=os.path.join(REPO, "benchmarks", "results", "ptb.md"),
+        help="the table (Markdown); the .json and .png of the same name go beside it",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help=f"train every setting ({len(SETTINGS)}) instead of only the default",
+    )
     p.add_argument("--settings", help="';'-separated setting names to train (see SETTINGS)")
-    p.add_argument("--pretrained-bart", metavar="CKPT",
-                   help="a BART denoising-pretrained on this corpus's training text (with "
-                   "benchmarks/pretrained.sh: <its out>/bart/checkpoint_last.pt); the \"BART "
-                   "init\" settings fine-tune it, and are left out of --sweep without it")
+    p.add_argument(
+        "--pretrained-bart",
+        metavar="CKPT",
+        help="a BART denoising-pretrained on this corpus's training text (with "
+        'benchmarks/pretrained.sh: <its out>/bart/checkpoint_last.pt); the "BART '
+        'init" settings fine-tune it, and are left out of --sweep without it',
+    )
     p.add_argument("--max-update", type=int, help="override the budget's update count")
-    p.add_argument("--iw-samples", type=int, default=500,
-                   help="importance samples for the chosen point (default 500)")
-    p.add_argument("--sweep-iw-samples", type=int, default=100,
-                   help="importance samples for every other point (default 100)")
-    p.add_argument("--full-k", metavar="SETTINGS", default="",
-                   help="';'-separated settings also evaluated with --iw-samples beside the "
-                   "chosen point, e.g. the recipe you mean to use on this corpus")
+    p.add_argument(
+        "--iw-samples",
+        type=int,
+        default=500,
+        help="importance samples for the chosen point (default 500)",
+    )
+    p.add_argument(
+        "--sweep-iw-samples",
+        type=int,
+        default=100,
+        help="importance samples for every other point (default 100)",
+    )
+    p.add_argument(
+        "--full-k",
+        metavar="SETTINGS",
+        default="",
+        help="';'-separated settings also evaluated with --iw-samples beside the "
+        "chosen point, e.g. the recipe you mean to use on this corpus",
+    )
     args = p.parse_args()
     if not args.results.endswith(".md"):
         p.error(f"--results must name a .md file, got {args.results}")
@@ -590,8 +849,10 @@ def main():
             p.error(f"--settings: unknown {unknown}; choose from {list(SETTINGS)}")
     full_k = [n.strip() for n in args.full_k.split(";") if n.strip()]
     if [n for n in full_k if n not in names]:
-        p.error(f"--full-k: {[n for n in full_k if n not in names]} are not among the settings "
-                f"trained: {names}")
+        p.error(
+            f"--full-k: {[n for n in full_k if n not in names]} are not among the settings "
+            f"trained: {names}"
+        )
     need_bart = [n for n in names if SETTINGS[n].get("bart_init")]
     if need_bart and not args.pretrained_bart:
         if args.settings:
@@ -601,8 +862,11 @@ def main():
     out = args.out or os.path.join(REPO, "benchmarks", "runs", f"ptb-{args.budget}")
     out = os.path.abspath(out)
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    corpus = {"name": os.path.basename(os.path.abspath(args.data)), "data": args.data,
-              "splits": corpus_stats(args.data) if os.path.isdir(args.data) else {}}
+    corpus = {
+        "name": os.path.basename(os.path.abspath(args.data)),
+        "data": args.data,
+        "splits": corpus_stats(args.data) if os.path.isdir(args.data) else {},
+    }
     data = prepare(args.data, out)
     bart = None
     if any(SETTINGS[n].get("bart_init") for n in names):
@@ -612,22 +876,40 @@ def main():
     # what an earlier run finished
     k = args.sweep_iw_samples if len(names) > 1 else args.iw_samples
     logs = {"transformer_lm": os.path.join(out, "lm", "train.log")}
-    jobs = {"transformer_lm": train_job([lm_train_cmd(data, b, b["max_update"], os.path.join(
-        out, "lm"))], logs["transformer_lm"])}
-    jobs["eval transformer_lm"] = lm_eval_job(data, os.path.join(out, "lm", "checkpoint_last.pt"),
-                                              os.path.join(out, "lm", "test.log"), b,
-                                              after=["transformer_lm"])
+    jobs = {
+        "transformer_lm": train_job(
+            [lm_train_cmd(data, b, b["max_update"], os.path.join(out, "lm"))],
+            logs["transformer_lm"],
+        )
+    }
+    jobs["eval transformer_lm"] = lm_eval_job(
+        data,
+        os.path.join(out, "lm", "checkpoint_last.pt"),
+        os.path.join(out, "lm", "test.log"),
+        b,
+        after=["transformer_lm"],
+    )
     for name in names:
         d = os.path.join(out, "vae", setting_dir(name))
         logs[name] = os.path.join(d, "train.log")
-        jobs[name] = train_job(vae_train_cmds(data, b, SETTINGS[name], b["max_update"], d,
-                                              bart and bart["checkpoint"]), logs[name])
+        jobs[name] = train_job(
+            vae_train_cmds(
+                data, b, SETTINGS[name], b["max_update"], d, bart and bart["checkpoint"]
+            ),
+            logs[name],
+        )
         # queued right after its training: a session that ends early leaves finished rows
-        jobs[f"eval {name}"] = vae_eval_job(data, os.path.join(d, "checkpoint_last.pt"), "test",
-                                            k, os.path.join(d, f"test-K{k}.json"), b,
-                                            after=[name])
+        jobs[f"eval {name}"] = vae_eval_job(
+            data,
+            os.path.join(d, "checkpoint_last.pt"),
+            "test",
+            k,
+            os.path.join(d, f"test-K{k}.json"),
+            b,
+            after=[name],
+        )
     run_queue(jobs, 2 if b["parallel"] else 1)
-    trained = {n: {"dir": os.path.dirname(l), **train_summary(l)} for n, l in logs.items()}
+    trained = {n: {"dir": os.path.dirname(log), **train_summary(log)} for n, log in logs.items()}
     test = corpus["splits"]["test"]
     lm = lm_result(os.path.join(out, "lm", "test.log"))
     rows = [lm_row(lm, trained["transformer_lm"], test["sentences"])]
@@ -639,8 +921,14 @@ def main():
     # setting its row already has the full K
     for name in dict.fromkeys([chosen["setting"]] + full_k if k != args.iw_samples else []):
         d = trained[name]["dir"]
-        report = vae_eval(data, os.path.join(d, "checkpoint_last.pt"), "test", args.iw_samples,
-                          os.path.join(d, f"test-K{args.iw_samples}.json"), b)
+        report = vae_eval(
+            data,
+            os.path.join(d, "checkpoint_last.pt"),
+            "test",
+            args.iw_samples,
+            os.path.join(d, f"test-K{args.iw_samples}.json"),
+            b,
+        )
         rows.append(vae_row(name, report, trained[name]))
         if name == chosen["setting"]:
             chosen = rows[-1]
@@ -651,9 +939,19 @@ def main():
         f.write(table)
     stem = args.results[: -len(".md")]
     with open(stem + ".json", "w") as f:
-        json.dump({"corpus": corpus, "budget": args.budget, "target": TARGET,
-                   "choice": CHOICE_RULE, "chosen": chosen["setting"], "pretrained_bart": bart,
-                   "rows": rows}, f, indent=1)
+        json.dump(
+            {
+                "corpus": corpus,
+                "budget": args.budget,
+                "target": TARGET,
+                "choice": CHOICE_RULE,
+                "chosen": chosen["setting"],
+                "pretrained_bart": bart,
+                "rows": rows,
+            },
+            f,
+            indent=1,
+        )
     plot(stem + ".png", rows, corpus["name"])
     print(table)
     log(f"wrote {args.results}, {stem}.json and {stem}.png")

@@ -97,34 +97,61 @@ class Detokenizer:
 
 def add_eval_args(parser: argparse.ArgumentParser):
     group = parser.add_argument_group("VAE evaluation (fairseq-vae-eval)")
-    # fmt: off
-    group.add_argument("--iw-samples", type=int, default=IW_SAMPLES, metavar="K",
-                       help="importance samples per sentence for the IW-NLL "
-                       f"(default: {IW_SAMPLES}, as the reference)")
-    group.add_argument("--iw-chunk", type=int, default=IW_CHUNK, metavar="N",
-                       help="samples per sentence drawn and decoded in one pass; a pass decodes "
-                       "batch x N sentences, so lower it (or --max-tokens) to save memory "
-                       f"(default: {IW_CHUNK})")
-    group.add_argument("--mi-pool", choices=["dataset", "batch"], default="dataset",
-                       help="the sentences whose posteriors form the aggregate posterior q(z) "
-                       "of the MI: the whole split, or each batch with the batch MIs averaged "
-                       "(the reference's calc_mi) (default: dataset)")
-    group.add_argument("--au-threshold", type=float, default=AU_THRESHOLD, metavar="V",
-                       help="a latent dimension is active when the variance of its posterior "
-                       f"mean over the split is at least V (default: {AU_THRESHOLD})")
-    group.add_argument("--labels", metavar="TSV",
-                       help="factor labels of the split (a header of factor names, then one "
-                       "line per sentence in corpus order): report how well a logistic "
-                       "regression on the posterior mean predicts each factor")
-    group.add_argument("--spm-model", metavar="FILE",
-                       help="sentencepiece model to detokenise with, for BLEU and word counts "
-                       "(default: the corpus's own: DATA/spm.model, or GPT-2 BPE with "
-                       "DATA/encoder.json and DATA/vocab.bpe, else --post-process)")
-    group.add_argument("--no-bleu", action="store_true",
-                       help="skip the greedy reconstruction and its BLEU")
-    group.add_argument("--results-json", metavar="FILE",
-                       help="also write the settings and every metric to this JSON file")
-    # fmt: on
+    group.add_argument(
+        "--iw-samples",
+        type=int,
+        default=IW_SAMPLES,
+        metavar="K",
+        help="importance samples per sentence for the IW-NLL "
+        f"(default: {IW_SAMPLES}, as the reference)",
+    )
+    group.add_argument(
+        "--iw-chunk",
+        type=int,
+        default=IW_CHUNK,
+        metavar="N",
+        help="samples per sentence drawn and decoded in one pass; a pass decodes "
+        "batch x N sentences, so lower it (or --max-tokens) to save memory "
+        f"(default: {IW_CHUNK})",
+    )
+    group.add_argument(
+        "--mi-pool",
+        choices=["dataset", "batch"],
+        default="dataset",
+        help="the sentences whose posteriors form the aggregate posterior q(z) "
+        "of the MI: the whole split, or each batch with the batch MIs averaged "
+        "(the reference's calc_mi) (default: dataset)",
+    )
+    group.add_argument(
+        "--au-threshold",
+        type=float,
+        default=AU_THRESHOLD,
+        metavar="V",
+        help="a latent dimension is active when the variance of its posterior "
+        f"mean over the split is at least V (default: {AU_THRESHOLD})",
+    )
+    group.add_argument(
+        "--labels",
+        metavar="TSV",
+        help="factor labels of the split (a header of factor names, then one "
+        "line per sentence in corpus order): report how well a logistic "
+        "regression on the posterior mean predicts each factor",
+    )
+    group.add_argument(
+        "--spm-model",
+        metavar="FILE",
+        help="sentencepiece model to detokenise with, for BLEU and word counts "
+        "(default: the corpus's own: DATA/spm.model, or GPT-2 BPE with "
+        "DATA/encoder.json and DATA/vocab.bpe, else --post-process)",
+    )
+    group.add_argument(
+        "--no-bleu", action="store_true", help="skip the greedy reconstruction and its BLEU"
+    )
+    group.add_argument(
+        "--results-json",
+        metavar="FILE",
+        help="also write the settings and every metric to this JSON file",
+    )
     return group
 
 

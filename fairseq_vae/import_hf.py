@@ -86,14 +86,21 @@ DIMENSIONS = {
     "max_source_positions": "max_position_embeddings",
     "max_target_positions": "max_position_embeddings",
 }
-DROPOUTS = {"dropout": "dropout", "attention_dropout": "attention_dropout",
-            "activation_dropout": "activation_dropout"}  # fmt: skip
+DROPOUTS = {
+    "dropout": "dropout",
+    "attention_dropout": "attention_dropout",
+    "activation_dropout": "activation_dropout",
+}
 
 
 # Hugging Face names of the one token embedding (the model.-prefix removed); files may hold
 # any of them, as tied tensors are often saved once
-TIED_EMBEDDINGS = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
-                   "lm_head.weight")  # fmt: skip
+TIED_EMBEDDINGS = (
+    "shared.weight",
+    "encoder.embed_tokens.weight",
+    "decoder.embed_tokens.weight",
+    "lm_head.weight",
+)
 
 
 class HFImportError(ValueError):
@@ -180,9 +187,12 @@ def check_config(config: dict, source: str) -> Dict[str, object]:
             )
     # fairseq's dictionary fixes the special ids, and its BART decoder starts from </s>
     fixed = Dictionary()
-    for name, token_id in (("bos_token_id", fixed.bos()), ("pad_token_id", fixed.pad()),
-                           ("eos_token_id", fixed.eos()),
-                           ("decoder_start_token_id", fixed.eos())):  # fmt: skip
+    for name, token_id in (
+        ("bos_token_id", fixed.bos()),
+        ("pad_token_id", fixed.pad()),
+        ("eos_token_id", fixed.eos()),
+        ("decoder_start_token_id", fixed.eos()),
+    ):
         if name in config and config[name] != token_id:
             raise HFImportError(
                 f"{source}: {name} is {config[name]}, fairseq's BART needs {token_id}"
@@ -313,7 +323,7 @@ def shared_embedding(hf: Dict[str, Tensor], source: str) -> Tensor:
 def fairseq_state_dict(hf: Dict[str, Tensor], mask: int, source: str) -> Dict[str, Tensor]:
     """fairseq BART's state dict from a Hugging Face BartModel or BartForConditionalGeneration
     one: the names are the same but for the ``model.`` prefix and the tied embeddings."""
-    hf = {key[len("model."):] if key.startswith("model.") else key: t for key, t in hf.items()}
+    hf = {key[len("model.") :] if key.startswith("model.") else key: t for key, t in hf.items()}
     bias = hf.pop("final_logits_bias", None)
     if bias is not None and bias.any():
         raise HFImportError(
@@ -325,8 +335,11 @@ def fairseq_state_dict(hf: Dict[str, Tensor], mask: int, source: str) -> Dict[st
         # checkpoint needs a row; a zero one, never trained, which fine-tuning bart_vae drops
         embedding = torch.cat([embedding, embedding.new_zeros(1, embedding.size(1))])
     state = {key: t for key, t in hf.items() if key not in TIED_EMBEDDINGS}
-    for key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
-                "decoder.output_projection.weight"):  # fmt: skip
+    for key in (
+        "encoder.embed_tokens.weight",
+        "decoder.embed_tokens.weight",
+        "decoder.output_projection.weight",
+    ):
         state[key] = embedding
     return state
 
@@ -360,10 +373,23 @@ def bart_args(out_dir: str, fairseq_options: Dict[str, object]) -> argparse.Name
     arch, _ = closest_architecture(
         dims, [("bart_base", bart_base_architecture), ("bart_large", bart_large_architecture)]
     )
-    argv = [out_dir, "--task", "denoising", "--arch", arch, "--criterion", "cross_entropy",
-            "--tokens-per-sample", str(fairseq_options["max_source_positions"]), "--bpe", "gpt2",
-            "--gpt2-encoder-json", os.path.join(out_dir, "encoder.json"),
-            "--gpt2-vocab-bpe", os.path.join(out_dir, "vocab.bpe")]  # fmt: skip
+    argv = [
+        out_dir,
+        "--task",
+        "denoising",
+        "--arch",
+        arch,
+        "--criterion",
+        "cross_entropy",
+        "--tokens-per-sample",
+        str(fairseq_options["max_source_positions"]),
+        "--bpe",
+        "gpt2",
+        "--gpt2-encoder-json",
+        os.path.join(out_dir, "encoder.json"),
+        "--gpt2-vocab-bpe",
+        os.path.join(out_dir, "vocab.bpe"),
+    ]
     for name, value in fairseq_options.items():  # all given, whatever the architecture's defaults
         argv += ["--" + name.replace("_", "-"), str(value)]
     return options.parse_args_and_arch(options.get_training_parser(), argv)
@@ -405,8 +431,12 @@ def checkpoint(args: argparse.Namespace, state: Dict[str, Tensor]) -> dict:
         "args": args,
         "model": state,
         "optimizer_history": [
-            {"criterion_name": "CrossEntropyCriterion", "optimizer_name": "none",
-             "lr_scheduler_state": {}, "num_updates": 0}  # fmt: skip
+            {
+                "criterion_name": "CrossEntropyCriterion",
+                "optimizer_name": "none",
+                "lr_scheduler_state": {},
+                "num_updates": 0,
+            }
         ],
         "extra_state": {},
         "last_optimizer_state": None,
@@ -453,14 +483,24 @@ def cli_main():
         "BartModel) as a fairseq BART checkpoint, with the dict.txt and GPT-2 BPE files that "
         "scripts/prepare_data.sh --bart needs. Nothing is downloaded.",
     )
-    parser.add_argument("hf_dir", help="folder with config.json, model.safetensors (or "
-                        "model.safetensors.index.json and its shards, or pytorch_model.bin), "
-                        "tokenizer.json or vocab.json and merges.txt")  # fmt: skip
-    parser.add_argument("out_dir", help="where model.pt, dict.txt, encoder.json, vocab.bpe "
-                        f"and {TRAIN_FLAGS_FILE} are written")  # fmt: skip
+    parser.add_argument(
+        "hf_dir",
+        help="folder with config.json, model.safetensors (or "
+        "model.safetensors.index.json and its shards, or pytorch_model.bin), "
+        "tokenizer.json or vocab.json and merges.txt",
+    )
+    parser.add_argument(
+        "out_dir",
+        help="where model.pt, dict.txt, encoder.json, vocab.bpe "
+        f"and {TRAIN_FLAGS_FILE} are written",
+    )
     args = parser.parse_args()
-    logging.basicConfig(format="%(levelname)s | %(name)s | %(message)s", level=logging.WARNING,
-                        stream=sys.stderr, force=True)  # fmt: skip
+    logging.basicConfig(
+        format="%(levelname)s | %(name)s | %(message)s",
+        level=logging.WARNING,
+        stream=sys.stderr,
+        force=True,
+    )
     try:
         flags = import_hf(args.hf_dir, args.out_dir)
     except HFImportError as error:

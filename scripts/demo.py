@@ -28,12 +28,35 @@ BIN = os.path.dirname(sys.executable)
 # learns the language long before the encoder has anything to say.
 # the optimisation, shared by every phase of every recipe
 COMMON = [
-    "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "1e-3",
-    "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "200",
-    "--max-tokens", "4096", "--required-batch-size-multiple", "1",
-    "--num-workers", "0", "--seed", "1",
-]  # fmt: skip
-VAE = ["--arch", "bart_vae_small", "--latent-dim", "32", "--task", "text_vae", "--criterion", "elbo"]
+    "--optimizer",
+    "adam",
+    "--adam-betas",
+    "(0.9,0.98)",
+    "--lr",
+    "1e-3",
+    "--lr-scheduler",
+    "inverse_sqrt",
+    "--warmup-updates",
+    "200",
+    "--max-tokens",
+    "4096",
+    "--required-batch-size-multiple",
+    "1",
+    "--num-workers",
+    "0",
+    "--seed",
+    "1",
+]
+VAE = [
+    "--arch",
+    "bart_vae_small",
+    "--latent-dim",
+    "32",
+    "--task",
+    "text_vae",
+    "--criterion",
+    "elbo",
+]
 # Each recipe is a list of (phase name, fraction of the updates, fairseq-train options); a phase
 # after the first starts from the previous phase's checkpoint (--finetune-from-model).
 RECIPES = {
@@ -42,33 +65,79 @@ RECIPES = {
     # bits 0.25: the pretrained encoder already separates sentences, so the same KL buys more
     # information (benchmarks/ptb.py's "BART init" settings; README "Results")
     "bart-init": [
-        ("BART's denoising pretraining (fairseq's denoising task)", 0.4,
-         denoising_pretraining_args(dim=128, ffn=512, layers=2, heads=4)),
-        ("the VAE fine-tuned from it: cyclical annealing, free bits 0.25", 0.6,
-         VAE + ["--kl-schedule", "cyclical", "--kl-cycles", "4", "--kl-zero-fraction", "0.25",
-                "--kl-ramp-fraction", "0.25", "--free-bits", "0.25"]),
+        (
+            "BART's denoising pretraining (fairseq's denoising task)",
+            0.4,
+            denoising_pretraining_args(dim=128, ffn=512, layers=2, heads=4),
+        ),
+        (
+            "the VAE fine-tuned from it: cyclical annealing, free bits 0.25",
+            0.6,
+            VAE
+            + [
+                "--kl-schedule",
+                "cyclical",
+                "--kl-cycles",
+                "4",
+                "--kl-zero-fraction",
+                "0.25",
+                "--kl-ramp-fraction",
+                "0.25",
+                "--free-bits",
+                "0.25",
+            ],
+        ),
     ],
     # Li et al. (2019) with BN-VAE: half the updates train an autoencoder (beta = 0: the encoder
     # learns to carry the sentence), then the decoder is re-initialised and the VAE trains with
     # beta ramping to 1 while BN-VAE (gamma 1) keeps every dimension's KL at about 0.5 nats or
     # more; z also enters every decoder layer. The README compares it with "annealing".
     "pretrain-reset": [
-        ("the autoencoder (beta = 0)", 0.5,
-         VAE + ["--kl-schedule", "constant", "--kl-beta-max", "0"]),
-        ("the VAE: its encoder, a fresh decoder, BN-VAE and annealing", 0.5,
-         VAE + ["--reset-decoder", "--latent-layer-memory", "--bn-vae-gamma", "1.0",
-                "--kl-schedule", "monotonic", "--kl-ramp-fraction", "0.5"]),
+        (
+            "the autoencoder (beta = 0)",
+            0.5,
+            VAE + ["--kl-schedule", "constant", "--kl-beta-max", "0"],
+        ),
+        (
+            "the VAE: its encoder, a fresh decoder, BN-VAE and annealing",
+            0.5,
+            VAE
+            + [
+                "--reset-decoder",
+                "--latent-layer-memory",
+                "--bn-vae-gamma",
+                "1.0",
+                "--kl-schedule",
+                "monotonic",
+                "--kl-ramp-fraction",
+                "0.5",
+            ],
+        ),
     ],
     # the earlier demo: an autoencoder phase inside one run (beta = 0 for the first half, a ramp
     # to 1 over the next quarter), word dropout, z also added to the input embeddings, and a
     # small free-bits floor
     "annealing": [
-        ("the VAE with KL annealing", 1.0,
-         VAE + ["--latent-to-embeddings", "--kl-schedule", "monotonic",
-                "--kl-zero-fraction", "0.5", "--kl-ramp-fraction", "0.25", "--free-bits", "0.1",
-                "--word-dropout", "0.3"]),
+        (
+            "the VAE with KL annealing",
+            1.0,
+            VAE
+            + [
+                "--latent-to-embeddings",
+                "--kl-schedule",
+                "monotonic",
+                "--kl-zero-fraction",
+                "0.5",
+                "--kl-ramp-fraction",
+                "0.25",
+                "--free-bits",
+                "0.1",
+                "--word-dropout",
+                "0.3",
+            ],
+        ),
     ],
-}  # fmt: skip
+}
 # "annealing" stays the default: "pretrain-reset" holds three times the KL and more MI and BLEU,
 # but its IW-PPL is 29% worse (8.5 against 6.6, README "Results"), and the demo's likelihood
 # must not regress; neither meets every demo target of issue 11 yet
@@ -94,26 +163,55 @@ def run(cmd, echo_filter=None):
 
 def train(data, save_dir, recipe, max_update, user_dir):
     run(
-        [os.path.join(BIN, "fairseq-train"), data, "--user-dir", user_dir, *COMMON, *recipe,
-         "--max-update", str(max_update), "--save-dir", save_dir, "--no-epoch-checkpoints",
-         "--disable-validation", "--log-format", "simple", "--log-interval", "100", "--cpu"],
+        [
+            os.path.join(BIN, "fairseq-train"),
+            data,
+            "--user-dir",
+            user_dir,
+            *COMMON,
+            *recipe,
+            "--max-update",
+            str(max_update),
+            "--save-dir",
+            save_dir,
+            "--no-epoch-checkpoints",
+            "--disable-validation",
+            "--log-format",
+            "simple",
+            "--log-interval",
+            "100",
+            "--cpu",
+        ],
         echo_filter=r"train_inner|done training",
-    )  # fmt: skip
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=os.path.join(ROOT, "data-bin", "synth"))
     labels = os.path.join(ROOT, "corpus", "synth", "test.labels.tsv")
-    parser.add_argument("--labels", default=labels,
-                        help="factor labels of the test split, for the probe table")
+    parser.add_argument(
+        "--labels", default=labels, help="factor labels of the test split, for the probe table"
+    )
     parser.add_argument("--save-dir", default=os.path.join(ROOT, "checkpoints", "demo"))
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
-                        help=f"the training recipe (default {DEFAULT_RECIPE}; see RECIPES)")
-    parser.add_argument("--max-update", type=int, default=1200,
-                        help="updates in all, shared among the recipe's phases")
-    parser.add_argument("--iw-samples", type=int, default=IW_SAMPLES,
-                        help=f"importance samples of the IW-PPL (default {IW_SAMPLES})")
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default=DEFAULT_RECIPE,
+        help=f"the training recipe (default {DEFAULT_RECIPE}; see RECIPES)",
+    )
+    parser.add_argument(
+        "--max-update",
+        type=int,
+        default=1200,
+        help="updates in all, shared among the recipe's phases",
+    )
+    parser.add_argument(
+        "--iw-samples",
+        type=int,
+        default=IW_SAMPLES,
+        help=f"importance samples of the IW-PPL (default {IW_SAMPLES})",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete old checkpoints first")
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(args.data, "dict.txt")):
@@ -139,22 +237,42 @@ def main():
     labels = ["--labels", args.labels] if os.path.isfile(args.labels) else []
     start = time.time()
     output = run(
-        [os.path.join(BIN, "fairseq-vae-eval"), args.data, "--user-dir", user_dir,
-         "--path", checkpoint, "--gen-subset", "test", "--iw-samples", str(args.iw_samples),
-         "--seed", "1", "--cpu", "--results-json", results, *labels],
-    )  # fmt: skip
+        [
+            os.path.join(BIN, "fairseq-vae-eval"),
+            args.data,
+            "--user-dir",
+            user_dir,
+            "--path",
+            checkpoint,
+            "--gen-subset",
+            "test",
+            "--iw-samples",
+            str(args.iw_samples),
+            "--seed",
+            "1",
+            "--cpu",
+            "--results-json",
+            results,
+            *labels,
+        ],
+    )
     eval_minutes = (time.time() - start) / 60
-    print(f"\nbart_vae_small on {args.data}, recipe {args.recipe}: {args.max_update} updates, "
-          f"{train_minutes:.1f} min of training, {eval_minutes:.1f} min of evaluation")
-    print(output[output.index("fairseq-vae-eval |"):].rstrip())
+    print(
+        f"\nbart_vae_small on {args.data}, recipe {args.recipe}: {args.max_update} updates, "
+        f"{train_minutes:.1f} min of training, {eval_minutes:.1f} min of evaluation"
+    )
+    print(output[output.index("fairseq-vae-eval |") :].rstrip())
     report = json.load(open(results))
     if report.get("factors"):
-        print("\nfactor probe (logistic regression on the posterior means: first half of the "
-              "test split to train, second half to score)")  # fmt: skip
+        print(
+            "\nfactor probe (logistic regression on the posterior means: first half of the "
+            "test split to train, second half to score)"
+        )
         print(f"{'factor':<10} {'classes':>7} {'accuracy':>9} {'majority':>9}")
         for name, f in report["factors"].items():
-            print(f"{name:<10} {f['classes']:7d} {f['accuracy']:9.3f} "
-                  f"{f['majority_baseline']:9.3f}")  # fmt: skip
+            print(
+                f"{name:<10} {f['classes']:7d} {f['accuracy']:9.3f} {f['majority_baseline']:9.3f}"
+            )
     show_latent_space(args.save_dir, args.data)
 
 

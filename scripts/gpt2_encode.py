@@ -26,9 +26,10 @@ def main():
         parser.error("--inputs and --outputs need the same number of files")
     bpe = get_encoder(args.encoder_json, args.vocab_bpe)
     for source, target in zip(args.inputs, args.outputs):
-        with open(source, encoding="utf-8", newline="\n") as fin, open(
-            target, "w", encoding="utf-8", newline="\n"
-        ) as fout:
+        with (
+            open(source, encoding="utf-8", newline="\n") as fin,
+            open(target, "w", encoding="utf-8", newline="\n") as fout,
+        ):
             for line in fin:
                 fout.write(" ".join(map(str, bpe.encode(line.strip()))) + "\n")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Decode the path between two sentences' posterior means in a trained bart_vae's latent space.
 
-  python scripts/interpolate.py "the team won the match ." "our trip was awful ." --steps 7
+python scripts/interpolate.py "the team won the match ." "our trip was awful ." --steps 7
 """
 
 import argparse

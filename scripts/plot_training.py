@@ -85,8 +85,9 @@ def plot(train, valid, output, title=None):
         if checks:
             ax.plot(*zip(*checks), "o", color="tab:red", markersize=5, label="valid")
         if not points and not checks:
-            ax.text(0.5, 0.5, f"no '{key}' in the log", ha="center", va="center",
-                    transform=ax.transAxes)  # fmt: skip
+            ax.text(
+                0.5, 0.5, f"no '{key}' in the log", ha="center", va="center", transform=ax.transAxes
+            )
         ax.set_title(label)
         ax.grid(alpha=0.3)
         if points and checks:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Sentences from a trained bart_vae: decoded from the prior, or reconstructed from input.
 
-  python scripts/sample.py -n 10 --seed 1                 # 10 sentences from z ~ N(0, I)
-  python scripts/sample.py --reconstruct < sentences.txt  # each line from its posterior mean
+python scripts/sample.py -n 10 --seed 1                 # 10 sentences from z ~ N(0, I)
+python scripts/sample.py --reconstruct < sentences.txt  # each line from its posterior mean
 """
 
 import argparse

@@ -19,20 +19,37 @@ BIN = os.path.dirname(sys.executable)  # fairseq's console scripts sit beside th
 WORDS = "the a cat dog sat ran on under mat rug red big small quickly slowly".split()
 
 TINY_ARCH = [
-    "--arch", "bart_vae_small",
-    "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
-    "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
-    "--encoder-layers", "1", "--decoder-layers", "1",
-    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-    "--latent-dim", "8", "--dropout", "0", "--attention-dropout", "0",
-]  # fmt: skip
+    "--arch",
+    "bart_vae_small",
+    "--encoder-embed-dim",
+    "16",
+    "--decoder-embed-dim",
+    "16",
+    "--encoder-ffn-embed-dim",
+    "32",
+    "--decoder-ffn-embed-dim",
+    "32",
+    "--encoder-layers",
+    "1",
+    "--decoder-layers",
+    "1",
+    "--encoder-attention-heads",
+    "2",
+    "--decoder-attention-heads",
+    "2",
+    "--latent-dim",
+    "8",
+    "--dropout",
+    "0",
+    "--attention-dropout",
+    "0",
+]
 
 
 def random_sentences(n, seed=0, min_len=3, max_len=9):
     rng = random.Random(seed)
     return [
-        " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_len, max_len)))
-        for _ in range(n)
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_len, max_len))) for _ in range(n)
     ]
 
 
@@ -52,9 +69,20 @@ def build_tiny(data_dir, *extra):
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(
         parser,
-        [data_dir, "--user-dir", USER_DIR, "--task", "text_vae", "--criterion", "elbo",
-         "--max-update", "100", *TINY_ARCH, *extra],
-    )  # fmt: skip
+        [
+            data_dir,
+            "--user-dir",
+            USER_DIR,
+            "--task",
+            "text_vae",
+            "--criterion",
+            "elbo",
+            "--max-update",
+            "100",
+            *TINY_ARCH,
+            *extra,
+        ],
+    )
     task = tasks.setup_task(args)
     torch.manual_seed(0)
     model = task.build_model(args)
@@ -89,8 +117,12 @@ def run_tool(tool, *args, cwd=None, input=None, check=True):
     """Runs one of fairseq's console scripts; returns stdout + stderr."""
     result = subprocess.run(
         [os.path.join(BIN, tool), *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, input=input, timeout=900,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        input=input,
+        timeout=900,
+    )
     if check:
         assert result.returncode == 0, f"{tool} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
@@ -103,31 +135,75 @@ def data_bin(tmp_path_factory):
     for split, n, seed in (("train", 400, 0), ("valid", 40, 1), ("test", 30, 2)):
         (raw / f"{split}.txt").write_text("\n".join(random_sentences(n, seed)) + "\n")
     dest = tmp_path_factory.mktemp("data-bin")
-    run_tool("fairseq-preprocess", "--only-source", "--trainpref", raw / "train.txt",
-             "--validpref", raw / "valid.txt", "--testpref", raw / "test.txt",
-             "--destdir", dest, "--workers", "1")  # fmt: skip
+    run_tool(
+        "fairseq-preprocess",
+        "--only-source",
+        "--trainpref",
+        raw / "train.txt",
+        "--validpref",
+        raw / "valid.txt",
+        "--testpref",
+        raw / "test.txt",
+        "--destdir",
+        dest,
+        "--workers",
+        "1",
+    )
     return str(dest)
 
 
 def train_args(data, save_dir, *extra):
     """fairseq-train's arguments for a tiny bart_vae on ``data``."""
     return [
-        data, "--user-dir", USER_DIR, "--task", "text_vae", "--criterion", "elbo", *TINY_ARCH,
-        "--optimizer", "adam", "--lr", "3e-3", "--max-tokens", "400",
-        "--save-dir", save_dir, "--no-epoch-checkpoints", "--seed", "3",
-        "--required-batch-size-multiple", "1", "--num-workers", "0", "--cpu",
+        data,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "text_vae",
+        "--criterion",
+        "elbo",
+        *TINY_ARCH,
+        "--optimizer",
+        "adam",
+        "--lr",
+        "3e-3",
+        "--max-tokens",
+        "400",
+        "--save-dir",
+        save_dir,
+        "--no-epoch-checkpoints",
+        "--seed",
+        "3",
+        "--required-batch-size-multiple",
+        "1",
+        "--num-workers",
+        "0",
+        "--cpu",
         # fairseq's prefetch thread, left running when training stops mid-epoch, can abort the
         # process at exit ("terminate called without an active exception") after a good run
-        "--data-buffer-size", "0", *extra,
-    ]  # fmt: skip
+        "--data-buffer-size",
+        "0",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(data_bin, tmp_path_factory):
     """A tiny bart_vae trained for 60 updates: enough to decode word sequences."""
     save_dir = tmp_path_factory.mktemp("tiny-ckpt")
-    run_tool("fairseq-train", *train_args(data_bin, save_dir, "--max-update", "60",
-                                          "--kl-schedule", "constant", "--kl-beta-max", "0.2"))
+    run_tool(
+        "fairseq-train",
+        *train_args(
+            data_bin,
+            save_dir,
+            "--max-update",
+            "60",
+            "--kl-schedule",
+            "constant",
+            "--kl-beta-max",
+            "0.2",
+        ),
+    )
     return str(save_dir / "checkpoint_last.pt")
 
 

@@ -8,20 +8,48 @@ import pytest
 from conftest import USER_DIR, run_tool, train_args
 from omegaconf import OmegaConf
 
-from fairseq_vae.tasks.text_vae import TextVAEConfig, kl_beta
+from fairseq_vae.schedules import kl_beta
+from fairseq_vae.tasks.text_vae import TextVAEConfig
 
 
 def test_help_lists_every_option_with_help_text():
-    out = run_tool("fairseq-train", "--user-dir", USER_DIR, "--arch", "bart_vae", "--task", "text_vae",
-              "--criterion", "elbo", "--help")  # fmt: skip
+    out = run_tool(
+        "fairseq-train",
+        "--user-dir",
+        USER_DIR,
+        "--arch",
+        "bart_vae",
+        "--task",
+        "text_vae",
+        "--criterion",
+        "elbo",
+        "--help",
+    )
     options = [
-        "--latent-dim", "--latent-fusion", "--latent-memory-slots", "--latent-to-embeddings",
-        "--word-dropout", "--kl-schedule", "--kl-beta-max", "--kl-cycles", "--kl-cycle-updates",
-        "--kl-ramp-fraction", "--kl-ramp-shape", "--sawtooth-period", "--sawtooth-ratio",
-        "--sawtooth-power", "--sawtooth-scale", "--sawtooth-hold", "--kl-objective",
-        "--free-bits", "--free-bits-mode", "--capacity-max", "--capacity-updates",
-        "--capacity-gamma", "--label-smoothing",
-    ]  # fmt: skip
+        "--latent-dim",
+        "--latent-fusion",
+        "--latent-memory-slots",
+        "--latent-to-embeddings",
+        "--word-dropout",
+        "--kl-schedule",
+        "--kl-beta-max",
+        "--kl-cycles",
+        "--kl-cycle-updates",
+        "--kl-ramp-fraction",
+        "--kl-ramp-shape",
+        "--sawtooth-period",
+        "--sawtooth-ratio",
+        "--sawtooth-power",
+        "--sawtooth-scale",
+        "--sawtooth-hold",
+        "--kl-objective",
+        "--free-bits",
+        "--free-bits-mode",
+        "--capacity-max",
+        "--capacity-updates",
+        "--capacity-gamma",
+        "--label-smoothing",
+    ]
     # argparse's entries: "  --option METAVAR  help..." continued by indented lines
     entries = re.split(r"\n  (?=-)", out.split("\noptions:")[-1])
     helps = {entry.split()[0].rstrip(","): entry for entry in entries if entry.strip()}
@@ -34,11 +62,28 @@ def test_help_lists_every_option_with_help_text():
 
 def test_train_logs_the_scheduled_beta_then_validate_reports_kl_and_elbo(data_bin, tmp_path):
     save_dir = tmp_path / "checkpoints"
-    out = run_tool("fairseq-train", *train_args(
-        data_bin, save_dir, "--max-update", "9", "--kl-cycle-updates", "4",
-        "--kl-ramp-fraction", "0.5", "--log-format", "json", "--log-interval", "1"))  # fmt: skip
-    records = [json.loads(line.split("| train_inner |", 1)[1])
-               for line in out.splitlines() if "| train_inner |" in line]  # fmt: skip
+    out = run_tool(
+        "fairseq-train",
+        *train_args(
+            data_bin,
+            save_dir,
+            "--max-update",
+            "9",
+            "--kl-cycle-updates",
+            "4",
+            "--kl-ramp-fraction",
+            "0.5",
+            "--log-format",
+            "json",
+            "--log-interval",
+            "1",
+        ),
+    )
+    records = [
+        json.loads(line.split("| train_inner |", 1)[1])
+        for line in out.splitlines()
+        if "| train_inner |" in line
+    ]
     assert len(records) == 9, out[-3000:]
     cfg = OmegaConf.structured(TextVAEConfig)
     cfg.kl_cycle_updates, cfg.kl_ramp_fraction, cfg.max_update = 4, 0.5, 9
@@ -50,10 +95,22 @@ def test_train_logs_the_scheduled_beta_then_validate_reports_kl_and_elbo(data_bi
             assert key in record, key
     assert [float(r["beta"]) for r in records[:6]] == pytest.approx([0, 0.5, 1, 1, 0, 0.5])
 
-    out = run_tool("fairseq-validate", data_bin, "--user-dir", USER_DIR, "--task", "text_vae",
-              "--path", str(save_dir / "checkpoint_last.pt"), "--max-tokens", "400",
-              "--required-batch-size-multiple", "1", "--cpu")  # fmt: skip
-    line = [l for l in out.splitlines() if "valid on" in l][-1]
+    out = run_tool(
+        "fairseq-validate",
+        data_bin,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "text_vae",
+        "--path",
+        str(save_dir / "checkpoint_last.pt"),
+        "--max-tokens",
+        "400",
+        "--required-batch-size-multiple",
+        "1",
+        "--cpu",
+    )
+    line = [ln for ln in out.splitlines() if "valid on" in ln][-1]
     values = dict(re.findall(r"\| (\w+) ([-\d.]+)", line))
     assert float(values["beta"]) == 1.0
     kl, elbo, loss_bits = float(values["kl"]), float(values["elbo"]), float(values["loss"])
@@ -68,9 +125,23 @@ def test_tensorboard_event_files_carry_kl_beta_elbo_and_active_dims(data_bin, tm
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logdir = tmp_path / "tensorboard"
-    out = run_tool("fairseq-train", *train_args(
-        data_bin, tmp_path / "checkpoints", "--max-update", "4", "--kl-cycle-updates", "4",
-        "--kl-ramp-fraction", "0.5", "--log-interval", "1", "--tensorboard-logdir", logdir))  # fmt: skip
+    out = run_tool(
+        "fairseq-train",
+        *train_args(
+            data_bin,
+            tmp_path / "checkpoints",
+            "--max-update",
+            "4",
+            "--kl-cycle-updates",
+            "4",
+            "--kl-ramp-fraction",
+            "0.5",
+            "--log-interval",
+            "1",
+            "--tensorboard-logdir",
+            logdir,
+        ),
+    )
     assert "tensorboard not found" not in out
     cfg = OmegaConf.structured(TextVAEConfig)
     cfg.kl_cycle_updates, cfg.kl_ramp_fraction, cfg.max_update = 4, 0.5, 4

@@ -16,7 +16,8 @@ from conftest import train_args
 from fairseq import checkpoint_utils
 from omegaconf import OmegaConf
 
-from fairseq_vae.tasks.text_vae import TextVAEConfig, kl_beta
+from fairseq_vae.schedules import kl_beta
+from fairseq_vae.tasks.text_vae import TextVAEConfig
 
 # fairseq seeds every worker with --seed + the update number, so worker 1 draws for batch 1 the
 # noise one process draws for batch 0: posterior samples (like dropout) cannot match between
@@ -30,14 +31,27 @@ bart_vae.reparameterize = lambda mu, logvar: mu
 sys.exit(cli_main())
 """
 
-OPTIONS = ["--max-update", "3", "--log-format", "json", "--log-interval", "1",
-           "--kl-schedule", "cyclical", "--kl-cycle-updates", "4"]  # fmt: skip
+OPTIONS = [
+    "--max-update",
+    "3",
+    "--log-format",
+    "json",
+    "--log-interval",
+    "1",
+    "--kl-schedule",
+    "cyclical",
+    "--kl-cycle-updates",
+    "4",
+]
 COMPARED = ("loss", "nll_loss", "kl", "elbo", "elbo_tok", "beta", "active_dims", "wpb", "bsz")
 
 
 def train_records(out):
-    records = [json.loads(line.split("| train_inner |", 1)[1])
-               for line in out.splitlines() if "| train_inner |" in line]  # fmt: skip
+    records = [
+        json.loads(line.split("| train_inner |", 1)[1])
+        for line in out.splitlines()
+        if "| train_inner |" in line
+    ]
     return {int(record["num_updates"]): record for record in records}
 
 
@@ -53,20 +67,40 @@ def fairseq_train(args):
 
 def test_two_workers_match_one_worker_with_update_freq_2(data_bin, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")  # two workers on two cores
-    one = subprocess.run(fairseq_train(train_args(
-        data_bin, tmp_path / "one", *OPTIONS, "--update-freq", "2")),
-        capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    one = subprocess.run(
+        fairseq_train(train_args(data_bin, tmp_path / "one", *OPTIONS, "--update-freq", "2")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
 
-    distributed = ["--distributed-world-size", "2", "--distributed-backend", "gloo",
-                   "--distributed-init-method", f"tcp://127.0.0.1:{free_port()}",
-                   "--distributed-no-spawn", "--ddp-backend", "legacy_ddp"]  # fmt: skip
+    distributed = [
+        "--distributed-world-size",
+        "2",
+        "--distributed-backend",
+        "gloo",
+        "--distributed-init-method",
+        f"tcp://127.0.0.1:{free_port()}",
+        "--distributed-no-spawn",
+        "--ddp-backend",
+        "legacy_ddp",
+    ]
     workers = [
-        subprocess.Popen(fairseq_train(train_args(data_bin, tmp_path / "two", *OPTIONS,
-                                                  *distributed, "--distributed-rank", rank)),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            fairseq_train(
+                train_args(
+                    data_bin, tmp_path / "two", *OPTIONS, *distributed, "--distributed-rank", rank
+                )
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         for rank in (0, 1)
-    ]  # fmt: skip
+    ]
     try:
         outs = [worker.communicate(timeout=600) for worker in workers]
     finally:

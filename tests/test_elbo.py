@@ -115,9 +115,18 @@ def test_elbo_perplexity_of_a_huge_loss_is_infinite_not_an_error():
     # -ELBO per token above ~709 nats (a beta = 0 phase with a wide latent) overflows exp()
     def logs(nll_per_token):
         ntokens, nsentences = 10, 2
-        return [{"loss": nll_per_token * ntokens, "nll_loss": nll_per_token * ntokens, "kl": 0.0,
-                 "ntokens": ntokens, "nsentences": nsentences, "sample_size": ntokens,
-                 "beta": nsentences, "active_dims": 0}]  # fmt: skip
+        return [
+            {
+                "loss": nll_per_token * ntokens,
+                "nll_loss": nll_per_token * ntokens,
+                "kl": 0.0,
+                "ntokens": ntokens,
+                "nsentences": nsentences,
+                "sample_size": ntokens,
+                "beta": nsentences,
+                "active_dims": 0,
+            }
+        ]
 
     for nll_per_token, expected in ((2.0, round(math.exp(2.0), 2)), (800.0, math.inf)):
         with metrics.aggregate() as aggregate:

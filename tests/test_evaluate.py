@@ -88,9 +88,13 @@ def slow_log_normal(z, mu, logvar):
 
 def slow_mutual_information(mu, logvar, z):
     n, dim = len(mu), len(mu[0])
-    neg_entropy = sum(
-        -0.5 * dim * math.log(2 * math.pi) - 0.5 * sum(1 + lv for lv in logvar[i]) for i in range(n)
-    ) / n
+    neg_entropy = (
+        sum(
+            -0.5 * dim * math.log(2 * math.pi) - 0.5 * sum(1 + lv for lv in logvar[i])
+            for i in range(n)
+        )
+        / n
+    )
     log_qz = 0.0
     for i in range(n):
         dens = [slow_log_normal(z[i], mu[j], logvar[j]) for j in range(n)]
@@ -321,13 +325,43 @@ def test_fairseq_vae_eval_reports_every_metric_on_every_sentence(trained, dict_d
     results = tmp_path / "results.json"
     # 37 sentences at 5 per batch: fairseq's default multiple of 8 would drop some
     stdout, _ = run(
-        "fairseq-vae-eval", data, "--user-dir", USER_DIR, "--path", checkpoint,
-        "--gen-subset", "test", "--iw-samples", "12", "--iw-chunk", "5", "--batch-size", "5",
-        "--labels", str(labels), "--results-json", str(results), "--cpu",
-    )  # fmt: skip
-    for name in ("IW-NLL", "IW PPL / token", "IW PPL / word", "-ELBO", "KL", "MI", "AU",
-                 "reconstruction BLEU", "probe accuracy: first", "probe accuracy: long",
-                 "majority", "K=12", "MI pool=dataset", "AU threshold=0.01", "token:"):  # fmt: skip
+        "fairseq-vae-eval",
+        data,
+        "--user-dir",
+        USER_DIR,
+        "--path",
+        checkpoint,
+        "--gen-subset",
+        "test",
+        "--iw-samples",
+        "12",
+        "--iw-chunk",
+        "5",
+        "--batch-size",
+        "5",
+        "--labels",
+        str(labels),
+        "--results-json",
+        str(results),
+        "--cpu",
+    )
+    for name in (
+        "IW-NLL",
+        "IW PPL / token",
+        "IW PPL / word",
+        "-ELBO",
+        "KL",
+        "MI",
+        "AU",
+        "reconstruction BLEU",
+        "probe accuracy: first",
+        "probe accuracy: long",
+        "majority",
+        "K=12",
+        "MI pool=dataset",
+        "AU threshold=0.01",
+        "token:",
+    ):
         assert name in stdout, f"{name!r} missing from:\n{stdout}"
     report = json.loads(results.read_text())
     settings, metrics = report["settings"], report["metrics"]
@@ -342,19 +376,43 @@ def test_fairseq_vae_eval_reports_every_metric_on_every_sentence(trained, dict_d
 
     # the KL is analytic: fairseq-validate's number is the same
     stdout, _ = run(
-        "fairseq-validate", data, "--user-dir", USER_DIR, "--task", "text_vae",
-        "--path", checkpoint, "--valid-subset", "test", "--batch-size", "5",
-        "--required-batch-size-multiple", "1", "--cpu",
-    )  # fmt: skip
+        "fairseq-validate",
+        data,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "text_vae",
+        "--path",
+        checkpoint,
+        "--valid-subset",
+        "test",
+        "--batch-size",
+        "5",
+        "--required-batch-size-multiple",
+        "1",
+        "--cpu",
+    )
     line = [line for line in stdout.splitlines() if "valid on" in line][-1]
     kl = float(line.split("| kl ")[1].split()[0])
     assert metrics["kl"] == pytest.approx(kl, abs=2e-3)
 
     # the batch pool of the MI, without the greedy decoding
     stdout, _ = run(
-        "fairseq-vae-eval", data, "--path", checkpoint, "--gen-subset", "test",
-        "--iw-samples", "2", "--mi-pool", "batch", "--batch-size", "10", "--no-bleu", "--cpu",
-    )  # fmt: skip
+        "fairseq-vae-eval",
+        data,
+        "--path",
+        checkpoint,
+        "--gen-subset",
+        "test",
+        "--iw-samples",
+        "2",
+        "--mi-pool",
+        "batch",
+        "--batch-size",
+        "10",
+        "--no-bleu",
+        "--cpu",
+    )
     assert "MI pool=batch" in stdout and "BLEU" not in stdout
     mi = float(stdout.split("\nMI")[1].split()[0])
     assert mi <= math.log(10) + 0.2
@@ -391,10 +449,23 @@ def test_fairseq_vae_eval_perplexities_have_a_known_answer_on_a_subword_corpus(t
     save_checkpoint(checkpoint, model, args)
     results = tmp_path / "results.json"
     run(
-        "fairseq-vae-eval", data, "--user-dir", USER_DIR, "--path", checkpoint,
-        "--gen-subset", "test", "--iw-samples", "5", "--no-bleu", "--post-process",
-        "subword_nmt", "--results-json", str(results), "--cpu",
-    )  # fmt: skip
+        "fairseq-vae-eval",
+        data,
+        "--user-dir",
+        USER_DIR,
+        "--path",
+        checkpoint,
+        "--gen-subset",
+        "test",
+        "--iw-samples",
+        "5",
+        "--no-bleu",
+        "--post-process",
+        "subword_nmt",
+        "--results-json",
+        str(results),
+        "--cpu",
+    )
     report = json.loads(results.read_text())
     settings, metrics = report["settings"], report["metrics"]
     assert (settings["sentences"], settings["tokens"], settings["words"]) == (12, n_tokens, n_words)

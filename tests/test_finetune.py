@@ -1,4 +1,5 @@
-"""Fine-tuning bart_vae from a plain BART checkpoint pretrained with fairseq's own denoising task."""
+"""Fine-tuning bart_vae from a plain BART checkpoint pretrained with fairseq's own denoising
+task."""
 
 import os
 import re
@@ -15,39 +16,98 @@ SYNTH = os.path.join(ROOT, "data-bin", "synth")  # the shipped corpus
 
 def dims(width):
     return [
-        "--encoder-embed-dim", str(width), "--decoder-embed-dim", str(width),
-        "--encoder-ffn-embed-dim", str(2 * width), "--decoder-ffn-embed-dim", str(2 * width),
-        "--encoder-layers", "1", "--decoder-layers", "1",
-        "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-        "--dropout", "0", "--attention-dropout", "0",
-    ]  # fmt: skip
+        "--encoder-embed-dim",
+        str(width),
+        "--decoder-embed-dim",
+        str(width),
+        "--encoder-ffn-embed-dim",
+        str(2 * width),
+        "--decoder-ffn-embed-dim",
+        str(2 * width),
+        "--encoder-layers",
+        "1",
+        "--decoder-layers",
+        "1",
+        "--encoder-attention-heads",
+        "2",
+        "--decoder-attention-heads",
+        "2",
+        "--dropout",
+        "0",
+        "--attention-dropout",
+        "0",
+    ]
 
 
-COMMON = ["--optimizer", "adam", "--max-tokens", "2000", "--num-workers", "0", "--cpu",
-          "--seed", "5", "--no-epoch-checkpoints"]  # fmt: skip
+COMMON = [
+    "--optimizer",
+    "adam",
+    "--max-tokens",
+    "2000",
+    "--num-workers",
+    "0",
+    "--cpu",
+    "--seed",
+    "5",
+    "--no-epoch-checkpoints",
+]
 
 
 def pretrain_bart(data, save_dir, width, updates):
     """BART's own pretraining objective (text infilling) with fairseq's denoising task, as the
     demo's "bart-init" recipe and benchmarks/pretrained.py run it (bart_vae's 1024 positions)."""
     run_tool(
-        "fairseq-train", data, "--user-dir", USER_DIR,
+        "fairseq-train",
+        data,
+        "--user-dir",
+        USER_DIR,
         *denoising_pretraining_args(dim=width, ffn=2 * width, layers=1, heads=2, positions=1024),
-        "--dropout", "0", "--attention-dropout", "0", "--lr", "3e-3",
-        "--max-update", str(updates), "--save-dir", save_dir, "--disable-validation", *COMMON,
+        "--dropout",
+        "0",
+        "--attention-dropout",
+        "0",
+        "--lr",
+        "3e-3",
+        "--max-update",
+        str(updates),
+        "--save-dir",
+        save_dir,
+        "--disable-validation",
+        *COMMON,
         # its prefetch thread, left running when training stops mid-epoch, aborts at exit
-        "--data-buffer-size", "0",
-    )  # fmt: skip
+        "--data-buffer-size",
+        "0",
+    )
     return os.path.join(save_dir, "checkpoint_last.pt")
 
 
 def train_vae(save_dir, width, *extra, lr="0", updates="1"):
     return run_tool(
-        "fairseq-train", SYNTH, "--user-dir", USER_DIR, "--task", "text_vae", "--criterion", "elbo",
-        "--arch", "bart_vae", *dims(width), "--lr", lr, "--max-update", updates,
-        "--kl-schedule", "constant", "--kl-beta-max", "0.1", "--save-dir", save_dir,
-        *COMMON, *extra, check=False,
-    )  # fmt: skip
+        "fairseq-train",
+        SYNTH,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "text_vae",
+        "--criterion",
+        "elbo",
+        "--arch",
+        "bart_vae",
+        *dims(width),
+        "--lr",
+        lr,
+        "--max-update",
+        updates,
+        "--kl-schedule",
+        "constant",
+        "--kl-beta-max",
+        "0.1",
+        "--save-dir",
+        save_dir,
+        *COMMON,
+        *extra,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +123,16 @@ def load(path):
     "how",
     [
         ["--finetune-from-model"],
-        ["--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler",
-         "--restore-file"],
+        [
+            "--reset-optimizer",
+            "--reset-dataloader",
+            "--reset-meters",
+            "--reset-lr-scheduler",
+            "--restore-file",
+        ],
     ],
     ids=["finetune-from-model", "restore-file"],
-)  # fmt: skip
+)
 def test_bart_weights_are_copied_and_vae_parameters_initialised(pretrained, tmp_path, how):
     # --lr 0: Adam's step is exactly zero, so the saved model is the model as loaded
     out = train_vae(str(tmp_path), 32, *how, pretrained, "--disable-validation")
@@ -92,9 +157,11 @@ def test_bart_weights_are_copied_and_vae_parameters_initialised(pretrained, tmp_
 
 def test_checkpoint_of_other_width_names_both_sizes(pretrained, tmp_path):
     out = train_vae(str(tmp_path), 24, "--finetune-from-model", pretrained)
-    message = (r"checkpoint tensor encoder\.embed_tokens\.weight has shape \((\d+), 32\) but "
-               r"the model's is \(\1, 24\): the checkpoint was trained with other dimensions "
-               r"\(width 32 vs 24\); choose the matching --arch")  # fmt: skip
+    message = (
+        r"checkpoint tensor encoder\.embed_tokens\.weight has shape \((\d+), 32\) but "
+        r"the model's is \(\1, 24\): the checkpoint was trained with other dimensions "
+        r"\(width 32 vs 24\); choose the matching --arch"
+    )
     assert re.search(r"\| ERROR \| fairseq_vae\.models\.bart_vae \| " + message, out), out[-2000:]
     assert not os.path.exists(tmp_path / "checkpoint_last.pt")  # it stopped there
 
@@ -108,13 +175,14 @@ def test_checkpoint_with_another_dictionary_names_both_sizes(data_bin, tmp_path)
 
 
 def valid_nll(out):
-    line = [l for l in out.splitlines() if "valid on 'valid' subset" in l][-1]
+    line = [ln for ln in out.splitlines() if "valid on 'valid' subset" in ln][-1]
     return float(re.search(r"\| nll_loss ([\d.]+)", line)[1])
 
 
 def test_finetuning_beats_training_from_scratch(pretrained, tmp_path):
     # same seed, optimiser, learning rate and number of updates for both
-    finetuned = train_vae(str(tmp_path / "ft"), 32, "--finetune-from-model", pretrained,
-                          lr="3e-3", updates="20")  # fmt: skip
+    finetuned = train_vae(
+        str(tmp_path / "ft"), 32, "--finetune-from-model", pretrained, lr="3e-3", updates="20"
+    )
     scratch = train_vae(str(tmp_path / "scratch"), 32, lr="3e-3", updates="20")
     assert valid_nll(finetuned) < valid_nll(scratch), (valid_nll(finetuned), valid_nll(scratch))

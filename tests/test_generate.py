@@ -11,8 +11,18 @@ from fairseq_vae.models.hub_interface import interpolate_latents
 
 
 def generate(data_bin, checkpoint, *args):
-    out = run_tool("fairseq-generate", data_bin, "--user-dir", USER_DIR, "--task", "text_vae",
-                   "--path", checkpoint, "--cpu", *args)  # fmt: skip
+    out = run_tool(
+        "fairseq-generate",
+        data_bin,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "text_vae",
+        "--path",
+        checkpoint,
+        "--cpu",
+        *args,
+    )
     hypotheses = {}
     for line in out.splitlines():
         match = re.match(r"H-(\d+)\t(\S+)\t?(.*)$", line)
@@ -33,8 +43,18 @@ def test_prior_samples_exact_count_and_seeded(data_bin, tiny_checkpoint):
 
 def test_prior_count_survives_odd_batch_sizes(data_bin, tiny_checkpoint):
     # fairseq's default --required-batch-size-multiple 8 once turned 6 samples into 4
-    hyps, _ = generate(data_bin, tiny_checkpoint, "--latent-source", "prior",
-                       "--prior-samples", "6", "--batch-size", "4", "--seed", "1")  # fmt: skip
+    hyps, _ = generate(
+        data_bin,
+        tiny_checkpoint,
+        "--latent-source",
+        "prior",
+        "--prior-samples",
+        "6",
+        "--batch-size",
+        "4",
+        "--seed",
+        "1",
+    )
     assert sorted(hyps) == list(range(6))
 
 
@@ -57,8 +77,9 @@ def test_search_options_work_unchanged(data_bin, tiny_checkpoint, search):
         assert all(len(h.split()) <= 3 for hs in hyps.values() for h in hs)
     if "--sampling" not in search:
         # a sentence's z and search do not depend on the rest of its batch
-        alone, _ = generate(data_bin, tiny_checkpoint, "--gen-subset", "valid", "--batch-size",
-                            "1", *search)  # fmt: skip
+        alone, _ = generate(
+            data_bin, tiny_checkpoint, "--gen-subset", "valid", "--batch-size", "1", *search
+        )
         assert alone == hyps
     if "--sampling-topk" in search:
         k = int(search[search.index("--sampling-topk") + 1])
@@ -72,7 +93,9 @@ def token_ranks(data_bin, checkpoint, hyps):
     tokens before it (0: the most probable)."""
     from fairseq import checkpoint_utils
 
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], {"data": data_bin})
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [checkpoint], {"data": data_bin}
+    )
     model, d = models[0].eval(), task.source_dictionary
     model.encoder.latent_source = "mean"  # what --latent-source posterior-mean decodes from
     task.load_dataset("valid")
@@ -95,25 +118,58 @@ def token_ranks(data_bin, checkpoint, hyps):
 
 
 def test_reconstruction_prints_bleu(data_bin, tiny_checkpoint):
-    hyps, out = generate(data_bin, tiny_checkpoint, "--gen-subset", "test", "--beam", "1",
-                         "--latent-source", "posterior-mean", "--scoring", "sacrebleu")  # fmt: skip
+    hyps, out = generate(
+        data_bin,
+        tiny_checkpoint,
+        "--gen-subset",
+        "test",
+        "--beam",
+        "1",
+        "--latent-source",
+        "posterior-mean",
+        "--scoring",
+        "sacrebleu",
+    )
     assert sorted(hyps) == list(range(30))
     assert re.search(r"Generate test with beam=1: BLEU = [\d.]+", out), out[-2000:]
 
 
 def test_interactive_reconstructs_typed_sentences(data_bin, tiny_checkpoint):
-    out = run_tool("fairseq-interactive", data_bin, "--user-dir", USER_DIR, "--task", "text_vae",
-                   "--path", tiny_checkpoint, "--cpu", "--beam", "1",
-                   input="the cat sat on the mat\na big dog ran\n")  # fmt: skip
+    out = run_tool(
+        "fairseq-interactive",
+        data_bin,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "text_vae",
+        "--path",
+        tiny_checkpoint,
+        "--cpu",
+        "--beam",
+        "1",
+        input="the cat sat on the mat\na big dog ran\n",
+    )
     assert len(re.findall(r"^H-\d+\t", out, flags=re.M)) == 2
 
 
 def test_interactive_constraints_appear_in_the_output(data_bin, tiny_checkpoint):
     # lexically constrained beam search: each typed line carries its constraints after a tab
-    out = run_tool("fairseq-interactive", data_bin, "--user-dir", USER_DIR, "--task", "text_vae",
-                   "--path", tiny_checkpoint, "--cpu", "--beam", "4", "--constraints",
-                   input="the cat sat on the mat\tquickly\na big dog ran\tunder\tred\n")
-    hypotheses = re.findall(r"^H-(\d+)\t\S+\t(.*)$", out, flags=re.M)  # fmt: skip
+    out = run_tool(
+        "fairseq-interactive",
+        data_bin,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "text_vae",
+        "--path",
+        tiny_checkpoint,
+        "--cpu",
+        "--beam",
+        "4",
+        "--constraints",
+        input="the cat sat on the mat\tquickly\na big dog ran\tunder\tred\n",
+    )
+    hypotheses = re.findall(r"^H-(\d+)\t\S+\t(.*)$", out, flags=re.M)
     assert len(hypotheses) == 2, out[-3000:]
     words = dict((int(i), text.split()) for i, text in hypotheses)
     assert "quickly" in words[0]
@@ -214,8 +270,9 @@ def test_checkpoint_trained_in_half_precision_generates_in_half_precision(
     if not cpu_runs(dtype):
         pytest.skip(f"this machine's torch has no {precision} matrix product on the CPU")
     state = torch.load(tiny_checkpoint, map_location="cpu")
-    state["model"] = {k: v.to(dtype) if v.is_floating_point() else v
-                      for k, v in state["model"].items()}  # fmt: skip
+    state["model"] = {
+        k: v.to(dtype) if v.is_floating_point() else v for k, v in state["model"].items()
+    }
     state["cfg"]["common"][precision] = True
     half = str(tmp_path / f"checkpoint_{precision}.pt")
     torch.save(state, half)
@@ -242,8 +299,9 @@ def test_checkpoint_trained_in_half_precision_generates_in_half_precision(
     if precision == "fp16":  # and the command line, from the data and from the prior
         hyps, _ = generate(data_bin, half, "--fp16", "--gen-subset", "valid", "--beam", "2")
         assert sorted(hyps) == list(range(40))
-        prior, _ = generate(data_bin, half, "--fp16", "--latent-source", "prior",
-                            "--prior-samples", "5")  # fmt: skip
+        prior, _ = generate(
+            data_bin, half, "--fp16", "--latent-source", "prior", "--prior-samples", "5"
+        )
         assert sorted(prior) == list(range(5))
 
 
@@ -289,8 +347,17 @@ def test_hub_refuses_generation_options_fairseq_does_not_have(hub):
 
 
 def test_hub_match_source_len_decodes_against_the_real_sources(hub, data_bin, tiny_checkpoint):
-    _, out = generate(data_bin, tiny_checkpoint, "--gen-subset", "test", "--beam", "1",
-                      "--match-source-len", "--batch-size", "8")  # fmt: skip
+    _, out = generate(
+        data_bin,
+        tiny_checkpoint,
+        "--gen-subset",
+        "test",
+        "--beam",
+        "1",
+        "--match-source-len",
+        "--batch-size",
+        "8",
+    )
     sources = dict(re.findall(r"^S-(\d+)\t(.*)$", out, flags=re.M))
     expected = dict(re.findall(r"^H-(\d+)\t\S+\t(.*)$", out, flags=re.M))
     ids = sorted(sources, key=int)

@@ -19,20 +19,44 @@ def gpt2_corpus(tmp_path_factory):
     byte-level GPT-2 BPE, and a tiny bart_vae trained on them for a few updates."""
     root = tmp_path_factory.mktemp("gpt2-corpus")
     (root / "raw").mkdir()
-    splits = {"train": random_sentences(100, 0), "valid": random_sentences(10, 1),
-              "test": random_sentences(24, 2)}  # fmt: skip
+    splits = {
+        "train": random_sentences(100, 0),
+        "valid": random_sentences(10, 1),
+        "test": random_sentences(24, 2),
+    }
     for split, lines in splits.items():
         (root / "raw" / f"{split}.txt").write_text("\n".join(lines) + "\n")
     bart = tiny_gpt2_files(root / "bart")
     env = dict(os.environ, PYTHON=sys.executable, DATA_BIN=str(root / "bin"), WORKERS="1")
     result = subprocess.run(
-        ["bash", os.path.join(ROOT, "scripts", "prepare_data.sh"), str(root / "raw"), "corpus",
-         "--bart", str(bart)], capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        [
+            "bash",
+            os.path.join(ROOT, "scripts", "prepare_data.sh"),
+            str(root / "raw"),
+            "corpus",
+            "--bart",
+            str(bart),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     data = str(root / "bin" / "corpus")
-    run_tool("fairseq-train", *train_args(data, str(root / "ckpt"), "--max-update", "30",
-                                          "--kl-schedule", "constant", "--kl-beta-max", "0.1"))
+    run_tool(
+        "fairseq-train",
+        *train_args(
+            data,
+            str(root / "ckpt"),
+            "--max-update",
+            "30",
+            "--kl-schedule",
+            "constant",
+            "--kl-beta-max",
+            "0.1",
+        ),
+    )
     return splits["test"], data, str(root / "ckpt" / "checkpoint_last.pt")
 
 
@@ -54,9 +78,23 @@ def test_fairseq_vae_eval_counts_raw_words_and_scores_raw_text(gpt2_corpus, hub,
 
     raw, data, checkpoint = gpt2_corpus
     results = tmp_path / "results.json"
-    run_tool("fairseq-vae-eval", data, "--user-dir", USER_DIR, "--path", checkpoint,
-             "--gen-subset", "test", "--iw-samples", "2", "--batch-size", "8",
-             "--results-json", results, "--cpu")  # fmt: skip
+    run_tool(
+        "fairseq-vae-eval",
+        data,
+        "--user-dir",
+        USER_DIR,
+        "--path",
+        checkpoint,
+        "--gen-subset",
+        "test",
+        "--iw-samples",
+        "2",
+        "--batch-size",
+        "8",
+        "--results-json",
+        results,
+        "--cpu",
+    )
     report = json.loads(results.read_text())
     settings, metrics = report["settings"], report["metrics"]
     assert settings["words"] == sum(len(line.split()) + 1 for line in raw)
@@ -75,9 +113,23 @@ def test_fairseq_vae_eval_counts_raw_words_and_scores_raw_text(gpt2_corpus, hub,
 
 def test_fairseq_generate_reads_and_prints_raw_text_by_default(gpt2_corpus):
     raw, data, checkpoint = gpt2_corpus
-    out = run_tool("fairseq-generate", data, "--user-dir", USER_DIR, "--task", "text_vae",
-                   "--path", checkpoint, "--gen-subset", "test", "--beam", "1", "--cpu",
-                   "--scoring", "sacrebleu")  # fmt: skip
+    out = run_tool(
+        "fairseq-generate",
+        data,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "text_vae",
+        "--path",
+        checkpoint,
+        "--gen-subset",
+        "test",
+        "--beam",
+        "1",
+        "--cpu",
+        "--scoring",
+        "sacrebleu",
+    )
     targets = dict(re.findall(r"^T-(\d+)\t(.*)$", out, flags=re.M))
     assert [targets[str(i)] for i in range(len(raw))] == raw
     hypotheses = re.findall(r"^D-\d+\t\S+\t(.*)$", out, flags=re.M)
@@ -91,10 +143,23 @@ def test_hub_and_scripts_speak_raw_text(gpt2_corpus, hub):
     assert all(is_text(s) for s in hub.interpolate(raw[0], raw[1], steps=3) + hub.sample(3))
     # scripts/sample.py and interpolate.py are this hub behind a command line
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "sample.py"), "-n", "3", "--seed", "1",
-         "--checkpoint-dir", os.path.dirname(checkpoint), "--data", data, "--cpu"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "sample.py"),
+            "-n",
+            "3",
+            "--seed",
+            "1",
+            "--checkpoint-dir",
+            os.path.dirname(checkpoint),
+            "--data",
+            data,
+            "--cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 3 and all(is_text(line) for line in lines), result.stdout

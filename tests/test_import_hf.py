@@ -32,7 +32,7 @@ FIXED_SENTENCES = [
     "Don't stop: it's 3.14, isn't it?",
     "naïve café owners in Zürich earn 1,250 CHF",
     "東京 and Kyōto are cities 🙂",
-    "Mixed CASE, \"quotes\" and (brackets) -- dashes",
+    'Mixed CASE, "quotes" and (brackets) -- dashes',
     "tabs\tand  double  spaces stay",
     "e-mail: someone@example.com; url https://example.org/x?y=1",
     "The end ... or is it?",
@@ -56,15 +56,17 @@ def train_tokenizer(folder, texts):
     """A byte-level BPE saved as a Hugging Face tokenizer: <s> <pad> </s> <unk> first,
     <mask> last (facebook/bart-base's layout). Returns the vocabulary size."""
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=420, min_frequency=2, special_tokens=SPECIALS,
-                            show_progress=False)  # fmt: skip
+    bpe.train_from_iterator(
+        texts, vocab_size=420, min_frequency=2, special_tokens=SPECIALS, show_progress=False
+    )
     bpe.add_special_tokens(["<mask>"])
     folder.mkdir(parents=True, exist_ok=True)
     bpe.save_model(str(folder))  # vocab.json (without added tokens) and merges.txt
     vocab = bpe.get_vocab()  # with <mask>
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    BartTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt")
-                  ).save_pretrained(str(folder))  # fmt: skip
+    BartTokenizer(
+        vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt")
+    ).save_pretrained(str(folder))
     assert vocab["<mask>"] == len(vocab) - 1
     return len(vocab)
 
@@ -82,11 +84,20 @@ def hf_folder(folder, tokenizer_dir, vocab_size, cls, how, activation="gelu", ma
     """Saves a tiny random BART as a Hugging Face folder; returns the model. Without
     ``mask_row`` the embedding stops before <mask>, as facebook/bart-large-cnn's does."""
     config = BartConfig(
-        vocab_size=vocab_size if mask_row else vocab_size - 1, d_model=32, encoder_layers=2, decoder_layers=3,
-        encoder_attention_heads=4, decoder_attention_heads=2, encoder_ffn_dim=64,
-        decoder_ffn_dim=48, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
-        activation_dropout=0.0, activation_function=activation,
-    )  # fmt: skip
+        vocab_size=vocab_size if mask_row else vocab_size - 1,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=3,
+        encoder_attention_heads=4,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=48,
+        max_position_embeddings=64,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        activation_function=activation,
+    )
     torch.manual_seed(0)
     model = perturbed(cls(config))
     folder.mkdir(parents=True)
@@ -113,8 +124,11 @@ def hf_folder(folder, tokenizer_dir, vocab_size, cls, how, activation="gelu", ma
 def corpus(tmp_path_factory):
     """Raw train/valid/test text and a tokenizer trained on the train split."""
     root = tmp_path_factory.mktemp("hf-corpus")
-    splits = {"train": corpus_sentences(300, 0), "valid": corpus_sentences(20, 1),
-              "test": FIXED_SENTENCES + corpus_sentences(50, 2)}  # fmt: skip
+    splits = {
+        "train": corpus_sentences(300, 0),
+        "valid": corpus_sentences(20, 1),
+        "test": FIXED_SENTENCES + corpus_sentences(50, 2),
+    }
     (root / "raw").mkdir()
     for split, lines in splits.items():
         (root / "raw" / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -140,8 +154,9 @@ def imported(corpus, tmp_path_factory):
     out = {}
     for name, (how, cls, activation, mask_row) in VARIANTS.items():
         folder = tmp_path_factory.mktemp(name)
-        model = hf_folder(folder / "hf", root / "tokenizer", vocab_size, cls, how, activation,
-                          mask_row)  # fmt: skip
+        model = hf_folder(
+            folder / "hf", root / "tokenizer", vocab_size, cls, how, activation, mask_row
+        )
         if name == "safetensors":  # the console script once; the function for the others
             log = run_tool("fairseq-vae-import-hf", folder / "hf", folder / "fairseq")
         else:
@@ -197,9 +212,11 @@ def test_fairseq_logits_equal_transformers(corpus, imported, variant):
     flags = (fairseq_dir / "train_flags.txt").read_text().strip()
     assert flags in log
     bart = BARTModel.from_pretrained(
-        str(fairseq_dir), "model.pt", gpt2_encoder_json=str(fairseq_dir / "encoder.json"),
+        str(fairseq_dir),
+        "model.pt",
+        gpt2_encoder_json=str(fairseq_dir / "encoder.json"),
         gpt2_vocab_bpe=str(fairseq_dir / "vocab.bpe"),
-    )  # fmt: skip
+    )
     bart.eval()
     tokenizer = BartTokenizer.from_pretrained(str(hf_dir))
     sentences = FIXED_SENTENCES[:6]
@@ -209,8 +226,12 @@ def test_fairseq_logits_equal_transformers(corpus, imported, variant):
         assert bart.encode(sentence).tolist() == row[row != PAD].tolist()
     with torch.no_grad():
         ours = bart.model(src, src.ne(PAD).sum(1), prev)[0]
-        kwargs = dict(input_ids=src, attention_mask=src.ne(PAD), decoder_input_ids=prev,
-                      decoder_attention_mask=prev.ne(PAD))  # fmt: skip
+        kwargs = dict(
+            input_ids=src,
+            attention_mask=src.ne(PAD),
+            decoder_input_ids=prev,
+            decoder_attention_mask=prev.ne(PAD),
+        )
         if isinstance(hf_model, BartModel):  # no head: the output layer is the shared embedding
             theirs = hf_model(**kwargs).last_hidden_state @ hf_model.shared.weight.T
         else:
@@ -230,14 +251,45 @@ def test_finetuning_bart_vae_starts_from_the_hugging_face_weights(imported, hf_d
     save_dir = tmp_path / "vae"
     # --lr 0: Adam's step is exactly zero, so the saved model is the model as loaded
     out = run_tool(
-        "fairseq-train", hf_data, "--user-dir", USER_DIR, "--task", "text_vae",
-        "--criterion", "elbo", *flags, "--dropout", "0", "--attention-dropout", "0",
-        "--finetune-from-model", fairseq_dir / "model.pt", "--optimizer", "adam", "--lr", "0",
-        "--max-update", "3", "--max-tokens", "400", "--kl-schedule", "constant",
-        "--kl-beta-max", "0.1", "--save-dir", save_dir, "--no-epoch-checkpoints",
-        "--disable-validation", "--required-batch-size-multiple", "1", "--num-workers", "0",
-        "--cpu", "--seed", "3",
-    )  # fmt: skip
+        "fairseq-train",
+        hf_data,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "text_vae",
+        "--criterion",
+        "elbo",
+        *flags,
+        "--dropout",
+        "0",
+        "--attention-dropout",
+        "0",
+        "--finetune-from-model",
+        fairseq_dir / "model.pt",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0",
+        "--max-update",
+        "3",
+        "--max-tokens",
+        "400",
+        "--kl-schedule",
+        "constant",
+        "--kl-beta-max",
+        "0.1",
+        "--save-dir",
+        save_dir,
+        "--no-epoch-checkpoints",
+        "--disable-validation",
+        "--required-batch-size-multiple",
+        "1",
+        "--num-workers",
+        "0",
+        "--cpu",
+        "--seed",
+        "3",
+    )
     assert re.search(r"num_updates 3\b|num_updates\": \"3\"", out), out[-3000:]
     vae = torch.load(save_dir / "checkpoint_last.pt", map_location="cpu")["model"]
     hf = hf_model.state_dict()
@@ -255,8 +307,14 @@ def test_finetuning_bart_vae_starts_from_the_hugging_face_weights(imported, hf_d
         assert torch.equal(tensor, expected), key
         compared += 1
     # every Hugging Face tensor but the tied names and the logits bias was compared
-    n_hf = len([k for k in hf if "embed_tokens" not in k and k not in
-                ("model.shared.weight", "lm_head.weight", "final_logits_bias")])  # fmt: skip
+    n_hf = len(
+        [
+            k
+            for k in hf
+            if "embed_tokens" not in k
+            and k not in ("model.shared.weight", "lm_head.weight", "final_logits_bias")
+        ]
+    )
     assert compared == n_hf + 3  # + the embedding under its three fairseq names
 
 
@@ -264,17 +322,27 @@ def test_flags_name_the_registered_architectures_for_bart_base_and_large():
     # the dimensions of facebook/bart-base's and facebook/bart-large's config.json
     def dims(width, layers, heads):
         return {
-            "encoder_embed_dim": width, "decoder_embed_dim": width,
-            "encoder_ffn_embed_dim": 4 * width, "decoder_ffn_embed_dim": 4 * width,
-            "encoder_layers": layers, "decoder_layers": layers,
-            "encoder_attention_heads": heads, "decoder_attention_heads": heads,
-            "max_source_positions": 1024, "max_target_positions": 1024, "activation_fn": "gelu",
-        }  # fmt: skip
+            "encoder_embed_dim": width,
+            "decoder_embed_dim": width,
+            "encoder_ffn_embed_dim": 4 * width,
+            "decoder_ffn_embed_dim": 4 * width,
+            "encoder_layers": layers,
+            "decoder_layers": layers,
+            "encoder_attention_heads": heads,
+            "decoder_attention_heads": heads,
+            "max_source_positions": 1024,
+            "max_target_positions": 1024,
+            "activation_fn": "gelu",
+        }
 
     assert bart_vae_flags(dims(768, 6, 12)) == ["--arch", "bart_vae"]
     assert bart_vae_flags(dims(1024, 12, 16)) == ["--arch", "bart_vae_large"]
     assert bart_vae_flags({**dims(768, 6, 12), "decoder_layers": 3}) == [
-        "--arch", "bart_vae", "--decoder-layers", "3"]  # fmt: skip
+        "--arch",
+        "bart_vae",
+        "--decoder-layers",
+        "3",
+    ]
 
 
 def edit_config(folder, **changes):

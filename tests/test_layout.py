@@ -63,20 +63,34 @@ def test_no_module_of_the_package_imports_itself_through_others():
         return False
 
     # packages' __init__ files import their children by design: only module-to-module edges
-    cycles = [m for m in graph if not m.endswith(("fairseq_vae", ".models", ".criterions",
-                                                  ".tasks")) and reaches(m, m, {m})]  # fmt: skip
+    cycles = [
+        m
+        for m in graph
+        if not m.endswith(("fairseq_vae", ".models", ".criterions", ".tasks"))
+        and reaches(m, m, {m})
+    ]
     assert not cycles, f"modules that import themselves through others: {cycles}"
 
 
 def test_estimators_are_a_module_of_their_own_that_the_command_imports():
     from fairseq_vae import estimators, evaluate
 
-    shared = ["gaussian_log_density", "standard_normal_log_density", "iw_log_likelihood",
-              "mutual_information", "active_units", "probe_factors", "read_labels"]  # fmt: skip
+    shared = [
+        "gaussian_log_density",
+        "standard_normal_log_density",
+        "iw_log_likelihood",
+        "mutual_information",
+        "active_units",
+        "probe_factors",
+        "read_labels",
+    ]
     for name in shared:
         assert getattr(estimators, name).__module__ == "fairseq_vae.estimators", name
-    defined = {n.name for n in ast.parse(open(evaluate.__file__).read()).body
-               if isinstance(n, (ast.FunctionDef, ast.ClassDef))}  # fmt: skip
+    defined = {
+        n.name
+        for n in ast.parse(open(evaluate.__file__).read()).body
+        if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+    }
     assert not defined.intersection(shared), "evaluate.py redefines estimators"
     # pure functions of tensors: neither fairseq's command line nor the rest of the package
     assert package_imports()["fairseq_vae.estimators"] == set()
@@ -107,7 +121,8 @@ def test_readme_python_scripts_run_as_typed(tmp_path):
     """As after `source .venv/bin/activate`: this interpreter's folder first on PATH."""
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     for command in ["scripts/sample.py", "scripts/interpolate.py", "scripts/plot_training.py"]:
-        result = subprocess.run([command, "--help"], cwd=ROOT, env=env, capture_output=True,
-                                text=True, timeout=120)  # fmt: skip
+        result = subprocess.run(
+            [command, "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, f"{command} --help:\n{result.stderr}"
         assert result.stdout.startswith("usage:"), result.stdout

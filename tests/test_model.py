@@ -5,7 +5,7 @@ import torch
 from conftest import autoencoder_sample, build_tiny, encode_lines, random_sentences
 
 from fairseq_vae.criterions.elbo import gaussian_kl
-from fairseq_vae.models.bart_vae import masked_mean, word_dropout
+from fairseq_vae.models.latent import masked_mean, word_dropout
 
 
 def test_masked_mean_ignores_padding_and_other_sentences():
@@ -22,7 +22,9 @@ def test_mu_does_not_depend_on_the_batch_or_padding(dict_dir):
     d = task.source_dictionary
     sentence = "the cat sat on the mat"
     alone, alone_len = encode_lines(d, [sentence])
-    batch, batch_len = encode_lines(d, ["a big red dog ran quickly under the small rug", sentence, "a"])
+    batch, batch_len = encode_lines(
+        d, ["a big red dog ran quickly under the small rug", sentence, "a"]
+    )
     mu_alone, logvar_alone = model.encoder.posterior(alone, alone_len)
     mu_batch, logvar_batch = model.encoder.posterior(batch, batch_len)
     torch.testing.assert_close(mu_batch[1], mu_alone[0], atol=1e-5, rtol=1e-5)
@@ -179,8 +181,16 @@ def test_validation_loss_is_the_plain_elbo_without_label_smoothing(dict_dir):
 
 
 def test_capacity_objective_in_the_criterion(dict_dir):
-    extra = ["--kl-objective", "capacity", "--capacity-max", "10", "--capacity-updates", "100",
-             "--capacity-gamma", "3"]  # fmt: skip
+    extra = [
+        "--kl-objective",
+        "capacity",
+        "--capacity-max",
+        "10",
+        "--capacity-updates",
+        "100",
+        "--capacity-gamma",
+        "3",
+    ]
     loss, _, log, nll, kl = criterion_loss(dict_dir, *extra, update_num=40)
     expected = nll + 3.0 * (kl.sum(1) - 4.0).abs().sum()
     torch.testing.assert_close(loss, expected, atol=1e-4, rtol=1e-5)

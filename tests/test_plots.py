@@ -33,10 +33,24 @@ def assert_png_has_content(path, min_width, min_height):
 def training_records(updates=(10, 20, 30, 40, 50, 60)):
     for u in updates:
         beta = (u % 40) / 40
-        yield {"loss": 9.0 - u / 20, "nll_loss": 8.5 - u / 25, "kl": 2.0 + u / 10,
-               "elbo": -80.0 + u / 2, "elbo_tok": -5.8, "beta": beta, "active_dims": 3,
-               "ppl": 300.0, "wps": 1000, "ups": 2.1, "wpb": 1200, "bsz": 96,
-               "num_updates": u, "lr": 0.0005, "gnorm": 1.2, "wall": u}  # fmt: skip
+        yield {
+            "loss": 9.0 - u / 20,
+            "nll_loss": 8.5 - u / 25,
+            "kl": 2.0 + u / 10,
+            "elbo": -80.0 + u / 2,
+            "elbo_tok": -5.8,
+            "beta": beta,
+            "active_dims": 3,
+            "ppl": 300.0,
+            "wps": 1000,
+            "ups": 2.1,
+            "wpb": 1200,
+            "bsz": 96,
+            "num_updates": u,
+            "lr": 0.0005,
+            "gnorm": 1.2,
+            "wall": u,
+        }
 
 
 def simple_log():
@@ -44,12 +58,15 @@ def simple_log():
     lines = ["2024-05-01 12:00:00 | INFO | fairseq_cli.train | task: TextVAETask"]
     for i, r in enumerate(training_records()):
         stats = ", ".join(f"{k}={v}" for k, v in r.items())
-        lines.append(f"2024-05-01 12:00:0{i} | INFO | train_inner | epoch 001:   {10 * i:4d} / 59 "
-                     f"{stats}")  # fmt: skip
+        lines.append(
+            f"2024-05-01 12:00:0{i} | INFO | train_inner | epoch 001:   {10 * i:4d} / 59 {stats}"
+        )
         if r["num_updates"] == 30:
-            lines.append("2024-05-01 12:00:09 | INFO | valid | epoch 001 | valid on 'valid' "
-                         "subset | loss 6.1 | nll_loss 6.1 | kl 4.1 | elbo -61.2 | beta 1 | "
-                         "wpb 1200 | bsz 96 | num_updates 30 | best_elbo -61.2")  # fmt: skip
+            lines.append(
+                "2024-05-01 12:00:09 | INFO | valid | epoch 001 | valid on 'valid' "
+                "subset | loss 6.1 | nll_loss 6.1 | kl 4.1 | elbo -61.2 | beta 1 | "
+                "wpb 1200 | bsz 96 | num_updates 30 | best_elbo -61.2"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -59,8 +76,15 @@ def json_log():
     for i, r in enumerate(training_records()):
         record = {"epoch": 1, "update": 0.1 * i, **{k: str(v) for k, v in r.items()}}
         lines.append(f"2024-05-01 12:00:0{i} | INFO | train_inner | {json.dumps(record)}")
-    valid = {"epoch": 1, "valid_loss": "6.1", "valid_kl": "4.1", "valid_elbo": "-61.2",
-             "valid_nll_loss": "6.1", "valid_beta": "1", "valid_num_updates": "60"}  # fmt: skip
+    valid = {
+        "epoch": 1,
+        "valid_loss": "6.1",
+        "valid_kl": "4.1",
+        "valid_elbo": "-61.2",
+        "valid_nll_loss": "6.1",
+        "valid_beta": "1",
+        "valid_num_updates": "60",
+    }
     lines.append(f"2024-05-01 12:00:09 | INFO | valid | {json.dumps(valid)}")
     return "\n".join(lines) + "\n"
 

@@ -14,8 +14,13 @@ SCRIPT = os.path.join(ROOT, "scripts", "prepare_data.sh")
 
 def prepare(raw, name, out, *extra):
     env = dict(os.environ, PYTHON=sys.executable, DATA_BIN=str(out), WORKERS="1")
-    return subprocess.run(["bash", SCRIPT, str(raw), name, *extra], capture_output=True,
-                          text=True, env=env, timeout=300)  # fmt: skip
+    return subprocess.run(
+        ["bash", SCRIPT, str(raw), name, *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def write_corpus(folder, sizes=(("train", 200), ("valid", 20), ("test", 20))):
@@ -85,11 +90,22 @@ def test_a_carriage_return_inside_a_line_neither_splits_it_nor_passes_silently(t
     source.write_bytes("".join(line + "\r\n" for line in lines).encode())  # a Windows file
     encoded = tmp_path / "out.bpe"
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "gpt2_encode.py"), "--encoder-json",
-         str(bart / "encoder.json"), "--vocab-bpe", str(bart / "vocab.bpe"),
-         "--inputs", str(source), "--outputs", str(encoded)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "gpt2_encode.py"),
+            "--encoder-json",
+            str(bart / "encoder.json"),
+            "--vocab-bpe",
+            str(bart / "vocab.bpe"),
+            "--inputs",
+            str(source),
+            "--outputs",
+            str(encoded),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     bpe = get_encoder(str(bart / "encoder.json"), str(bart / "vocab.bpe"))
     rows = encoded.read_bytes().decode().split("\n")[:-1]

@@ -27,13 +27,18 @@ from omegaconf import OmegaConf
 
 from fairseq_vae.check_text import text_problems
 from fairseq_vae.criterions.elbo import capacity_at
-from fairseq_vae.models.bart_vae import LOGVAR_MAX, LOGVAR_MIN
-from fairseq_vae.tasks.text_vae import TextVAEConfig, kl_beta
+from fairseq_vae.models.latent import LOGVAR_MAX, LOGVAR_MIN
+from fairseq_vae.schedules import kl_beta
+from fairseq_vae.tasks.text_vae import TextVAEConfig
+
 
 def train_records(out):
     """fairseq-train's per-update json records (--log-format json --log-interval 1) by update."""
-    records = [json.loads(line.split("| train_inner |", 1)[1])
-               for line in out.splitlines() if "| train_inner |" in line]  # fmt: skip
+    records = [
+        json.loads(line.split("| train_inner |", 1)[1])
+        for line in out.splitlines()
+        if "| train_inner |" in line
+    ]
     return {int(record["num_updates"]): record for record in records}
 
 
@@ -51,9 +56,17 @@ def max_param_difference(a, b):
 
 RESUME_OBJECTIVES = {
     "beta": ["--kl-schedule", "cyclical", "--kl-cycle-updates", "6", "--kl-ramp-fraction", "0.5"],
-    "capacity": ["--kl-objective", "capacity", "--capacity-max", "5", "--capacity-updates", "10",
-                 "--capacity-gamma", "1"],
-}  # fmt: skip
+    "capacity": [
+        "--kl-objective",
+        "capacity",
+        "--capacity-max",
+        "5",
+        "--capacity-updates",
+        "10",
+        "--capacity-gamma",
+        "1",
+    ],
+}
 
 
 def train_until_first_checkpoint(args):
@@ -74,8 +87,17 @@ def train_until_first_checkpoint(args):
 def test_resume_after_a_kill_continues_exactly(data_bin, tmp_path, objective):
     # 400 sentences make about 8 batches: a checkpoint every 4 updates is mid-epoch, and the
     # resumed run crosses into epoch 2
-    options = ["--max-update", "14", "--save-interval-updates", "4", "--log-format", "json",
-               "--log-interval", "1", *RESUME_OBJECTIVES[objective]]  # fmt: skip
+    options = [
+        "--max-update",
+        "14",
+        "--save-interval-updates",
+        "4",
+        "--log-format",
+        "json",
+        "--log-interval",
+        "1",
+        *RESUME_OBJECTIVES[objective],
+    ]
     whole_dir, cut_dir = tmp_path / "whole", tmp_path / "cut"
     whole = train_records(run_tool("fairseq-train", *train_args(data_bin, whole_dir, *options)))
     train_until_first_checkpoint(train_args(data_bin, cut_dir, *options))
@@ -120,18 +142,39 @@ def bad_data_bin(tmp_path_factory):
     (raw / "valid.txt").write_text("\n".join(valid) + "\n")
     (raw / "test.txt").write_text("")
     dest = tmp_path_factory.mktemp("data-bin-bad")
-    run_tool("fairseq-preprocess", "--only-source", "--trainpref", raw / "train.txt",
-             "--validpref", raw / "valid.txt", "--testpref", raw / "test.txt",
-             "--destdir", dest, "--workers", "1")  # fmt: skip
+    run_tool(
+        "fairseq-preprocess",
+        "--only-source",
+        "--trainpref",
+        raw / "train.txt",
+        "--validpref",
+        raw / "valid.txt",
+        "--testpref",
+        raw / "test.txt",
+        "--destdir",
+        dest,
+        "--workers",
+        "1",
+    )
     return str(dest), valid
 
 
 def test_empty_and_too_long_sentences_are_skipped_with_a_count(bad_data_bin, tmp_path):
     data, valid = bad_data_bin
     save_dir = tmp_path / "checkpoints"
-    out = run_tool("fairseq-train", *train_args(
-        data, save_dir, "--max-update", "2", "--max-source-positions", "32",
-        "--max-target-positions", "32"))  # fmt: skip
+    out = run_tool(
+        "fairseq-train",
+        *train_args(
+            data,
+            save_dir,
+            "--max-update",
+            "2",
+            "--max-source-positions",
+            "32",
+            "--max-target-positions",
+            "32",
+        ),
+    )
     train = os.path.join(data, "train")
     assert f"{train}: skipping 2 of 100 sentences, empty (lines 4, 21 " in out
     assert f"{train}: skipping 1 of 100 sentences, longer than 32 tokens" in out
@@ -141,9 +184,23 @@ def test_empty_and_too_long_sentences_are_skipped_with_a_count(bad_data_bin, tmp
     assert "| bsz 10 |" in valid_line  # 12 sentences less the empty and the long one
 
     # sample ids stay line numbers: fairseq-generate's S-<id> is line id + 1 of valid.txt
-    out = run_tool("fairseq-generate", data, "--user-dir", USER_DIR, "--task", "text_vae",
-                   "--path", save_dir / "checkpoint_last.pt", "--gen-subset", "valid", "--cpu",
-                   "--max-source-positions", "32", "--max-target-positions", "32")  # fmt: skip
+    out = run_tool(
+        "fairseq-generate",
+        data,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "text_vae",
+        "--path",
+        save_dir / "checkpoint_last.pt",
+        "--gen-subset",
+        "valid",
+        "--cpu",
+        "--max-source-positions",
+        "32",
+        "--max-target-positions",
+        "32",
+    )
     sources = dict(re.findall(r"^S-(\d+)\t(.*)$", out, flags=re.M))
     assert sorted(map(int, sources)) == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
     assert all(valid[int(i)] == text for i, text in sources.items())
@@ -151,9 +208,15 @@ def test_empty_and_too_long_sentences_are_skipped_with_a_count(bad_data_bin, tmp
 
 def test_empty_split_is_a_clear_error(bad_data_bin, tmp_path):
     data, _ = bad_data_bin
-    result = subprocess.run([os.path.join(BIN, "fairseq-train"), *train_args(
-        data, tmp_path, "--max-update", "1", "--valid-subset", "test")],
-        capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [
+            os.path.join(BIN, "fairseq-train"),
+            *train_args(data, tmp_path, "--max-update", "1", "--valid-subset", "test"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"ValueError: split 'test' is empty: {data}/test.bin holds no sentences"
@@ -161,9 +224,12 @@ def test_empty_split_is_a_clear_error(bad_data_bin, tmp_path):
 
 def test_missing_data_bin_is_a_clear_error(tmp_path):
     missing = str(tmp_path / "no-such-data-bin")
-    result = subprocess.run([os.path.join(BIN, "fairseq-train"),
-                             *train_args(missing, tmp_path, "--max-update", "1")],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [os.path.join(BIN, "fairseq-train"), *train_args(missing, tmp_path, "--max-update", "1")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"FileNotFoundError: data folder '{missing}' does not exist")
@@ -173,15 +239,32 @@ def test_dictionary_that_does_not_match_the_checkpoint_is_a_clear_error(
     bad_data_bin, tiny_checkpoint
 ):
     data, _ = bad_data_bin  # its dictionary is larger than the one tiny_checkpoint saw
-    result = subprocess.run([os.path.join(BIN, "fairseq-validate"), data, "--user-dir", USER_DIR,
-                             "--task", "text_vae", "--path", tiny_checkpoint, "--cpu",
-                             "--max-tokens", "400"],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [
+            os.path.join(BIN, "fairseq-validate"),
+            data,
+            "--user-dir",
+            USER_DIR,
+            "--task",
+            "text_vae",
+            "--path",
+            tiny_checkpoint,
+            "--cpu",
+            "--max-tokens",
+            "400",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert re.match(r"ValueError: the checkpoint's dictionary has \d+ entries but this task's "
-                    r"has \d+ \(encoder.embed_tokens.weight\): preprocess the data with the "
-                    r"checkpoint's dict.txt", last), last  # fmt: skip
+    assert re.match(
+        r"ValueError: the checkpoint's dictionary has \d+ entries but this task's "
+        r"has \d+ \(encoder.embed_tokens.weight\): preprocess the data with the "
+        r"checkpoint's dict.txt",
+        last,
+    ), last
 
 
 def test_dictionary_of_the_same_size_in_another_order_is_refused(
@@ -198,8 +281,10 @@ def test_dictionary_of_the_same_size_in_another_order_is_refused(
 
     with pytest.raises(ValueError) as error:
         load(tiny_checkpoint, other)
-    assert f"checkpoint {tiny_checkpoint} was trained with another dictionary than " \
-           f"{other / 'dict.txt'}" in str(error.value)  # fmt: skip
+    assert (
+        f"checkpoint {tiny_checkpoint} was trained with another dictionary than "
+        f"{other / 'dict.txt'}" in str(error.value)
+    )
     load(tiny_checkpoint, data_bin)  # its own dictionary loads
 
     # a checkpoint from before the checksum was recorded loads as it always did
@@ -222,8 +307,12 @@ def test_check_text_names_files_and_lines_of_bad_text(tmp_path):
         f"{bad}: 2 lines are empty (lines 2, 4)",
     ]
     # as scripts/prepare_data.sh runs it: a plain script, exit status 1, one line per problem
-    result = subprocess.run([sys.executable, os.path.join(USER_DIR, "check_text.py"), str(good),
-                             str(bad)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, os.path.join(USER_DIR, "check_text.py"), str(good), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"fairseq_vae.check_text: error: {bad}: 1 line is not UTF-8 (line 3 at byte 5)",
@@ -257,10 +346,14 @@ def nan_bag_of_words(module, inputs, output):
     return output
 
 
-@pytest.mark.parametrize("hook, term, extra", [
-    (nan_logits, "NLL is", []), (infinite_mu, "KL is", []),
-    (nan_bag_of_words, "bag-of-words NLL is", ["--bow-loss-weight", "1"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "hook, term, extra",
+    [
+        (nan_logits, "NLL is", []),
+        (infinite_mu, "KL is", []),
+        (nan_bag_of_words, "bag-of-words NLL is", ["--bow-loss-weight", "1"]),
+    ],
+)
 def test_non_finite_loss_names_the_term(dict_dir, hook, term, extra):
     task, model, args = build_tiny(dict_dir, *extra)
     criterion = task.build_criterion(args)
@@ -277,13 +370,24 @@ def test_non_finite_loss_names_the_term(dict_dir, hook, term, extra):
 
 
 def test_diverging_fairseq_train_stops_and_names_the_term(data_bin, tmp_path):
-    result = subprocess.run([os.path.join(BIN, "fairseq-train"), *train_args(
-        data_bin, tmp_path, "--max-update", "20", "--lr", "1e4", "--kl-schedule", "constant")],
-        capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [
+            os.path.join(BIN, "fairseq-train"),
+            *train_args(
+                data_bin, tmp_path, "--max-update", "20", "--lr", "1e4", "--kl-schedule", "constant"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert re.match(r"FloatingPointError: training loss is (nan|inf) at update \d+: "
-                    r"(NLL|KL|NLL and KL) (is|are) not finite", last), last  # fmt: skip
+    assert re.match(
+        r"FloatingPointError: training loss is (nan|inf) at update \d+: "
+        r"(NLL|KL|NLL and KL) (is|are) not finite",
+        last,
+    ), last
     assert not (tmp_path / "checkpoint_last.pt").exists()
 
 
@@ -306,7 +410,7 @@ PRECISIONS = {
         ("fp16", 1.0),
         ("fp16", 1e4),  # the pooling sums in fp32: an fp16 sum would pass 65504
     ],
-)  # fmt: skip
+)
 def test_half_precision_keeps_the_latent_and_kl_in_fp32(dict_dir, precision, scale):
     task, model, args = build_tiny(dict_dir)
     criterion = task.build_criterion(args)
@@ -370,10 +474,24 @@ def test_checkpoint_that_would_run_code_is_refused(data_bin, tiny_checkpoint, tm
         checkpoint_utils.load_checkpoint_to_cpu(evil)
     assert not marker.exists()
     if how == "os.system":  # and what the user of the command-line tools sees
-        result = subprocess.run([os.path.join(BIN, "fairseq-validate"), data_bin, "--user-dir",
-                                 USER_DIR, "--task", "text_vae", "--path", evil, "--cpu",
-                                 "--max-tokens", "400"],
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        result = subprocess.run(
+            [
+                os.path.join(BIN, "fairseq-validate"),
+                data_bin,
+                "--user-dir",
+                USER_DIR,
+                "--task",
+                "text_vae",
+                "--path",
+                evil,
+                "--cpu",
+                "--max-tokens",
+                "400",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode != 0
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith(f"_pickle.UnpicklingError: refusing to load checkpoint {evil}")
@@ -391,8 +509,13 @@ def test_torch_force_no_weights_only_load_cannot_switch_the_safety_off(
     torch.save(state, evil)
     # torch's documented switch: a torch.load that does not pass weights_only runs the pickle
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
-    control = subprocess.run([sys.executable, "-c", f"import torch; torch.load({evil!r})"],
-                             capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    control = subprocess.run(
+        [sys.executable, "-c", f"import torch; torch.load({evil!r})"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert marker.exists(), control.stderr[-2000:]
     marker.unlink()
     # the plugin's tools pass weights_only=True explicitly: the switch does not reach them
@@ -400,9 +523,22 @@ def test_torch_force_no_weights_only_load_cannot_switch_the_safety_off(
         ("fairseq-validate", ["--task", "text_vae", "--max-tokens", "400"]),
         ("fairseq-vae-eval", ["--iw-samples", "2", "--no-bleu"]),
     ]:
-        result = subprocess.run([os.path.join(BIN, tool), data_bin, "--user-dir", USER_DIR,
-                                 "--path", evil, "--cpu", *args],
-                                capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+        result = subprocess.run(
+            [
+                os.path.join(BIN, tool),
+                data_bin,
+                "--user-dir",
+                USER_DIR,
+                "--path",
+                evil,
+                "--cpu",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert result.returncode != 0
         last = result.stderr.strip().splitlines()[-1]
         assert f"refusing to load checkpoint {evil}" in last, result.stderr[-3000:]
@@ -480,12 +616,17 @@ def test_process_killed_while_writing_leaves_the_previous_checkpoint(
     new = tmp_path / "checkpoint_1_100.pt"
     torch.save(state, new)
 
-    result = subprocess.run([sys.executable, "-c", WRITE_AND_DIE, str(new), str(last), how],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", WRITE_AND_DIE, str(new), str(last), how],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == -signal.SIGXFSZ, result.stderr[-3000:]
     after = model_params(last)  # still readable, and still the previous checkpoint
     assert all(torch.equal(before[k], after[k]) for k in before)
 
     PathManager.copy(str(new), str(last), overwrite=True)  # uninterrupted, it does replace it
-    assert torch.equal(model_params(last)["encoder.mlp_mu.0.weight"],
-                       state["model"]["encoder.mlp_mu.0.weight"])  # fmt: skip
+    assert torch.equal(
+        model_params(last)["encoder.mlp_mu.0.weight"], state["model"]["encoder.mlp_mu.0.weight"]
+    )

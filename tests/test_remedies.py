@@ -18,7 +18,7 @@ from fairseq import checkpoint_utils
 
 import fairseq_vae  # noqa: F401  (safe globals for torch.load)
 from fairseq_vae.criterions.elbo import bag_of_words_nll
-from fairseq_vae.models.bart_vae import DECODER_RESET_MARKER
+from fairseq_vae.models.checkpoint_compat import DECODER_RESET_MARKER
 
 
 def raw_means(model, src, src_len):
@@ -59,8 +59,16 @@ def test_bn_vae_matches_torch_batch_norm_in_training_and_eval(dict_dir):
         src, src_len = encode_lines(d, random_sentences(16, seed=seed))
         model.train()
         raw = raw_means(model, src, src_len).detach()
-        expected = F.batch_norm(raw, running_mean, running_var, weight, norm.shift.detach(),
-                                training=True, momentum=0.1, eps=1e-10)  # fmt: skip
+        expected = F.batch_norm(
+            raw,
+            running_mean,
+            running_var,
+            weight,
+            norm.shift.detach(),
+            training=True,
+            momentum=0.1,
+            eps=1e-10,
+        )
         torch.testing.assert_close(model.encoder.posterior(src, src_len)[0], expected)
     torch.testing.assert_close(norm.running_mean, running_mean)
     torch.testing.assert_close(norm.running_var, running_var)
@@ -68,8 +76,9 @@ def test_bn_vae_matches_torch_batch_norm_in_training_and_eval(dict_dir):
     model.eval()
     src, src_len = encode_lines(d, random_sentences(5, seed=4))
     raw = raw_means(model, src, src_len)
-    expected = F.batch_norm(raw, running_mean, running_var, weight, norm.shift.detach(),
-                            training=False, eps=1e-10)  # fmt: skip
+    expected = F.batch_norm(
+        raw, running_mean, running_var, weight, norm.shift.detach(), training=False, eps=1e-10
+    )
     mu = model.encoder.posterior(src, src_len)[0]
     torch.testing.assert_close(mu, expected)
     torch.testing.assert_close(model.encoder.posterior(src[:1], src_len[:1])[0], mu[:1])
@@ -81,8 +90,10 @@ def load_model(path):
 
 
 def test_bn_vae_checkpoint_keeps_running_statistics(data_bin, tmp_path):
-    run_tool("fairseq-train", *train_args(data_bin, tmp_path, "--max-update", "6",
-                                          "--bn-vae-gamma", "0.6"))  # fmt: skip
+    run_tool(
+        "fairseq-train",
+        *train_args(data_bin, tmp_path, "--max-update", "6", "--bn-vae-gamma", "0.6"),
+    )
     state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["model"]
     key = "encoder.mu_batch_norm."
     # six updates moved the statistics away from their initial 0 and 1
@@ -91,9 +102,15 @@ def test_bn_vae_checkpoint_keeps_running_statistics(data_bin, tmp_path):
     model = load_model(tmp_path / "checkpoint_last.pt")
     src, src_len = encode_lines(model.encoder.dictionary, random_sentences(4, seed=7))
     raw = raw_means(model, src, src_len)
-    expected = F.batch_norm(raw, state[key + "running_mean"], state[key + "running_var"],
-                            torch.full((raw.size(1),), 0.6), state[key + "shift"],
-                            training=False, eps=1e-10)  # fmt: skip
+    expected = F.batch_norm(
+        raw,
+        state[key + "running_mean"],
+        state[key + "running_var"],
+        torch.full((raw.size(1),), 0.6),
+        state[key + "shift"],
+        training=False,
+        eps=1e-10,
+    )
     torch.testing.assert_close(model.encoder.posterior(src, src_len)[0], expected)
 
 
@@ -105,15 +122,30 @@ def is_decoder_side(key):
 def test_reset_decoder_keeps_the_encoder_and_reinitialises_the_decoder(data_bin, tmp_path):
     # phase 1: an autoencoder (beta = 0)
     phase1 = tmp_path / "phase1"
-    run_tool("fairseq-train", *train_args(data_bin, phase1, "--max-update", "15",
-                                          "--kl-schedule", "constant", "--kl-beta-max", "0"))
+    run_tool(
+        "fairseq-train",
+        *train_args(
+            data_bin,
+            phase1,
+            "--max-update",
+            "15",
+            "--kl-schedule",
+            "constant",
+            "--kl-beta-max",
+            "0",
+        ),
+    )
     # phase 2 at --lr 0 (Adam's step is exactly zero: the saved model is the model as loaded),
     # and a run from scratch with the same seed: the fresh initialisation to compare with
     phase2, scratch = tmp_path / "phase2", tmp_path / "scratch"
     common = ["--max-update", "1", "--lr", "0", "--free-bits", "0.5", "--disable-validation"]
     phase1_model = phase1 / "checkpoint_last.pt"
-    out = run_tool("fairseq-train", *train_args(data_bin, phase2, *common, "--reset-decoder",
-                                                "--finetune-from-model", phase1_model))
+    out = run_tool(
+        "fairseq-train",
+        *train_args(
+            data_bin, phase2, *common, "--reset-decoder", "--finetune-from-model", phase1_model
+        ),
+    )
     assert "decoder-side tensors re-initialised" in out
     run_tool("fairseq-train", *train_args(data_bin, scratch, *common, "--reset-decoder"))
     trained = torch.load(phase1 / "checkpoint_last.pt", map_location="cpu")["model"]
@@ -172,8 +204,10 @@ def test_layer_memory_incremental_decoding_matches_the_full_forward(dict_dir):
     encoder_out = model.encoder(src, src_len)
     full, _ = model.decoder(prev, encoder_out=encoder_out)
     state = {}
-    steps = [model.decoder(prev[:, : t + 1], encoder_out=encoder_out, incremental_state=state)[0]
-             for t in range(prev.size(1))]  # fmt: skip
+    steps = [
+        model.decoder(prev[:, : t + 1], encoder_out=encoder_out, incremental_state=state)[0]
+        for t in range(prev.size(1))
+    ]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -225,9 +259,21 @@ def test_bow_loss_is_added_to_the_training_loss_only(dict_dir):
 
 
 def test_bow_loss_fine_tunes_a_checkpoint_without_the_head(data_bin, tiny_checkpoint, tmp_path):
-    out = run_tool("fairseq-train", *train_args(data_bin, tmp_path, "--max-update", "4",
-                                                "--bow-loss-weight", "1", "--log-interval", "1",
-                                                "--finetune-from-model", tiny_checkpoint))
+    out = run_tool(
+        "fairseq-train",
+        *train_args(
+            data_bin,
+            tmp_path,
+            "--max-update",
+            "4",
+            "--bow-loss-weight",
+            "1",
+            "--log-interval",
+            "1",
+            "--finetune-from-model",
+            tiny_checkpoint,
+        ),
+    )
     fresh = "keep their fresh initialisation: encoder.latent_bow.weight, encoder.latent_bow.bias"
     assert fresh in out
     assert re.search(r"\bbow=[0-9.]+", out), out[-2000:]
@@ -239,12 +285,22 @@ def test_bow_loss_fine_tunes_a_checkpoint_without_the_head(data_bin, tiny_checkp
     assert "bow_logits" not in extra
 
 
-def test_untied_encoder_embeddings_train_apart_from_the_decoders(data_bin, tiny_checkpoint,
-                                                                   tmp_path):
+def test_untied_encoder_embeddings_train_apart_from_the_decoders(
+    data_bin, tiny_checkpoint, tmp_path
+):
     # fine-tuned from a checkpoint with BART's one shared table: both copies start from it
-    out = run_tool("fairseq-train", *train_args(data_bin, tmp_path, "--max-update", "4",
-                                                "--untie-encoder-embeddings",
-                                                "--finetune-from-model", tiny_checkpoint))
+    out = run_tool(
+        "fairseq-train",
+        *train_args(
+            data_bin,
+            tmp_path,
+            "--max-update",
+            "4",
+            "--untie-encoder-embeddings",
+            "--finetune-from-model",
+            tiny_checkpoint,
+        ),
+    )
     assert "done training" in out
     tied = torch.load(tiny_checkpoint, map_location="cpu")["model"]
     assert torch.equal(tied["encoder.embed_tokens.weight"], tied["decoder.embed_tokens.weight"])

@@ -5,7 +5,8 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from fairseq_vae.tasks.text_vae import TextVAEConfig, kl_beta
+from fairseq_vae.schedules import kl_beta
+from fairseq_vae.tasks.text_vae import TextVAEConfig
 
 
 def config(**overrides):

@@ -75,10 +75,21 @@ def make_data_bin(dest, dict_dir, splits):
             f.write("\n".join(lines) + "\n")
         prefs += [f"--{split}pref", os.path.join(raw, split + ".txt")]
     result = subprocess.run(
-        [os.path.join(BIN, "fairseq-preprocess"), "--only-source", *prefs,
-         "--srcdict", os.path.join(dict_dir, "dict.txt"), "--destdir", dest, "--workers", "1"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            os.path.join(BIN, "fairseq-preprocess"),
+            "--only-source",
+            *prefs,
+            "--srcdict",
+            os.path.join(dict_dir, "dict.txt"),
+            "--destdir",
+            dest,
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return dest
 

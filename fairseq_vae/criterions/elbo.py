@@ -69,7 +69,7 @@ class ELBOConfig(LabelSmoothedCrossEntropyCriterionConfig):
     )
     capacity_gamma: float = field(
         default=1000.0,
-        metadata={"help": "gamma of the capacity objective (the seed's value is 1000)"},
+        metadata={"help": "gamma of the capacity objective (simple_vae_bart used 1000)"},
     )
 
 

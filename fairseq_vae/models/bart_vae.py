@@ -8,7 +8,6 @@ calls the encoder and decoder directly, never ``model.forward``) decodes from z 
 """
 
 import functools
-import hashlib
 import logging
 import os
 from typing import Dict, List, Optional
@@ -27,120 +26,30 @@ from fairseq.modules import MultiheadAttention
 from torch import Tensor
 
 from ..subword import corpus_bpe_options
+from .checkpoint_compat import (
+    DECODER_RESET_MARKER,
+    DICTIONARY_CHECKSUM,
+    dictionary_sha256,
+    rename_wrapped_positions,
+    upgrade_vae_state_dict,
+)
 from .hub_interface import BARTVAEHubInterface
-from .latent import reparameterize
+from .latent import (
+    BART_INIT_MODULES,
+    LATENT_MODULES,
+    LOGVAR_MAX,
+    LOGVAR_MIN,
+    LatentBatchNorm,
+    LatentPlusPositions,
+    gaussian_head,
+    masked_mean,
+    reparameterize,
+    word_dropout,
+)
 
 logger = logging.getLogger(__name__)
 
-# log-variances are clamped to this range (in fp32) so exp(logvar) can neither overflow nor
-# underflow to a zero variance whose log is -inf; e^-30 and e^20 are far outside the range a
-# trained posterior uses, so the clamp never binds in normal training.
-LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
-
 LATENT_KEYS = ("mu", "logvar", "z")
-# The VAE's own modules: they compute z, and the decoder's memory and inputs from it. A
-# checkpoint may lack their parameters (a plain BART, fine-tuned into a VAE): these, and only
-# these, keep their fresh initialisation at load (BARTVAEModel.upgrade_state_dict_named).
-LATENT_MODULES = {
-    "mlp_mu",
-    "mlp_logvar",
-    "mu_batch_norm",
-    "latent_attn",
-    "latent_memory",
-    "latent_layer_memory",
-    "latent_to_embed",
-    "latent_bow",
-}
-# latent modules that keep BART's small N(0, 0.02) init (see BARTVAEModel.__init__)
-BART_INIT_MODULES = {"latent_to_embed"}
-
-
-# a buffer holding the SHA-256 of the training dictionary's symbols, in order: a dictionary of
-# the same size in another order (fairseq-preprocess run on other text) is refused at load
-DICTIONARY_CHECKSUM = "dictionary_sha256"
-
-
-def dictionary_sha256(dictionary) -> Tensor:
-    """The SHA-256 of a fairseq Dictionary's symbols in index order, as 32 uint8 values."""
-    digest = hashlib.sha256("\n".join(dictionary.symbols).encode("utf-8")).digest()
-    return torch.tensor(list(digest), dtype=torch.uint8)
-
-
-def is_latent_parameter(key: str) -> bool:
-    """Whether a state-dict key belongs to one of the LATENT_MODULES."""
-    return not LATENT_MODULES.isdisjoint(key.split("."))
-# what --reset-decoder re-initialises (Li et al. 2019): the decoder and the z -> memory fusion,
-# everything that reads z; the encoder, the posterior heads and the embeddings the decoder
-# shares with the encoder keep the checkpoint's weights
-DECODER_SIDE = ("decoder.", "encoder.latent_attn.", "encoder.latent_memory.")
-SHARED_EMBEDDINGS = ("decoder.embed_tokens.weight", "decoder.output_projection.weight")
-# a buffer whose presence in a checkpoint says "this decoder was trained in this setting":
-# loading a checkpoint without it under --reset-decoder re-initialises the decoder once
-DECODER_RESET_MARKER = "decoder_reset_done"
-
-
-def masked_mean(states: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
-    """Mean of T x B x C ``states`` over the non-pad positions of each sentence -> B x C."""
-    # B x T x C (never .view: that mixes sentences); summed in fp32, as an fp16 sum over a
-    # long sentence can pass 65504 even when the mean is small
-    states = states.transpose(0, 1).float()
-    if padding_mask is None:
-        return states.mean(dim=1)
-    keep = (~padding_mask).unsqueeze(-1).float()  # B x T x 1
-    return (states * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
-
-
-def fixed_scale_batch_norm(
-    mu: Tensor, mean: Tensor, var: Tensor, gamma: float, shift: Tensor, eps: float
-) -> Tensor:
-    """gamma * (mu - mean) / sqrt(var + eps) + shift, per dimension, in fp32."""
-    return gamma * (mu - mean.float()) / torch.sqrt(var.float() + eps) + shift.float()
-
-
-class LatentBatchNorm(nn.Module):
-    """BN-VAE (Zhu et al. 2020): batch norm of the posterior means with a FIXED scale gamma.
-
-    In training, each dimension of mu is normalised with its batch mean and variance, scaled by
-    gamma and shifted by a learned beta_d, so over a batch mean_b(mu_bd^2) = gamma^2 + beta_d^2
-    (up to eps): the expected KL of every dimension is at least gamma^2 / 2, and the KL cannot
-    vanish. Evaluation uses running statistics (saved in checkpoints as buffers). Written out
-    rather than nn.BatchNorm1d because the statistics must stay fp32 when --fp16 halves the
-    model's buffers.
-
-    eps is far below torch's 1e-5 on purpose: with var ~ eps the output shrinks with the scale
-    of the raw means, and once the decoder ignores z the KL's only gradient on the posterior
-    head is that shrinking direction, which Adam's per-coordinate normalisation turns into full
-    steps: the raw means' variance drops below eps within a few hundred updates (measured: KL
-    4.4 nats under a floor of 7.8 at update 100). At 1e-10 the output is scale-invariant to
-    fp32 precision, so the floor holds.
-    """
-
-    def __init__(self, dim: int, gamma: float, eps: float = 1e-10, momentum: float = 0.1):
-        super().__init__()
-        self.gamma, self.eps, self.momentum = gamma, eps, momentum
-        self.shift = nn.Parameter(torch.zeros(dim))
-        self.register_buffer("running_mean", torch.zeros(dim))
-        self.register_buffer("running_var", torch.ones(dim))
-
-    def forward(self, mu: Tensor) -> Tensor:
-        if not self.training:
-            return fixed_scale_batch_norm(
-                mu, self.running_mean, self.running_var, self.gamma, self.shift, self.eps
-            )
-        mean, var = mu.mean(dim=0), mu.var(dim=0, unbiased=False)  # B x D -> D
-        with torch.no_grad():
-            # running variance unbiased, as torch's batch norm keeps it; one sentence has none
-            n = mu.size(0)
-            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-            if n > 1:
-                unbiased = (var * n / (n - 1)).to(self.running_var.dtype)
-                self.running_var.lerp_(unbiased, self.momentum)
-        return fixed_scale_batch_norm(mu, mean, var, self.gamma, self.shift, self.eps)
-
-
-def gaussian_head(dim: int, latent_dim: int) -> nn.Sequential:
-    """The seed's posterior head: Linear C -> C/2, ReLU, Linear C/2 -> latent."""
-    return nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(), nn.Linear(dim // 2, latent_dim))
 
 
 class VAEEncoder(TransformerEncoder):
@@ -170,7 +79,8 @@ class VAEEncoder(TransformerEncoder):
             self.latent_bow = nn.Linear(self.latent_dim, len(dictionary))
         if self.latent_fusion == "attention":
             # With z as the only key, every attention weight is 1 and the output is
-            # out_proj(v_proj(z)) whatever the query: the seed's T-position memory holds T
+            # out_proj(v_proj(z)) whatever the query: the T-position memory of the
+            # simple_vae_bart snippet (the encoder states as queries, z as the key) holds T
             # copies of one vector, so a one-position memory is identical and T times cheaper.
             # The head count cannot change the output; one head keeps it simple.
             self.latent_attn = MultiheadAttention(
@@ -184,7 +94,9 @@ class VAEEncoder(TransformerEncoder):
             self.memory_slots = args.latent_memory_slots
             self.latent_memory = nn.Linear(self.latent_dim, self.memory_slots * dim)
         else:
-            raise ValueError(f"--latent-fusion must be attention or memory, got {self.latent_fusion}")
+            raise ValueError(
+                f"--latent-fusion must be attention or memory, got {self.latent_fusion}"
+            )
 
     def posterior(self, src_tokens, src_lengths=None, token_embeddings=None):
         """Returns (mu, logvar), each B x latent in fp32, for a batch of sentences."""
@@ -243,35 +155,12 @@ class VAEEncoder(TransformerEncoder):
 
     def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order):
         reordered = {k: v for k, v in encoder_out.items()}
-        reordered["encoder_out"] = [t.index_select(1, new_order) for t in encoder_out["encoder_out"]]
+        reordered["encoder_out"] = [
+            t.index_select(1, new_order) for t in encoder_out["encoder_out"]
+        ]
         for key in LATENT_KEYS:
             reordered[key] = [t.index_select(0, new_order) for t in encoder_out[key]]
         return reordered
-
-
-class LatentPlusPositions(nn.Module):
-    """Adds a projection of z to the decoder's positional embeddings (Optimus' injection).
-
-    fairseq's decoder adds ``embed_positions(tokens)`` to every input embedding before its
-    embedding layer norm; wrapping that module is the one place to add a per-sentence vector
-    without copying the decoder's forward. ``VAEDecoder`` sets ``latent_bias`` (B x C) before
-    each call; the same bias is right at every incremental step because beam reordering
-    reorders z with the encoder output.
-    """
-
-    def __init__(self, positions: Optional[nn.Module], latent_dim: int, dim: int):
-        super().__init__()
-        self.positions = positions
-        self.latent_to_embed = nn.Linear(latent_dim, dim)
-        self.latent_bias: Optional[Tensor] = None
-        # the decoder reads this attribute for its maximum length
-        self.max_positions = positions.max_positions if positions is not None else int(1e5)
-
-    def forward(self, tokens, incremental_state=None):
-        bias = self.latent_bias[:, None, :]  # B x 1 x C
-        if self.positions is None:
-            return bias.expand(tokens.size(0), tokens.size(1), bias.size(-1))
-        return self.positions(tokens, incremental_state=incremental_state) + bias
 
 
 class VAEDecoder(TransformerDecoder):
@@ -316,53 +205,6 @@ class VAEDecoder(TransformerDecoder):
         return super().extract_features(prev_output_tokens, encoder_out=encoder_out, **kwargs)
 
 
-def check_shapes(checkpoint: Dict[str, Tensor], own: Dict[str, Tensor], prefix: str, n_dict: int):
-    """Raises a ValueError naming both sizes when a checkpoint's tensors do not fit the model."""
-    for key, tensor in own.items():
-        theirs = checkpoint.get(prefix + key)
-        if theirs is None or theirs.shape == tensor.shape:
-            continue
-        if key.endswith("embed_tokens.weight") and theirs.size(1) == tensor.size(1):
-            raise ValueError(
-                f"the checkpoint's dictionary has {theirs.size(0)} entries but this task's has "
-                f"{n_dict} ({key}): preprocess the data with the checkpoint's dict.txt "
-                "(fairseq-preprocess --srcdict, or scripts/prepare_data.sh --bart)"
-            )
-        raise ValueError(
-            f"checkpoint tensor {key} has shape {tuple(theirs.shape)} but the model's is "
-            f"{tuple(tensor.shape)}: the checkpoint was trained with other dimensions "
-            f"(width {theirs.size(-1)} vs {tensor.size(-1)}); choose the matching --arch"
-        )
-
-
-def check_keys(checkpoint: Dict[str, Tensor], own: Dict[str, Tensor], prefix: str):
-    """Raises a ValueError naming the keys when the checkpoint lacks a parameter that is not
-    one of the LATENT_MODULES', or holds one the model does not have."""
-    theirs = {key[len(prefix):] for key in checkpoint if key.startswith(prefix)}
-    filled = [key for key in own if is_latent_parameter(key) or key == DICTIONARY_CHECKSUM]
-    missing = sorted(key for key in own if key not in theirs and key not in filled)
-    unexpected = sorted(key for key in theirs if key not in own)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing from the checkpoint: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} not in the model: {', '.join(unexpected)}")
-    if problems:
-        raise ValueError(
-            f"the checkpoint's parameters do not fit this model: {'; '.join(problems)} (was it "
-            "trained with other --encoder-layers, --decoder-layers or latent options?)"
-        )
-
-
-def word_dropout(tokens: Tensor, p: float, unk: int, keep: List[int]) -> Tensor:
-    """Bowman et al. (2016): replace each decoder input token by ``unk`` with probability p,
-    never touching the special tokens in ``keep`` (padding, the leading eos/bos)."""
-    drop = torch.rand(tokens.shape, device=tokens.device) < p
-    for idx in keep:
-        drop &= tokens.ne(idx)
-    return tokens.masked_fill(drop, unk)
-
-
 @register_model("bart_vae")
 class BARTVAEModel(BARTModel):
     """BART with a Gaussian sentence latent between its encoder and decoder."""
@@ -389,49 +231,82 @@ class BARTVAEModel(BARTModel):
     def add_args(parser):
         BARTModel.add_args(parser)
         # no defaults here: the architecture functions below fill them (fairseq's convention)
-        parser.add_argument("--latent-dim", type=int, metavar="N",
-                            help="size of the latent z (default: --encoder-embed-dim)")
-        parser.add_argument("--latent-fusion", choices=["attention", "memory"],
-                            help="how the decoder sees z: 'attention' (the seed's attention "
-                            "with z as its only key: one memory position), or 'memory' "
-                            "(z projected to --latent-memory-slots positions) (default: "
-                            "attention)")
-        parser.add_argument("--latent-memory-slots", type=int, metavar="K",
-                            help="memory positions z is projected to with --latent-fusion "
-                            "memory (default: 1)")
-        parser.add_argument("--latent-to-embeddings", action="store_true",
-                            help="also add a projection of z to every decoder input "
-                            "embedding, as Optimus does")
-        parser.add_argument("--latent-layer-memory", action="store_true",
-                            help="also give every decoder layer its own projection of z as "
-                            "one more memory slot (Optimus' z in every layer)")
-        parser.add_argument("--word-dropout", type=float, metavar="P",
-                            help="replace decoder input tokens by <unk> with this probability "
-                            "during training (Bowman et al. 2016) (default: 0)")
-        parser.add_argument("--bn-vae-gamma", type=float, metavar="G",
-                            help="BN-VAE (Zhu et al. 2020): batch-normalise each dimension of "
-                            "the posterior mean with this fixed scale and a learned shift, so "
-                            "every dimension's expected KL is at least G^2/2; evaluation uses "
-                            "running statistics (default: 0, off)")
-        parser.add_argument("--bow-loss-weight", type=float, metavar="W",
-                            help="Zhao et al. (2017)'s bag-of-words loss: a linear layer reads "
-                            "every word of the sentence, in any order, from z alone, and W "
-                            "times its NLL is added to the training loss, so the encoder puts "
-                            "the words into z from the first updates; training only: the "
-                            "validation loss, evaluation and generation are the plain model "
-                            "(default: 0, off)")
-        parser.add_argument("--untie-encoder-embeddings", action="store_true",
-                            help="give the encoder its own token embeddings instead of BART's "
-                            "one table shared with the decoder: a language model's embeddings "
-                            "make words that can stand in each other's place nearly equal "
-                            "('great' and 'horrible'), and the encoder then can hardly tell them "
-                            "apart (the decoder's input and output embeddings stay tied)")
-        parser.add_argument("--reset-decoder", action="store_true",
-                            help="Li et al. (2019): with --finetune-from-model, keep the "
-                            "checkpoint's encoder and posterior heads but re-initialise the "
-                            "decoder and the z-to-decoder fusion (embeddings shared with the "
-                            "encoder are kept); done once: checkpoints of this run then load "
-                            "as they are")
+        parser.add_argument(
+            "--latent-dim",
+            type=int,
+            metavar="N",
+            help="size of the latent z (default: --encoder-embed-dim)",
+        )
+        parser.add_argument(
+            "--latent-fusion",
+            choices=["attention", "memory"],
+            help="how the decoder sees z: 'attention' (an attention "
+            "with z as its only key: one memory position), or 'memory' "
+            "(z projected to --latent-memory-slots positions) (default: "
+            "attention)",
+        )
+        parser.add_argument(
+            "--latent-memory-slots",
+            type=int,
+            metavar="K",
+            help="memory positions z is projected to with --latent-fusion memory (default: 1)",
+        )
+        parser.add_argument(
+            "--latent-to-embeddings",
+            action="store_true",
+            help="also add a projection of z to every decoder input embedding, as Optimus does",
+        )
+        parser.add_argument(
+            "--latent-layer-memory",
+            action="store_true",
+            help="also give every decoder layer its own projection of z as "
+            "one more memory slot (Optimus' z in every layer)",
+        )
+        parser.add_argument(
+            "--word-dropout",
+            type=float,
+            metavar="P",
+            help="replace decoder input tokens by <unk> with this probability "
+            "during training (Bowman et al. 2016) (default: 0)",
+        )
+        parser.add_argument(
+            "--bn-vae-gamma",
+            type=float,
+            metavar="G",
+            help="BN-VAE (Zhu et al. 2020): batch-normalise each dimension of "
+            "the posterior mean with this fixed scale and a learned shift, so "
+            "every dimension's expected KL is at least G^2/2; evaluation uses "
+            "running statistics (default: 0, off)",
+        )
+        parser.add_argument(
+            "--bow-loss-weight",
+            type=float,
+            metavar="W",
+            help="Zhao et al. (2017)'s bag-of-words loss: a linear layer reads "
+            "every word of the sentence, in any order, from z alone, and W "
+            "times its NLL is added to the training loss, so the encoder puts "
+            "the words into z from the first updates; training only: the "
+            "validation loss, evaluation and generation are the plain model "
+            "(default: 0, off)",
+        )
+        parser.add_argument(
+            "--untie-encoder-embeddings",
+            action="store_true",
+            help="give the encoder its own token embeddings instead of BART's "
+            "one table shared with the decoder: a language model's embeddings "
+            "make words that can stand in each other's place nearly equal "
+            "('great' and 'horrible'), and the encoder then can hardly tell them "
+            "apart (the decoder's input and output embeddings stay tied)",
+        )
+        parser.add_argument(
+            "--reset-decoder",
+            action="store_true",
+            help="Li et al. (2019): with --finetune-from-model, keep the "
+            "checkpoint's encoder and posterior heads but re-initialise the "
+            "decoder and the z-to-decoder fusion (embeddings shared with the "
+            "encoder are kept); done once: checkpoints of this run then load "
+            "as they are",
+        )
 
     @classmethod
     def build_model(cls, args, task):
@@ -477,78 +352,12 @@ class BARTVAEModel(BARTModel):
         return x, extra
 
     def upgrade_state_dict_named(self, state_dict, name):
-        """Loads plain BART checkpoints: fills the VAE parameters they lack.
-
-        Encoder and decoder weights come from the checkpoint; the parameters of the
-        LATENT_MODULES that it does not have (the posterior heads, the fusion, the
-        z-to-embedding projection) keep their fresh initialisation, and a log line lists them.
-        Any other parameter missing from the checkpoint, or a checkpoint parameter the model
-        does not have (another number of layers, say), is an error naming the keys;
-        checkpoints of other dimensions or dictionary size are refused with both sizes named.
-        """
+        """Loads bart_vae and plain BART checkpoints (fairseq_vae.models.checkpoint_compat)."""
         prefix = name + "." if name else ""
-        positions = prefix + "decoder.embed_positions."
         if isinstance(self.decoder.embed_positions, LatentPlusPositions):
-            # BART keeps its learned positions at decoder.embed_positions.weight; we wrap them
-            for key in [k for k in state_dict if k.startswith(positions)]:
-                if not key[len(positions):].startswith(("positions.", "latent_to_embed.")):
-                    state_dict[positions + "positions." + key[len(positions):]] = state_dict.pop(key)
+            rename_wrapped_positions(state_dict, prefix)
         super().upgrade_state_dict_named(state_dict, name)
-        own = self.state_dict()
-        try:
-            check_shapes(state_dict, own, prefix, len(self.encoder.dictionary))
-            self.check_dictionary(state_dict.get(prefix + DICTIONARY_CHECKSUM), state_dict)
-            if self.args.reset_decoder:
-                self.reset_decoder_weights(state_dict, prefix)
-            elif prefix + DECODER_RESET_MARKER in state_dict:
-                del state_dict[prefix + DECODER_RESET_MARKER]  # fine-tuning such a checkpoint on
-            check_keys(state_dict, own, prefix)
-        except ValueError as error:
-            # fairseq's trainer replaces this with a generic "architectures must match"
-            # message (keeping ours only in the traceback), so also log it plainly
-            logger.error(str(error))
-            raise
-        fresh = [key for key in own if prefix + key not in state_dict]
-        for key in fresh:
-            state_dict[prefix + key] = own[key]
-        if fresh:
-            logger.info(
-                f"{len(fresh)} parameters not in the checkpoint keep their fresh "
-                f"initialisation: {', '.join(fresh)}"
-            )
-
-    def check_dictionary(self, checksum: Optional[Tensor], state_dict):
-        """Raises a ValueError naming both files when the checkpoint's dictionary checksum is
-        not this task's (a checkpoint without one, older or a plain BART, is not checked)."""
-        if checksum is None or torch.equal(checksum.cpu(), self.dictionary_sha256.cpu()):
-            return
-        # checkpoint_safety's loader notes the file on the state dict it returns
-        checkpoint = getattr(state_dict, "checkpoint_file", "the checkpoint")
-        dictionary = self.dictionary_file or "this task's dictionary"
-        raise ValueError(
-            f"checkpoint {checkpoint} was trained with another dictionary than {dictionary}: "
-            "the same size, but other symbols or another order, so every token id would mean "
-            "another word. Use the data-bin the model was trained on, or binarise with the "
-            "checkpoint's dict.txt (fairseq-preprocess --srcdict)"
-        )
-
-    def reset_decoder_weights(self, state_dict, prefix: str):
-        """--reset-decoder: the first time a checkpoint without the marker is loaded (phase 1
-        of Li et al.'s recipe), its decoder-side tensors are replaced by this model's fresh
-        initialisation; this run's own checkpoints carry the marker and load unchanged."""
-        if prefix + DECODER_RESET_MARKER in state_dict:
-            return
-        shared = self.args.share_all_embeddings  # then the decoder's embeddings are the encoder's
-        own = self.state_dict()
-        reset = [
-            key
-            for key in own
-            if key.startswith(DECODER_SIDE) and not (shared and key in SHARED_EMBEDDINGS)
-        ]
-        for key in reset:
-            state_dict[prefix + key] = own[key]
-        state_dict[prefix + DECODER_RESET_MARKER] = own[DECODER_RESET_MARKER]
-        logger.info(f"--reset-decoder: {len(reset)} decoder-side tensors re-initialised")
+        upgrade_vae_state_dict(self, state_dict, prefix)
 
     @classmethod
     def from_pretrained(

@@ -138,8 +138,10 @@ class BARTVAEHubInterface(nn.Module):
             if key not in gen_args:
                 close = difflib.get_close_matches(key, list(gen_args), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise TypeError(f"unknown generation option {key!r}{hint}: fairseq's are "
-                                f"{', '.join(sorted(gen_args))}")  # fmt: skip
+                raise TypeError(
+                    f"unknown generation option {key!r}{hint}: fairseq's are "
+                    f"{', '.join(sorted(gen_args))}"
+                )
         with open_dict(gen_args):
             gen_args.beam = 1
             for key, value in generation_options.items():

@@ -1,13 +1,136 @@
-"""The Gaussian latent's reparameterised sample, below both the model and its hub interface.
+"""The latent's parts: pooling, the posterior heads, BN-VAE, the reparameterised sample, word
+dropout and the z-to-embedding injection.
 
-``bart_vae`` imports ``hub_interface`` (``from_pretrained`` returns one), so what both need lives
-here and the dependency stays one-way.
+They sit below both the model and its hub interface (``bart_vae`` imports ``hub_interface``,
+``from_pretrained`` returns one), so the dependency stays one-way.
 """
 
+from typing import List, Optional
+
 import torch
+import torch.nn as nn
 from torch import Tensor
+
+# log-variances are clamped to this range (in fp32) so exp(logvar) can neither overflow nor
+# underflow to a zero variance whose log is -inf; e^-30 and e^20 are far outside the range a
+# trained posterior uses, so the clamp never binds in normal training.
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+
+# The VAE's own modules: they compute z, and the decoder's memory and inputs from it. A
+# checkpoint may lack their parameters (a plain BART, fine-tuned into a VAE): these, and only
+# these, keep their fresh initialisation at load (BARTVAEModel.upgrade_state_dict_named).
+LATENT_MODULES = {
+    "mlp_mu",
+    "mlp_logvar",
+    "mu_batch_norm",
+    "latent_attn",
+    "latent_memory",
+    "latent_layer_memory",
+    "latent_to_embed",
+    "latent_bow",
+}
+# latent modules that keep BART's small N(0, 0.02) init (see BARTVAEModel.__init__)
+BART_INIT_MODULES = {"latent_to_embed"}
 
 
 def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
     """z = mu + sigma * eps, eps ~ N(0, I)."""
     return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+def masked_mean(states: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+    """Mean of T x B x C ``states`` over the non-pad positions of each sentence -> B x C."""
+    # B x T x C (never .view: that mixes sentences); summed in fp32, as an fp16 sum over a
+    # long sentence can pass 65504 even when the mean is small
+    states = states.transpose(0, 1).float()
+    if padding_mask is None:
+        return states.mean(dim=1)
+    keep = (~padding_mask).unsqueeze(-1).float()  # B x T x 1
+    return (states * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+
+
+def fixed_scale_batch_norm(
+    mu: Tensor, mean: Tensor, var: Tensor, gamma: float, shift: Tensor, eps: float
+) -> Tensor:
+    """gamma * (mu - mean) / sqrt(var + eps) + shift, per dimension, in fp32."""
+    return gamma * (mu - mean.float()) / torch.sqrt(var.float() + eps) + shift.float()
+
+
+class LatentBatchNorm(nn.Module):
+    """BN-VAE (Zhu et al. 2020): batch norm of the posterior means with a FIXED scale gamma.
+
+    In training, each dimension of mu is normalised with its batch mean and variance, scaled by
+    gamma and shifted by a learned beta_d, so over a batch mean_b(mu_bd^2) = gamma^2 + beta_d^2
+    (up to eps): the expected KL of every dimension is at least gamma^2 / 2, and the KL cannot
+    vanish. Evaluation uses running statistics (saved in checkpoints as buffers). Written out
+    rather than nn.BatchNorm1d because the statistics must stay fp32 when --fp16 halves the
+    model's buffers.
+
+    eps is far below torch's 1e-5 on purpose: with var ~ eps the output shrinks with the scale
+    of the raw means, and once the decoder ignores z the KL's only gradient on the posterior
+    head is that shrinking direction, which Adam's per-coordinate normalisation turns into full
+    steps: the raw means' variance drops below eps within a few hundred updates (measured: KL
+    4.4 nats under a floor of 7.8 at update 100). At 1e-10 the output is scale-invariant to
+    fp32 precision, so the floor holds.
+    """
+
+    def __init__(self, dim: int, gamma: float, eps: float = 1e-10, momentum: float = 0.1):
+        super().__init__()
+        self.gamma, self.eps, self.momentum = gamma, eps, momentum
+        self.shift = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_var", torch.ones(dim))
+
+    def forward(self, mu: Tensor) -> Tensor:
+        if not self.training:
+            return fixed_scale_batch_norm(
+                mu, self.running_mean, self.running_var, self.gamma, self.shift, self.eps
+            )
+        mean, var = mu.mean(dim=0), mu.var(dim=0, unbiased=False)  # B x D -> D
+        with torch.no_grad():
+            # running variance unbiased, as torch's batch norm keeps it; one sentence has none
+            n = mu.size(0)
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            if n > 1:
+                unbiased = (var * n / (n - 1)).to(self.running_var.dtype)
+                self.running_var.lerp_(unbiased, self.momentum)
+        return fixed_scale_batch_norm(mu, mean, var, self.gamma, self.shift, self.eps)
+
+
+def gaussian_head(dim: int, latent_dim: int) -> nn.Sequential:
+    """simple_vae_bart's posterior head: Linear C -> C/2, ReLU, Linear C/2 -> latent."""
+    return nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(), nn.Linear(dim // 2, latent_dim))
+
+
+def word_dropout(tokens: Tensor, p: float, unk: int, keep: List[int]) -> Tensor:
+    """Bowman et al. (2016): replace each decoder input token by ``unk`` with probability p,
+    never touching the special tokens in ``keep`` (padding, the leading eos/bos)."""
+    drop = torch.rand(tokens.shape, device=tokens.device) < p
+    for idx in keep:
+        drop &= tokens.ne(idx)
+    return tokens.masked_fill(drop, unk)
+
+
+class LatentPlusPositions(nn.Module):
+    """Adds a projection of z to the decoder's positional embeddings (Optimus' injection).
+
+    fairseq's decoder adds ``embed_positions(tokens)`` to every input embedding before its
+    embedding layer norm; wrapping that module is the one place to add a per-sentence vector
+    without copying the decoder's forward. ``VAEDecoder`` sets ``latent_bias`` (B x C) before
+    each call; the same bias is right at every incremental step because beam reordering
+    reorders z with the encoder output.
+    """
+
+    def __init__(self, positions: Optional[nn.Module], latent_dim: int, dim: int):
+        super().__init__()
+        self.positions = positions
+        self.latent_to_embed = nn.Linear(latent_dim, dim)
+        self.latent_bias: Optional[Tensor] = None
+        # the decoder reads this attribute for its maximum length
+        self.max_positions = positions.max_positions if positions is not None else int(1e5)
+
+    def forward(self, tokens, incremental_state=None):
+        bias = self.latent_bias[:, None, :]  # B x 1 x C
+        if self.positions is None:
+            return bias.expand(tokens.size(0), tokens.size(1), bias.size(-1))
+        return self.positions(tokens, incremental_state=incremental_state) + bias

@@ -1,0 +1,162 @@
+"""How a checkpoint is fitted to a ``bart_vae`` model at load: the compatibility policy.
+
+``BARTVAEModel.upgrade_state_dict_named`` calls :func:`upgrade_vae_state_dict` once fairseq's
+BART upgrade has run. A plain BART checkpoint (fine-tuned into a VAE) lacks the latent modules'
+parameters: they keep their fresh initialisation. Anything else that does not fit (other
+dimensions, another dictionary, missing or unknown keys) is refused with the keys, sizes or
+files named. ``--reset-decoder`` (Li et al. 2019) re-initialises the decoder side once.
+"""
+
+import hashlib
+import logging
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor
+
+from .latent import LATENT_MODULES
+
+logger = logging.getLogger(__name__)
+
+# a buffer holding the SHA-256 of the training dictionary's symbols, in order: a dictionary of
+# the same size in another order (fairseq-preprocess run on other text) is refused at load
+DICTIONARY_CHECKSUM = "dictionary_sha256"
+
+
+def dictionary_sha256(dictionary) -> Tensor:
+    """The SHA-256 of a fairseq Dictionary's symbols in index order, as 32 uint8 values."""
+    digest = hashlib.sha256("\n".join(dictionary.symbols).encode("utf-8")).digest()
+    return torch.tensor(list(digest), dtype=torch.uint8)
+
+
+def is_latent_parameter(key: str) -> bool:
+    """Whether a state-dict key belongs to one of the LATENT_MODULES."""
+    return not LATENT_MODULES.isdisjoint(key.split("."))
+
+
+# what --reset-decoder re-initialises (Li et al. 2019): the decoder and the z -> memory fusion,
+# everything that reads z; the encoder, the posterior heads and the embeddings the decoder
+# shares with the encoder keep the checkpoint's weights
+DECODER_SIDE = ("decoder.", "encoder.latent_attn.", "encoder.latent_memory.")
+SHARED_EMBEDDINGS = ("decoder.embed_tokens.weight", "decoder.output_projection.weight")
+# a buffer whose presence in a checkpoint says "this decoder was trained in this setting":
+# loading a checkpoint without it under --reset-decoder re-initialises the decoder once
+DECODER_RESET_MARKER = "decoder_reset_done"
+
+
+def check_shapes(checkpoint: Dict[str, Tensor], own: Dict[str, Tensor], prefix: str, n_dict: int):
+    """Raises a ValueError naming both sizes when a checkpoint's tensors do not fit the model."""
+    for key, tensor in own.items():
+        theirs = checkpoint.get(prefix + key)
+        if theirs is None or theirs.shape == tensor.shape:
+            continue
+        if key.endswith("embed_tokens.weight") and theirs.size(1) == tensor.size(1):
+            raise ValueError(
+                f"the checkpoint's dictionary has {theirs.size(0)} entries but this task's has "
+                f"{n_dict} ({key}): preprocess the data with the checkpoint's dict.txt "
+                "(fairseq-preprocess --srcdict, or scripts/prepare_data.sh --bart)"
+            )
+        raise ValueError(
+            f"checkpoint tensor {key} has shape {tuple(theirs.shape)} but the model's is "
+            f"{tuple(tensor.shape)}: the checkpoint was trained with other dimensions "
+            f"(width {theirs.size(-1)} vs {tensor.size(-1)}); choose the matching --arch"
+        )
+
+
+def check_keys(checkpoint: Dict[str, Tensor], own: Dict[str, Tensor], prefix: str):
+    """Raises a ValueError naming the keys when the checkpoint lacks a parameter that is not
+    one of the LATENT_MODULES', or holds one the model does not have."""
+    theirs = {key[len(prefix) :] for key in checkpoint if key.startswith(prefix)}
+    filled = [key for key in own if is_latent_parameter(key) or key == DICTIONARY_CHECKSUM]
+    missing = sorted(key for key in own if key not in theirs and key not in filled)
+    unexpected = sorted(key for key in theirs if key not in own)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing from the checkpoint: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} not in the model: {', '.join(unexpected)}")
+    if problems:
+        raise ValueError(
+            f"the checkpoint's parameters do not fit this model: {'; '.join(problems)} (was it "
+            "trained with other --encoder-layers, --decoder-layers or latent options?)"
+        )
+
+
+def rename_wrapped_positions(state_dict, prefix: str):
+    """With --latent-to-embeddings the decoder's learned positions are wrapped
+    (``LatentPlusPositions``): BART's ``decoder.embed_positions.weight`` moves under
+    ``.positions``."""
+    positions = prefix + "decoder.embed_positions."
+    for key in [k for k in state_dict if k.startswith(positions)]:
+        rest = key[len(positions) :]
+        if not rest.startswith(("positions.", "latent_to_embed.")):
+            state_dict[positions + "positions." + rest] = state_dict.pop(key)
+
+
+def check_dictionary(model, checksum: Optional[Tensor], state_dict):
+    """Raises a ValueError naming both files when the checkpoint's dictionary checksum is
+    not the model's task's (a checkpoint without one, older or a plain BART, is not checked)."""
+    if checksum is None or torch.equal(checksum.cpu(), model.dictionary_sha256.cpu()):
+        return
+    # checkpoint_safety's loader notes the file on the state dict it returns
+    checkpoint = getattr(state_dict, "checkpoint_file", "the checkpoint")
+    dictionary = model.dictionary_file or "this task's dictionary"
+    raise ValueError(
+        f"checkpoint {checkpoint} was trained with another dictionary than {dictionary}: "
+        "the same size, but other symbols or another order, so every token id would mean "
+        "another word. Use the data-bin the model was trained on, or binarise with the "
+        "checkpoint's dict.txt (fairseq-preprocess --srcdict)"
+    )
+
+
+def reset_decoder_weights(model, state_dict, prefix: str):
+    """--reset-decoder: the first time a checkpoint without the marker is loaded (phase 1
+    of Li et al.'s recipe), its decoder-side tensors are replaced by the model's fresh
+    initialisation; this run's own checkpoints carry the marker and load unchanged."""
+    if prefix + DECODER_RESET_MARKER in state_dict:
+        return
+    shared = model.args.share_all_embeddings  # then the decoder's embeddings are the encoder's
+    own = model.state_dict()
+    reset = [
+        key
+        for key in own
+        if key.startswith(DECODER_SIDE) and not (shared and key in SHARED_EMBEDDINGS)
+    ]
+    for key in reset:
+        state_dict[prefix + key] = own[key]
+    state_dict[prefix + DECODER_RESET_MARKER] = own[DECODER_RESET_MARKER]
+    logger.info(f"--reset-decoder: {len(reset)} decoder-side tensors re-initialised")
+
+
+def upgrade_vae_state_dict(model, state_dict, prefix: str):
+    """Fits ``state_dict`` (keys under ``prefix``) to ``model`` or raises a ValueError.
+
+    Encoder and decoder weights come from the checkpoint; the parameters of the
+    LATENT_MODULES that it does not have (the posterior heads, the fusion, the
+    z-to-embedding projection) keep their fresh initialisation, and a log line lists them.
+    Any other parameter missing from the checkpoint, or a checkpoint parameter the model
+    does not have (another number of layers, say), is an error naming the keys;
+    checkpoints of other dimensions or dictionary size are refused with both sizes named.
+    """
+    own = model.state_dict()
+    try:
+        check_shapes(state_dict, own, prefix, len(model.encoder.dictionary))
+        check_dictionary(model, state_dict.get(prefix + DICTIONARY_CHECKSUM), state_dict)
+        if model.args.reset_decoder:
+            reset_decoder_weights(model, state_dict, prefix)
+        elif prefix + DECODER_RESET_MARKER in state_dict:
+            del state_dict[prefix + DECODER_RESET_MARKER]  # fine-tuning such a checkpoint on
+        check_keys(state_dict, own, prefix)
+    except ValueError as error:
+        # fairseq's trainer replaces this with a generic "architectures must match"
+        # message (keeping ours only in the traceback), so also log it plainly
+        logger.error(str(error))
+        raise
+    fresh = [key for key in own if prefix + key not in state_dict]
+    for key in fresh:
+        state_dict[prefix + key] = own[key]
+    if fresh:
+        logger.info(
+            f"{len(fresh)} parameters not in the checkpoint keep their fresh "
+            f"initialisation: {', '.join(fresh)}"
+        )
