@@ -126,3 +126,29 @@ def test_readme_python_scripts_run_as_typed(tmp_path):
         )
         assert result.returncode == 0, f"{command} --help:\n{result.stderr}"
         assert result.stdout.startswith("usage:"), result.stdout
+
+
+def test_the_option_reference_is_what_the_code_registers():
+    """docs/options.md is written by scripts/options_reference.py: a new or changed option
+    without a regenerated reference fails here."""
+    written = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "options_reference.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+    committed = open(os.path.join(ROOT, "docs", "options.md"), encoding="utf-8").read()
+    assert written == committed, "run: python scripts/options_reference.py > docs/options.md"
+    for flag in ("--bn-vae-gamma", "--kl-schedule", "--free-bits", "--latent-source"):
+        assert f"| `{flag}` |" in committed
+
+
+def test_no_module_of_the_package_is_over_500_lines():
+    sizes = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                sizes[os.path.relpath(path, ROOT)] = sum(1 for _ in open(path, encoding="utf-8"))
+    assert not {path: n for path, n in sizes.items() if n > 500}
