@@ -17,12 +17,28 @@ registered resolver runs. fairseq's own checkpoints only refer to other options
 fairseq writes a checkpoint once (to a temporary file, then renamed: atomic) and copies it to
 its other names, checkpoint_last.pt among them, with a plain copy that truncates the target
 first: a process killed during that copy leaves no readable checkpoint_last.pt to resume from.
-Local copies here go through a temporary file and an atomic rename instead.
+Local copies here go through a temporary file, flushed to disk, and an atomic rename instead.
+
+What is replaced, and why it has to be for the whole process: fairseq offers no hook for any
+of the three, and its trainer, hub and command-line tools reach them by name at call time.
+
+- ``checkpoint_utils.torch``: only the name ``torch`` inside fairseq's checkpoint_utils module,
+  whose only ``torch.load`` calls read checkpoints; everything else is torch's own attribute.
+  A wrapper around load_checkpoint_to_cpu could not do it: the function's body looks ``torch``
+  up in its module. ``torch.load`` itself, everywhere else, is left alone.
+- ``checkpoint_utils.load_checkpoint_to_cpu``: returns fairseq's state unchanged (with the
+  file's name noted on the model's state dict); only its refusal message is ours.
+- ``PathManager.copy``: local targets only; remote ones (iopath's handlers) go to fairseq's.
+- torch's allow-list is one list for the process: the globals added are plain data (an
+  options namespace, omegaconf containers, numpy arrays), so a ``torch.load`` of a fairseq
+  checkpoint elsewhere (a script reading ``["model"]``) works as well, and no code can run.
 """
 
 import argparse
 import collections
 import functools
+import importlib
+import logging
 import os
 import pickle
 import shutil
@@ -36,18 +52,40 @@ from omegaconf import OmegaConf, grammar_parser
 from omegaconf.errors import GrammarParseError
 from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
 
+logger = logging.getLogger(__name__)
+
+
+def numpy_multiarray():
+    """numpy's multiarray module: ``numpy._core.multiarray`` on numpy 2 (numpy 1.26 has it
+    too, as an alias), ``numpy.core.multiarray`` on older numpy 1. numpy 2 keeps ``numpy.core``
+    only as a deprecated alias that warns on every read, so it is the fallback, not the first
+    try; a numpy with neither is an error, not an allow-list silently without numpy."""
+    try:
+        return importlib.import_module("numpy._core.multiarray")
+    except ImportError:
+        return importlib.import_module("numpy.core.multiarray")
+
+
+# a pickle names these under the module of the numpy that wrote it
+NUMPY_MULTIARRAY_MODULES = ("numpy._core.multiarray", "numpy.core.multiarray")
+
 
 def fairseq_checkpoint_globals():
-    """The classes and functions that checkpoints written by fairseq-train may reference."""
-    allowed = [argparse.Namespace]
-    try:  # saved metrics (--eval-bleu, --best-checkpoint-metric) can hold numpy scalars
-        import numpy as np
-        from numpy._core import multiarray  # numpy 2 pickles these under numpy._core
+    """The classes and functions that checkpoints written by fairseq-train may reference:
+    objects, or (object, the name a pickle gives it) where a name differs from the object's."""
+    import numpy as np
 
-        allowed += [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
-        allowed += [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32")]
-    except ImportError:
-        pass
+    allowed = [argparse.Namespace]
+    # saved metrics (--eval-bleu, --best-checkpoint-metric) can hold numpy arrays and scalars;
+    # a checkpoint written under numpy 1 names numpy.core.multiarray, under numpy 2
+    # numpy._core.multiarray: both names load, each as the running numpy's function (what
+    # numpy's own aliases do for pickle)
+    multiarray = numpy_multiarray()
+    for name in ("_reconstruct", "scalar"):
+        function = getattr(multiarray, name)
+        allowed += [(function, f"{module}.{name}") for module in NUMPY_MULTIARRAY_MODULES]
+    allowed += [np.ndarray, np.dtype]
+    allowed += [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32")]
     # a state re-saved after fairseq's own loader (load_checkpoint_to_cpu turns "cfg" into
     # an omegaconf DictConfig) pickles the config containers, their metadata and the types
     # that metadata names; all are plain data, restored by setting attributes
@@ -154,16 +192,45 @@ def refuse_unsafe_checkpoints(load):
     return load_checkpoint_to_cpu
 
 
+def fsync_folder(folder: str):
+    """Makes a rename in ``folder`` durable; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder: the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_copy(copy):
-    """Wraps PathManager.copy: local targets are written to a temporary file, then renamed."""
+    """Wraps PathManager.copy: a local target is written to a temporary file in its folder,
+    flushed to disk, then renamed over the target, so the target is always a whole file."""
 
     @functools.wraps(copy)
     def copy_atomically(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
         if PathManager.path_requires_pathmanager(dst_path):
             return copy(src_path, dst_path, overwrite=overwrite)  # remote: no rename there
+        if not overwrite and os.path.exists(dst_path):
+            # iopath's answer (fairseq's PathManager with iopath installed): no copy, False
+            logger.error(f"Destination file {dst_path} already exists.")
+            return False
         tmp_path = dst_path + ".tmp"  # same folder, so the rename cannot cross filesystems
-        shutil.copyfile(src_path, tmp_path)
-        os.replace(tmp_path, dst_path)
+        try:
+            with open(src_path, "rb") as src, open(tmp_path, "wb") as tmp:
+                shutil.copyfileobj(src, tmp)
+                tmp.flush()
+                # the rename must not reach the disk before the data it names
+                os.fsync(tmp.fileno())
+            os.replace(tmp_path, dst_path)
+        except BaseException:
+            if os.path.exists(tmp_path):
+                os.remove(tmp_path)
+            raise
+        fsync_folder(os.path.dirname(os.path.abspath(dst_path)))
         return True
 
     return copy_atomically

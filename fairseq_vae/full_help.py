@@ -5,7 +5,11 @@ after adding their options. ``--help`` fires during the first pass, so fairseq's
 shows any model, task or criterion option, ours included. With --user-dir our package is
 imported before that parse (``options.get_parser`` imports user modules first), so wrapping
 ``parse_args_and_arch`` here lets --help wait until every option is on the parser.
-Without --help the wrapper only forwards the call.
+
+fairseq's command-line tools look ``options.parse_args_and_arch`` up when they call it and
+offer no other hook, so the module's attribute is replaced, for the whole process. Without
+-h/--help among the options (before a ``--``, after which argparse reads none as an option)
+the wrapper forwards the call unchanged and returns fairseq's own result.
 """
 
 import contextlib
@@ -22,7 +26,8 @@ def parse_args_and_arch(
     parser, input_args=None, parse_known=False, suppress_defaults=False, modify_parser=None
 ):
     argv = sys.argv[1:] if input_args is None else list(input_args)
-    if not any(arg in HELP_FLAGS for arg in argv):
+    options_part = argv[: argv.index("--")] if "--" in argv else argv
+    if not any(arg in HELP_FLAGS for arg in options_part):
         return _parse_args_and_arch(
             parser, input_args, parse_known, suppress_defaults, modify_parser
         )
