@@ -10,12 +10,12 @@ Every number follows the definitions of the reference implementation, jxhe/vae-l
   posterior q(z) from one z per sentence scored against every q(.|x_j) of a pool.
 * AU: latent dimensions whose posterior mean has a variance (over the evaluation set, unbiased)
   of at least a threshold (0.01).
-* Probes: how well a logistic regression reads a labelled factor from the posterior mean.
+* Probes: how well a logistic regression reads a labelled factor from the posterior mean,
+  trained on one half of the sentences (a seeded, stratified shuffle) and scored on the other.
 
 Log-densities and logsumexps are computed in fp32 whatever the model's dtype.
 """
 
-import csv
 import math
 from collections import Counter
 from typing import Dict, List, Optional, Tuple
@@ -205,16 +205,46 @@ def active_units(mu: Tensor, threshold: float = AU_THRESHOLD) -> Tuple[int, Tens
     return int((variances >= threshold).sum().item()), variances
 
 
-def probe_factors(features, labels: Dict[str, List[str]]) -> Dict[str, dict]:
+def probe_split(y, seed: int) -> tuple:
+    """(train, scored, stratified): sorted indices of two halves of the labels ``y``, drawn with
+    ``seed`` wherever the sentences lie in the file (a file sorted by class must not put one
+    class in each half).
+
+    The split is stratified (each class halved) where scikit-learn can stratify: every class
+    has two sentences and each half has room for every class; otherwise it is a plain
+    shuffle. Needs at least two sentences.
+    """
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    n = len(y)
+    half = n // 2
+    counts = Counter(y.tolist())
+    stratified = min(counts.values()) >= 2 and len(counts) <= half
+    train, scored = train_test_split(
+        np.arange(n),
+        train_size=half,
+        test_size=n - half,
+        random_state=seed,
+        shuffle=True,
+        stratify=y if stratified else None,
+    )
+    return np.sort(train), np.sort(scored), stratified
+
+
+def probe_factors(features, labels: Dict[str, List[str]], seed: int = 1) -> Dict[str, dict]:
     """How well each factor can be read from the posterior mean.
 
-    A standardised logistic regression is trained on the first half of the sentences and
-    scored on the second half; the majority class of the first half, scored on the second,
-    is the baseline a probe has to beat.
+    A standardised logistic regression is trained on one half of the sentences and scored on
+    the other (``probe_split``: a seeded, stratified shuffle); the baseline a probe has to
+    beat is the share of the scored half's most common class (the best a constant guess can
+    score there). With fewer than two sentences there is nothing to score: accuracy and
+    baseline are None.
 
     Args:
         features: N x D array (posterior means in corpus order)
         labels: factor name -> N labels
+        seed: the split's random state
     """
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -222,38 +252,94 @@ def probe_factors(features, labels: Dict[str, List[str]]) -> Dict[str, dict]:
     from sklearn.preprocessing import StandardScaler
 
     features = np.asarray(features, dtype=np.float64)
-    half = len(features) // 2
     results = {}
     for name, values in labels.items():
         y = np.asarray(values)
         if len(y) != len(features):
             raise ValueError(f"{len(y)} labels for factor {name!r} but {len(features)} sentences")
-        majority = Counter(y[:half].tolist()).most_common(1)[0][0]
-        baseline = float(np.mean(y[half:] == majority))
-        if len(set(y[:half].tolist())) < 2:
-            accuracy = baseline  # one class to learn from: the probe is the baseline
+        result = {"classes": len(set(y.tolist()))}
+        if len(y) < 2:
+            results[name] = dict(
+                result, accuracy=None, majority_baseline=None, train=0, test=len(y), split=None
+            )
+            continue
+        train, scored, stratified = probe_split(y, seed)
+        baseline = Counter(y[scored].tolist()).most_common(1)[0][1] / len(scored)
+        if len(set(y[train].tolist())) < 2:
+            # one class to learn from: the probe can only guess that class
+            accuracy = float(np.mean(y[scored] == y[train][0]))
         else:
             probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-            probe.fit(features[:half], y[:half])
-            accuracy = float(probe.score(features[half:], y[half:]))
-        results[name] = {
-            "accuracy": accuracy,
-            "majority_baseline": baseline,
-            "classes": len(set(y.tolist())),
-            "train": half,
-            "test": len(y) - half,
-        }
+            probe.fit(features[train], y[train])
+            accuracy = float(probe.score(features[scored], y[scored]))
+        results[name] = dict(
+            result,
+            accuracy=accuracy,
+            majority_baseline=baseline,
+            train=len(train),
+            test=len(scored),
+            split="stratified" if stratified else "shuffled",
+        )
     return results
 
 
-def read_labels(path: str) -> Dict[str, List[str]]:
-    """A TSV of factor labels: a header of factor names, then one line per sentence."""
+def read_labels(path: str, sentences: Optional[int] = None) -> Dict[str, List[str]]:
+    """A TSV of factor labels: a header of factor names, then one line per sentence.
+
+    Lines are split at tabs and nothing else (no quoting), so line k + 2 of the file is
+    sentence k's row. Blank lines at the end are ignored. A header with an empty or repeated
+    name, a line with too few or too many fields or an empty one, and (given ``sentences``)
+    another number of rows than the split's sentences are errors naming the file and line.
+    """
     with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
-    if not rows:
-        raise ValueError(f"{path} is empty")
-    header, body = rows[0], [row for row in rows[1:] if row]
-    for i, row in enumerate(body):
-        if len(row) != len(header):
-            raise ValueError(f"{path}:{i + 2}: {len(row)} fields, header has {len(header)}")
+        lines = [line.rstrip("\r\n") for line in f]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise ValueError(
+            f"{path} is empty: it needs a header of factor names, then one line per sentence"
+        )
+    header = lines[0].split("\t")
+    for col, name in enumerate(header, 1):
+        if not name.strip():
+            raise ValueError(f"{path}:1: column {col} of the header has no factor name")
+        if header.index(name) != col - 1:
+            raise ValueError(
+                f"{path}:1: factor {name!r} is named twice "
+                f"(columns {header.index(name) + 1} and {col})"
+            )
+    names = ", ".join(header)
+    body = []
+    for lineno, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            raise ValueError(
+                f"{path}:{lineno}: blank line; every sentence needs a line of its labels ({names})"
+            )
+        row = line.split("\t")
+        if len(row) < len(header):
+            missing = ", ".join(header[len(row) :])
+            raise ValueError(
+                f"{path}:{lineno}: {len(row)} fields, the header has {len(header)} ({names}): "
+                f"no value for {missing}"
+            )
+        if len(row) > len(header):
+            raise ValueError(
+                f"{path}:{lineno}: {len(row)} fields, the header names {len(header)} ({names}): "
+                f"column {len(header) + 1} has no factor"
+            )
+        for col, value in enumerate(row):
+            if not value.strip():
+                raise ValueError(f"{path}:{lineno}: column {col + 1} ({header[col]}) is empty")
+        body.append(row)
+    if sentences is not None and len(body) != sentences:
+        message = (
+            f"{path} has {len(body)} lines of labels after its header, "
+            f"the split {sentences} sentences"
+        )
+        if len(body) == sentences - 1:
+            message += (
+                f": is the header missing? its first line ({lines[0]!r}) is read as the "
+                "factor names"
+            )
+        raise ValueError(message)
     return {name: [row[col] for row in body] for col, name in enumerate(header)}

@@ -14,6 +14,13 @@ Every number follows the definitions of the reference implementation, jxhe/vae-l
 * AU: latent dimensions whose posterior mean has a variance (over the evaluation set, unbiased)
   of at least a threshold (0.01).
 * Reconstruction BLEU: greedy decoding from the posterior mean, sacrebleu against the input.
+* Probes (``--labels``): a logistic regression reading each factor from the posterior mean,
+  trained on one half of the split and scored on the other (a seeded, stratified shuffle),
+  beside the share of the scored half's most common class.
+
+A perplexity beyond a double (above ~709.78 nats per unit) is reported as inf, in the table
+and in the JSON (``Infinity``, which Python's json reads back as inf). On a one-sentence split
+MI, AU and the probes are undefined: "undefined (one sentence)" in the table, null in the JSON.
 
 One posterior sample per sentence serves the -ELBO and the MI: the first importance sample,
 which is a draw from q(z|x) like any other, so no extra decoding pass is needed. The estimators
@@ -29,9 +36,9 @@ The command is built on fairseq's generation parser, so ``--path``, ``--gen-subs
 """
 
 import argparse
+import ast
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -48,11 +55,17 @@ from fairseq_vae.estimators import (
     AU_THRESHOLD,
     IW_CHUNK,
     IW_SAMPLES,
-    active_units,
     iw_log_likelihood,
     mutual_information,
     probe_factors,
     read_labels,
+)
+from fairseq_vae.eval_report import (
+    Columns,
+    format_report,
+    latent_metrics,
+    reconstruction_metrics,
+    report_settings,
 )
 from fairseq_vae.subword import build_bpe, corpus_bpe_options, describe_bpe
 
@@ -250,55 +263,37 @@ def posterior_means(model, task, split: str, **iterator_args) -> Tuple[Tensor, T
     return torch.cat(mus)[order], torch.cat(logvars)[order], ids[order]
 
 
-@torch.no_grad()
-def evaluate(cfg, args, model, task, saved_cfg) -> dict:
-    """Runs every metric on ``cfg.dataset.gen_subset``; returns the report as a dict."""
-    use_cuda = next(model.parameters()).is_cuda
-    split = cfg.dataset.gen_subset
-    dataset, itr = batch_iterator(
-        task,
-        model,
-        split,
-        max_tokens=cfg.dataset.max_tokens,
-        batch_size=cfg.dataset.batch_size,
-        seed=cfg.common.seed,
-        skip_invalid=cfg.dataset.skip_invalid_size_inputs_valid_test,
-        num_workers=cfg.dataset.num_workers,
-        batch_size_multiple=cfg.dataset.required_batch_size_multiple,
-        saved_task_cfg=saved_cfg.task,
-    )
-    dictionary = task.target_dictionary
+# ----------------------------------------------------------------------------------------------
+# The evaluation, step by step: one pass over the batches collects per-sentence columns, which
+# are put back in corpus order; every metric is then a function of those columns
+# (fairseq_vae.eval_report).
+
+
+def build_detokenizer(cfg, args, dictionary) -> Detokenizer:
     if args.spm_model:
         bpe_options = {"bpe": "sentencepiece", "sentencepiece_model": args.spm_model}
     else:
         bpe_options = corpus_bpe_options(cfg.task.data)
-    detok = Detokenizer(dictionary, bpe_options, cfg.common_eval.post_process)
-    expected_ids = evaluable_ids(dataset)
-    labels = read_labels(args.labels) if args.labels else None
-    if labels is not None:
-        rows = len(next(iter(labels.values())))
-        if rows != len(dataset):
-            raise ValueError(f"{args.labels} has {rows} rows, split {split!r} {len(dataset)}")
+    return Detokenizer(dictionary, bpe_options, cfg.common_eval.post_process)
 
-    generator = None
-    if not args.no_bleu:
-        cfg.generation.beam = 1  # greedy: beam search with a beam of one
-        cfg.generation.sampling = False
-        generator = task.build_generator([model], cfg.generation)
+
+def greedy_generator(cfg, task, model):
+    cfg.generation.beam = 1  # greedy: beam search with a beam of one
+    cfg.generation.sampling = False
+    return task.build_generator([model], cfg.generation)
+
+
+def iw_pass(model, progress, args, detok, generator, seed: int) -> List[dict]:
+    """Encodes each batch once, runs the IW estimator (and the greedy decoding) on it.
+
+    Returns one dict per batch, in fairseq's batch order: the ``Columns.tensors`` entries and
+    ``id`` (tensors), ``refs`` and ``hyps`` (lists) and, for ``--mi-pool batch``, ``mi``.
+    """
+    use_cuda = next(model.parameters()).is_cuda
+    pad = model.decoder.dictionary.pad()
     draws = torch.Generator(device="cuda" if use_cuda else "cpu")
-    draws.manual_seed(cfg.common.seed)
-
-    per_batch = []  # dicts of per-sentence tensors on the CPU
-    batch_mi = []  # (MI, pool size) per batch for --mi-pool batch
-    hyps, refs = {}, {}
-    progress = progress_bar.progress_bar(
-        itr,
-        log_format=cfg.common.log_format,
-        log_interval=cfg.common.log_interval,
-        prefix=f"vae-eval on '{split}'",
-        default_log_format="tqdm" if not cfg.common.no_progress_bar else "simple",
-    )
-    done = 0
+    draws.manual_seed(seed)
+    batches, done = [], 0
     latent_source = model.encoder.latent_source
     model.encoder.latent_source = "mean"  # what SequenceGenerator's encoder call decodes from
     try:
@@ -318,162 +313,127 @@ def evaluate(cfg, args, model, task, saved_cfg) -> dict:
                 args.iw_chunk,
                 generator=draws,
             )
+            batch = {
+                "id": sample["id"].cpu(),
+                "mu": mu.cpu(),
+                "logvar": logvar.cpu(),
+                "z": z1.float().cpu(),
+                "log_px": log_px.cpu(),
+                "log_px_z": log_px_z1.cpu(),
+                "kl": gaussian_kl(mu, logvar).sum(dim=-1).cpu(),
+                "tokens": sample["target"].ne(pad).sum(dim=-1).cpu(),
+                "refs": [detok(tokens) for tokens in net["src_tokens"]],
+                "hyps": None,
+            }
             if args.mi_pool == "batch":
-                batch_mi.append((mutual_information(mu, logvar, z1), mu.size(0)))
-            ids = sample["id"].cpu()
-            for i, sid in enumerate(ids.tolist()):
-                refs[sid] = detok(net["src_tokens"][i])
+                batch["mi"] = mutual_information(mu, logvar, z1)
             if generator is not None:
                 # generate() directly: the task's inference_step would apply its own
                 # --latent-source, and the reconstruction must decode the posterior mean
-                for i, hypos in zip(ids.tolist(), generator.generate([model], sample)):
-                    hyps[i] = detok(hypos[0]["tokens"])
-            per_batch.append(
-                {
-                    "id": ids,
-                    "mu": mu.cpu(),
-                    "logvar": logvar.cpu(),
-                    "z": z1.float().cpu(),
-                    "log_px": log_px.cpu(),
-                    "log_px_z": log_px_z1.cpu(),
-                    "kl": gaussian_kl(mu, logvar).sum(dim=-1).cpu(),
-                    "tokens": sample["target"].ne(dictionary.pad()).sum(dim=-1).cpu(),
-                }
-            )
-            done += len(ids)
+                hypos = generator.generate([model], sample)
+                batch["hyps"] = [detok(h[0]["tokens"]) for h in hypos]
+            batches.append(batch)
+            done += len(batch["id"])
             progress.log({"sentences": done}, step=step)
     finally:
         model.encoder.latent_source = latent_source
+    return batches
 
-    # back to corpus order (fairseq batches by length), so labels line up with sentences
-    ids = torch.cat([b["id"] for b in per_batch])
+
+def in_corpus_order(batches: List[dict], expected_ids: List[int], split: str) -> Columns:
+    """The batches' columns in corpus order (fairseq batches by length), so that labels line
+    up with sentences; an error unless every sentence the dataset batches was evaluated."""
+    if not batches:
+        raise ValueError(f"split {split!r} has no sentence to evaluate (all empty or over-long)")
+    ids = torch.cat([b["id"] for b in batches])
     order = torch.argsort(ids)
     kept = ids[order].tolist()
     if kept != expected_ids:
         raise RuntimeError(
-            f"evaluated {done} of the {len(expected_ids)} sentences of {split!r}: sentences "
+            f"evaluated {len(kept)} of the {len(expected_ids)} sentences of {split!r}: sentences "
             "longer than the model's maximum were skipped (--skip-invalid-size-inputs-valid-"
             "test), or a batch was dropped (use --required-batch-size-multiple 1, the default)"
         )
-    cols = {k: torch.cat([b[k] for b in per_batch])[order] for k in per_batch[0] if k != "id"}
-    skipped = len(dataset) - len(kept)
+    names = [k for k, v in batches[0].items() if isinstance(v, Tensor) and k != "id"]
+    tensors = {k: torch.cat([b[k] for b in batches])[order] for k in names}
+
+    def texts(key):
+        flat = [text for b in batches for text in b[key]]
+        return [flat[i] for i in order.tolist()]
+
+    return Columns(
+        ids=kept,
+        tensors=tensors,
+        refs=texts("refs"),
+        hyps=texts("hyps") if batches[0]["hyps"] is not None else None,
+        batch_mi=[(b["mi"], len(b["id"])) for b in batches if "mi" in b],
+    )
+
+
+@torch.no_grad()
+def evaluate(cfg, args, model, task, saved_cfg) -> dict:
+    """Runs every metric on ``cfg.dataset.gen_subset``; returns the report as a dict."""
+    split = cfg.dataset.gen_subset
+    dataset, itr = batch_iterator(
+        task,
+        model,
+        split,
+        max_tokens=cfg.dataset.max_tokens,
+        batch_size=cfg.dataset.batch_size,
+        seed=cfg.common.seed,
+        skip_invalid=cfg.dataset.skip_invalid_size_inputs_valid_test,
+        num_workers=cfg.dataset.num_workers,
+        batch_size_multiple=cfg.dataset.required_batch_size_multiple,
+        saved_task_cfg=saved_cfg.task,
+    )
+    # labels first: a malformed file should fail before the long pass, not after it
+    labels = read_labels(args.labels, sentences=len(dataset)) if args.labels else None
+    dictionary = task.target_dictionary
+    detok = build_detokenizer(cfg, args, dictionary)
+    generator = None if args.no_bleu else greedy_generator(cfg, task, model)
+    progress = progress_bar.progress_bar(
+        itr,
+        log_format=cfg.common.log_format,
+        log_interval=cfg.common.log_interval,
+        prefix=f"vae-eval on '{split}'",
+        default_log_format="tqdm" if not cfg.common.no_progress_bar else "simple",
+    )
+    batches = iw_pass(model, progress, args, detok, generator, cfg.common.seed)
+    cols = in_corpus_order(batches, evaluable_ids(dataset), split)
+    skipped = len(dataset) - len(cols)
+    device = "cuda" if next(model.parameters()).is_cuda else "cpu"
     if skipped:
         logger.warning(f"{skipped} empty or over-long sentences of {split!r} are not evaluated")
 
-    words = torch.tensor([len(refs[i].split()) + 1 for i in kept])
-    n_sent, n_tok, n_word = len(kept), int(cols["tokens"].sum()), int(words.sum())
-    nll_iw = -cols["log_px"].double().sum().item()  # nats, summed over sentences
-    neg_elbo = (cols["kl"] - cols["log_px_z"]).double().sum().item()
-    au, au_var = active_units(cols["mu"], args.au_threshold)
-    if args.mi_pool == "dataset":
-        mi, pool = mutual_information(cols["mu"], cols["logvar"], cols["z"]), float(n_sent)
-    else:
-        mi = sum(m * n for m, n in batch_mi) / n_sent
-        pool = n_sent / len(batch_mi)
-
     report = {
-        "settings": {
-            "checkpoint": cfg.common_eval.path,
-            "data": cfg.task.data,
-            "split": split,
-            "sentences": n_sent,
-            "skipped": skipped,
-            "tokens": n_tok,
-            "words": n_word,
-            "iw_samples": args.iw_samples,
-            "iw_chunk": args.iw_chunk,
-            "mi_pool": args.mi_pool,
-            "mi_pool_mean_size": pool,
-            "au_threshold": args.au_threshold,
-            "latent_dim": int(cols["mu"].size(1)),
-            "token_unit": f"target symbol of the model's dictionary ({len(dictionary)} types), "
-            "incl. the end-of-sentence </s>",
-            "word_unit": "whitespace word of the detokenised sentence, +1 per sentence "
-            "for the end of sentence",
-            "detokenizer": detok.describe(),
-            "elbo_and_mi_sample": "one posterior sample per sentence (the first IW sample)",
-            "reconstruction": "greedy decoding from the posterior mean",
-            "seed": cfg.common.seed,
-            "max_tokens": cfg.dataset.max_tokens,
-            "batch_size": cfg.dataset.batch_size,
-            "device": "cuda" if use_cuda else "cpu",
-            "fp16": bool(cfg.common.fp16),
-        },
-        "metrics": {
-            "iw_nll": nll_iw / n_sent,
-            "iw_ppl_token": math.exp(nll_iw / n_tok),
-            "iw_ppl_word": math.exp(nll_iw / n_word),
-            "neg_elbo": neg_elbo / n_sent,
-            "rec_nll": -cols["log_px_z"].double().sum().item() / n_sent,
-            "kl": cols["kl"].double().mean().item(),
-            "elbo_ppl_token": math.exp(neg_elbo / n_tok),
-            "elbo_ppl_word": math.exp(neg_elbo / n_word),
-            "mi": mi,
-            "mi_upper_bound": math.log(pool),
-            "au": au,
-            "au_variances": [round(v, 6) for v in au_var.tolist()],
-        },
+        "settings": report_settings(cfg, args, cols, dictionary, detok, skipped, device),
+        "metrics": latent_metrics(cols, args.mi_pool, args.au_threshold),
     }
-    if generator is not None:
-        from sacrebleu.metrics import BLEU
-
-        hyp_list = [hyps[i] for i in kept]
-        ref_list = [refs[i] for i in kept]
-        # the references are the corpus's own text; when it is written with spaces before
-        # punctuation, sacrebleu's "forgot to detokenize?" warning is noise (force=True)
-        bleu = BLEU(force=True)
-        report["metrics"]["recon_bleu"] = bleu.corpus_score(hyp_list, [ref_list]).score
-        report["metrics"]["recon_bleu_signature"] = str(bleu.get_signature())
-        report["metrics"]["recon_exact"] = sum(h == r for h, r in zip(hyp_list, ref_list)) / n_sent
-        report["examples"] = [{"input": ref_list[i], "greedy": hyp_list[i]} for i in range(3)]
+    if cols.hyps is not None:
+        metrics, report["examples"] = reconstruction_metrics(cols.hyps, cols.refs)
+        report["metrics"].update(metrics)
     if labels is not None:
-        labels = {name: [values[i] for i in kept] for name, values in labels.items()}
-        report["factors"] = probe_factors(cols["mu"].numpy(), labels)
+        labels = {name: [values[i] for i in cols.ids] for name, values in labels.items()}
+        report["factors"] = probe_factors(cols.tensors["mu"].numpy(), labels, cfg.common.seed)
     return report
 
 
-def format_report(report: dict) -> str:
-    """The table the command prints."""
-    s, m = report["settings"], report["metrics"]
-    lines = [
-        f"fairseq-vae-eval | {s['checkpoint']} on {s['split']!r} of {s['data']}: "
-        f"{s['sentences']} sentences, {s['tokens']} tokens, {s['words']} words"
-        + (f" ({s['skipped']} empty or over-long sentences skipped)" if s["skipped"] else ""),
-        f"settings | IW samples K={s['iw_samples']} (chunks of {s['iw_chunk']}) | MI pool="
-        f"{s['mi_pool']} ({s['mi_pool_mean_size']:.1f} sentences) | AU threshold="
-        f"{s['au_threshold']} | seed={s['seed']} | {s['device']}{' fp16' if s['fp16'] else ''}"
-        + (f" | {s['seconds']} s" if "seconds" in s else ""),
-        f"units | token: {s['token_unit']}; word: {s['word_unit']} ({s['detokenizer']})",
-        f"units | NLL, ELBO, KL and MI in nats per sentence; -ELBO and MI from "
-        f"{s['elbo_and_mi_sample']}",
-    ]
-    rows = [
-        ("IW-NLL", f"{m['iw_nll']:.3f}"),
-        ("IW PPL / token", f"{m['iw_ppl_token']:.3f}"),
-        ("IW PPL / word", f"{m['iw_ppl_word']:.3f}"),
-        ("-ELBO", f"{m['neg_elbo']:.3f}"),
-        ("  reconstruction NLL", f"{m['rec_nll']:.3f}"),
-        ("  KL", f"{m['kl']:.3f}"),
-        ("ELBO PPL / token", f"{m['elbo_ppl_token']:.3f}"),
-        ("ELBO PPL / word", f"{m['elbo_ppl_word']:.3f}"),
-        ("MI", f"{m['mi']:.3f}  (at most log pool = {m['mi_upper_bound']:.3f})"),
-        ("AU", f"{m['au']} / {s['latent_dim']}"),
-    ]
-    if "recon_bleu" in m:
-        rows.append(("reconstruction BLEU", f"{m['recon_bleu']:.2f}  ({s['reconstruction']})"))
-        rows.append(("  exact reconstructions", f"{100 * m['recon_exact']:.1f}%"))
-    for name, f in report.get("factors", {}).items():
-        rows.append(
-            (
-                f"probe accuracy: {name}",
-                f"{f['accuracy']:.3f}  (majority {f['majority_baseline']:.3f}, "
-                f"{f['classes']} classes, train {f['train']} / test {f['test']})",
-            )
+def parse_model_overrides(text: Optional[str]) -> dict:
+    """--model-overrides as fairseq-generate reads it: a Python dict literal, never code."""
+    example = "\"{'dropout': 0.1}\""
+    try:
+        overrides = ast.literal_eval(text or "{}")
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise ValueError(
+            f"--model-overrides must be a Python dict literal such as {example}, "
+            f"got {text!r} ({type(e).__name__}: {e})"
+        ) from None
+    if not isinstance(overrides, dict):
+        raise ValueError(
+            f"--model-overrides must be a dict such as {example}, got the "
+            f"{type(overrides).__name__} {text!r}"
         )
-    width = max(len(name) for name, _ in rows) + 2
-    lines.append(f"{'metric':<{width}}value")
-    lines += [f"{name:<{width}}{value}" for name, value in rows]
-    return "\n".join(lines)
+    return overrides
 
 
 def main(cfg, args, override_args=None):
@@ -484,7 +444,7 @@ def main(cfg, args, override_args=None):
         torch.cuda.set_device(cfg.distributed_training.device_id)
     utils.set_torch_seed(cfg.common.seed)
     overrides = vars(override_args) if override_args is not None else {}
-    overrides.update(eval(getattr(override_args, "model_overrides", "{}") or "{}"))
+    overrides.update(parse_model_overrides(getattr(override_args, "model_overrides", None)))
     logger.info(f"loading {cfg.common_eval.path}")
     model, saved_cfg, task = load_checkpoint(
         cfg.common_eval.path, overrides, use_cuda=use_cuda, fp16=cfg.common.fp16
@@ -495,7 +455,9 @@ def main(cfg, args, override_args=None):
     print(format_report(report), flush=True)
     if args.results_json:
         with open(args.results_json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+            # an overflowing perplexity is inf, written as Infinity: Python's json (and so
+            # json.load of this file) reads it back as inf; strict JSON parsers refuse it
+            json.dump(report, f, indent=2, allow_nan=True)
         logger.info(f"wrote {args.results_json}")
     return report
 
