@@ -1,8 +1,13 @@
 """bart_vae: the latent is pooled per sentence, and it is the decoder's only view of x."""
 
+import re
+
 import pytest
 import torch
 from conftest import autoencoder_sample, build_tiny, encode_lines, random_sentences
+from fairseq import checkpoint_utils
+from fairseq.sequence_generator import SequenceGenerator
+from vae_fixtures import save_checkpoint, train_tiny
 
 from fairseq_vae.criterions.elbo import gaussian_kl
 from fairseq_vae.models.latent import masked_mean, word_dropout
@@ -110,6 +115,30 @@ def test_posterior_sample_has_the_posterior_moments(dict_dir):
     mu, logvar, z = out["mu"][0], out["logvar"][0], out["z"][0]
     torch.testing.assert_close(z.mean(0), mu[0], atol=0.1, rtol=0)
     torch.testing.assert_close(z.var(0), logvar[0].exp(), atol=0.1, rtol=0.1)
+
+
+def test_one_worker_draws_its_noise_from_torchs_generator_as_before(dict_dir):
+    # without a process group, posterior noise and word-dropout masks are the draws of torch's
+    # global generator, in this order: single-worker runs repeat earlier ones bit for bit
+    task, model, _ = build_tiny(dict_dir, "--word-dropout", "0.5")
+    sample = autoencoder_sample(task.source_dictionary, random_sentences(6, seed=7))
+    net_input = sample["net_input"]
+    model.train()
+    torch.manual_seed(11)
+    _, extra = model(**net_input)
+    torch.manual_seed(11)
+    eps = torch.randn(6, model.encoder.latent_dim)
+    uniform = torch.rand(net_input["prev_output_tokens"].shape)
+    torch.testing.assert_close(extra["z"], extra["mu"] + torch.exp(0.5 * extra["logvar"]) * eps)
+    prev = net_input["prev_output_tokens"]
+    fed = []
+    handle = model.decoder.register_forward_pre_hook(lambda module, args: fed.append(args[0]))
+    torch.manual_seed(11)
+    model(**net_input)
+    handle.remove()
+    d = task.source_dictionary
+    droppable = prev.ne(d.pad()) & prev.ne(d.eos()) & prev.ne(d.bos())
+    assert torch.equal(fed[0], prev.masked_fill((uniform < 0.5) & droppable, d.unk()))
 
 
 def test_word_dropout_replaces_only_ordinary_tokens():
@@ -228,3 +257,98 @@ def test_plain_bart_weights_load_and_only_the_vae_modules_keep_their_init(dict_d
     for key, value in loaded.items():
         expected = fresh[key] if any(p in key for p in vae_parts) else source.state_dict()[key]
         assert torch.equal(value, expected), key
+
+
+# --- the k-slot memory (--latent-fusion memory) in search -----------------------------------
+
+MEMORY = ["--latent-fusion", "memory", "--latent-memory-slots", "4"]
+
+
+def test_memory_fusion_incremental_decoding_matches_the_full_forward(dict_dir):
+    task, model, _ = build_tiny(dict_dir, *MEMORY)
+    d = task.source_dictionary
+    src, src_len = encode_lines(d, random_sentences(3, seed=12))
+    # one length, so that no position is padding (whose positions the full forward skips)
+    prev, _ = encode_lines(d, ["the cat sat on the", "a dog ran under a", "big red mat on a"])
+    model.encoder.latent_source = "mean"
+    encoder_out = model.encoder(src, src_len)
+    assert encoder_out["encoder_out"][0].shape == (4, 3, 16)  # 4 slots x B x C
+    full, _ = model.decoder(prev, encoder_out=encoder_out)
+    state = {}
+    steps = [
+        model.decoder(prev[:, : t + 1], encoder_out=encoder_out, incremental_state=state)[0]
+        for t in range(3)
+    ]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, :3], atol=1e-5, rtol=1e-5)
+    # then the way beam search drops finished sentences: keep sentences 2 and 0, in that order
+    order = torch.tensor([2, 0])
+    encoder_out = model.encoder.reorder_encoder_out(encoder_out, order)
+    model.decoder.reorder_incremental_state_scripting(state, order)
+    kept = prev[order]
+    steps = [
+        model.decoder(kept[:, : t + 1], encoder_out=encoder_out, incremental_state=state)[0]
+        for t in range(3, prev.size(1))
+    ]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full[order, 3:], atol=1e-5, rtol=1e-5)
+
+
+def test_memory_fusion_beam_search_of_a_batch_equals_each_sentence_alone(dict_dir):
+    # trained enough that z sets the length and words of what is decoded
+    task, model, _ = train_tiny(dict_dir, 150, 0.1, 0, *MEMORY)
+    model.encoder.latent_source = "mean"
+    d = task.target_dictionary
+    lines = random_sentences(4, seed=13)
+    generator = SequenceGenerator([model], d, beam_size=3, max_len_b=15)
+
+    def search(batch):
+        src, src_len = encode_lines(d, batch)
+        sample = {
+            "id": torch.arange(len(batch)),
+            "net_input": {"src_tokens": src, "src_lengths": src_len},
+        }
+        return [
+            [(h["tokens"].tolist(), float(h["score"])) for h in hyps]
+            for hyps in generator.generate([model], sample)
+        ]
+
+    together = search(lines)
+    for i, line in enumerate(lines):
+        alone = search([line])[0]
+        assert [tokens for tokens, _ in together[i]] == [tokens for tokens, _ in alone], i
+        for (_, score), (_, expected) in zip(together[i], alone):
+            assert score == pytest.approx(expected, abs=1e-4)
+    assert all(len(hyps) == 3 for hyps in together)  # three beams each
+    assert len({tuple(hyps[0][0]) for hyps in together}) > 1  # the sentences decode differently
+
+
+# --- a VAE checkpoint that lacks some latent module ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, missing, trained_by",
+    [
+        ({"latent_to_embeddings": True}, "decoder.embed_positions.latent_to_embed.weight", ""),
+        ({"latent_layer_memory": True}, "decoder.latent_layer_memory.0.weight", ""),
+        ({"bn_vae_gamma": 0.5}, "encoder.mu_batch_norm.running_var", ""),
+        ({"bow_loss_weight": 1.0}, "encoder.latent_bow.weight", ""),
+        # a fine-tuning run saves its --finetune-from-model with its checkpoints
+        ({"bow_loss_weight": 1.0}, "encoder.latent_bow.weight", "finetuning"),
+    ],
+    ids=["to-embeddings", "layer-memory", "bn-vae", "bow", "bow-finetuned-checkpoint"],
+)
+def test_vae_checkpoint_lacking_a_latent_module_is_refused_naming_the_keys(
+    dict_dir, tmp_path, override, missing, trained_by
+):
+    # what fairseq-generate --model-overrides does: the checkpoint's options, one switched on
+    _, model, args = build_tiny(dict_dir)
+    if trained_by == "finetuning":
+        args.finetune_from_model = str(tmp_path / "pretrained.pt")
+    path = str(tmp_path / "vae.pt")
+    save_checkpoint(path, model, args)
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([path])  # as trained: loads
+    assert torch.equal(models[0].encoder.mlp_mu[0].weight, model.encoder.mlp_mu[0].weight)
+    with pytest.raises(ValueError, match=re.escape(missing)) as refused:
+        checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=override)
+    assert path in str(refused.value)  # the file, the keys and the option are named
+    option = "--" + next(iter(override)).replace("_", "-")
+    assert option in str(refused.value)

@@ -4,6 +4,7 @@ checked against its definition."""
 
 import re
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import (
@@ -82,6 +83,56 @@ def test_bn_vae_matches_torch_batch_norm_in_training_and_eval(dict_dir):
     mu = model.encoder.posterior(src, src_len)[0]
     torch.testing.assert_close(mu, expected)
     torch.testing.assert_close(model.encoder.posterior(src[:1], src_len[:1])[0], mu[:1])
+
+
+# fairseq's trainer casts the whole model for --fp16 and --bf16
+CASTS = {"fp16": lambda m: m.half(), "bf16": lambda m: m.to(torch.bfloat16)}
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_bn_vae_statistics_stay_fp32_when_the_model_is_cast(dict_dir, tmp_path, precision):
+    task, model, args = build_tiny(dict_dir, "--bn-vae-gamma", "0.6")
+    model = CASTS[precision](model)
+    assert model.encoder.mlp_mu[0].weight.dtype != torch.float32  # the cast did happen
+    norm = model.encoder.mu_batch_norm
+    seen = []
+    norm.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().double()))
+    criterion = task.build_criterion(args)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    for step in range(8):
+        sample = autoencoder_sample(task.source_dictionary, random_sentences(16, seed=20 + step))
+        loss, sample_size, _ = criterion(model, sample)
+        optimizer.zero_grad()
+        (loss / sample_size).backward()  # normalised as fairseq's optimizer step is
+        optimizer.step()
+    # torch's batch norm keeping the same statistics of the same inputs in fp64
+    mean = torch.zeros(model.encoder.latent_dim, dtype=torch.float64)
+    var = torch.ones(model.encoder.latent_dim, dtype=torch.float64)
+    for mu in seen:
+        F.batch_norm(mu, mean, var, training=True, momentum=0.1, eps=1e-10)
+    assert len(seen) == 8 and (var - 1).abs().max() > 1e-3  # they moved
+    # in fp16 or bf16 they would be off by 1e-4 to 1e-3: updates of 0.1 x a small change round
+    # away near 1
+    torch.testing.assert_close(norm.running_mean.double(), mean, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(norm.running_var.double(), var, rtol=1e-5, atol=1e-7)
+    assert norm.running_mean.dtype == norm.running_var.dtype == torch.float32
+
+    # the trainer casts a new model, then loads the checkpoint into it; the hub casts after
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    state = torch.load(tmp_path / "model.pt")
+    assert state["encoder.mu_batch_norm.running_var"].dtype == torch.float32
+    _, cast_then_loaded, _ = build_tiny(dict_dir, "--bn-vae-gamma", "0.6")
+    cast_then_loaded = CASTS[precision](cast_then_loaded)
+    cast_then_loaded.load_state_dict(state)
+    _, loaded_then_cast, _ = build_tiny(dict_dir, "--bn-vae-gamma", "0.6")
+    loaded_then_cast.load_state_dict(state)
+    loaded_then_cast = CASTS[precision](loaded_then_cast)
+    for reloaded in (cast_then_loaded, loaded_then_cast):
+        for name in ("running_mean", "running_var"):
+            buffer = getattr(reloaded.encoder.mu_batch_norm, name)
+            assert buffer.dtype == torch.float32
+            assert torch.equal(buffer, getattr(norm, name))
 
 
 def load_model(path):
@@ -249,7 +300,10 @@ def test_bow_loss_is_added_to_the_training_loss_only(dict_dir):
         net_input = sample["net_input"]
         z = model.encoder(net_input["src_tokens"], net_input["src_lengths"])["z"][0]
         pad = task.source_dictionary.pad()
-        bow = bag_of_words_nll(model.encoder.latent_bow(z), sample["target"], pad)
+        # each word of the sentence scored by the one distribution z gives its sentence
+        words = torch.distributions.Categorical(logits=model.encoder.latent_bow(z))  # B x V
+        tokens = sample["target"].t()  # T x B: log_prob broadcasts over the batch
+        bow = -(words.log_prob(tokens) * tokens.ne(pad)).sum()
         torch.testing.assert_close(log["bow"], bow)
         torch.testing.assert_close(loss, plain_loss + 0.5 * bow)
         # the term trains the encoder: its gradient reaches the posterior heads

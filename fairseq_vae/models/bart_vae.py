@@ -45,6 +45,7 @@ from .latent import (
     masked_mean,
     reparameterize,
     word_dropout,
+    worker_generator,
 )
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,10 @@ class VAEEncoder(TransformerEncoder):
             # the prior's parameters: with a given z there is no posterior to report
             return self.latent_encoder_out(torch.zeros_like(z), torch.zeros_like(z), z)
         mu, logvar = self.posterior(src_tokens, src_lengths, token_embeddings)
-        z = reparameterize(mu, logvar) if self.latent_source == "sample" else mu
+        if self.latent_source == "sample":
+            z = reparameterize(mu, logvar, generator=worker_generator(mu.device))
+        else:
+            z = mu
         return self.latent_encoder_out(mu, logvar, z)
 
     def latent_encoder_out(self, mu: Tensor, logvar: Tensor, z: Tensor) -> Dict[str, List[Tensor]]:
@@ -339,6 +343,7 @@ class BARTVAEModel(BARTModel):
                 self.args.word_dropout,
                 dictionary.unk(),
                 keep=[dictionary.pad(), dictionary.eos(), dictionary.bos()],
+                generator=worker_generator(prev_output_tokens.device),
             )
         x, extra = self.decoder(
             prev_output_tokens, encoder_out=encoder_out, features_only=features_only

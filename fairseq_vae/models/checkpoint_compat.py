@@ -2,19 +2,22 @@
 
 ``BARTVAEModel.upgrade_state_dict_named`` calls :func:`upgrade_vae_state_dict` once fairseq's
 BART upgrade has run. A plain BART checkpoint (fine-tuned into a VAE) lacks the latent modules'
-parameters: they keep their fresh initialisation. Anything else that does not fit (other
+parameters: they keep their fresh initialisation. A VAE checkpoint lacking some of them loads
+only as the start of a --finetune-from-model run. Anything else that does not fit (other
 dimensions, another dictionary, missing or unknown keys) is refused with the keys, sizes or
 files named. ``--reset-decoder`` (Li et al. 2019) re-initialises the decoder side once.
 """
 
 import hashlib
 import logging
+import os
 from typing import Dict, Optional
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
-from .latent import LATENT_MODULES
+from .latent import LATENT_MODULE_OPTIONS, LATENT_MODULES
 
 logger = logging.getLogger(__name__)
 
@@ -128,15 +131,77 @@ def reset_decoder_weights(model, state_dict, prefix: str):
     logger.info(f"--reset-decoder: {len(reset)} decoder-side tensors re-initialised")
 
 
+def latent_module(key: str) -> str:
+    """The LATENT_MODULES module a key belongs to, by its path: ``encoder.latent_bow``."""
+    parts = key.split(".")
+    end = next(i for i, part in enumerate(parts) if part in LATENT_MODULES)
+    return ".".join(parts[: end + 1])
+
+
+def is_finetune_start(model, state_dict) -> bool:
+    """Whether this load starts a training run from the file --finetune-from-model names.
+
+    The option alone does not say so: a checkpoint saved by such a run keeps it in its saved
+    options, which evaluation and generation load the model with, while they load another
+    file (the run's own checkpoint). fairseq's trainer loads exactly the file the option
+    names, and checkpoint_safety's loader notes the file on the state dict it returns. In a
+    multi-worker run, fairseq broadcasts the loaded state from rank 0 as rebuilt dicts that
+    lose the note, on every rank: there the process is a training worker, whose options are
+    the command line's, and a training run with the option set loads either that file (its
+    first launch) or its own checkpoint_last.pt (which has every module). Any other state
+    dict without the note (a loader of one's own) is not a fine-tuning start: refusing is
+    the safe side.
+    """
+    source = getattr(model.args, "finetune_from_model", None)
+    if not source:
+        return False
+    loaded = getattr(state_dict, "checkpoint_file", None)
+    if loaded is None:
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return os.path.realpath(str(loaded)) == os.path.realpath(str(source))
+
+
+def check_missing_latent_modules(model, state_dict, own, prefix: str):
+    """A VAE checkpoint that lacks some latent modules' parameters would leave those modules
+    random, and generation or evaluation would report numbers from random heads: refused
+    naming the keys, unless a --finetune-from-model run starts from it (a warning). A
+    checkpoint with no latent parameters at all is a plain BART: its latent modules are all
+    new by design."""
+    theirs = [key[len(prefix) :] for key in state_dict if key.startswith(prefix)]
+    if not any(is_latent_parameter(key) for key in theirs):
+        return
+    missing = [key for key in own if is_latent_parameter(key) and prefix + key not in state_dict]
+    if not missing:
+        return
+    modules = sorted({latent_module(key) for key in missing})
+    options = sorted({LATENT_MODULE_OPTIONS[module.split(".")[-1]] for module in modules})
+    if is_finetune_start(model, state_dict):
+        logger.warning(
+            f"the checkpoint has no {', '.join(modules)} ({', '.join(options)}): "
+            "fine-tuning starts them from a fresh initialisation"
+        )
+        return
+    checkpoint = getattr(state_dict, "checkpoint_file", "the checkpoint")
+    raise ValueError(
+        f"{checkpoint} is a VAE without {', '.join(modules)}, which this model has "
+        f"({', '.join(options)}): {len(missing)} parameters missing: {', '.join(missing)}. "
+        "Loaded like this they would be random. Load it with the options it was trained with "
+        "(drop the --model-overrides that adds them), or train them first: fairseq-train "
+        "--finetune-from-model with the new option"
+    )
+
+
 def upgrade_vae_state_dict(model, state_dict, prefix: str):
     """Fits ``state_dict`` (keys under ``prefix``) to ``model`` or raises a ValueError.
 
-    Encoder and decoder weights come from the checkpoint; the parameters of the
-    LATENT_MODULES that it does not have (the posterior heads, the fusion, the
-    z-to-embedding projection) keep their fresh initialisation, and a log line lists them.
-    Any other parameter missing from the checkpoint, or a checkpoint parameter the model
-    does not have (another number of layers, say), is an error naming the keys;
-    checkpoints of other dimensions or dictionary size are refused with both sizes named.
+    Encoder and decoder weights come from the checkpoint. A checkpoint with no parameter of
+    the LATENT_MODULES (a plain BART) gets them all from the fresh initialisation, and a log
+    line lists them; a VAE checkpoint lacking some of them is refused with the keys named,
+    unless a --finetune-from-model run starts from it, which warns and initialises them
+    afresh (check_missing_latent_modules). Any other parameter missing from the checkpoint,
+    or a checkpoint parameter the model does not have (another number of layers, say), is
+    an error naming the keys; checkpoints of other dimensions or dictionary size are refused
+    with both sizes named.
     """
     own = model.state_dict()
     try:
@@ -147,6 +212,7 @@ def upgrade_vae_state_dict(model, state_dict, prefix: str):
         elif prefix + DECODER_RESET_MARKER in state_dict:
             del state_dict[prefix + DECODER_RESET_MARKER]  # fine-tuning such a checkpoint on
         check_keys(state_dict, own, prefix)
+        check_missing_latent_modules(model, state_dict, own, prefix)
     except ValueError as error:
         # fairseq's trainer replaces this with a generic "architectures must match"
         # message (keeping ours only in the traceback), so also log it plainly

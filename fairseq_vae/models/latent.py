@@ -8,6 +8,7 @@ They sit below both the model and its hub interface (``bart_vae`` imports ``hub_
 from typing import List, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
@@ -16,26 +17,53 @@ from torch import Tensor
 # trained posterior uses, so the clamp never binds in normal training.
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
-# The VAE's own modules: they compute z, and the decoder's memory and inputs from it. A
-# checkpoint may lack their parameters (a plain BART, fine-tuned into a VAE): these, and only
-# these, keep their fresh initialisation at load (BARTVAEModel.upgrade_state_dict_named).
-LATENT_MODULES = {
-    "mlp_mu",
-    "mlp_logvar",
-    "mu_batch_norm",
-    "latent_attn",
-    "latent_memory",
-    "latent_layer_memory",
-    "latent_to_embed",
-    "latent_bow",
+# The VAE's own modules, with the option that adds each: they compute z, and the decoder's
+# memory and inputs from it. A checkpoint may lack their parameters (a plain BART, fine-tuned
+# into a VAE): these, and only these, may keep their fresh initialisation at load
+# (checkpoint_compat.upgrade_vae_state_dict says when).
+LATENT_MODULE_OPTIONS = {
+    "mlp_mu": "every bart_vae --arch",
+    "mlp_logvar": "every bart_vae --arch",
+    "mu_batch_norm": "--bn-vae-gamma",
+    "latent_attn": "--latent-fusion attention",
+    "latent_memory": "--latent-fusion memory",
+    "latent_layer_memory": "--latent-layer-memory",
+    "latent_to_embed": "--latent-to-embeddings",
+    "latent_bow": "--bow-loss-weight",
 }
+LATENT_MODULES = set(LATENT_MODULE_OPTIONS)
 # latent modules that keep BART's small N(0, 0.02) init (see BARTVAEModel.__init__)
 BART_INIT_MODULES = {"latent_to_embed"}
 
 
-def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
-    """z = mu + sigma * eps, eps ~ N(0, I)."""
-    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+def worker_generator(device) -> Optional[torch.Generator]:
+    """The generator for this worker's own noise in a multi-worker run; None with one worker.
+
+    fairseq seeds every worker with --seed + the update number, so all workers would draw the
+    same posterior noise and word-dropout masks for their different sentences. Here each draw
+    takes one number from the shared generator (so the workers stay in step and a rerun
+    repeats itself) and folds the worker's rank into it. A one-worker run draws from torch's
+    global generator exactly as before.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    # base * 2^16 + rank: distinct for every (draw, rank) pair, within manual_seed's 64 bits.
+    # The global rank is the data-parallel rank: bart_vae has no model parallelism.
+    base = int(torch.randint(0, 2**47, ()))
+    generator = torch.Generator(device=device)
+    generator.manual_seed(base * 2**16 + dist.get_rank() % 2**16)
+    return generator
+
+
+def reparameterize(
+    mu: Tensor, logvar: Tensor, generator: Optional[torch.Generator] = None
+) -> Tensor:
+    """z = mu + sigma * eps, eps ~ N(0, I) (from ``generator`` if given, see worker_generator)."""
+    if generator is None:
+        eps = torch.randn_like(mu)
+    else:
+        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    return mu + torch.exp(0.5 * logvar) * eps
 
 
 def masked_mean(states: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
@@ -47,6 +75,10 @@ def masked_mean(states: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
         return states.mean(dim=1)
     keep = (~padding_mask).unsqueeze(-1).float()  # B x T x 1
     return (states * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+
+
+# the dtypes LatentBatchNorm's running statistics may be cast to
+FULL_PRECISION = (torch.float32, torch.float64)
 
 
 def fixed_scale_batch_norm(
@@ -81,6 +113,21 @@ class LatentBatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(dim))
         self.register_buffer("running_var", torch.ones(dim))
 
+    def _apply(self, fn, recurse=True):
+        # Module.half() and .to(torch.bfloat16), which fairseq's trainer calls for --fp16 and
+        # --bf16, cast every floating buffer: the running statistics would then be kept in half
+        # precision, where lerp_ with momentum 0.1 rounds small updates away (near 1, fp16
+        # resolves 1e-3 and bf16 8e-3). Keep them fp32 through such a cast, from the fp32 values
+        # themselves (a round trip through half would already lose them); device moves and
+        # wider casts (.double()) apply as usual.
+        before = {name: buf for name, buf in self._buffers.items() if buf is not None}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if new.is_floating_point() and new.dtype not in FULL_PRECISION:
+                self._buffers[name] = old.to(device=new.device, dtype=torch.float32)
+        return self
+
     def forward(self, mu: Tensor) -> Tensor:
         if not self.training:
             return fixed_scale_batch_norm(
@@ -102,10 +149,16 @@ def gaussian_head(dim: int, latent_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(), nn.Linear(dim // 2, latent_dim))
 
 
-def word_dropout(tokens: Tensor, p: float, unk: int, keep: List[int]) -> Tensor:
+def word_dropout(
+    tokens: Tensor,
+    p: float,
+    unk: int,
+    keep: List[int],
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
     """Bowman et al. (2016): replace each decoder input token by ``unk`` with probability p,
     never touching the special tokens in ``keep`` (padding, the leading eos/bos)."""
-    drop = torch.rand(tokens.shape, device=tokens.device) < p
+    drop = torch.rand(tokens.shape, device=tokens.device, generator=generator) < p
     for idx in keep:
         drop &= tokens.ne(idx)
     return tokens.masked_fill(drop, unk)
