@@ -13,9 +13,14 @@ with the device.
             200) / 200, beta = (tau / 0.99)^5 / 10 while tau <= 0.99, else 1/2; every constant
             is an option.
   constant  --kl-beta-max throughout.
+
+:func:`check_schedule_options` refuses option values that cannot work when the task is set
+up; :func:`schedule_record` and :func:`check_resumed_schedule` keep the cycle length in the
+checkpoint and refuse a resumed run whose --max-update would change it.
 """
 
 import math
+from typing import Optional
 
 KL_SCHEDULES = ["cyclical", "monotonic", "sawtooth", "constant"]
 RAMP_SHAPES = ["linear", "sigmoid", "cosine"]
@@ -98,3 +103,92 @@ def cycle_length(cfg) -> float:
     if cycles <= 0:
         raise ValueError(f"--kl-cycles must be positive, got {cycles}")
     return cfg.max_update / cycles
+
+
+def check_schedule_options(cfg) -> None:
+    """Raises ValueError naming the first schedule option whose value cannot work, so that a
+    run stops at start-up instead of at its first update (or never reaching --kl-beta-max)."""
+    if cfg.sawtooth_period <= 0:
+        raise ValueError(
+            f"--sawtooth-period must be a positive number of updates, got {cfg.sawtooth_period}"
+        )
+    if not 0 < cfg.sawtooth_ratio <= 1:
+        raise ValueError(
+            "--sawtooth-ratio must be in (0, 1], the fraction of the period that ramps, "
+            f"got {cfg.sawtooth_ratio}"
+        )
+    if cfg.sawtooth_power < 0:
+        raise ValueError(
+            f"--sawtooth-power must be >= 0, got {cfg.sawtooth_power} (a negative power "
+            "divides by zero at the start of every period)"
+        )
+    if cfg.kl_cycles <= 0:
+        raise ValueError(f"--kl-cycles must be positive, got {cfg.kl_cycles}")
+    if cfg.kl_cycle_updates < 0:
+        raise ValueError(
+            f"--kl-cycle-updates must be >= 0 (0: --max-update / --kl-cycles), "
+            f"got {cfg.kl_cycle_updates}"
+        )
+    for option, value in (
+        ("--kl-beta-max", cfg.kl_beta_max),
+        ("--sawtooth-scale", cfg.sawtooth_scale),
+        ("--sawtooth-hold", cfg.sawtooth_hold),
+    ):
+        if value < 0:
+            raise ValueError(f"{option} must be >= 0 (a weight of the KL term), got {value}")
+    for option, value in (
+        ("--kl-ramp-fraction", cfg.kl_ramp_fraction),
+        ("--kl-zero-fraction", cfg.kl_zero_fraction),
+    ):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{option} must be in [0, 1], a fraction of a cycle, got {value}")
+    if cfg.kl_zero_fraction + cfg.kl_ramp_fraction > 1 + 1e-9:
+        raise ValueError(
+            f"--kl-zero-fraction {cfg.kl_zero_fraction} plus --kl-ramp-fraction "
+            f"{cfg.kl_ramp_fraction} is above 1: beta would never reach --kl-beta-max "
+            f"{cfg.kl_beta_max} within a cycle"
+        )
+
+
+def cycle_length_source(cfg) -> str:
+    """The options that set cycle_length(cfg), for messages."""
+    if cfg.kl_cycle_updates > 0:
+        return f"--kl-cycle-updates {cfg.kl_cycle_updates}"
+    if cfg.kl_schedule == "cyclical":
+        return f"--max-update {cfg.max_update} / --kl-cycles {cfg.kl_cycles}"
+    return f"--max-update {cfg.max_update}"
+
+
+def schedule_record(cfg) -> dict:
+    """What a checkpoint keeps of the schedule, to check a resumed run against: the length of
+    a cycle, which --max-update sets indirectly (the other options are set explicitly)."""
+    record = {"kl_schedule": str(cfg.kl_schedule)}
+    if record["kl_schedule"] in ("cyclical", "monotonic"):
+        record["updates_per_cycle"] = cycle_length(cfg)
+        record["set_by"] = cycle_length_source(cfg)
+    return record
+
+
+def check_resumed_schedule(saved: Optional[dict], cfg) -> None:
+    """Refuses to resume a cyclical or monotonic schedule with another cycle length.
+
+    Keeping the saved length instead would run a schedule that the run's own options (saved
+    with every checkpoint) do not describe; refusing costs one restart, and the message says
+    which options give the saved length. A checkpoint without a record (older than this
+    check) and a change of --kl-schedule itself, which the user asked for, are let through.
+    """
+    if not saved or "updates_per_cycle" not in saved:
+        return
+    if saved["kl_schedule"] != str(cfg.kl_schedule):
+        return
+    length, now = saved["updates_per_cycle"], cycle_length(cfg)
+    if math.isclose(length, now, rel_tol=1e-9):
+        return
+    remedy = f"resume with options that give {length:g} (as {saved['set_by']} did)"
+    if float(length).is_integer():
+        remedy += f"; to train longer with the same cycles, pass --kl-cycle-updates {length:g}"
+    raise ValueError(
+        f"the checkpoint's {saved['kl_schedule']} KL schedule has cycles of {length:g} updates "
+        f"({saved['set_by']}), but this run's options give {now:g} ({cycle_length_source(cfg)}): "
+        f"beta would change mid-run. {remedy[0].upper()}{remedy[1:]}"
+    )

@@ -1,15 +1,65 @@
 """End to end through fairseq's own command-line tools on a tiny temporary corpus."""
 
+import argparse
+import dataclasses
 import json
 import math
 import re
 
 import pytest
-from conftest import USER_DIR, run_tool, train_args
+import torch
+from conftest import USER_DIR, autoencoder_sample, run_tool, train_args
+from fairseq import checkpoint_utils
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterionConfig,
+)
+from fairseq.models.bart import BARTModel
 from omegaconf import OmegaConf
+from torch.distributions import Normal, kl_divergence
 
+from fairseq_vae.criterions.elbo import ELBOConfig
+from fairseq_vae.models.bart_vae import BARTVAEModel
+from fairseq_vae.models.latent import LOGVAR_MIN
 from fairseq_vae.schedules import kl_beta
 from fairseq_vae.tasks.text_vae import TextVAEConfig
+
+
+def registered_options():
+    """Every option this plugin registers: the model's add_args beyond BART's, the task's
+    dataclass fields (less fairseq's own, interpolated from other groups) and the
+    criterion's beyond label_smoothed_cross_entropy's. A new option is checked as it lands."""
+    model, bart = argparse.ArgumentParser(), argparse.ArgumentParser()
+    BARTVAEModel.add_args(model)
+    BARTModel.add_args(bart)
+    names = {o for a in model._actions for o in a.option_strings} - {
+        o for a in bart._actions for o in a.option_strings
+    }
+    inherited = {f.name for f in dataclasses.fields(LabelSmoothedCrossEntropyCriterionConfig)}
+    fields = [f for f in dataclasses.fields(TextVAEConfig) if f.name not in ("_name", "data")]
+    fields += [f for f in dataclasses.fields(ELBOConfig) if f.name not in inherited]
+    for f in fields:
+        if not str(f.default).startswith("${"):  # II("optimization.max_update") and the like
+            names.add("--" + f.name.replace("_", "-"))
+    return sorted(names)
+
+
+def test_registered_options_include_the_ones_the_old_list_missed():
+    missed = {
+        "--bn-vae-gamma",
+        "--bow-loss-weight",
+        "--reset-decoder",
+        "--untie-encoder-embeddings",
+        "--latent-layer-memory",
+        "--kl-zero-fraction",
+        "--latent-source",
+        "--prior-samples",
+    }
+    options = registered_options()
+    assert missed <= set(options)
+    assert {"--latent-dim", "--kl-schedule", "--free-bits", "--capacity-gamma"} <= set(options)
+    assert not {"--max-update", "--train-subset", "--dataset-impl", "--encoder-layers"} & set(
+        options
+    )
 
 
 def test_help_lists_every_option_with_help_text():
@@ -25,35 +75,10 @@ def test_help_lists_every_option_with_help_text():
         "elbo",
         "--help",
     )
-    options = [
-        "--latent-dim",
-        "--latent-fusion",
-        "--latent-memory-slots",
-        "--latent-to-embeddings",
-        "--word-dropout",
-        "--kl-schedule",
-        "--kl-beta-max",
-        "--kl-cycles",
-        "--kl-cycle-updates",
-        "--kl-ramp-fraction",
-        "--kl-ramp-shape",
-        "--sawtooth-period",
-        "--sawtooth-ratio",
-        "--sawtooth-power",
-        "--sawtooth-scale",
-        "--sawtooth-hold",
-        "--kl-objective",
-        "--free-bits",
-        "--free-bits-mode",
-        "--capacity-max",
-        "--capacity-updates",
-        "--capacity-gamma",
-        "--label-smoothing",
-    ]
     # argparse's entries: "  --option METAVAR  help..." continued by indented lines
     entries = re.split(r"\n  (?=-)", out.split("\noptions:")[-1])
     helps = {entry.split()[0].rstrip(","): entry for entry in entries if entry.strip()}
-    for option in options:
+    for option in registered_options():
         assert option in helps, f"{option} missing from --help"
         text = helps[option].split(None, 1)[1] if len(helps[option].split(None, 1)) > 1 else ""
         words = re.findall(r"[a-z]{3,}", text.replace(option.upper().lstrip("-"), ""))
@@ -114,11 +139,47 @@ def test_train_logs_the_scheduled_beta_then_validate_reports_kl_and_elbo(data_bi
     values = dict(re.findall(r"\| (\w+) ([-\d.]+)", line))
     assert float(values["beta"]) == 1.0
     kl, elbo, loss_bits = float(values["kl"]), float(values["elbo"]), float(values["loss"])
-    assert kl >= 0 and elbo < 0
+    expected_kl, expected_elbo, stderr = posterior_kl_and_elbo(
+        str(save_dir / "checkpoint_last.pt"), data_bin
+    )
+    # the KL is analytic: the checkpoint's posteriors give it to the logged 3 decimals
+    assert kl == pytest.approx(expected_kl, abs=1e-3)
+    # the logged -ELBO uses one posterior sample per sentence: within 5 standard errors of
+    # the mean over many samples
+    assert abs(elbo - expected_elbo) <= 5 * stderr + 2e-3, (elbo, expected_elbo, stderr)
     # at beta = 1 and no label smoothing the loss is -ELBO: bits per token against nats per
     # sentence, so they agree through the token count
     ntok = float(values["wpb"])
     assert loss_bits * math.log(2) * ntok == pytest.approx(-elbo * 40, rel=0.02)
+
+
+def posterior_kl_and_elbo(checkpoint, data, samples=32):
+    """(mean KL, mean one-sample ELBO, standard error of a one-sample estimate) over the valid
+    split, per sentence in nats, from the checkpoint's model in-process with
+    torch.distributions: the independent computation fairseq-validate's numbers must match."""
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], {"data": data})
+    model = models[0].eval()
+    task.load_dataset("valid")
+    dictionary = task.source_dictionary
+    lines = [dictionary.string(item["source"]) for item in task.dataset("valid")]
+    sample = autoencoder_sample(dictionary, lines)
+    net_input, target = sample["net_input"], sample["target"]
+    with torch.no_grad():
+        mu, logvar = model.encoder.posterior(net_input["src_tokens"], net_input["src_lengths"])
+        q = Normal(mu.double(), torch.exp(0.5 * logvar.double()))
+        kl = kl_divergence(q, Normal(0.0, 1.0)).sum(dim=1)  # per sentence
+        nll = []
+        for _ in range(samples):  # z ~ q(z|x): the encoder's default in validation
+            logits, _ = model(**net_input)
+            lprobs = torch.log_softmax(logits.double(), dim=-1)
+            token_nll = -lprobs.gather(-1, target[..., None])[..., 0]
+            nll.append((token_nll * target.ne(dictionary.pad())).sum(dim=1))
+    nll = torch.stack(nll)  # samples x sentences
+    n = len(lines)
+    elbo = -(nll.mean() + kl.mean())
+    # the logged value is a mean over n sentences of one draw each; ours has its own noise
+    stderr = (nll.var(dim=0).sum() * (1 + 1 / samples)).sqrt() / n
+    return float(kl.mean()), float(elbo), float(stderr)
 
 
 def test_tensorboard_event_files_carry_kl_beta_elbo_and_active_dims(data_bin, tmp_path):
@@ -154,3 +215,57 @@ def test_tensorboard_event_files_carry_kl_beta_elbo_and_active_dims(data_bin, tm
     assert [step for step, _ in beta] == [1, 2, 3, 4]
     assert [value for _, value in beta] == pytest.approx([kl_beta(s - 1, cfg) for s, _ in beta])
     assert all(event.value >= 0 for event in events.Scalars("kl"))
+
+
+def generated(data, checkpoint, *args):
+    """fairseq-generate's hypotheses on the valid split, {sample id: text}."""
+    out = run_tool(
+        "fairseq-generate",
+        data,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "text_vae",
+        "--path",
+        checkpoint,
+        "--gen-subset",
+        "valid",
+        "--beam",
+        "1",
+        "--cpu",
+        *args,
+    )
+    return dict(re.findall(r"^H-(\d+)\t\S+\t(.*)$", out, flags=re.M))
+
+
+def with_posterior_variance(checkpoint, log_variance, path):
+    """The checkpoint with every posterior variance set to exp(log_variance) (the log-variance
+    head made constant); the posterior means are unchanged."""
+    state = torch.load(checkpoint)
+    state["model"]["encoder.mlp_logvar.2.weight"].zero_()
+    state["model"]["encoder.mlp_logvar.2.bias"].fill_(log_variance)
+    torch.save(state, path)
+    return str(path)
+
+
+def test_posterior_sample_decodes_mu_plus_sigma_noise(data_bin, tiny_checkpoint, tmp_path):
+    mean = generated(data_bin, tiny_checkpoint, "--latent-source", "posterior-mean")
+    assert len(mean) == 40
+    sample = ["--latent-source", "posterior-sample"]
+
+    # sigma = exp(-15): z = mu + sigma * eps is mu to fp32 precision, whatever the seed
+    narrow = with_posterior_variance(tiny_checkpoint, LOGVAR_MIN, tmp_path / "narrow.pt")
+    assert generated(data_bin, narrow, *sample, "--seed", "1") == mean
+    assert generated(data_bin, narrow, *sample, "--seed", "2") == mean
+
+    # sigma = exp(4) ~ 55 (the tiny decoder reads z weakly): other latents than mu, drawn
+    # from the seed
+    wide = with_posterior_variance(tiny_checkpoint, 8.0, tmp_path / "wide.pt")
+    first = generated(data_bin, wide, *sample, "--seed", "1")
+    assert sorted(first) == sorted(mean)
+    assert sum(first[i] != mean[i] for i in mean) >= 10
+    assert generated(data_bin, wide, *sample, "--seed", "1") == first
+    other = generated(data_bin, wide, *sample, "--seed", "2")
+    assert sum(first[i] != other[i] for i in mean) >= 10
+    # the same wide checkpoint decodes mu under posterior-mean: the noise made the difference
+    assert generated(data_bin, wide, "--latent-source", "posterior-mean") == mean

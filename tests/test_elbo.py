@@ -1,6 +1,7 @@
 """The criterion's maths against independent computations."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -31,16 +32,31 @@ def test_gaussian_kl_matches_torch_distributions():
     torch.testing.assert_close(gaussian_kl(mu, logvar), kl_divergence(q, p))
 
 
-def test_gaussian_kl_is_fp32_for_half_inputs():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gaussian_kl_of_half_inputs_is_the_fp32_kl_of_their_values(dtype):
     mu, logvar = random_posterior()
-    kl = gaussian_kl(mu.bfloat16(), logvar.bfloat16())
+    mu, logvar = mu.to(dtype), logvar.to(dtype)
+    kl = gaussian_kl(mu, logvar)
     assert kl.dtype == torch.float32
-    torch.testing.assert_close(kl, gaussian_kl(mu.bfloat16().float(), logvar.bfloat16().float()))
+    # the exact KL of the values the half tensors hold, in float64 by torch.distributions:
+    # a half-precision computation would be off by about 1e-2 relative (bf16 has 8 bits)
+    mu64, logvar64 = mu.double(), logvar.double()
+    q = Normal(mu64, torch.exp(0.5 * logvar64))
+    exact = kl_divergence(q, Normal(torch.zeros_like(mu64), torch.ones_like(mu64)))
+    torch.testing.assert_close(kl.double(), exact, rtol=1e-5, atol=1e-6)
 
 
-def test_free_bits_off_is_the_plain_sum():
-    kl = gaussian_kl(*random_posterior())
-    torch.testing.assert_close(free_bits_kl(kl, 0.0, "batch"), kl.sum())
+# a 2 x 2 KL (sentences x dimensions) whose free-bits sums are easy by hand
+KL_BY_HAND = torch.tensor([[0.1, 0.5], [0.3, 0.2]])
+
+
+def test_free_bits_by_hand():
+    assert float(free_bits_kl(KL_BY_HAND, 0.0, "batch")) == pytest.approx(1.1)  # off: the sum
+    assert float(free_bits_kl(KL_BY_HAND, 0.0, "example")) == pytest.approx(1.1)
+    # batch, lambda 0.3: dimension sums 0.4 and 0.7 against B * lambda = 0.6: 0.6 + 0.7
+    assert float(free_bits_kl(KL_BY_HAND, 0.3, "batch")) == pytest.approx(1.3)
+    # example, lambda 0.25: only the entries above it, 0.5 and 0.3
+    assert float(free_bits_kl(KL_BY_HAND, 0.25, "example")) == pytest.approx(0.8)
 
 
 def test_free_bits_batch_mode_clamps_each_dimensions_batch_mean():
@@ -132,3 +148,79 @@ def test_elbo_perplexity_of_a_huge_loss_is_infinite_not_an_error():
         with metrics.aggregate() as aggregate:
             ELBOCriterion.reduce_metrics(logs(nll_per_token))
         assert aggregate.get_smoothed_values()["elbo_ppl"] == expected
+
+
+def forward_with_outputs(model, criterion, sample):
+    """The criterion's (loss, logging output) and the model outputs that forward saw."""
+    seen = []
+    handle = model.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    loss, _, log = criterion(model, sample)
+    handle.remove()
+    (logits, extra) = seen[0]
+    return loss, log, logits, extra
+
+
+@pytest.mark.parametrize("mode", ["batch", "example"])
+def test_free_bits_through_the_criterions_forward(dict_dir, mode):
+    task, model, args = build_tiny(dict_dir, "--free-bits-mode", mode)
+    criterion = task.build_criterion(args)
+    model.train()  # z is a posterior sample: the NLL is read from the logits forward returned
+    sample = autoencoder_sample(task.source_dictionary, random_sentences(6, seed=5))
+    mu, logvar = model.encoder.posterior(
+        sample["net_input"]["src_tokens"], sample["net_input"]["src_lengths"]
+    )
+    q = Normal(mu.double(), torch.exp(0.5 * logvar.double()))
+    kl = kl_divergence(q, Normal(0.0, 1.0)).tolist()  # B x D, as plain numbers
+    per_dim = [sum(row[d] for row in kl) / len(kl) for d in range(len(kl[0]))]
+    lam = sorted(per_dim)[len(per_dim) // 2]  # about half the dimensions below lambda
+    criterion.free_bits = lam
+    beta = 0.7
+    criterion.set_schedule_state(3, beta)
+    loss, log, logits, extra = forward_with_outputs(model, criterion, sample)
+
+    # by hand from the mu and logvar the model returned
+    kl = kl_divergence(
+        Normal(extra["mu"].double(), torch.exp(0.5 * extra["logvar"].double())), Normal(0.0, 1.0)
+    ).tolist()
+    batch, dims = len(kl), len(kl[0])
+    if mode == "batch":  # B * sum_d max(mean_b kl_bd, lambda)
+        penalised = sum(batch * max(sum(row[d] for row in kl) / batch, lam) for d in range(dims))
+    else:  # the entries above lambda
+        penalised = sum(v for row in kl for v in row if v > lam)
+    assert penalised != pytest.approx(sum(map(sum, kl)))  # lambda binds somewhere
+    lprobs = torch.log_softmax(logits.double(), dim=-1)
+    target = sample["target"]
+    nll = -(lprobs.gather(-1, target[..., None])[..., 0] * target.ne(1)).sum()  # pad is 1
+    assert float(loss) == pytest.approx(float(nll) + beta * penalised, rel=1e-5)
+    assert float(log["kl"]) == pytest.approx(sum(map(sum, kl)), rel=1e-5)  # logged unclamped
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--kl-objective", "capacity", "--free-bits", "0.5"],
+            "--free-bits 0.5 has no effect with --kl-objective capacity",
+        ),
+        (
+            ["--kl-objective", "capacity", "--kl-schedule", "constant", "--kl-beta-max", "0.3"],
+            "--kl-schedule constant, --kl-beta-max 0.3: --kl-objective capacity does not use beta",
+        ),
+        (["--kl-objective", "capacity", "--kl-cycles", "2"], "--kl-cycles 2: --kl-objective"),
+        (["--free-bits", "-1"], "--free-bits must be >= 0"),
+        (["--capacity-gamma", "-2"], "--capacity-gamma must be >= 0"),
+    ],
+)
+def test_options_the_objective_would_ignore_are_refused(dict_dir, extra, message):
+    task, _, args = build_tiny(dict_dir, *extra)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        task.build_criterion(args)
+
+
+def test_capacity_alone_and_beta_with_its_schedule_are_accepted(dict_dir):
+    for extra in (
+        ["--kl-objective", "capacity", "--capacity-max", "5"],
+        ["--free-bits", "0.5", "--kl-schedule", "constant", "--kl-beta-max", "0.3"],
+    ):
+        task, _, args = build_tiny(dict_dir, *extra)
+        task.build_criterion(args)

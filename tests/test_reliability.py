@@ -23,7 +23,9 @@ from conftest import (
 )
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
+from fairseq.optim.dynamic_loss_scaler import DynamicLossScaler
 from omegaconf import OmegaConf
+from vae_fixtures import make_data_bin
 
 from fairseq_vae.check_text import text_problems
 from fairseq_vae.criterions.elbo import capacity_at
@@ -123,6 +125,43 @@ def test_resume_after_a_kill_continues_exactly(data_bin, tmp_path, objective):
     assert max_param_difference(whole_dir / last, cut_dir / last) <= 1e-6
 
 
+def run_failing(tool, *args):
+    """Runs a console script that must fail; returns its last line on stderr."""
+    result = subprocess.run(
+        [os.path.join(BIN, tool), *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0, result.stdout[-3000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_resume_with_another_max_update_is_refused_unless_the_cycles_stay(data_bin, tmp_path):
+    # cycles of 6 / 2 = 3 updates; resumed with --max-update 12 they would be 6 updates long
+    log = ["--log-format", "json", "--log-interval", "1", "--kl-ramp-fraction", "0.5"]
+    first = ["--max-update", "6", "--kl-cycles", "2", *log]
+    run_tool("fairseq-train", *train_args(data_bin, tmp_path, *first))
+    saved = checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / "checkpoint_last.pt"))
+    assert saved["extra_state"]["train_iterator"]["kl_schedule"]["updates_per_cycle"] == 3.0
+
+    longer = ["--max-update", "12", "--kl-cycles", "2", *log]
+    last = run_failing("fairseq-train", *train_args(data_bin, tmp_path, *longer))
+    assert last == (
+        "ValueError: the checkpoint's cyclical KL schedule has cycles of 3 updates "
+        "(--max-update 6 / --kl-cycles 2), but this run's options give 6 (--max-update 12 / "
+        "--kl-cycles 2): beta would change mid-run. Resume with options that give 3 (as "
+        "--max-update 6 / --kl-cycles 2 did); to train longer with the same cycles, pass "
+        "--kl-cycle-updates 3"
+    )
+    # the advised options resume, and beta goes on with cycles of 3: 0, 2/3 ramp... by hand
+    same_cycles = ["--max-update", "12", "--kl-cycle-updates", "3", *log]
+    out = run_tool("fairseq-train", *train_args(data_bin, tmp_path, *same_cycles))
+    assert "@ 6 updates)" in out
+    resumed = train_records(out)
+    assert sorted(resumed) == list(range(7, 13))
+    # update u ran with update_num u - 1; ramp over 1.5 of each 3 updates: 0, 2/3, 1
+    beta = [float(resumed[u]["beta"]) for u in range(7, 13)]
+    assert beta == pytest.approx([0, 2 / 3, 1, 0, 2 / 3, 1], abs=1e-4)
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 LONG = " ".join(f"w{i}" for i in range(40))  # 41 tokens with its end of sentence
@@ -204,6 +243,108 @@ def test_empty_and_too_long_sentences_are_skipped_with_a_count(bad_data_bin, tmp
     sources = dict(re.findall(r"^S-(\d+)\t(.*)$", out, flags=re.M))
     assert sorted(map(int, sources)) == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
     assert all(valid[int(i)] == text for i, text in sources.items())
+
+
+LONGER_THAN_THE_CHECKPOINT = " ".join(["the cat sat on the mat"] * 50)  # 301 tokens: 256 < 301
+
+
+def test_generate_skips_sentences_longer_than_the_checkpoints_positions(
+    data_bin, tiny_checkpoint, tmp_path
+):
+    # bart_vae_small has 256 positions, the task's default is 1024: fairseq-generate sets the
+    # task up from its own command line, without --max-source-positions here
+    sentences = random_sentences(6, seed=9)
+    sentences[3] = LONGER_THAN_THE_CHECKPOINT
+    data = make_data_bin(str(tmp_path / "long"), data_bin, {"test": sentences})
+    out = run_tool(
+        "fairseq-generate",
+        data,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "text_vae",
+        "--path",
+        tiny_checkpoint,
+        "--gen-subset",
+        "test",
+        "--beam",
+        "1",
+        "--cpu",
+    )
+    test = os.path.join(data, "test")
+    assert f"{test}: skipping 1 of 6 sentences, longer than 256 tokens" in out
+    assert "(lines 4 of the text" in out
+    sources = dict(re.findall(r"^S-(\d+)\t(.*)$", out, flags=re.M))
+    assert sorted(map(int, sources)) == [0, 1, 2, 4, 5]
+    assert all(sentences[int(i)] == text for i, text in sources.items())
+    assert len(re.findall(r"^H-\d+\t", out, flags=re.M)) == 5
+
+
+@pytest.mark.parametrize("buffer_size", ["1", "2"])
+def test_interactive_skips_an_input_line_longer_than_the_checkpoints_positions(
+    data_bin, tiny_checkpoint, buffer_size
+):
+    lines = ["the cat sat", LONGER_THAN_THE_CHECKPOINT, "a big dog ran", "the red mat"]
+    out = run_tool(
+        "fairseq-interactive",
+        data_bin,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "text_vae",
+        "--path",
+        tiny_checkpoint,
+        "--beam",
+        "1",
+        "--cpu",
+        "--buffer-size",
+        buffer_size,
+        input="\n".join(lines) + "\n",
+    )
+    assert "skipping input line 2: longer than 256 tokens" in out
+    sources = dict(re.findall(r"^S-(\d+)\t(.*)$", out, flags=re.M))
+    assert sources == {"0": lines[0], "2": lines[2], "3": lines[3]}
+    assert sorted(re.findall(r"^H-(\d+)\t", out, flags=re.M)) == ["0", "2", "3"]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            ["--kl-schedule", "sawtooth", "--sawtooth-period", "0"],
+            "ValueError: --sawtooth-period must be a positive number of updates, got 0",
+        ),
+        (
+            ["--kl-schedule", "sawtooth", "--sawtooth-ratio", "0"],
+            "ValueError: --sawtooth-ratio must be in (0, 1], the fraction of the period that "
+            "ramps, got 0.0",
+        ),
+        (
+            ["--kl-zero-fraction", "0.5", "--kl-ramp-fraction", "0.75"],
+            "ValueError: --kl-zero-fraction 0.5 plus --kl-ramp-fraction 0.75 is above 1: beta "
+            "would never reach --kl-beta-max 1.0 within a cycle",
+        ),
+        (
+            ["--kl-objective", "capacity", "--free-bits", "0.5"],
+            "ValueError: --free-bits 0.5 has no effect with --kl-objective capacity (it "
+            "applies to the beta objective only): drop one of them",
+        ),
+        (
+            ["--kl-objective", "capacity", "--kl-schedule", "sawtooth"],
+            "ValueError: --kl-schedule sawtooth: --kl-objective capacity does not use beta or "
+            "its schedule (its weight is --capacity-gamma, its target --capacity-max): drop "
+            "them, or use --kl-objective beta",
+        ),
+    ],
+)
+def test_unworkable_options_stop_fairseq_train_before_training(
+    data_bin, tmp_path, options, message
+):
+    last = run_failing(
+        "fairseq-train", *train_args(data_bin, tmp_path, "--max-update", "3", *options)
+    )
+    assert last == message
+    assert not (tmp_path / "checkpoint_last.pt").exists()
 
 
 def test_empty_split_is_a_clear_error(bad_data_bin, tmp_path):
@@ -389,6 +530,46 @@ def test_diverging_fairseq_train_stops_and_names_the_term(data_bin, tmp_path):
         last,
     ), last
     assert not (tmp_path / "checkpoint_last.pt").exists()
+
+
+class RecordingOptimizer:
+    """What task.train_step needs of an optimizer: ``backward``, and fairseq's ``scaler``
+    (a DynamicLossScaler under --fp16, None under --bf16 and absent in fp32)."""
+
+    def __init__(self, **scaler):
+        self.__dict__.update(scaler)
+        self.losses = []
+
+    def backward(self, loss):
+        self.losses.append(loss)
+
+
+@pytest.mark.parametrize(
+    "optimizer, raises",
+    [
+        (RecordingOptimizer(), True),  # fp32
+        (RecordingOptimizer(scaler=None), True),  # --bf16: fairseq's FP16Optimizer, no scaler
+        (RecordingOptimizer(scaler=DynamicLossScaler(init_scale=128.0)), False),  # --fp16
+    ],
+)
+def test_train_step_checks_the_loss_unless_a_loss_scaler_handles_overflow(
+    dict_dir, optimizer, raises
+):
+    task, model, args = build_tiny(dict_dir)
+    criterion = task.build_criterion(args)
+    model.register_forward_hook(nan_logits)
+    sample = tiny_batch(task)
+    if raises:
+        with pytest.raises(FloatingPointError, match="at update 5: NLL is not finite"):
+            task.train_step(sample, model, criterion, optimizer, update_num=5)
+        assert optimizer.losses == []  # stopped before the backward pass
+    else:
+        # the scaler sees the overflow in the gradients, skips the update and lowers its scale
+        loss, _, _ = task.train_step(sample, model, criterion, optimizer, update_num=5)
+        assert torch.isnan(loss) and len(optimizer.losses) == 1
+    # and the next fp32 step checks again: the switch follows the optimizer of each step
+    with pytest.raises(FloatingPointError):
+        task.train_step(sample, model, criterion, RecordingOptimizer(), update_num=6)
 
 
 # --- half precision -------------------------------------------------------------------------
@@ -590,6 +771,7 @@ import torch
 import fairseq_vae  # noqa: F401 (the plugin, as fairseq-train --user-dir imports it)
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
+from fairseq.optim.dynamic_loss_scaler import DynamicLossScaler
 
 new, target, how = sys.argv[1:]
 state = torch.load(new)

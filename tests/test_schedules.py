@@ -5,7 +5,12 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from fairseq_vae.schedules import kl_beta
+from fairseq_vae.schedules import (
+    check_resumed_schedule,
+    check_schedule_options,
+    kl_beta,
+    schedule_record,
+)
 from fairseq_vae.tasks.text_vae import TextVAEConfig
 
 
@@ -19,26 +24,41 @@ def config(**overrides):
     return cfg
 
 
-def seed_beta(update_num):
-    # the seed's train loop, verbatim in meaning
-    FREQ, R = 200, 0.99
-    tau = (update_num % FREQ) / FREQ
-    return (tau / R) ** 5 / 10 if tau <= R else 1 / 2
+# simple_vae_bart's schedule, worked out by hand: tau = (u mod 200) / 200, beta =
+# (tau / 0.99)^5 / 10 while tau <= 0.99, else 1/2
+SAWTOOTH_BY_HAND = {
+    0: 0.0,
+    99: 0.003125,  # tau = 0.495: (0.495 / 0.99)^5 / 10 = 0.5^5 / 10
+    100: 0.003286,  # tau = 0.5: (50 / 99)^5 / 10 = 3.125e8 / 9.5099e9 / 10
+    198: 0.1,  # tau = 0.99 is still on the ramp: 1^5 / 10
+    199: 0.5,  # tau = 0.995 > 0.99: held at 1/2
+    200: 0.0,  # a new period
+    299: 0.003125,
+    399: 0.5,
+}
 
 
-@pytest.mark.parametrize("update", [0, 100, 198, 199, 200, 399])
-def test_sawtooth_matches_the_seed(update):
-    assert kl_beta(update, config(kl_schedule="sawtooth")) == pytest.approx(seed_beta(update))
+@pytest.mark.parametrize("update", sorted(SAWTOOTH_BY_HAND))
+def test_sawtooth_defaults_are_simple_vae_barts_schedule(update):
+    beta = kl_beta(update, config(kl_schedule="sawtooth"))
+    assert beta == pytest.approx(SAWTOOTH_BY_HAND[update], rel=1e-4, abs=1e-12)
 
 
-def test_sawtooth_seed_values_by_hand():
-    cfg = config(kl_schedule="sawtooth")
-    assert kl_beta(0, cfg) == 0.0
-    assert kl_beta(100, cfg) == pytest.approx((0.5 / 0.99) ** 5 / 10)
-    assert kl_beta(198, cfg) == pytest.approx(0.1)  # tau = 0.99 is still on the ramp
-    assert kl_beta(199, cfg) == 0.5
-    assert kl_beta(200, cfg) == 0.0
-    assert kl_beta(399, cfg) == 0.5
+def test_sawtooth_options_change_its_constants():
+    # period 10, ratio 0.5, power 2, scale 0.4, hold 0.9, by hand with tau = (u mod 10) / 10:
+    # u=2: (0.2 / 0.5)^2 * 0.4 = 0.064; u=5: tau = ratio, 0.4; u=6: held at 0.9;
+    # u=13: (0.3 / 0.5)^2 * 0.4 = 0.144
+    cfg = config(
+        kl_schedule="sawtooth",
+        sawtooth_period=10,
+        sawtooth_ratio=0.5,
+        sawtooth_power=2.0,
+        sawtooth_scale=0.4,
+        sawtooth_hold=0.9,
+    )
+    expected = {0: 0.0, 2: 0.064, 5: 0.4, 6: 0.9, 9: 0.9, 10: 0.0, 13: 0.144}
+    for update, beta in expected.items():
+        assert kl_beta(update, cfg) == pytest.approx(beta), update
 
 
 def fu_linear_reference(n_iter, start, stop, n_cycle, ratio):
@@ -109,3 +129,63 @@ def test_zero_phase_then_ramp_like_fu_et_al_zero_linear():
     expected = {0: 0.0, 62: 0.0, 62.5: 0.0, 100: 0.6, 125: 1.0, 200: 1.0, 250: 0.0, 250 + 93: 0.488}
     for update, beta in expected.items():
         assert kl_beta(update, cfg) == pytest.approx(beta), update
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"sawtooth_period": 0}, "--sawtooth-period must be a positive number of updates, got 0"),
+        ({"sawtooth_period": -5}, "--sawtooth-period must be a positive"),
+        ({"sawtooth_ratio": 0.0}, r"--sawtooth-ratio must be in \(0, 1\]"),
+        ({"sawtooth_ratio": -0.5}, r"--sawtooth-ratio must be in \(0, 1\]"),
+        ({"sawtooth_ratio": 1.5}, r"--sawtooth-ratio must be in \(0, 1\]"),
+        ({"sawtooth_power": -1.0}, "--sawtooth-power must be >= 0"),
+        ({"kl_cycles": 0}, "--kl-cycles must be positive"),
+        ({"kl_cycle_updates": -3}, "--kl-cycle-updates must be >= 0"),
+        ({"kl_beta_max": -1.0}, "--kl-beta-max must be >= 0"),
+        ({"kl_ramp_fraction": -0.1}, r"--kl-ramp-fraction must be in \[0, 1\]"),
+        ({"kl_zero_fraction": -0.1}, r"--kl-zero-fraction must be in \[0, 1\]"),
+        ({"kl_ramp_fraction": 1.2}, r"--kl-ramp-fraction must be in \[0, 1\]"),
+        (
+            {"kl_zero_fraction": 0.6, "kl_ramp_fraction": 0.5},
+            "--kl-zero-fraction 0.6 plus --kl-ramp-fraction 0.5 is above 1",
+        ),
+    ],
+)
+def test_unworkable_schedule_options_are_refused_by_name(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        check_schedule_options(config(**overrides))
+
+
+def test_workable_edge_values_pass():
+    for overrides in (
+        {"sawtooth_ratio": 1.0},
+        {"kl_zero_fraction": 0.25, "kl_ramp_fraction": 0.75},
+        {"kl_ramp_fraction": 0.0},
+        {"sawtooth_power": 0.0},
+    ):
+        check_schedule_options(config(**overrides))
+
+
+def test_zero_plus_ramp_above_one_would_never_reach_beta_max():
+    # why the check exists: zero 0.6 + ramp 0.5 of a 250-update cycle ramps over updates
+    # 150..275, but the cycle restarts at 250, where beta is 0.8 of --kl-beta-max
+    cfg = config(kl_cycles=4, kl_zero_fraction=0.6, kl_ramp_fraction=0.5)
+    assert max(kl_beta(u, cfg) for u in range(1000)) < 0.81
+
+
+def test_resumed_schedule_with_another_cycle_length_is_refused():
+    saved = schedule_record(config(max_update=1000, kl_cycles=4))
+    assert saved["updates_per_cycle"] == 250.0
+    check_resumed_schedule(saved, config(max_update=1000, kl_cycles=4))
+    # training longer with the same cycles: what the message advises
+    check_resumed_schedule(saved, config(max_update=3000, kl_cycle_updates=250))
+    with pytest.raises(ValueError) as error:
+        check_resumed_schedule(saved, config(max_update=2000, kl_cycles=4))
+    message = str(error.value)
+    assert "cycles of 250 updates (--max-update 1000 / --kl-cycles 4)" in message
+    assert "this run's options give 500 (--max-update 2000 / --kl-cycles 4)" in message
+    assert "pass --kl-cycle-updates 250" in message
+    # an explicit change of schedule, and a checkpoint from before the record, pass
+    check_resumed_schedule(saved, config(kl_schedule="constant"))
+    check_resumed_schedule(None, config(max_update=2000))

@@ -7,7 +7,11 @@ criterion::
 
 (plus ``W * bag-of-words NLL`` with the model's ``--bow-loss-weight W``), where the KL
 penalty is ``beta * KL`` (beta from the task's schedule, optionally with free bits), or
-Burgess et al.'s capacity objective ``gamma * |KL - C|``. The validation ``loss`` is
+a capacity objective ``gamma * sum_b |KL_b - C|`` after Burgess et al. (2018), with the
+distance taken per sentence (their code takes it on the batch-mean KL, which lets sentences
+trade KL among themselves; this form pushes every sentence's KL towards C). Option
+combinations that would be silently ignored (free bits or a beta schedule with the capacity
+objective) are refused when the criterion is built. The validation ``loss`` is
 the plain -ELBO (NLL without label smoothing + KL, beta = 1, no free bits or capacity), so the
 default best checkpoint (``--best-checkpoint-metric loss``) is the one with the best ELBO.
 
@@ -18,6 +22,7 @@ the unit of the text-VAE literature.
 
 import math
 from dataclasses import dataclass, field
+from typing import List, Optional
 
 import torch
 from fairseq import utils
@@ -41,8 +46,10 @@ class ELBOConfig(LabelSmoothedCrossEntropyCriterionConfig):
         default="beta",
         metadata={
             "help": "'beta': beta * KL with beta from the task's --kl-schedule (beta-VAE 'H'); "
-            "'capacity': gamma * |KL - C| with C rising linearly from 0 to --capacity-max "
-            "over --capacity-updates updates (Burgess et al. 2018, beta-VAE 'B')"
+            "'capacity': gamma * sum over sentences of |KL - C|, with C rising linearly "
+            "from 0 to --capacity-max over --capacity-updates updates: Burgess et al. 2018's "
+            "beta-VAE 'B' with the distance per sentence, not on the batch-mean KL; it "
+            "replaces beta, so --free-bits and the --kl-schedule options are refused with it"
         },
     )
     free_bits: float = field(
@@ -61,7 +68,10 @@ class ELBOConfig(LabelSmoothedCrossEntropyCriterionConfig):
     )
     capacity_max: float = field(
         default=25.0,
-        metadata={"help": "C_max of the capacity objective, nats per sentence"},
+        metadata={
+            "help": "C_max of the capacity objective, nats per sentence (each sentence's KL "
+            "is pushed towards C)"
+        },
     )
     capacity_updates: int = field(
         default=100000,
@@ -111,8 +121,44 @@ def capacity_at(update_num: int, capacity_max: float, capacity_updates: int) -> 
 
 
 def capacity_penalty(kl_per_example: Tensor, capacity: float, gamma: float) -> Tensor:
-    """gamma * sum_b |KL_b - C| (Burgess et al.'s objective, per sentence, summed)."""
+    """gamma * sum_b |KL_b - C|: Burgess et al.'s objective with the distance per sentence
+    (theirs is B * gamma * |mean_b KL_b - C| in this summed convention)."""
     return gamma * (kl_per_example - capacity).abs().sum()
+
+
+def objective_problem(
+    kl_objective: str,
+    free_bits: float,
+    capacity_max: float,
+    capacity_updates: int,
+    capacity_gamma: float,
+    schedule_options: List[str],
+) -> Optional[str]:
+    """Why the criterion's options cannot work together, or None. ``schedule_options`` are
+    the task's beta-schedule options given with other than their default values."""
+    if free_bits < 0:
+        return f"--free-bits must be >= 0 nats per dimension (0: off), got {free_bits}"
+    for option, value in (
+        ("--capacity-max", capacity_max),
+        ("--capacity-updates", capacity_updates),
+        ("--capacity-gamma", capacity_gamma),
+    ):
+        if value < 0:
+            return f"{option} must be >= 0, got {value}"
+    if kl_objective != "capacity":
+        return None
+    if free_bits > 0:
+        return (
+            f"--free-bits {free_bits} has no effect with --kl-objective capacity (it applies "
+            "to the beta objective only): drop one of them"
+        )
+    if schedule_options:
+        return (
+            f"{', '.join(schedule_options)}: --kl-objective capacity does not use beta or its "
+            "schedule (its weight is --capacity-gamma, its target --capacity-max): drop "
+            "them, or use --kl-objective beta"
+        )
+    return None
 
 
 @register_criterion("elbo", dataclass=ELBOConfig)
@@ -132,6 +178,19 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
         report_accuracy=False,
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        # before training starts; a checkpoint's saved options are history, not checked again
+        if not getattr(task, "from_checkpoint", False):
+            given = getattr(task, "schedule_options_given", lambda: [])()
+            problem = objective_problem(
+                str(kl_objective),
+                free_bits,
+                capacity_max,
+                capacity_updates,
+                capacity_gamma,
+                given,
+            )
+            if problem:
+                raise ValueError(problem)
         self.kl_objective = kl_objective
         self.free_bits = free_bits
         self.free_bits_mode = free_bits_mode

@@ -5,14 +5,22 @@ the source and the target. Before each training step the task computes beta, the
 KL term, from the update number alone, so a run resumed from a checkpoint continues the
 schedule exactly and the schedule never synchronises with the device.
 
-The schedules (``--kl-schedule``) are pure functions in :mod:`fairseq_vae.schedules`.
+The schedules (``--kl-schedule``) are pure functions in :mod:`fairseq_vae.schedules`. Their
+options are checked when the task is set up for training, and the length of a cycle travels in
+the checkpoint: a resumed run whose --max-update would change it is refused.
+
+Sentence limits: a split's over-long sentences are skipped with their line numbers, at the
+smaller of the task's --max-source/target-positions and the loaded model's own, so that
+fairseq-generate and fairseq-interactive, which build the task from their command line, skip
+what the checkpoint cannot encode instead of failing on it.
 """
 
 import contextlib
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -22,7 +30,14 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from ..schedules import KL_SCHEDULES, RAMP_SHAPES, kl_beta
+from ..schedules import (
+    KL_SCHEDULES,
+    RAMP_SHAPES,
+    check_resumed_schedule,
+    check_schedule_options,
+    kl_beta,
+    schedule_record,
+)
 from ..subword import build_bpe, corpus_bpe_options
 
 logger = logging.getLogger(__name__)
@@ -133,6 +148,33 @@ def latent_source(models, source: str):
             encoder.latent_source = source_before
 
 
+def keep_schedule_in_iterator_state(iterator, cfg):
+    """Makes the train iterator's checkpointed state carry the schedule's cycle length, and
+    check it when a run resumes.
+
+    fairseq saves ``task.state_dict()`` in every checkpoint, but its trainer never loads it
+    back when a run resumes (only ``load_model_ensemble_and_task`` does); the train iterator's
+    state (``extra_state["train_iterator"]``) is what ``checkpoint_utils.load_checkpoint``
+    restores, exactly when a run continues where it stopped (not with --reset-dataloader,
+    nor for --finetune-from-model). The record is made lazily: generating from the train
+    split never needs the run's length.
+    """
+    if getattr(iterator, "keeps_kl_schedule", False):  # fairseq may hand back a cached one
+        return iterator
+    save, load = iterator.state_dict, iterator.load_state_dict
+
+    def state_dict():
+        return {**save(), "kl_schedule": schedule_record(cfg)}
+
+    def load_state_dict(state):
+        check_resumed_schedule(state.get("kl_schedule"), cfg)
+        load(state)
+
+    iterator.state_dict, iterator.load_state_dict = state_dict, load_state_dict
+    iterator.keeps_kl_schedule = True
+    return iterator
+
+
 class SkippingLanguagePairDataset(LanguagePairDataset):
     """A LanguagePairDataset whose batches leave out the sentences marked in ``skip``.
 
@@ -155,10 +197,23 @@ class TextVAETask(FairseqTask):
 
     cfg: TextVAEConfig
 
-    def __init__(self, cfg: TextVAEConfig, dictionary: Dictionary, dictionary_file=None):
+    def __init__(
+        self,
+        cfg: TextVAEConfig,
+        dictionary: Dictionary,
+        dictionary_file=None,
+        from_checkpoint=False,
+    ):
         super().__init__(cfg)
         self.dictionary = dictionary
         self.dictionary_file = dictionary_file  # for messages: the dict.txt it was read from
+        # set up from a checkpoint's saved options (fairseq-validate, the hub, evaluation):
+        # the training options are history then, and are not checked again
+        self.from_checkpoint = from_checkpoint
+        # (source, target) positions of the models built so far (build_model)
+        self.model_max_positions = None
+        self.input_lines_read = 0  # fairseq-interactive's lines so far, for messages
+        self.first_input_line = 1
 
     @classmethod
     def setup_task(cls, cfg: TextVAEConfig, **kwargs):
@@ -176,9 +231,34 @@ class TextVAETask(FairseqTask):
                 f"no dictionary at {dict_path}: is {paths[0]!r} a data-bin folder made by "
                 "fairseq-preprocess --only-source (scripts/prepare_data.sh)?"
             )
+        from_checkpoint = bool(kwargs.get("from_checkpoint", False))
+        if not from_checkpoint:
+            check_schedule_options(cfg)
         dictionary = Dictionary.load(dict_path)
         logger.info(f"dictionary: {len(dictionary)} types ({dict_path})")
-        return cls(cfg, dictionary, dict_path)
+        return cls(cfg, dictionary, dict_path, from_checkpoint=from_checkpoint)
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        # fairseq-generate and -interactive set the task up from their command line (1024
+        # positions by default) and only then load the checkpoint's model: its limits are
+        # the ones the skip of over-long sentences must use
+        limits = tuple(int(n) for n in model.max_positions())
+        if self.model_max_positions is not None:
+            limits = tuple(map(min, limits, self.model_max_positions))
+        self.model_max_positions = limits
+        return model
+
+    def schedule_options_given(self) -> List[str]:
+        """The beta schedule's options that differ from their defaults, as ``--option value``
+        (for the criterion, which refuses them where its objective ignores beta)."""
+        given = []
+        for f in dataclasses.fields(TextVAEConfig):
+            if f.name.startswith(("kl_", "sawtooth_")):
+                value = getattr(self.cfg, f.name)
+                if str(value) != str(f.default):
+                    given.append(f"--{f.name.replace('_', '-')} {value}")
+        return given
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         if self.cfg.latent_source == "prior" and self.cfg.prior_samples > 0:
@@ -216,10 +296,13 @@ class TextVAETask(FairseqTask):
 
     def sentences_to_skip(self, sizes: np.ndarray, split_path: str) -> np.ndarray:
         """Marks empty sentences and those too long for the model, and logs how many."""
-        max_len = min(self.cfg.max_source_positions, self.cfg.max_target_positions)
+        max_len = min(self.max_positions())  # each sentence is the source and the target
         # sizes count the end of sentence fairseq-preprocess appends: 1 is an empty line
         empty, too_long = sizes <= 1, sizes > max_len
-        longer = f"longer than {max_len} tokens (--max-source-positions, --max-target-positions)"
+        longer = (
+            f"longer than {max_len} tokens (the smallest of the model's positions and "
+            "--max-source-positions, --max-target-positions)"
+        )
         reasons = [("empty", empty), (longer, too_long)]
         for reason, skip in reasons:
             if skip.any():
@@ -233,9 +316,28 @@ class TextVAETask(FairseqTask):
             raise ValueError(f"{split_path}: every sentence is empty or over {max_len} tokens")
         return empty | too_long
 
+    def get_interactive_tokens_and_lengths(self, lines, encode_fn):
+        # fairseq-interactive reads its input in chunks (--buffer-size) and calls this once
+        # per chunk, then build_dataset_for_inference: count lines to name a skipped one
+        self.first_input_line = self.input_lines_read + 1
+        self.input_lines_read += len(lines)
+        return super().get_interactive_tokens_and_lengths(lines, encode_fn)
+
     def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
+        """Sources for fairseq-interactive (and prior sampling); those longer than the model's
+        positions are left out with a warning that names their input lines, where fairseq
+        would stop at the first one with "Size of sample is invalid"."""
+        max_len = self.max_positions()[0]
+        too_long = np.array([int(n) > max_len for n in src_lengths], dtype=bool)
+        if too_long.any():
+            lines = [str(self.first_input_line + i) for i in np.flatnonzero(too_long)]
+            logger.warning(
+                f"skipping input line {', '.join(lines)}: longer than {max_len} tokens (the "
+                "model's positions, --max-source-positions); nothing is generated for it"
+            )
         # constraints: fairseq-interactive --constraints, words each output must contain
-        return LanguagePairDataset(
+        return SkippingLanguagePairDataset(
+            too_long,
             src_tokens,
             src_lengths,
             self.dictionary,
@@ -245,11 +347,13 @@ class TextVAETask(FairseqTask):
         )
 
     def get_batch_iterator(self, dataset, **kwargs):
-        if dataset is not self.datasets.get(self.cfg.train_subset):
+        training = dataset is self.datasets.get(self.cfg.train_subset)
+        if not training:
             # fairseq cuts batches to a multiple of --required-batch-size-multiple (default 8)
             # and can drop a remainder; evaluation and generation must see every sentence
             kwargs["required_batch_size_multiple"] = 1
-        return super().get_batch_iterator(dataset, **kwargs)
+        iterator = super().get_batch_iterator(dataset, **kwargs)
+        return keep_schedule_in_iterator_state(iterator, self.cfg) if training else iterator
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         with latent_source(models, LATENT_SOURCES[str(self.cfg.latent_source)]):
@@ -265,7 +369,10 @@ class TextVAETask(FairseqTask):
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def max_positions(self):
-        return (self.cfg.max_source_positions, self.cfg.max_target_positions)
+        limits = (self.cfg.max_source_positions, self.cfg.max_target_positions)
+        if self.model_max_positions is not None:
+            limits = tuple(map(min, limits, self.model_max_positions))
+        return limits
 
     def build_bpe(self, args):
         """``--bpe`` when given, else the corpus's own subword files in the data folder, so that
