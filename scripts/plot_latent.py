@@ -36,6 +36,8 @@ def project(points, method, seed=1):
 
 
 def plot(xy, axis_labels, colors, color_name, output, title):
+    """Draws the points and writes them to ``output``; returns the matplotlib Figure (one
+    scatter per label value, in sorted order, each with its points in the order given)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,10 +59,12 @@ def plot(xy, axis_labels, colors, color_name, output, title):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(output, dpi=100)
-    plt.close(fig)
+    plt.close(fig)  # pyplot lets go of it; the Figure itself stays readable
+    return fig
 
 
 def main(argv=None):
+    """Runs the script; returns the Figure it drew."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="the data-bin folder (its dict.txt and the split)")
     parser.add_argument("--path", required=True, help="bart_vae checkpoint")
@@ -102,8 +106,9 @@ def main(argv=None):
         colors = [labels[color_name][i] for i in ids.tolist()]  # skipped sentences left out
     xy, axis_labels = project(mu.double().numpy(), args.projection)
     title = f"posterior means of {args.gen_subset!r} ({len(mu)} sentences, {mu.size(1)} dims)"
-    plot(xy, axis_labels, colors, color_name, args.output, title)
+    fig = plot(xy, axis_labels, colors, color_name, args.output, title)
     print(f"{args.output}: {len(mu)} points, {args.projection} of {os.path.basename(args.path)}")
+    return fig
 
 
 if __name__ == "__main__":

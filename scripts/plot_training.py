@@ -71,6 +71,8 @@ def parse_log(lines, valid_subset="valid"):
 
 
 def plot(train, valid, output, title=None):
+    """Draws the four panels and writes them to ``output``; returns the matplotlib Figure
+    (panels in PANELS order: the train line first, then the valid markers)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,10 +100,12 @@ def plot(train, valid, output, title=None):
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(output, dpi=100)
-    plt.close(fig)
+    plt.close(fig)  # pyplot lets go of it; the Figure itself stays readable
+    return fig
 
 
 def main(argv=None):
+    """Runs the script; returns the Figure it drew."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("log", help="a fairseq-train log ('-' for stdin)")
     parser.add_argument("--output", default="training.png", help="PNG to write")
@@ -120,8 +124,9 @@ def main(argv=None):
     train, valid = parse_log(lines, args.valid_subset)
     if not train and not valid:
         sys.exit(f"no train_inner or valid lines with num_updates in {args.log}")
-    plot(train, valid, args.output, args.title or args.log)
+    fig = plot(train, valid, args.output, args.title or args.log)
     print(f"{args.output}: {len(train)} training and {len(valid)} validation points")
+    return fig
 
 
 if __name__ == "__main__":

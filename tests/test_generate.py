@@ -1,10 +1,12 @@
 """Generation through fairseq-generate / fairseq-interactive and the hub interface."""
 
+import math
 import re
 
 import pytest
 import torch
-from conftest import USER_DIR, run_tool
+from conftest import USER_DIR, random_sentences, run_tool
+from vae_fixtures import make_data_bin, save_checkpoint, train_tiny
 
 from fairseq_vae.models.bart_vae import BARTVAEModel
 from fairseq_vae.models.hub_interface import interpolate_latents
@@ -117,7 +119,9 @@ def token_ranks(data_bin, checkpoint, hyps):
     return ranks
 
 
-def test_reconstruction_prints_bleu(data_bin, tiny_checkpoint):
+def test_reconstruction_bleu_is_sacrebleu_of_the_printed_sentences(data_bin, tiny_checkpoint):
+    import sacrebleu
+
     hyps, out = generate(
         data_bin,
         tiny_checkpoint,
@@ -131,25 +135,37 @@ def test_reconstruction_prints_bleu(data_bin, tiny_checkpoint):
         "sacrebleu",
     )
     assert sorted(hyps) == list(range(30))
-    assert re.search(r"Generate test with beam=1: BLEU = [\d.]+", out), out[-2000:]
+    targets = dict(re.findall(r"^T-(\d+)\t(.*)$", out, flags=re.M))
+    detokenized = dict(re.findall(r"^D-(\d+)\t\S+\t(.*)$", out, flags=re.M))
+    ids = sorted(targets, key=int)
+    # the references are the test split's sentences: a VAE reconstructs its input
+    assert [targets[i] for i in ids] == random_sentences(30, seed=2)
+    bleu = sacrebleu.corpus_bleu([detokenized[i] for i in ids], [[targets[i] for i in ids]])
+    # the whole line: BLEU, the n-gram precisions, brevity penalty and lengths
+    assert f"Generate test with beam=1: {bleu.format()}" in out, (bleu.format(), out[-500:])
+    assert bleu.precisions[0] > 0  # some words right: a wrong pairing would show
 
 
-def test_interactive_reconstructs_typed_sentences(data_bin, tiny_checkpoint):
+def test_interactive_reconstructs_typed_sentences(vae):
+    typed = ["the cat sat on the mat", "a dog"]
     out = run_tool(
         "fairseq-interactive",
-        data_bin,
+        vae.data,
         "--user-dir",
         USER_DIR,
         "--task",
         "text_vae",
         "--path",
-        tiny_checkpoint,
+        vae.checkpoint,
         "--cpu",
         "--beam",
         "1",
-        input="the cat sat on the mat\na big dog ran\n",
+        input="\n".join(typed) + "\n",
     )
-    assert len(re.findall(r"^H-\d+\t", out, flags=re.M)) == 2
+    printed = dict(re.findall(r"^H-(\d+)\t\S+\t(.*)$", out, flags=re.M))
+    mu, _ = posterior_by_hand(vae, typed)  # the same checkpoint, loaded by the hub
+    assert printed == {str(i): text_of(vae, greedy_by_hand(vae, row)) for i, row in enumerate(mu)}
+    assert printed["0"] != printed["1"]  # the typed sentences' latents tell them apart
 
 
 def test_interactive_constraints_appear_in_the_output(data_bin, tiny_checkpoint):
@@ -188,13 +204,145 @@ def hub(data_bin, tiny_checkpoint):
 SENTENCES = ["the cat sat on the mat", "a big red dog ran quickly", "the rug", "a cat sat"]
 
 
-def test_hub_encode_shapes_and_determinism(hub):
-    mu, logvar = hub.encode(SENTENCES)
-    assert mu.shape == logvar.shape == (4, hub.latent_dim)
-    torch.testing.assert_close(hub.latent(SENTENCES), mu)
-    torch.testing.assert_close(hub.latent(SENTENCES), hub.latent(SENTENCES))
-    sampled = hub.latent(SENTENCES, sample=True)
-    assert sampled.shape == mu.shape and not torch.allclose(sampled, mu)
+@pytest.fixture(scope="module")
+def vae(dict_dir, tmp_path_factory):
+    """A hub whose sentences depend on z: trained in-process until z carries the sentence's
+    length (the one thing random word strings share), so that decoding other latents gives
+    other sentences. Its checkpoint and data-bin are there for the command-line tools."""
+    import os
+
+    folder = tmp_path_factory.mktemp("latent-in-use")
+    task, model, args = train_tiny(dict_dir, 150, 0.1, 0)
+    save_checkpoint(str(folder / "checkpoint.pt"), model, args)
+    data = make_data_bin(str(folder / "bin"), dict_dir, {"test": random_sentences(12, seed=5)})
+    hub = BARTVAEModel.from_pretrained(str(folder), "checkpoint.pt", data)
+    hub.checkpoint, hub.data = os.path.join(folder, "checkpoint.pt"), data
+    return hub
+
+
+# --- independent references: tokens looked up by hand, greedy decoding written out -----------
+
+
+def hand_batch(hub, sentences):
+    """Right-padded tokens of word-level sentences, each word looked up in the dictionary."""
+    d = hub.dictionary
+    rows = [[d.index(word) for word in s.split()] + [d.eos()] for s in sentences]
+    tokens = torch.full((len(rows), max(map(len, rows))), d.pad())
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row)
+    return tokens, torch.tensor([len(row) for row in rows])
+
+
+@torch.no_grad()
+def posterior_by_hand(hub, sentences):
+    """(mu, logvar) of q(z|x): the encoder's posterior on the hand-made batch."""
+    return hub.model.encoder.posterior(*hand_batch(hub, sentences))
+
+
+def max_len(hub):
+    # fairseq's default max_len_b, capped by the decoder's positions as SequenceGenerator does
+    return min(200, hub.model.max_decoder_positions() - 1)
+
+
+@torch.no_grad()
+def next_token_scores(hub, z, prefix):
+    """log p(next token | z, </s> + prefix) over the vocabulary, the decoder rerun on the whole
+    prefix (no incremental state, no search object)."""
+    d = hub.dictionary
+    encoder_out = hub.model.encoder(torch.tensor([[d.eos()]]), torch.tensor([1]), z=z[None])
+    logits, _ = hub.model.decoder(torch.tensor([[d.eos(), *prefix]]), encoder_out=encoder_out)
+    return torch.log_softmax(logits[0, -1].float(), dim=-1)
+
+
+def greedy_by_hand(hub, z):
+    """Greedy decoding written out: the most probable token at each step, never padding nor
+    </s> first (fairseq's min_len 1); </s> ends the sentence, forced after max_len tokens."""
+    d, tokens = hub.dictionary, []
+    while not tokens or tokens[-1] != d.eos():
+        scores = next_token_scores(hub, z, tokens)
+        scores[d.pad()] = float("-inf")
+        if not tokens:
+            scores[d.eos()] = float("-inf")
+        tokens.append(d.eos() if len(tokens) == max_len(hub) else int(scores.argmax()))
+    return tokens
+
+
+def text_of(hub, tokens):
+    return " ".join(hub.dictionary[t] for t in tokens if t != hub.dictionary.eos())
+
+
+def test_hub_posterior_is_the_encoders_on_the_sentences_words(vae):
+    mu, logvar = vae.encode(SENTENCES)
+    expected_mu, expected_logvar = posterior_by_hand(vae, SENTENCES)
+    torch.testing.assert_close(mu, expected_mu, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logvar, expected_logvar, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vae.latent(SENTENCES), expected_mu, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(expected_mu[0], expected_mu[1])  # the sentences differ in z
+
+
+def test_hub_posterior_samples_follow_q(vae):
+    n = 4000
+    torch.manual_seed(0)
+    samples = vae.latent([SENTENCES[0]] * n, sample=True)  # n x latent
+    mu, logvar = posterior_by_hand(vae, SENTENCES[:1])
+    sigma = (0.5 * logvar[0]).exp()
+    # the sample mean within 5 standard errors of mu, the spread within 10% of sigma
+    assert ((samples.mean(0) - mu[0]).abs() < 5 * sigma / n**0.5).all()
+    torch.testing.assert_close(samples.std(0), sigma, rtol=0.1, atol=0.0)
+
+
+def test_hub_decode_is_greedy_decoding(vae):
+    z = torch.randn(3, vae.latent_dim, generator=torch.Generator().manual_seed(0))
+    expected = [greedy_by_hand(vae, row) for row in z]
+    assert len(set(map(tuple, expected))) > 1  # this model's sentences depend on z
+    hypotheses = vae.decode_hypotheses(z)
+    assert [h[0]["tokens"].tolist() for h in hypotheses] == expected
+    assert vae.decode(z) == [text_of(vae, tokens) for tokens in expected]
+
+
+def test_hub_sample_decodes_the_seeded_prior_draw(vae):
+    sentences = vae.sample(5, seed=4)
+    assert vae.sample(5, seed=4) == sentences
+    assert vae.sample(5, seed=5) != sentences
+    z = torch.randn(5, vae.latent_dim, generator=torch.Generator().manual_seed(4))
+    assert sentences == [text_of(vae, greedy_by_hand(vae, row)) for row in z]
+
+
+def test_hub_top_k_sampling_draws_among_the_k_most_probable_words(vae):
+    z = torch.randn(5, vae.latent_dim, generator=torch.Generator().manual_seed(4))
+    d, ranks = vae.dictionary, []
+    for row, sentence in zip(z, vae.sample(5, seed=4, sampling=True, sampling_topk=3)):
+        tokens = [d.index(word) for word in sentence.split()] + [d.eos()]
+        for step, token in enumerate(tokens[: max_len(vae)]):  # the last may be forced
+            scores = next_token_scores(vae, row, tokens[:step])
+            scores[d.pad()] = float("-inf")
+            if step == 0:
+                scores[d.eos()] = float("-inf")
+            ranks.append(int((scores > scores[token]).sum()))
+    assert max(ranks) < 3 and max(ranks) > 0, ranks  # among the top 3, and not only the first
+
+
+def test_hub_beam_search_scores_are_the_models_log_probabilities(vae):
+    z = torch.randn(3, vae.latent_dim, generator=torch.Generator().manual_seed(1))
+    hypotheses = vae.decode_hypotheses(z, beam=3, nbest=3)
+    for row, hypos in zip(z, hypotheses):
+        assert len(hypos) == 3
+        for hypo in hypos:
+            tokens = hypo["tokens"].tolist()
+            lprobs = torch.stack(
+                [next_token_scores(vae, row, tokens[:i])[t] for i, t in enumerate(tokens)]
+            )
+            torch.testing.assert_close(hypo["positional_scores"], lprobs, atol=1e-4, rtol=1e-4)
+            # fairseq's score: the mean log-probability (length penalty 1)
+            assert abs(float(hypo["score"]) - float(lprobs.mean())) < 1e-4
+        scores = [float(h["score"]) for h in hypos]
+        assert scores == sorted(scores, reverse=True)
+    assert vae.decode(z, beam=3) == [text_of(vae, h[0]["tokens"].tolist()) for h in hypotheses]
+
+
+def test_hub_reconstruct_decodes_the_posterior_mean_greedily(vae):
+    mu, _ = posterior_by_hand(vae, SENTENCES)
+    assert vae.reconstruct(SENTENCES) == [text_of(vae, greedy_by_hand(vae, row)) for row in mu]
 
 
 def test_hub_batching_one_or_many_gives_the_same_per_sentence(hub):
@@ -206,34 +354,78 @@ def test_hub_batching_one_or_many_gives_the_same_per_sentence(hub):
     assert small_batches.reconstruct(SENTENCES) == hub.reconstruct(SENTENCES)
 
 
-def test_hub_decode_sample_reconstruct(hub):
-    z = torch.randn(3, hub.latent_dim)
-    decoded = hub.decode(z)
-    assert len(decoded) == 3 and all(isinstance(s, str) for s in decoded)
-    assert hub.decode(z) == decoded  # greedy is deterministic
-    assert hub.sample(5, seed=4) == hub.sample(5, seed=4)
-    assert len(hub.sample(5, seed=4, sampling=True, sampling_topk=3)) == 5
-    assert hub.reconstruct(SENTENCES[:2]) == hub.decode(hub.latent(SENTENCES[:2]))
-    assert len(hub.decode(z, beam=3)) == 3
+def angles(path):
+    unit = path / path.norm(dim=1, keepdim=True)
+    return torch.arccos((unit[:-1] * unit[1:]).sum(1).clamp(-1, 1))
 
 
-def test_hub_interpolation_endpoints_are_the_endpoints_latents(hub):
-    z = hub.latent(SENTENCES[:2])
+def test_hub_interpolation_decodes_the_path_between_the_posterior_means(vae):
+    z, _ = posterior_by_hand(vae, SENTENCES[::2])
+    t = torch.linspace(0, 1, 6)[:, None]
     for spherical in (False, True):
         path = interpolate_latents(z[0], z[1], 6, spherical=spherical)
-        assert path.shape == (6, hub.latent_dim)
         assert torch.equal(path[0], z[0]) and torch.equal(path[-1], z[1])
-        sentences = hub.interpolate(SENTENCES[0], SENTENCES[1], steps=6, spherical=spherical)
-        assert len(sentences) == 6
-        assert sentences[0] == hub.decode(z[:1])[0] and sentences[-1] == hub.decode(z[1:])[0]
+        if not spherical:
+            torch.testing.assert_close(path, (1 - t) * z[0] + t * z[1])
+        else:  # in the plane of z_a and z_b, equal angles, the norm moving linearly
+            plane = torch.linalg.qr(z.T)[0]  # latent x 2
+            torch.testing.assert_close(path @ plane @ plane.T, path, atol=1e-5, rtol=0)
+            torch.testing.assert_close(angles(path), angles(z).expand(5) / 5)
+            norms = (1 - t[:, 0]) * z[0].norm() + t[:, 0] * z[1].norm()
+            torch.testing.assert_close(path.norm(dim=1), norms)
+        sentences = vae.interpolate(SENTENCES[0], SENTENCES[2], steps=6, spherical=spherical)
+        assert sentences == [text_of(vae, greedy_by_hand(vae, row)) for row in path]
+        assert len(set(sentences)) > 1  # the path leads somewhere else
 
 
 def test_linear_and_spherical_paths():
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
     torch.testing.assert_close(interpolate_latents(a, b, 3)[1], torch.tensor([0.5, 1.0]))
-    mid = interpolate_latents(a, b, 3, spherical=True)[1]
-    # slerp halfway between orthogonal vectors: equal weights sin(pi/4) / sin(pi/2)
-    torch.testing.assert_close(mid, (a + b) * (2**-0.5))
+    path = interpolate_latents(a, b, 5, spherical=True)
+    # a quarter of the way: 22.5 degrees turned, norm 1 + (2 - 1) / 4; halfway: 45 degrees, 1.5
+    quarter = math.radians(22.5)
+    torch.testing.assert_close(path[1], 1.25 * torch.tensor([math.cos(quarter), math.sin(quarter)]))
+    torch.testing.assert_close(path[2], 1.5 * torch.tensor([0.5**0.5, 0.5**0.5]))
+
+
+def test_slerp_between_antiparallel_latents_turns_through_an_orthogonal_direction():
+    # z_b = -2 z_a: the angle is pi and every half circle is a slerp; the path turns through
+    # the axis least aligned with z_a (here the second), the norm going from 2 to 4
+    a, b = torch.tensor([2.0, 0.0]), torch.tensor([-4.0, 0.0])
+    h = 0.5**0.5
+    expected = torch.tensor([[2, 0], [2.5 * h, 2.5 * h], [0, 3], [-3.5 * h, 3.5 * h], [-4, 0]])
+    torch.testing.assert_close(interpolate_latents(a, b, 5, spherical=True), expected)
+    z = torch.randn(8, generator=torch.Generator().manual_seed(0))
+    path = interpolate_latents(z, -z, 7, spherical=True)
+    assert torch.isfinite(path).all()
+    torch.testing.assert_close(path.norm(dim=1), z.norm().expand(7))
+    assert abs(float(torch.dot(path[3], z))) < 1e-5  # halfway: orthogonal to z_a
+    torch.testing.assert_close(angles(path), torch.full((6,), math.pi / 6))
+    # a 1-D latent has nowhere to turn: the line through 0
+    line = interpolate_latents(torch.tensor([1.0]), torch.tensor([-2.0]), 4, spherical=True)
+    torch.testing.assert_close(line[:, 0], torch.tensor([1.0, 0.0, -1.0, -2.0]))
+
+
+def test_hub_refuses_empty_sentences_naming_them(vae):
+    with pytest.raises(ValueError, match=r"sentence 1 is empty \(''\)"):
+        vae.reconstruct([SENTENCES[0], ""])
+    with pytest.raises(ValueError, match=r"sentence 0 is empty \('  '\)"):
+        vae.encode(["  ", SENTENCES[0]])
+    with pytest.raises(ValueError, match="sentence 0 is empty"):
+        vae.interpolate("", SENTENCES[0])
+
+
+def test_from_pretrained_names_a_missing_folder(data_bin, tiny_checkpoint, tmp_path):
+    import os
+
+    folder, name = os.path.dirname(tiny_checkpoint), os.path.basename(tiny_checkpoint)
+    missing = str(tmp_path / "no-such-folder")
+    with pytest.raises(FileNotFoundError, match=f"model folder '{missing}' does not exist"):
+        BARTVAEModel.from_pretrained(missing, name, data_bin)
+    with pytest.raises(FileNotFoundError, match=f"data folder '{missing}' does not exist"):
+        BARTVAEModel.from_pretrained(folder, name, missing)
+    with pytest.raises(ValueError, match="data_name_or_path is empty"):
+        BARTVAEModel.from_pretrained(folder, name, "")
 
 
 def generate_in_process(task, model, split):
@@ -315,8 +507,10 @@ def test_hub_truncates_a_sentence_longer_than_the_positions_with_a_warning(hub, 
         mu, _ = hub.encode([" ".join(words)])
     assert f"{limit + 41} tokens is longer than the model's {limit} positions" in caplog.text
     # the first limit - 1 words and </s>: what encoding the cut sentence gives
-    torch.testing.assert_close(mu, hub.encode([" ".join(words[: limit - 1])])[0])
-    assert len(hub.reconstruct([" ".join(words)])) == 1
+    cut = " ".join(words[: limit - 1])
+    torch.testing.assert_close(mu, posterior_by_hand(hub, [cut])[0], atol=1e-5, rtol=1e-5)
+    expected = greedy_by_hand(hub, posterior_by_hand(hub, [cut])[0][0])
+    assert hub.reconstruct([" ".join(words)]) == [text_of(hub, expected)]
 
 
 def test_hub_empty_inputs_give_empty_results(hub):

@@ -10,14 +10,16 @@ Subword segmentation (the corpus's sentencepiece model, or GPT-2 BPE for BART da
 and removed for the caller. Generation options are fairseq's (``beam``, ``sampling``,
 ``sampling_topk``, ``sampling_topp``, ``max_len_b``, ``nbest``...), passed as keywords; a name
 fairseq's generation config lacks is an error. Sentences longer than the model's positions are
-truncated with a warning, as fairseq's BART hub does. ``seed=`` makes the prior draw and
-``sampling=True``'s word draws reproducible without touching the global random state.
+truncated with a warning, as fairseq's BART hub does; an empty sentence is an error naming
+its index. ``seed=`` makes the prior draw and ``sampling=True``'s word draws reproducible
+without touching the global random state.
 """
 
 import contextlib
 import copy
 import difflib
 import logging
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -32,21 +34,44 @@ logger = logging.getLogger(__name__)
 
 
 def interpolate_latents(z_a: Tensor, z_b: Tensor, steps: int, spherical: bool = False) -> Tensor:
-    """``steps`` latents from z_a to z_b inclusive (steps x D): linear, or spherical (slerp)."""
+    """``steps`` latents from z_a to z_b inclusive (steps x D): linear, or spherical.
+
+    The spherical path turns z_a's direction into z_b's at a constant angular speed (slerp of
+    the directions) while the norm moves linearly from |z_a| to |z_b|: for latents of equal
+    norm this is the usual slerp, and unequal norms never make the path bulge or, near
+    antiparallel latents, blow up (the usual formula divides by sin(angle)).
+    """
     if steps < 2:
         raise ValueError(f"interpolation needs at least 2 steps, got {steps}")
     t = torch.linspace(0.0, 1.0, steps, dtype=z_a.dtype, device=z_a.device)[:, None]
-    if not spherical:
-        path = (1 - t) * z_a + t * z_b
-    else:
-        cos = torch.dot(z_a, z_b) / (z_a.norm() * z_b.norm()).clamp(min=1e-12)
-        omega = torch.arccos(cos.clamp(-1.0, 1.0))
-        if float(omega.sin()) < 1e-6:  # (anti)parallel: slerp's weights are 0/0, lerp is exact
-            path = (1 - t) * z_a + t * z_b
-        else:
-            path = (torch.sin((1 - t) * omega) * z_a + torch.sin(t * omega) * z_b) / omega.sin()
+    path = (1 - t) * z_a + t * z_b
+    if spherical:
+        path = spherical_path(z_a, z_b, t)
     path[0], path[-1] = z_a, z_b  # the endpoints are exactly the given latents
     return path
+
+
+def spherical_path(z_a: Tensor, z_b: Tensor, t: Tensor) -> Tensor:
+    """The points of slerp at the fractions t (steps x 1), each with the interpolated norm."""
+    norm_a, norm_b = z_a.norm(), z_b.norm()
+    if float(norm_a) == 0 or float(norm_b) == 0:  # no direction to turn: the norm alone moves
+        return (1 - t) * z_a + t * z_b
+    u = z_a / norm_a
+    cos = torch.dot(u, z_b / norm_b).clamp(-1.0, 1.0)
+    # v: the unit direction orthogonal to u in the plane of the turn
+    v = z_b / norm_b - cos * u
+    if float(v.norm()) < 1e-6:
+        if float(cos) > 0 or u.numel() == 1:  # parallel, or a line (1-D): nowhere to turn
+            return (1 - t) * z_a + t * z_b
+        # antiparallel: every half great circle from u to -u is a slerp; take the one through
+        # the axis least aligned with u, made orthogonal to it (reproducible, and finite)
+        v = torch.zeros_like(u)
+        v[u.abs().argmin()] = 1.0
+        v = v - torch.dot(v, u) * u
+        cos = torch.tensor(-1.0, dtype=u.dtype, device=u.device)
+    angle = torch.arccos(cos) * t  # steps x 1
+    directions = torch.cos(angle) * u + torch.sin(angle) * (v / v.norm())  # steps x D
+    return ((1 - t) * norm_a + t * norm_b) * directions
 
 
 class BARTVAEHubInterface(nn.Module):
@@ -65,6 +90,28 @@ class BARTVAEHubInterface(nn.Module):
         self.model.eval()
         # tells the device and dtype the model lives on
         self.register_buffer("_float_tensor", torch.tensor([0], dtype=torch.float))
+
+    @staticmethod
+    def check_pretrained_paths(model_name_or_path, data_name_or_path):
+        """What BARTVAEModel.from_pretrained is given, checked before fairseq reads it: fairseq
+        turns a folder it cannot find into None, and reports a TypeError about None (the model
+        folder) or a data folder '' (the data folder) instead of naming the folder."""
+        model = str(model_name_or_path or "")
+        if "://" not in model and not os.path.exists(model):
+            raise FileNotFoundError(f"model folder {model!r} does not exist")
+        if not data_name_or_path:
+            raise ValueError(
+                "data_name_or_path is empty: give the data-bin folder that holds dict.txt"
+            )
+        data = str(data_name_or_path)
+        if data.startswith("."):  # fairseq's convention: relative to the model folder
+            data = os.path.join(model, data)
+        folder = utils.split_paths(data)[0]
+        if "://" not in folder and not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"data folder {folder!r} does not exist (data_name_or_path="
+                f"{data_name_or_path!r}): give the data-bin folder that holds dict.txt"
+            )
 
     @property
     def device(self):
@@ -90,6 +137,18 @@ class BARTVAEHubInterface(nn.Module):
             )
             tokens = torch.cat([tokens[: limit - 1], tokens[-1:]])  # keep the final </s>
         return tokens
+
+    def tokens_of(self, sentences: Sequence[str]) -> List[Tensor]:
+        """The token rows of the sentences; an empty one (nothing but </s>) is an error: it
+        has no words for the posterior, and the training data never holds one (fairseq's
+        tools skip empty lines)."""
+        rows = [self.to_tokens(s) for s in sentences]
+        for i, (sentence, row) in enumerate(zip(sentences, rows)):
+            if len(row) <= 1:
+                raise ValueError(
+                    f"sentence {i} is empty ({sentence!r}): give at least one word to encode"
+                )
+        return rows
 
     def to_text(self, tokens: Tensor) -> str:
         sentence = self.dictionary.string(tokens)
@@ -124,7 +183,7 @@ class BARTVAEHubInterface(nn.Module):
     def encode(self, sentences: Sequence[str]) -> Tuple[Tensor, Tensor]:
         """The posterior q(z|x) of each sentence: (mu, logvar), each N x latent, fp32."""
         sentences = [sentences] if isinstance(sentences, str) else list(sentences)
-        return self.encode_tokens([self.to_tokens(s) for s in sentences])
+        return self.encode_tokens(self.tokens_of(sentences))
 
     def latent(self, sentences: Sequence[str], sample: bool = False) -> Tensor:
         """z for each sentence: the posterior mean, or a posterior sample (N x latent)."""
@@ -207,7 +266,7 @@ class BARTVAEHubInterface(nn.Module):
     def reconstruct(self, sentences: Sequence[str], **options) -> List[str]:
         """Each sentence decoded from its posterior mean (greedy unless told otherwise)."""
         sentences = [sentences] if isinstance(sentences, str) else list(sentences)
-        rows = [self.to_tokens(s) for s in sentences]
+        rows = self.tokens_of(sentences)
         mu, _ = self.encode_tokens(rows)
         return [self.to_text(h[0]["tokens"]) for h in self.decode_hypotheses(mu, rows, **options)]
 
