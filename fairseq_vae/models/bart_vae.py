@@ -378,6 +378,7 @@ class BARTVAEModel(BARTModel):
         (spm.model, or GPT-2's encoder.json and vocab.bpe as ``prepare_data.sh --bart`` leaves
         them) unless ``bpe=...`` says otherwise. Nothing is downloaded.
         """
+        BARTVAEHubInterface.check_pretrained_paths(model_name_or_path, data_name_or_path)
         data = data_name_or_path
         if data.startswith("."):
             data = os.path.join(model_name_or_path, data)
