@@ -16,12 +16,14 @@ setup(
         "scikit-learn",
         "matplotlib",
         "safetensors",
+        "zuko",
     ],
     extras_require={"test": ["pytest", "transformers", "tokenizers"]},
     entry_points={
         "console_scripts": [
             "fairseq-vae-eval = fairseq_vae.evaluate:cli_main",
             "fairseq-vae-import-hf = fairseq_vae.import_hf:cli_main",
+            "fairseq-vae-fit-prior = fairseq_vae.fit_prior:cli_main",
         ]
     },
 )

@@ -1,0 +1,174 @@
+"""The prior file: a fitted prior saved as tensors and plain values, and the model it fits.
+
+``save_prior`` writes the prior's kind, its ``config()`` and ``state_dict`` and a ``meta`` dict;
+the file holds tensors, str, int, float, list and dict only, so ``torch.load(weights_only=True)``
+reads it and no scikit-learn or zuko object is pickled. ``prior_meta`` names the checkpoint,
+a SHA-256 of the model's weights (``model_sha256``) and of its dictionary, and the latent size:
+``load_prior`` refuses a prior of another latent size or another model with both named.
+"""
+
+import hashlib
+import json
+import os
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from fairseq_vae.prior import Prior, build_prior
+
+PRIOR_FORMAT = "fairseq_vae.prior"
+PRIOR_FORMAT_VERSION = 1
+
+
+UNHASHED_KEYS = (".version", "_float_tensor")  # fairseq's bookkeeping buffers, not weights
+
+
+def model_sha256(model: nn.Module) -> str:
+    """The SHA-256 of a model's state dict (names, shapes, values), hex.
+
+    Floating tensors are hashed as fp16, so a model and its ``.half()`` copy (fairseq's
+    --fp16) agree; a bf16 copy does not.
+    """
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        if key.endswith(UNHASHED_KEYS):
+            continue
+        tensor = tensor.detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float16)
+        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def dictionary_checksum(model: nn.Module) -> Optional[str]:
+    """The hex SHA-256 of the model's dictionary (its ``dictionary_sha256`` buffer), if any."""
+    buffer = getattr(model, "dictionary_sha256", None)
+    return None if buffer is None else bytes(buffer.cpu().tolist()).hex()
+
+
+def prior_meta(model: nn.Module, checkpoint: str, **extra) -> dict:
+    """What a prior file says about the model it was fitted to, plus ``extra`` (JSON-able)."""
+    return {
+        "checkpoint": os.path.abspath(checkpoint),
+        "model_sha256": model_sha256(model),
+        "dictionary_sha256": dictionary_checksum(model),
+        "dictionary": getattr(model, "dictionary_file", None),
+        "latent_dim": int(model.encoder.latent_dim),
+        **extra,
+    }
+
+
+def json_plain(value, what: str):
+    """``value`` as JSON would give it back (tuples become lists): a weights_only file may hold
+    no object of another class."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=True))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"the prior's {what} must be JSON-able (plain values): {error}") from None
+
+
+def save_prior(path: str, prior: Prior, meta: Optional[dict] = None):
+    """Writes ``prior`` (its kind, config and tensors) and ``meta`` to ``path``, atomically.
+
+    The file holds tensors, str, int, float, list and dict only: ``torch.load(path,
+    weights_only=True)`` reads it.
+    """
+    payload = {
+        "format": PRIOR_FORMAT,
+        "version": PRIOR_FORMAT_VERSION,
+        "kind": prior.kind,
+        "config": json_plain(prior.config(), "config"),
+        "state": {key: t.detach().cpu().clone() for key, t in prior.state_dict().items()},
+        "meta": json_plain(meta or {}, "meta"),
+    }
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"cannot write the prior {path}: folder {folder} does not exist")
+    partial = path + ".partial"
+    torch.save(payload, partial)
+    os.replace(partial, path)
+
+
+def load_prior(
+    path: str,
+    expected_latent_dim: Optional[int] = None,
+    expected_model: Union[nn.Module, str, None] = None,
+    expected_checkpoint: Optional[str] = None,
+) -> Prior:
+    """The prior saved at ``path`` (on the CPU, in eval mode), its file's meta in ``.meta``.
+
+    Args:
+        expected_latent_dim: refuse a prior of another latent size
+        expected_model: the bart_vae model (or its hub interface, or its ``model_sha256``) it
+            will be used with: refuse a prior fitted to another model; a model also sets the
+            expected latent size
+        expected_checkpoint: the model's checkpoint file, named in the error
+    Raises:
+        ValueError naming the file and both sizes, or both checkpoints, on a mismatch
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"prior file {path} does not exist (fairseq-vae-fit-prior writes one)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated file, or one holding pickled classes
+        raise ValueError(f"{path} is not a readable prior file: {error}") from None
+    if not isinstance(payload, dict) or payload.get("format") != PRIOR_FORMAT:
+        raise ValueError(f"{path} is not a fairseq_vae prior file (fairseq-vae-fit-prior)")
+    if payload.get("version") != PRIOR_FORMAT_VERSION:
+        raise ValueError(
+            f"prior file {path} has format version {payload.get('version')}; this fairseq_vae "
+            f"reads version {PRIOR_FORMAT_VERSION}: fit it again"
+        )
+    try:
+        prior = build_prior(payload["kind"], payload["config"])
+        prior.load_state_dict(payload["state"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise ValueError(f"prior file {path} does not rebuild its prior: {error}") from None
+    prior.meta = payload["meta"]
+    prior.eval()
+
+    if expected_model is not None and not hasattr(expected_model, "encoder"):
+        expected_model = getattr(expected_model, "model", expected_model)  # a hub interface
+    meta = prior.meta
+    fitted_to = meta.get("checkpoint", "an unnamed checkpoint")
+    if isinstance(expected_model, nn.Module) and expected_latent_dim is None:
+        expected_latent_dim = int(expected_model.encoder.latent_dim)
+    if expected_latent_dim is not None and prior.latent_dim != int(expected_latent_dim):
+        model = expected_checkpoint or "the model"
+        raise ValueError(
+            f"prior {path} has latent size {prior.latent_dim} (fitted to {fitted_to}) but "
+            f"{model} has latent size {expected_latent_dim}: fit a prior to this model "
+            "(fairseq-vae-fit-prior)"
+        )
+    if expected_model is not None:
+        check_model(path, meta, expected_model, expected_checkpoint)
+    return prior
+
+
+def check_model(path: str, meta: dict, model: Union[nn.Module, str], checkpoint: Optional[str]):
+    """Raises a ValueError naming both checkpoints unless ``model`` is the one the prior in
+    ``path`` was fitted to (by ``model_sha256``)."""
+    theirs = meta.get("model_sha256")
+    fitted_to = meta.get("checkpoint", "an unnamed checkpoint")
+    if theirs is None:
+        raise ValueError(f"prior {path} does not say which model it was fitted to: fit it again")
+    ours = model if isinstance(model, str) else model_sha256(model)
+    if ours == theirs:
+        return
+    given = checkpoint or "the given model"
+    note = ""
+    if isinstance(model, nn.Module) and meta.get("dictionary_sha256"):
+        same = dictionary_checksum(model) == meta["dictionary_sha256"]
+        note = " (the same dictionary)" if same else " (and another dictionary)"
+    raise ValueError(
+        f"prior {path} was fitted to {fitted_to} (weights SHA-256 {theirs[:16]}) but "
+        f"{given} has other weights (SHA-256 {ours[:16]}){note}: a prior fits one model's "
+        "aggregate posterior. Fit one to this checkpoint: fairseq-vae-fit-prior DATA --path CKPT"
+    )
+
+
+def default_prior_path(checkpoint: str, kind: str) -> str:
+    """<checkpoint's folder>/prior-<kind>.pt"""
+    return os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"prior-{kind}.pt")
