@@ -4,11 +4,13 @@ trained tiny model, and fairseq-vae-eval end to end."""
 import json
 import math
 import os
+import re
 import subprocess
 
 import pytest
 import torch
 from conftest import BIN, ROOT, USER_DIR, build_tiny, encode_lines, random_sentences
+from sacrebleu.metrics import BLEU
 from vae_fixtures import make_data_bin, save_checkpoint, shift_right, train_tiny
 
 from fairseq_vae import estimators, evaluate
@@ -300,6 +302,47 @@ def test_detokenised_synth_source_is_the_raw_corpus_text():
 # The command
 
 
+# the table's rows and the JSON metrics they print
+TABLE_KEYS = {
+    "IW-NLL": "iw_nll",
+    "IW PPL / token": "iw_ppl_token",
+    "IW PPL / word": "iw_ppl_word",
+    "-ELBO": "neg_elbo",
+    "reconstruction NLL": "rec_nll",
+    "KL": "kl",
+    "ELBO PPL / token": "elbo_ppl_token",
+    "ELBO PPL / word": "elbo_ppl_word",
+    "MI": "mi",
+}
+
+
+def table_rows(stdout):
+    """{metric name: the value column} of fairseq-vae-eval's table."""
+    body = stdout[stdout.index("\nmetric") + 1 :].splitlines()[1:]
+    return dict(re.match(r"\s*(\S.*?)\s{2,}(\S.*)$", line).groups() for line in body)
+
+
+@torch.no_grad()
+def greedy_reconstruction(model, dictionary, line, max_len=200):
+    """Greedy decoding from the posterior mean, one token at a time over the whole prefix, with
+    SequenceGenerator's rules for a beam of one: never pad, no </s> as the first token."""
+    tokens = dictionary.encode_line(line, add_if_not_exist=False).long()
+    mu, logvar = model.encoder.posterior(tokens[None], torch.tensor([len(tokens)]))
+    encoder_out = model.encoder.latent_encoder_out(mu, logvar, mu)
+    out = [dictionary.eos()]
+    for step in range(max_len):
+        logits, _ = model.decoder(torch.tensor([out]), encoder_out=encoder_out)
+        scores = logits[0, -1].float()
+        scores[dictionary.pad()] = -math.inf
+        if step == 0:
+            scores[dictionary.eos()] = -math.inf
+        best = int(scores.argmax())
+        if best == dictionary.eos():
+            break
+        out.append(best)
+    return dictionary.string(torch.tensor(out[1:]))
+
+
 def run(tool, *args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
@@ -345,24 +388,6 @@ def test_fairseq_vae_eval_reports_every_metric_on_every_sentence(trained, dict_d
         str(results),
         "--cpu",
     )
-    for name in (
-        "IW-NLL",
-        "IW PPL / token",
-        "IW PPL / word",
-        "-ELBO",
-        "KL",
-        "MI",
-        "AU",
-        "reconstruction BLEU",
-        "probe accuracy: first",
-        "probe accuracy: long",
-        "majority",
-        "K=12",
-        "MI pool=dataset",
-        "AU threshold=0.01",
-        "token:",
-    ):
-        assert name in stdout, f"{name!r} missing from:\n{stdout}"
     report = json.loads(results.read_text())
     settings, metrics = report["settings"], report["metrics"]
     assert settings["sentences"] == 37 and settings["skipped"] == 1
@@ -371,8 +396,43 @@ def test_fairseq_vae_eval_reports_every_metric_on_every_sentence(trained, dict_d
     assert settings["tokens"] == settings["words"] == sum(len(s.split()) + 1 for s in lines if s)
     assert report["examples"][0]["input"] == lines[0]
     assert metrics["iw_nll"] < metrics["neg_elbo"]
-    assert 0 <= metrics["recon_bleu"] <= 100 and metrics["au"] == 8
+    assert metrics["au"] == 8
+
+    # the table prints the JSON's numbers under their names
+    rows = table_rows(stdout)
+    for name, key in TABLE_KEYS.items():
+        assert float(rows[name].split()[0]) == pytest.approx(metrics[key], abs=1e-3), name
+    assert rows["MI"].endswith(f"(at most log pool = {math.log(37):.3f})")
+    assert rows["AU"] == "8 / 8"
+    assert float(rows["reconstruction BLEU"].split()[0]) == pytest.approx(
+        metrics["recon_bleu"], abs=0.005
+    )
+    assert rows["exact reconstructions"] == f"{100 * metrics['recon_exact']:.1f}%"
+    assert "K=12 (chunks of 5) | MI pool=dataset (37.0 sentences) | AU threshold=0.01" in stdout
+
+    kept = [s for s in lines if s]
+    # the probes: one per factor, on every sentence, and the table prints what the JSON holds
     assert set(report["factors"]) == {"first", "long"}
+    for name, factor in report["factors"].items():
+        values = [
+            (s.split() or ["-"])[0] if name == "first" else str(len(s.split()) > 5) for s in kept
+        ]
+        assert factor["classes"] == len(set(values))
+        assert factor["train"] + factor["test"] == 37 and factor["train"] == 18
+        accuracy, rest = rows[f"probe accuracy: {name}"].split(maxsplit=1)
+        assert float(accuracy) == pytest.approx(factor["accuracy"], abs=5e-4)
+        assert f"majority {factor['majority_baseline']:.3f}, {factor['classes']} classes" in rest
+        # the baseline is the share of the scored half's most common class: a count out of 19
+        assert factor["majority_baseline"] * 19 == pytest.approx(
+            round(factor["majority_baseline"] * 19)
+        )
+    # "long" has two classes of several sentences each: stratified, the scored 19 hold each
+    # class in its share of the 37 (up to rounding), so the majority share is known
+    long_counts = [sum((len(s.split()) > 5) == v for s in kept) for v in (True, False)]
+    assert min(long_counts) >= 2 and report["factors"]["long"]["split"] == "stratified"
+    assert report["factors"]["long"]["majority_baseline"] * 19 == pytest.approx(
+        max(long_counts) * 19 / 37, abs=1.0
+    )
 
     # the KL is analytic: fairseq-validate's number is the same
     stdout, _ = run(
@@ -411,11 +471,77 @@ def test_fairseq_vae_eval_reports_every_metric_on_every_sentence(trained, dict_d
         "--batch-size",
         "10",
         "--no-bleu",
+        "--results-json",
+        str(results),
         "--cpu",
     )
-    assert "MI pool=batch" in stdout and "BLEU" not in stdout
-    mi = float(stdout.split("\nMI")[1].split()[0])
-    assert mi <= math.log(10) + 0.2
+    report = json.loads(results.read_text())
+    metrics = report["metrics"]
+    # 37 sentences in batches of at most 10: four batches, 9.25 sentences on average
+    assert report["settings"]["mi_pool"] == "batch"
+    assert report["settings"]["mi_pool_mean_size"] == pytest.approx(37 / 4)
+    assert metrics["mi_upper_bound"] == pytest.approx(math.log(37 / 4))
+    assert "recon_bleu" not in metrics and "examples" not in report and "BLEU" not in stdout
+    rows = table_rows(stdout)
+    assert float(rows["MI"].split()[0]) == pytest.approx(metrics["mi"], abs=5e-4)
+    assert metrics["mi"] <= math.log(10) + 0.2
+
+
+def test_reconstruction_bleu_and_exact_matches_are_those_of_a_greedy_decode_done_here(
+    dict_dir, tmp_path
+):
+    """A model that has memorised 8 sentences (and reconstructs others as one of them): BLEU and
+    the share of exact reconstructions recomputed from a greedy decoding written here."""
+    task, model, args = build_tiny(dict_dir)
+    d = task.source_dictionary
+    known = random_sentences(8, seed=5, min_len=3, max_len=6)
+    src, lengths = encode_lines(d, known)
+    prev = shift_right(src, lengths, d)
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(400):
+        logits, extra = model(src, lengths, prev)
+        lprobs = torch.log_softmax(logits.float(), dim=-1)
+        nll = -lprobs.gather(-1, src.unsqueeze(-1)).squeeze(-1).masked_fill(src.eq(d.pad()), 0)
+        loss = (nll.sum() + 0.1 * gaussian_kl(extra["mu"], extra["logvar"]).sum()) / len(known)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    lines = known + random_sentences(4, seed=99, min_len=3, max_len=6)
+    hyps = [greedy_reconstruction(model, d, s) for s in lines]
+    exact = sum(h == r for h, r in zip(hyps, lines))
+    # a check with teeth: some reconstructions exact, some not, and not all the same sentence
+    assert 0 < exact < len(lines) and len(set(hyps)) > 3, hyps
+    data = make_data_bin(str(tmp_path / "bin"), dict_dir, {"test": lines})
+    checkpoint = str(tmp_path / "checkpoint.pt")
+    save_checkpoint(checkpoint, model, args)
+    results = tmp_path / "results.json"
+    stdout, _ = run(
+        "fairseq-vae-eval",
+        data,
+        "--path",
+        checkpoint,
+        "--gen-subset",
+        "test",
+        "--iw-samples",
+        "2",
+        "--batch-size",
+        "5",
+        "--results-json",
+        str(results),
+        "--cpu",
+    )
+    report = json.loads(results.read_text())
+    metrics = report["metrics"]
+    expected = BLEU(force=True).corpus_score(hyps, [lines])
+    assert metrics["recon_bleu"] == pytest.approx(expected.score, abs=1e-6)
+    assert metrics["recon_exact"] == exact / len(lines)
+    assert report["examples"] == [{"input": r, "greedy": h} for r, h in zip(lines, hyps)][:3]
+    rows = table_rows(stdout)
+    assert rows["reconstruction BLEU"].startswith(f"{expected.score:.2f}  (greedy")
+    assert rows["exact reconstructions"] == f"{100 * exact / len(lines):.1f}%"
 
 
 def test_fairseq_vae_eval_perplexities_have_a_known_answer_on_a_subword_corpus(tmp_path):
