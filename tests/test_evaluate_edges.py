@@ -265,3 +265,11 @@ def test_the_probe_split_halves_every_class_and_depends_on_its_seed_only():
     # a class of one sentence cannot be stratified: a shuffle, still both halves filled
     train, scored, stratified = probe_split(np.array(["a"] * 6 + ["b"]), seed=1)
     assert not stratified and (len(train), len(scored)) == (3, 4)
+
+
+def test_a_split_of_empty_lines_only_is_a_clear_error(checkpoint, dict_dir, tmp_path):
+    # the zero-sentence end of "fewer than three": the task refuses it, naming the split's file
+    _, path = checkpoint
+    data = make_data_bin(str(tmp_path / "bin"), dict_dir, {"test": ["", ""]})
+    with pytest.raises(ValueError, match="bin/test: every sentence is empty"):
+        eval_main(data, path, "--no-bleu")
