@@ -95,6 +95,11 @@ def fairseq_checkpoint_globals():
 
     allowed += [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode]
     allowed += [typing.Any, collections.defaultdict, dict, list, int]
+    # several workers: rank 0 reads the checkpoint and broadcasts it as a pickle whose tensors
+    # are these index placeholders, which the other ranks' torch.load must accept
+    from fairseq.distributed.utils import _TensorPlaceholder
+
+    allowed.append(_TensorPlaceholder)
     return allowed
 
 

@@ -44,14 +44,8 @@ FAIRSEQ_TRAIN_RECORDING = """
 import atexit, os, sys
 import torch
 from fairseq_cli.train import cli_main  # first: it sets up fairseq's logging
-from fairseq.distributed.utils import _TensorPlaceholder
 import fairseq_vae.models.bart_vae as bart_vae
 import fairseq_vae.models.latent as latent
-
-# fairseq broadcasts a loaded checkpoint from rank 0 as a pickle with placeholders for its
-# tensors, which torch.load's weights_only default refuses: allowed here so that the other
-# workers can load at all (fairseq_vae's allow-list lacks it)
-torch.serialization.add_safe_globals([_TensorPlaceholder])
 records = {"noise": [], "dropped": [], "droppable": [], "bn_input": []}
 reparameterize, word_dropout = bart_vae.reparameterize, bart_vae.word_dropout
 batch_norm = latent.LatentBatchNorm.forward
