@@ -9,6 +9,7 @@ from the checkpoints (fairseq's usual behaviour) and so only re-evaluates; --fre
 """
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -57,9 +58,38 @@ VAE = [
     "--criterion",
     "elbo",
 ]
+# The BART the default recipe fine-tunes: pretrained on data-bin/synth's training text with
+# fairseq's denoising task by the README's command ("A BART of your own": 2000 updates), then
+# packed without its optimizer state (scripts/pack_checkpoint.py). The demo refuses a file with
+# another hash: a BART of your own goes in with --pretrained.
+PRETRAINED = os.path.join(ROOT, "pretrained", "bart-synth.pt")
+PRETRAINED_SHA256 = "259dd9df3bbce2c55524820b1101f80d27d03667d803571cdc36d888a9fb2dc0"
 # Each recipe is a list of (phase name, fraction of the updates, fairseq-train options); a phase
-# after the first starts from the previous phase's checkpoint (--finetune-from-model).
+# after the first starts from the previous phase's checkpoint (--finetune-from-model), the first
+# phase of a recipe marked in FROM_PRETRAINED from the shipped BART.
+FINETUNE_FREE_BITS = "0.35"
 RECIPES = {
+    # the workflow the project exists for: a pretrained BART fine-tuned into the VAE, with
+    # cyclical annealing and a free-bits floor chosen on this corpus (docs/results.md)
+    "bart-finetune": [
+        (
+            "the VAE fine-tuned from the shipped BART: cyclical annealing and free bits",
+            1.0,
+            VAE
+            + [
+                "--kl-schedule",
+                "cyclical",
+                "--kl-cycles",
+                "4",
+                "--kl-zero-fraction",
+                "0.25",
+                "--kl-ramp-fraction",
+                "0.25",
+                "--free-bits",
+                FINETUNE_FREE_BITS,
+            ],
+        ),
+    ],
     # a BART pretrained on the corpus with fairseq's denoising task (text infilling, at
     # bart_vae_small's dimensions), then fine-tuned as the VAE with cyclical annealing and free
     # bits 0.25: the pretrained encoder already separates sentences, so the same KL buys more
@@ -138,10 +168,8 @@ RECIPES = {
         ),
     ],
 }
-# "annealing" stays the default: "pretrain-reset" holds three times the KL and more MI and BLEU,
-# but its IW-PPL is 29% worse (8.5 against 6.6, README "Results"), and the demo's likelihood
-# must not regress; neither meets every demo target of issue 11 yet
-DEFAULT_RECIPE = "annealing"
+FROM_PRETRAINED = {"bart-finetune"}
+DEFAULT_RECIPE = "bart-finetune"
 # importance samples of the evaluation (the README's numbers use the same)
 IW_SAMPLES = 100
 
@@ -186,6 +214,26 @@ def train(data, save_dir, recipe, max_update, user_dir):
     )
 
 
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checked_pretrained(path: str) -> str:
+    """The BART to fine-tune; the shipped file only if it is the one committed."""
+    if not os.path.isfile(path):
+        sys.exit(f"no pretrained BART at {path}: see the README's 'A BART of your own'")
+    if os.path.abspath(path) == PRETRAINED and sha256(path) != PRETRAINED_SHA256:
+        sys.exit(
+            f"{path} has SHA-256 {sha256(path)}, not the shipped {PRETRAINED_SHA256}: restore "
+            "it (git checkout pretrained/), or pass a BART of your own with --pretrained"
+        )
+    return path
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=os.path.join(ROOT, "data-bin", "synth"))
@@ -212,6 +260,17 @@ def main():
         default=IW_SAMPLES,
         help=f"importance samples of the IW-PPL (default {IW_SAMPLES})",
     )
+    parser.add_argument(
+        "--pretrained",
+        default=PRETRAINED,
+        help="the BART checkpoint that --recipe bart-finetune fine-tunes (default: the shipped "
+        "one, checked against its SHA-256)",
+    )
+    parser.add_argument(
+        "--free-bits",
+        help="the free-bits floor (nats per latent dimension) of a recipe that sets one, in "
+        f"place of its own (bart-finetune: {FINETUNE_FREE_BITS})",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete old checkpoints first")
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(args.data, "dict.txt")):
@@ -222,12 +281,17 @@ def main():
 
     start = time.time()
     phases, previous, done = RECIPES[args.recipe], None, 0
+    if args.recipe in FROM_PRETRAINED:
+        previous = checked_pretrained(args.pretrained)
     for i, (name, fraction, options) in enumerate(phases):
         last = i == len(phases) - 1
         updates = args.max_update - done if last else int(args.max_update * fraction)
         save_dir = args.save_dir if last else os.path.join(args.save_dir, f"phase{i + 1}")
         print(f"{i + 1}. {name}: {updates} updates", flush=True)
         finetune = ["--finetune-from-model", previous] if previous else []
+        if args.free_bits is not None and "--free-bits" in options:
+            options = list(options)
+            options[options.index("--free-bits") + 1] = args.free_bits
         train(args.data, save_dir, options + finetune, updates, user_dir)
         previous, done = os.path.join(save_dir, "checkpoint_last.pt"), done + updates
     train_minutes = (time.time() - start) / 60
@@ -265,8 +329,8 @@ def main():
     report = json.load(open(results))
     if report.get("factors"):
         print(
-            "\nfactor probe (logistic regression on the posterior means: first half of the "
-            "test split to train, second half to score)"
+            "\nfactor probe (logistic regression on the posterior means: a seeded, stratified "
+            "half of the test split to train, the other half to score)"
         )
         print(f"{'factor':<10} {'classes':>7} {'accuracy':>9} {'majority':>9}")
         for name, f in report["factors"].items():
