@@ -9,7 +9,6 @@ from the checkpoints (fairseq's usual behaviour) and so only re-evaluates; --fre
 """
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -18,6 +17,8 @@ import shutil
 import subprocess
 import sys
 import time
+
+from pack_checkpoint import sha256
 
 from fairseq_vae.denoising import denoising_pretraining_args
 
@@ -68,6 +69,10 @@ PRETRAINED_SHA256 = "259dd9df3bbce2c55524820b1101f80d27d03667d803571cdc36d888a9f
 # after the first starts from the previous phase's checkpoint (--finetune-from-model), the first
 # phase of a recipe marked in FROM_PRETRAINED from the shipped BART.
 FINETUNE_FREE_BITS = "0.35"
+# Fu et al.'s cyclical annealing as Optimus runs it: four cycles, each a quarter at beta = 0,
+# a quarter ramping to 1, half at 1
+CYCLICAL = ["--kl-schedule", "cyclical", "--kl-cycles", "4"]
+CYCLICAL += ["--kl-zero-fraction", "0.25", "--kl-ramp-fraction", "0.25"]
 RECIPES = {
     # the workflow the project exists for: a pretrained BART fine-tuned into the VAE, with
     # cyclical annealing and a free-bits floor chosen on this corpus (docs/results.md)
@@ -75,19 +80,7 @@ RECIPES = {
         (
             "the VAE fine-tuned from the shipped BART: cyclical annealing and free bits",
             1.0,
-            VAE
-            + [
-                "--kl-schedule",
-                "cyclical",
-                "--kl-cycles",
-                "4",
-                "--kl-zero-fraction",
-                "0.25",
-                "--kl-ramp-fraction",
-                "0.25",
-                "--free-bits",
-                FINETUNE_FREE_BITS,
-            ],
+            VAE + CYCLICAL + ["--free-bits", FINETUNE_FREE_BITS],
         ),
     ],
     # a BART pretrained on the corpus with fairseq's denoising task (text infilling, at
@@ -103,19 +96,7 @@ RECIPES = {
         (
             "the VAE fine-tuned from it: cyclical annealing, free bits 0.25",
             0.6,
-            VAE
-            + [
-                "--kl-schedule",
-                "cyclical",
-                "--kl-cycles",
-                "4",
-                "--kl-zero-fraction",
-                "0.25",
-                "--kl-ramp-fraction",
-                "0.25",
-                "--free-bits",
-                "0.25",
-            ],
+            VAE + CYCLICAL + ["--free-bits", "0.25"],
         ),
     ],
     # Li et al. (2019) with BN-VAE: half the updates train an autoencoder (beta = 0: the encoder
@@ -212,14 +193,6 @@ def train(data, save_dir, recipe, max_update, user_dir):
         ],
         echo_filter=r"train_inner|done training",
     )
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checked_pretrained(path: str) -> str:
