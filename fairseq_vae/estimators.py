@@ -5,7 +5,8 @@ Every number follows the definitions of the reference implementation, jxhe/vae-l
 (He et al. 2019), so that it can be compared with published tables:
 
 * IW-NLL: K samples z_k ~ q(z|x), log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x),
-  log p(x) ~= logsumexp_k log w_k - log K.
+  log p(x) ~= logsumexp_k log w_k - log K; with a fitted prior p'(z) beside N(0, I), the same
+  samples with log p'(z_k) in the weights, and KL(q(z|x) || p') by Monte Carlo.
 * MI: I(x;z) = E_x E_q[log q(z|x)] - E_q(z)[log q(z)], the first term analytic, the aggregate
   posterior q(z) from one z per sentence scored against every q(.|x_j) of a pool.
 * AU: latent dimensions whose posterior mean has a variance (over the evaluation set, unbiased)
@@ -18,7 +19,8 @@ Log-densities and logsumexps are computed in fp32 whatever the model's dtype.
 
 import math
 from collections import Counter
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -96,8 +98,9 @@ def decoder_log_likelihood(model, mu, logvar, z, prev_output_tokens, target) -> 
     )
 
 
-def log_importance_weights(model, mu, logvar, prev_output_tokens, target, eps):
-    """log w = log p(x|z) + log p(z) - log q(z|x) for n posterior samples of B sentences.
+def importance_terms(model, mu, logvar, prev_output_tokens, target, eps):
+    """log p(x|z), log q(z|x) and z for n posterior samples of B sentences: the parts of the
+    importance weights that do not depend on the prior.
 
     The B * n samples are decoded as one batch (sentence b's samples are rows b*n .. b*n+n-1,
     hence repeat_interleave); the encoder is not run again.
@@ -107,7 +110,7 @@ def log_importance_weights(model, mu, logvar, prev_output_tokens, target, eps):
         prev_output_tokens, target: B x T
         eps: B x n x D standard normal draws; z = mu + exp(logvar / 2) * eps
     Returns:
-        (log_w, log_px_z, z): B x n, B x n (both fp32) and B x n x D
+        (log_px_z, log_qz_x, z): B x n, B x n (both fp32) and B x n x D
     """
     bsz, n, dim = eps.shape
     z = mu[:, None, :] + torch.exp(0.5 * logvar)[:, None, :] * eps  # B x n x D
@@ -120,8 +123,88 @@ def log_importance_weights(model, mu, logvar, prev_output_tokens, target, eps):
         target.repeat_interleave(n, dim=0),
     ).view(bsz, n)
     log_qz_x = gaussian_log_density(z, mu[:, None, :], logvar[:, None, :])  # B x n
-    log_w = log_px_z + standard_normal_log_density(z) - log_qz_x
-    return log_w, log_px_z, z
+    return log_px_z, log_qz_x, z
+
+
+@dataclass
+class IWEstimates:
+    """What one run of the IW estimator gives for B sentences (``iw_estimates``).
+
+    ``log_px``: the estimate of log p(x) under N(0, I) (B, fp32); ``z1`` and ``log_px_z1``: the
+    first sample (B x D) and its log p(x|z_1) (B), a one-sample draw for the -ELBO and the MI.
+    With a second prior p': ``prior_log_px``, the estimate of log p'(z) p(x|z) marginalised
+    (B, fp32), and ``prior_kl``, KL(q(z|x) || p') by Monte Carlo (B, float64); else None.
+    """
+
+    log_px: Tensor
+    z1: Tensor
+    log_px_z1: Tensor
+    prior_log_px: Optional[Tensor] = None
+    prior_kl: Optional[Tensor] = None
+
+
+def iw_estimates(
+    model,
+    mu: Tensor,
+    logvar: Tensor,
+    prev_output_tokens: Tensor,
+    target: Tensor,
+    num_samples: int,
+    chunk: int = IW_CHUNK,
+    generator: Optional[torch.Generator] = None,
+    eps: Optional[Tensor] = None,
+    log_prior: Optional[Callable[[Tensor], Tensor]] = None,
+) -> IWEstimates:
+    """The importance-weighted estimate of log p(x) with K = ``num_samples`` samples, under
+    N(0, I) and, given ``log_prior``, under a second prior p' from the same samples.
+
+    log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) with the same z_k ~ q(z|x) and the same
+    decoder pass for both priors: only the prior term differs, so the two estimates are a
+    paired comparison (a fitted prior p'(z) with the decoder p(x|z) is a generative model of
+    its own, and its weights give a valid bound on its log-likelihood). KL(q(z|x) || p') has no
+    closed form: it is the mean over the K samples of log q(z_k|x) - log p'(z_k).
+
+    Samples are drawn and decoded ``chunk`` per sentence at a time, so a pass holds the logits
+    of B * chunk sentences whatever K is.
+
+    Args:
+        mu, logvar: B x D posterior, computed once per sentence
+        prev_output_tokens, target: B x T
+        generator: the source of the standard normal draws (ignored when ``eps`` is given)
+        eps: optionally the B x K x D draws themselves (tests replay them)
+        log_prior: log p'(z) of ... x D latents (a fitted prior's ``log_prob``, or a
+            function of z), B x n results for B x n x D
+    """
+    if num_samples < 1 or chunk < 1:
+        raise ValueError(f"need at least one sample and chunk, got K={num_samples} chunk={chunk}")
+    bsz, dim = mu.shape
+    log_ws, prior_log_ws, first = [], [], None
+    kl_sum = torch.zeros(bsz, dtype=torch.float64, device=mu.device)
+    for start in range(0, num_samples, chunk):
+        n = min(chunk, num_samples - start)
+        if eps is not None:
+            draws = eps[:, start : start + n].to(mu)
+        else:
+            draws = torch.randn(bsz, n, dim, generator=generator, device=mu.device)
+        log_px_z, log_qz_x, z = importance_terms(
+            model, mu, logvar, prev_output_tokens, target, draws
+        )
+        if first is None:
+            first = (z[:, 0], log_px_z[:, 0])
+        log_ws.append(log_px_z + standard_normal_log_density(z) - log_qz_x)
+        if log_prior is not None:
+            log_pz = log_prior(z.float()).float().to(log_px_z.device)  # B x n
+            prior_log_ws.append(log_px_z + log_pz - log_qz_x)
+            kl_sum += (log_qz_x.double() - log_pz.double()).sum(dim=1)
+    result = IWEstimates(
+        torch.logsumexp(torch.cat(log_ws, dim=1), dim=1) - math.log(num_samples), *first
+    )
+    if log_prior is not None:
+        result.prior_log_px = torch.logsumexp(torch.cat(prior_log_ws, dim=1), dim=1) - math.log(
+            num_samples
+        )
+        result.prior_kl = kl_sum / num_samples
+    return result
 
 
 def iw_log_likelihood(
@@ -135,38 +218,12 @@ def iw_log_likelihood(
     generator: Optional[torch.Generator] = None,
     eps: Optional[Tensor] = None,
 ):
-    """The importance-weighted estimate of log p(x) with K = ``num_samples`` samples.
-
-    Samples are drawn and decoded ``chunk`` per sentence at a time, so a pass holds the logits
-    of B * chunk sentences whatever K is.
-
-    Args:
-        mu, logvar: B x D posterior, computed once per sentence
-        prev_output_tokens, target: B x T
-        generator: the source of the standard normal draws (ignored when ``eps`` is given)
-        eps: optionally the B x K x D draws themselves (tests replay them)
-    Returns:
-        (log_px, z1, log_px_z1): B estimates of log p(x) in fp32; the first sample z_1 (B x D)
-        and its log p(x|z_1) (B), a one-sample draw for the -ELBO and the MI
-    """
-    if num_samples < 1 or chunk < 1:
-        raise ValueError(f"need at least one sample and chunk, got K={num_samples} chunk={chunk}")
-    bsz, dim = mu.shape
-    log_ws, first = [], None
-    for start in range(0, num_samples, chunk):
-        n = min(chunk, num_samples - start)
-        if eps is not None:
-            draws = eps[:, start : start + n].to(mu)
-        else:
-            draws = torch.randn(bsz, n, dim, generator=generator, device=mu.device)
-        log_w, log_px_z, z = log_importance_weights(
-            model, mu, logvar, prev_output_tokens, target, draws
-        )
-        if first is None:
-            first = (z[:, 0], log_px_z[:, 0])
-        log_ws.append(log_w)
-    log_px = torch.logsumexp(torch.cat(log_ws, dim=1), dim=1) - math.log(num_samples)
-    return log_px, first[0], first[1]
+    """``iw_estimates`` under N(0, I) alone: (log_px, z1, log_px_z1), B estimates of log p(x)
+    in fp32, the first sample z_1 (B x D) and its log p(x|z_1) (B)."""
+    result = iw_estimates(
+        model, mu, logvar, prev_output_tokens, target, num_samples, chunk, generator, eps
+    )
+    return result.log_px, result.z1, result.log_px_z1
 
 
 def mutual_information(mu: Tensor, logvar: Tensor, z: Tensor) -> float:

@@ -19,8 +19,9 @@ class Columns:
     """What the pass over a split collects, one entry per sentence.
 
     ``tensors`` holds N-row CPU tensors: ``mu``, ``logvar``, ``z`` (the first IW sample),
-    ``log_px`` (the IW estimate), ``log_px_z`` (at ``z``), ``kl`` and ``tokens``; ``refs`` the
-    detokenised inputs, ``hyps`` their greedy reconstructions (None without BLEU);
+    ``log_px`` (the IW estimate), ``log_px_z`` (at ``z``), ``kl`` and ``tokens``, and with a
+    fitted prior ``prior_log_px`` and ``prior_kl`` (its IW estimate and Monte Carlo KL);
+    ``refs`` the detokenised inputs, ``hyps`` their greedy reconstructions (None without BLEU);
     ``batch_mi`` the (MI, batch size) of each batch for ``--mi-pool batch``.
     """
 
@@ -48,6 +49,12 @@ def mean_pool_size(cols: Columns, mi_pool: str) -> float:
     return float(len(cols)) if mi_pool == "dataset" else len(cols) / len(cols.batch_mi)
 
 
+def units(cols: Columns) -> Tuple[int, int]:
+    """(tokens, words) of the split: the perplexities' denominators."""
+    n_word = sum(len(ref.split()) + 1 for ref in cols.refs)  # +1: the end of sentence
+    return int(cols.tensors["tokens"].sum()), n_word
+
+
 def latent_metrics(cols: Columns, mi_pool: str, au_threshold: float) -> dict:
     """IW-NLL, -ELBO, KL and their perplexities, MI and AU from the columns.
 
@@ -55,8 +62,7 @@ def latent_metrics(cols: Columns, mi_pool: str, au_threshold: float) -> dict:
     posterior, and the unbiased variance of one value divides by zero.
     """
     t = cols.tensors
-    n_sent, n_tok = len(cols), int(t["tokens"].sum())
-    n_word = sum(len(ref.split()) + 1 for ref in cols.refs)  # +1: the end of sentence
+    n_sent, (n_tok, n_word) = len(cols), units(cols)
     nll_iw = -t["log_px"].double().sum().item()  # nats, summed over sentences
     neg_elbo = (t["kl"] - t["log_px_z"]).double().sum().item()
     mi = au = au_var = None
@@ -80,6 +86,26 @@ def latent_metrics(cols: Columns, mi_pool: str, au_threshold: float) -> dict:
         "mi_upper_bound": math.log(mean_pool_size(cols, mi_pool)),
         "au": au,
         "au_variances": au_var,
+    }
+
+
+def prior_file_metrics(cols: Columns, path: str, prior) -> dict:
+    """The fitted prior's numbers from the same samples as the N(0, I) ones: the IW-NLL of the
+    model p'(z) p(x|z) and its perplexities, KL(q(z|x) || p') by Monte Carlo (mean over
+    sentences), and the -ELBO that KL gives with the one-sample reconstruction."""
+    t = cols.tensors
+    n_sent, (n_tok, n_word) = len(cols), units(cols)
+    nll_iw = -t["prior_log_px"].double().sum().item()
+    kl = t["prior_kl"].double().mean().item()
+    return {
+        "path": path,
+        "kind": prior.kind,
+        "fitted_to": prior.meta.get("checkpoint"),
+        "iw_nll": nll_iw / n_sent,
+        "iw_ppl_token": perplexity(nll_iw, n_tok),
+        "iw_ppl_word": perplexity(nll_iw, n_word),
+        "kl_mc": kl,
+        "neg_elbo": kl - t["log_px_z"].double().mean().item(),
     }
 
 
@@ -146,6 +172,12 @@ def format_report(report: dict) -> str:
         f"units | NLL, ELBO, KL and MI in nats per sentence; -ELBO and MI from "
         f"{s['elbo_and_mi_sample']}",
     ]
+    p = m.get("prior_file")
+    if p is not None:
+        lines.append(
+            f"prior file | {p['kind']} prior {p['path']}: IW-NLL and KL under it from the same "
+            "samples, KL by Monte Carlo"
+        )
     undefined = "undefined (one sentence)"
     mi = undefined
     if m["mi"] is not None:
@@ -159,6 +191,16 @@ def format_report(report: dict) -> str:
         ("  KL", f"{m['kl']:.3f}"),
         ("ELBO PPL / token", f"{m['elbo_ppl_token']:.3f}"),
         ("ELBO PPL / word", f"{m['elbo_ppl_word']:.3f}"),
+    ]
+    if p is not None:
+        rows += [
+            (f"IW-NLL, {p['kind']} prior", f"{p['iw_nll']:.3f}  (N(0, I): {m['iw_nll']:.3f})"),
+            (f"IW PPL / token, {p['kind']} prior", f"{p['iw_ppl_token']:.3f}"),
+            (f"IW PPL / word, {p['kind']} prior", f"{p['iw_ppl_word']:.3f}"),
+            (f"-ELBO, {p['kind']} prior", f"{p['neg_elbo']:.3f}"),
+            (f"  KL, {p['kind']} prior", f"{p['kl_mc']:.3f}  (Monte Carlo, K={s['iw_samples']})"),
+        ]
+    rows += [
         ("MI", mi),
         ("AU", undefined if m["au"] is None else f"{m['au']} / {s['latent_dim']}"),
     ]

@@ -13,6 +13,9 @@ Every number follows the definitions of the reference implementation, jxhe/vae-l
   evaluation set, or each batch as the reference's ``calc_mi`` does).
 * AU: latent dimensions whose posterior mean has a variance (over the evaluation set, unbiased)
   of at least a threshold (0.01).
+* With ``--prior-file``, a prior p'(z) fitted to the model's aggregate posterior: the IW-NLL of
+  the model p'(z) p(x|z) (log p'(z_k) in the importance weights, the same samples and decoder
+  passes) and KL(q(z|x) || p') by Monte Carlo from those samples, beside the N(0, I) numbers.
 * Reconstruction BLEU: greedy decoding from the posterior mean, sacrebleu against the input.
 * Probes (``--labels``): a logistic regression reading each factor from the posterior mean,
   trained on one half of the split and scored on the other (a seeded, stratified shuffle),
@@ -51,11 +54,12 @@ from fairseq.logging import progress_bar
 from torch import Tensor
 
 from fairseq_vae.criterions.elbo import gaussian_kl
+from fairseq_vae.detokenizer import Detokenizer
 from fairseq_vae.estimators import (
     AU_THRESHOLD,
     IW_CHUNK,
     IW_SAMPLES,
-    iw_log_likelihood,
+    iw_estimates,
     mutual_information,
     probe_factors,
     read_labels,
@@ -64,44 +68,18 @@ from fairseq_vae.eval_report import (
     Columns,
     format_report,
     latent_metrics,
+    prior_file_metrics,
     reconstruction_metrics,
     report_settings,
 )
-from fairseq_vae.subword import build_bpe, corpus_bpe_options, describe_bpe
+from fairseq_vae.prior_file import load_prior
+from fairseq_vae.subword import corpus_bpe_options
 
 logger = logging.getLogger("fairseq_vae.evaluate")
 
 # Sentences per batch are bounded by tokens: a pass of the IW estimator decodes about
 # max_tokens * iw_chunk target positions, whose logits hold that many times the vocabulary.
 DEFAULT_MAX_TOKENS = 1024
-
-
-# ----------------------------------------------------------------------------------------------
-# Text: detokenisation and units
-
-
-class Detokenizer:
-    """Token ids -> raw text: the corpus's subword model (``fairseq_vae.subword``: sentencepiece
-    or GPT-2 BPE, reversed by fairseq's own BPE object), or fairseq's --post-process."""
-
-    def __init__(self, dictionary, bpe_options: dict, post_process=None):
-        self.dictionary = dictionary
-        self.bpe_options = bpe_options
-        self.bpe = build_bpe(bpe_options)
-        self.post_process = post_process
-
-    def describe(self) -> str:
-        if self.bpe is not None:
-            return f"{describe_bpe(self.bpe_options)} decoding"
-        if self.post_process:
-            return f"fairseq --post-process {self.post_process}"
-        return "none (dictionary symbols are taken as words)"
-
-    def __call__(self, tokens: Tensor) -> str:
-        tokens = utils.strip_pad(tokens, self.dictionary.pad())
-        if self.bpe is not None:
-            return self.bpe.decode(self.dictionary.string(tokens))
-        return self.dictionary.string(tokens, bpe_symbol=self.post_process)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,11 +261,13 @@ def greedy_generator(cfg, task, model):
     return task.build_generator([model], cfg.generation)
 
 
-def iw_pass(model, progress, args, detok, generator, seed: int) -> List[dict]:
+def iw_pass(model, progress, args, detok, generator, seed: int, prior=None) -> List[dict]:
     """Encodes each batch once, runs the IW estimator (and the greedy decoding) on it.
 
     Returns one dict per batch, in fairseq's batch order: the ``Columns.tensors`` entries and
     ``id`` (tensors), ``refs`` and ``hyps`` (lists) and, for ``--mi-pool batch``, ``mi``.
+    With a fitted ``prior``, its estimates from the same samples too (``prior_log_px``,
+    ``prior_kl``).
     """
     use_cuda = next(model.parameters()).is_cuda
     pad = model.decoder.dictionary.pad()
@@ -303,7 +283,7 @@ def iw_pass(model, progress, args, detok, generator, seed: int) -> List[dict]:
                 continue
             net = sample["net_input"]
             mu, logvar = model.encoder.posterior(net["src_tokens"], net["src_lengths"])
-            log_px, z1, log_px_z1 = iw_log_likelihood(
+            iw = iw_estimates(
                 model,
                 mu,
                 logvar,
@@ -312,21 +292,24 @@ def iw_pass(model, progress, args, detok, generator, seed: int) -> List[dict]:
                 args.iw_samples,
                 args.iw_chunk,
                 generator=draws,
+                log_prior=None if prior is None else prior.log_prob,
             )
             batch = {
                 "id": sample["id"].cpu(),
                 "mu": mu.cpu(),
                 "logvar": logvar.cpu(),
-                "z": z1.float().cpu(),
-                "log_px": log_px.cpu(),
-                "log_px_z": log_px_z1.cpu(),
+                "z": iw.z1.float().cpu(),
+                "log_px": iw.log_px.cpu(),
+                "log_px_z": iw.log_px_z1.cpu(),
                 "kl": gaussian_kl(mu, logvar).sum(dim=-1).cpu(),
                 "tokens": sample["target"].ne(pad).sum(dim=-1).cpu(),
                 "refs": [detok(tokens) for tokens in net["src_tokens"]],
                 "hyps": None,
             }
+            if prior is not None:
+                batch["prior_log_px"], batch["prior_kl"] = iw.prior_log_px.cpu(), iw.prior_kl.cpu()
             if args.mi_pool == "batch":
-                batch["mi"] = mutual_information(mu, logvar, z1)
+                batch["mi"] = mutual_information(mu, logvar, iw.z1)
             if generator is not None:
                 # generate() directly: the task's inference_step would apply its own
                 # --latent-source, and the reconstruction must decode the posterior mean
@@ -388,6 +371,15 @@ def evaluate(cfg, args, model, task, saved_cfg) -> dict:
     )
     # labels first: a malformed file should fail before the long pass, not after it
     labels = read_labels(args.labels, sentences=len(dataset)) if args.labels else None
+    device = "cuda" if next(model.parameters()).is_cuda else "cpu"
+    prior = None
+    # --prior-file is the text_vae task's option; a prior of another model is refused here,
+    # before the long pass
+    if getattr(args, "prior_file", None):
+        prior = load_prior(
+            args.prior_file, expected_model=model, expected_checkpoint=cfg.common_eval.path
+        )
+        prior.to(device)
     dictionary = task.target_dictionary
     detok = build_detokenizer(cfg, args, dictionary)
     generator = None if args.no_bleu else greedy_generator(cfg, task, model)
@@ -398,10 +390,9 @@ def evaluate(cfg, args, model, task, saved_cfg) -> dict:
         prefix=f"vae-eval on '{split}'",
         default_log_format="tqdm" if not cfg.common.no_progress_bar else "simple",
     )
-    batches = iw_pass(model, progress, args, detok, generator, cfg.common.seed)
+    batches = iw_pass(model, progress, args, detok, generator, cfg.common.seed, prior)
     cols = in_corpus_order(batches, evaluable_ids(dataset), split)
     skipped = len(dataset) - len(cols)
-    device = "cuda" if next(model.parameters()).is_cuda else "cpu"
     if skipped:
         logger.warning(f"{skipped} empty or over-long sentences of {split!r} are not evaluated")
 
@@ -409,6 +400,8 @@ def evaluate(cfg, args, model, task, saved_cfg) -> dict:
         "settings": report_settings(cfg, args, cols, dictionary, detok, skipped, device),
         "metrics": latent_metrics(cols, args.mi_pool, args.au_threshold),
     }
+    if prior is not None:
+        report["metrics"]["prior_file"] = prior_file_metrics(cols, args.prior_file, prior)
     if cols.hyps is not None:
         metrics, report["examples"] = reconstruction_metrics(cols.hyps, cols.refs)
         report["metrics"].update(metrics)

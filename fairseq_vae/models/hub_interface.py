@@ -4,6 +4,7 @@
 >>> mu, logvar = vae.encode(["the team won the match ."])      # 1 x latent each
 >>> vae.reconstruct(["the team won the match ."])             # greedy from the posterior mean
 >>> vae.sample(3, sampling=True, sampling_topp=0.9)            # from the prior N(0, I)
+>>> vae.sample(3, seed=1, prior="checkpoints/demo/prior-gmm.pt")  # from a fitted prior
 >>> vae.interpolate("a sentence .", "another sentence .", steps=5, spherical=True)
 
 Subword segmentation (the corpus's sentencepiece model, or GPT-2 BPE for BART data) is applied
@@ -20,7 +21,7 @@ import copy
 import difflib
 import logging
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -28,6 +29,8 @@ from fairseq import utils
 from omegaconf import open_dict
 from torch import Tensor
 
+from ..prior import Prior, StandardNormalPrior
+from ..prior_file import check_model, load_prior
 from .latent import reparameterize
 
 logger = logging.getLogger(__name__)
@@ -257,11 +260,45 @@ class BARTVAEHubInterface(nn.Module):
         """The best sentence decoded from each latent in z (N x latent)."""
         return [self.to_text(hypos[0]["tokens"]) for hypos in self.decode_hypotheses(z, **options)]
 
-    def sample(self, n: int, seed: Optional[int] = None, **generation_options) -> List[str]:
-        """n sentences decoded from z ~ N(0, I); ``seed`` fixes z and the word draws."""
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        z = torch.randn(n, self.latent_dim, generator=generator)
+    def load_prior(self, path: str) -> Prior:
+        """The prior in ``path`` (fairseq-vae-fit-prior), refused unless it was fitted to this
+        model; load it once to pass to ``sample`` many times."""
+        return load_prior(path, expected_model=self.model)
+
+    def sample(
+        self,
+        n: int,
+        seed: Optional[int] = None,
+        prior: Union[Prior, str, None] = None,
+        **generation_options,
+    ) -> List[str]:
+        """n sentences decoded from z ~ prior: N(0, I), or a fitted prior (a ``Prior`` or the
+        path of its file). ``seed`` fixes z (``prior.sample(n, torch.Generator().manual_seed(
+        seed))``, as ``fairseq-generate --prior-file --seed`` draws it) and the word draws."""
+        if prior is None:
+            prior = StandardNormalPrior(self.latent_dim)
+        elif isinstance(prior, str):
+            prior = self.load_prior(prior)
+        else:
+            self.check_prior(prior)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=prior.device()).manual_seed(seed)
+        z = prior.sample(n, generator=generator)
         return self.decode(z, seed=seed, **generation_options)
+
+    def check_prior(self, prior: Prior):
+        """A ValueError unless ``prior`` has this model's latent size and, when it was read from
+        a file that names its model, was fitted to this model."""
+        if not isinstance(prior, Prior):
+            raise TypeError(f"prior must be a Prior or a prior file's path, got {type(prior)}")
+        if prior.latent_dim != self.latent_dim:
+            raise ValueError(
+                f"the {prior.kind} prior has latent size {prior.latent_dim} but this model has "
+                f"latent size {self.latent_dim}"
+            )
+        if prior.meta.get("model_sha256"):
+            check_model("given to sample()", prior.meta, self.model, "this hub's model")
 
     def reconstruct(self, sentences: Sequence[str], **options) -> List[str]:
         """Each sentence decoded from its posterior mean (greedy unless told otherwise)."""

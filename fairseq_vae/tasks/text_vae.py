@@ -9,6 +9,10 @@ The schedules (``--kl-schedule``) are pure functions in :mod:`fairseq_vae.schedu
 options are checked when the task is set up for training, and the length of a cycle travels in
 the checkpoint: a resumed run whose --max-update would change it is refused.
 
+Generation from a fitted prior (``--latent-source prior --prior-file F``): the prior is loaded
+and checked against the model at the first batch, and sentence i decodes the i-th draw of a
+generator seeded with --seed, whatever the batching.
+
 Sentence limits: a split's over-long sentences are skipped with their line numbers, at the
 smaller of the task's --max-source/target-positions and the loaded model's own, so that
 fairseq-generate and fairseq-interactive, which build the task from their command line, skip
@@ -30,6 +34,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from ..prior_file import load_prior
 from ..schedules import (
     KL_SCHEDULES,
     RAMP_SHAPES,
@@ -119,7 +124,17 @@ class TextVAEConfig(FairseqDataclass):
         default="posterior-mean",
         metadata={
             "help": "what z generation (fairseq-generate, -interactive, the hub) decodes from: "
-            "the posterior mean of the source, a posterior sample, or the prior N(0, I)"
+            "the posterior mean of the source, a posterior sample, or the prior (N(0, I), or "
+            "--prior-file)"
+        },
+    )
+    prior_file: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "a prior fitted to this model's aggregate posterior (fairseq-vae-fit-prior): "
+            "with --latent-source prior, generation draws z from it (sentence i decodes the "
+            "i-th draw of --seed); fairseq-vae-eval reports the IW-NLL and KL under it beside "
+            "those under N(0, I)"
         },
     )
     prior_samples: int = field(
@@ -129,6 +144,7 @@ class TextVAEConfig(FairseqDataclass):
             "reading a data split (reproducible with --seed)"
         },
     )
+    seed: int = II("common.seed")
     max_update: int = II("optimization.max_update")
     train_subset: str = II("dataset.train_subset")
     dataset_impl: Optional[str] = II("dataset.dataset_impl")
@@ -214,6 +230,10 @@ class TextVAETask(FairseqTask):
         self.model_max_positions = None
         self.input_lines_read = 0  # fairseq-interactive's lines so far, for messages
         self.first_input_line = 1
+        self.prior = None  # --prior-file's prior, loaded and checked at the first generation
+        self.prior_draws = None  # its draws so far (rows x latent) and their generator
+        self.prior_generator = None
+        self.prior_rows_used = 0
 
     @classmethod
     def setup_task(cls, cfg: TextVAEConfig, **kwargs):
@@ -234,6 +254,11 @@ class TextVAETask(FairseqTask):
         from_checkpoint = bool(kwargs.get("from_checkpoint", False))
         if not from_checkpoint:
             check_schedule_options(cfg)
+            if cfg.prior_file and str(cfg.latent_source) != "prior":
+                raise ValueError(
+                    f"--prior-file {cfg.prior_file} is a prior to sample from: generate with "
+                    f"--latent-source prior (not {cfg.latent_source})"
+                )
         dictionary = Dictionary.load(dict_path)
         logger.info(f"dictionary: {len(dictionary)} types ({dict_path})")
         return cls(cfg, dictionary, dict_path, from_checkpoint=from_checkpoint)
@@ -356,8 +381,46 @@ class TextVAETask(FairseqTask):
         return keep_schedule_in_iterator_state(iterator, self.cfg) if training else iterator
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
-        with latent_source(models, LATENT_SOURCES[str(self.cfg.latent_source)]):
+        source = LATENT_SOURCES[str(self.cfg.latent_source)]
+        if source == "prior" and self.cfg.prior_file:
+            # the encoder decodes a given z whatever its latent source
+            net_input = dict(sample["net_input"], z=self.fitted_prior_latents(models, sample))
+            sample = dict(sample, net_input=net_input)
+        with latent_source(models, source):
             return super().inference_step(generator, models, sample, prefix_tokens, constraints)
+
+    def fitted_prior_latents(self, models, sample) -> torch.Tensor:
+        """z for each sentence of the batch from --prior-file's prior (B x latent).
+
+        Sentence i decodes row i of the draws ``prior.sample(N, torch.Generator().manual_seed(
+        --seed))``, N the --prior-samples or the split's sentences: z depends on the seed and the
+        sentence alone, not on the batching, and is the hub's ``sample(N, seed, prior)`` draw.
+        fairseq-interactive passes no sentence ids: each batch takes the next rows. More rows
+        are drawn from the same generator as needed.
+        """
+        if self.prior is None:
+            if len(models) != 1:
+                raise ValueError(
+                    f"--prior-file fits one model's posterior: generate with one --path, not "
+                    f"an ensemble of {len(models)}"
+                )
+            self.prior = load_prior(self.cfg.prior_file, expected_model=models[0])
+            self.prior_generator = torch.Generator().manual_seed(int(self.cfg.seed))
+            self.prior_draws = torch.empty(0, self.prior.latent_dim)
+            logger.info(f"sampling z from the {self.prior.kind} prior {self.cfg.prior_file}")
+        if "id" in sample:
+            rows = sample["id"].cpu()
+        else:
+            bsz = sample["net_input"]["src_tokens"].size(0)
+            rows = torch.arange(self.prior_rows_used, self.prior_rows_used + bsz)
+        self.prior_rows_used = max(self.prior_rows_used, int(rows.max()) + 1)
+        needed = self.prior_rows_used
+        if needed > len(self.prior_draws):
+            known = [self.cfg.prior_samples] + [len(d) for d in self.datasets.values()]
+            more = max(needed, *known) - len(self.prior_draws)
+            draws = self.prior.sample(more, generator=self.prior_generator).float()
+            self.prior_draws = torch.cat([self.prior_draws, draws])
+        return self.prior_draws[rows].to(sample["net_input"]["src_tokens"].device)
 
     def beta(self, update_num: int) -> float:
         return kl_beta(update_num, self.cfg)
