@@ -45,3 +45,22 @@ def describe_bpe(options: dict) -> str:
         return "none"
     files = [value for key, value in options.items() if key != "bpe"]
     return f"{options['bpe']} ({', '.join(files)})"
+
+
+# above this share of unknown words a sentence is most likely cased or segmented unlike the
+# training text (a capitalised sentence on a lowercased corpus becomes all <unk>)
+UNKNOWN_WARNING_SHARE = 0.5
+
+
+def unknown_share(tokens, unk: int, eos: int) -> float:
+    """The share of a sentence's tokens (its </s> left out) that are ``unk``."""
+    words = [int(t) for t in tokens if int(t) != eos]
+    return sum(t == unk for t in words) / len(words) if words else 0.0
+
+
+def unknown_warning(where: str, share: float) -> str:
+    return (
+        f"{where}: {100 * share:.0f}% of its tokens are unknown to the dictionary (<unk>); is "
+        "it cased and written like the training text (the shipped corpus is lowercased, with a "
+        "space before punctuation)?"
+    )

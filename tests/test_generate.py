@@ -560,3 +560,37 @@ def test_hub_match_source_len_decodes_against_the_real_sources(hub, data_bin, ti
     assert len({len(s.split()) for s in got}) > 1
     with pytest.raises(ValueError, match="match_source_len needs the source sentences"):
         hub.sample(2, match_source_len=True)
+
+
+def test_interactive_skips_empty_lines_and_warns_of_unknown_words(data_bin, tiny_checkpoint):
+    typed = ["the cat sat on the mat", "", "The Cat Sat On The Mat"]
+    out = run_tool(
+        "fairseq-interactive",
+        data_bin,
+        "--user-dir",
+        USER_DIR,
+        "--task",
+        "text_vae",
+        "--path",
+        tiny_checkpoint,
+        "--cpu",
+        "--beam",
+        "1",
+        input="\n".join(typed) + "\n",
+    )
+    # fairseq numbers the outputs by input line - 1: the empty line 2 has none
+    assert sorted(re.findall(r"^H-(\d+)\t", out, flags=re.M)) == ["0", "2"]
+    assert "skipping input line 2: empty" in out
+    assert "input line 3: 100% of its tokens are unknown to the dictionary" in out
+    assert "input line 1:" not in out
+
+
+def test_hub_warns_when_most_of_a_sentence_is_unknown(hub, caplog):
+    with caplog.at_level("WARNING"):
+        hub.reconstruct(["the cat sat on the mat"])
+    assert "unknown to the dictionary" not in caplog.text
+    with caplog.at_level("WARNING"):
+        hub.reconstruct(["The Cat Sat on the mat"])  # 3 of 6 words: not most
+        assert "unknown to the dictionary" not in caplog.text
+        hub.reconstruct(["The Cat Sat On the mat"])
+    assert "'The Cat Sat On the mat': 67% of its tokens are unknown" in caplog.text

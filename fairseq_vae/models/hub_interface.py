@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..prior import Prior, StandardNormalPrior
 from ..prior_file import check_model, load_prior
+from ..subword import UNKNOWN_WARNING_SHARE, unknown_share, unknown_warning
 from .latent import reparameterize
 
 logger = logging.getLogger(__name__)
@@ -127,11 +128,15 @@ class BARTVAEHubInterface(nn.Module):
     # --- text <-> tokens -------------------------------------------------------------------
     def to_tokens(self, sentence: str) -> Tensor:
         """The sentence's token ids with </s>, cut to the encoder's positions if longer."""
+        raw = sentence
         if self.tokenizer is not None:
             sentence = self.tokenizer.encode(sentence)
         if self.bpe is not None:
             sentence = self.bpe.encode(sentence)
         tokens = self.dictionary.encode_line(sentence, add_if_not_exist=False).long()
+        share = unknown_share(tokens, self.dictionary.unk(), self.dictionary.eos())
+        if share > UNKNOWN_WARNING_SHARE:
+            logger.warning(unknown_warning(f"sentence {raw!r}", share))
         limit = self.model.encoder.max_positions()
         if len(tokens) > limit:
             logger.warning(

@@ -43,7 +43,13 @@ from ..schedules import (
     kl_beta,
     schedule_record,
 )
-from ..subword import build_bpe, corpus_bpe_options
+from ..subword import (
+    UNKNOWN_WARNING_SHARE,
+    build_bpe,
+    corpus_bpe_options,
+    unknown_share,
+    unknown_warning,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +297,9 @@ class TextVAETask(FairseqTask):
             # src_tokens, and the encoder draws z from the prior for each
             eos = torch.tensor([self.dictionary.eos()])
             n = self.cfg.prior_samples
-            self.datasets[split] = self.build_dataset_for_inference([eos] * n, [1] * n)
+            self.datasets[split] = self.build_dataset_for_inference(
+                [eos] * n, [1] * n, typed_input=False
+            )
             return
         paths = utils.split_paths(self.cfg.data)
         if split != self.cfg.train_subset:
@@ -348,21 +356,39 @@ class TextVAETask(FairseqTask):
         self.input_lines_read += len(lines)
         return super().get_interactive_tokens_and_lengths(lines, encode_fn)
 
-    def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
-        """Sources for fairseq-interactive (and prior sampling); those longer than the model's
-        positions are left out with a warning that names their input lines, where fairseq
-        would stop at the first one with "Size of sample is invalid"."""
+    def build_dataset_for_inference(
+        self, src_tokens, src_lengths, constraints=None, typed_input=True
+    ):
+        """Sources for fairseq-interactive (and, with ``typed_input`` False, prior sampling's
+        one-token placeholders). Typed lines that are empty or longer than the model's
+        positions are left out with a warning naming their input lines (fairseq would decode
+        an empty line as a sentence, and stop at an over-long one with "Size of sample is
+        invalid"); a line that is mostly <unk> is decoded with a warning."""
         max_len = self.max_positions()[0]
         too_long = np.array([int(n) > max_len for n in src_lengths], dtype=bool)
-        if too_long.any():
-            lines = [str(self.first_input_line + i) for i in np.flatnonzero(too_long)]
-            logger.warning(
-                f"skipping input line {', '.join(lines)}: longer than {max_len} tokens (the "
-                "model's positions, --max-source-positions); nothing is generated for it"
-            )
+        empty = np.array([typed_input and int(n) <= 1 for n in src_lengths], dtype=bool)
+        for skip, reason in (
+            (
+                too_long,
+                f"longer than {max_len} tokens (the model's positions, --max-source-positions)",
+            ),
+            (empty, "empty"),
+        ):
+            if skip.any():
+                lines = [str(self.first_input_line + i) for i in np.flatnonzero(skip)]
+                logger.warning(
+                    f"skipping input line {', '.join(lines)}: {reason}; nothing is generated for it"
+                )
+        if typed_input:
+            unk, eos = self.dictionary.unk(), self.dictionary.eos()
+            for i, tokens in enumerate(src_tokens):
+                share = unknown_share(tokens, unk, eos)
+                if share > UNKNOWN_WARNING_SHARE:
+                    where = f"input line {self.first_input_line + i}"
+                    logger.warning(unknown_warning(where, share))
         # constraints: fairseq-interactive --constraints, words each output must contain
         return SkippingLanguagePairDataset(
-            too_long,
+            too_long | empty,
             src_tokens,
             src_lengths,
             self.dictionary,
