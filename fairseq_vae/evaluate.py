@@ -455,14 +455,19 @@ def main(cfg, args, override_args=None):
     return report
 
 
-def cli_main():
+def cli_logging():
+    """fairseq's log format on stderr (stdout carries the report only), for our commands."""
     logging.basicConfig(
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
         level=os.environ.get("LOGLEVEL", "INFO").upper(),
-        stream=sys.stderr,  # stdout carries the report only
+        stream=sys.stderr,
         force=True,  # fairseq's imports have configured the root logger already
     )
+
+
+def cli_main():
+    cli_logging()
     parser = get_parser()
     args = options.parse_args_and_arch(parser)
     # as fairseq-validate: what is given explicitly on the command line overrides the

@@ -14,7 +14,6 @@ The command is built on fairseq's generation parser: ``--path``, ``--max-tokens`
 ``--model-overrides`` and ``--user-dir`` work as in ``fairseq-vae-eval``.
 """
 
-import ast
 import logging
 import os
 import sys
@@ -24,7 +23,13 @@ from dataclasses import fields
 import torch
 from fairseq import options
 
-from fairseq_vae.evaluate import DEFAULT_MAX_TOKENS, load_checkpoint, posterior_means
+from fairseq_vae.evaluate import (
+    DEFAULT_MAX_TOKENS,
+    cli_logging,
+    load_checkpoint,
+    parse_model_overrides,
+    posterior_means,
+)
 from fairseq_vae.prior import (
     FLOW_TRANSFORMS,
     GMM_COMPONENTS,
@@ -48,19 +53,6 @@ def int_list(text: str, option: str):
     if not values or min(values) < 1:
         raise ValueError(f"{option} takes positive integers separated by commas, got {text!r}")
     return values
-
-
-def model_overrides(text) -> dict:
-    """--model-overrides as fairseq-generate reads it: a Python dict literal, never code."""
-    try:
-        overrides = ast.literal_eval(text or "{}")
-    except (ValueError, SyntaxError) as error:
-        overrides = error
-    if not isinstance(overrides, dict):
-        raise ValueError(
-            f"--model-overrides must be a dict literal such as \"{{'dropout': 0.1}}\", got {text!r}"
-        )
-    return overrides
 
 
 def add_fit_args(parser):
@@ -165,7 +157,7 @@ def main(args) -> str:
     if "," in args.valid_subset:
         raise ValueError(f"--valid-subset names one split, got {args.valid_subset!r}")
     use_cuda = torch.cuda.is_available() and not args.cpu
-    overrides = {"data": args.data, **model_overrides(args.model_overrides)}
+    overrides = {"data": args.data, **parse_model_overrides(args.model_overrides)}
     logger.info(f"loading {args.path}")
     model, saved_cfg, task = load_checkpoint(args.path, overrides, use_cuda=use_cuda)
     out = args.out or default_prior_path(args.path, args.prior_model)
@@ -227,13 +219,7 @@ def main(args) -> str:
 
 
 def cli_main():
-    logging.basicConfig(
-        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-        level=os.environ.get("LOGLEVEL", "INFO").upper(),
-        stream=sys.stderr,
-        force=True,  # fairseq's imports have configured the root logger already
-    )
+    cli_logging()
     args = options.parse_args_and_arch(get_parser())
     try:
         main(args)

@@ -218,3 +218,13 @@ def tiny_gpt2_files(folder):
     # BART's dict.txt lists GPT-2 ids (as words) with counts
     (folder / "dict.txt").write_text("".join(f"{i} {1000 - i}\n" for i in range(len(vocab))))
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module's in-process work: on the two shared cores two threads
+    fighting for one core are about ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,14 +25,8 @@ from fairseq_vae.estimators import (
 )
 from fairseq_vae.subword import corpus_bpe_options
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the machine's two cores are shared: two threads fighting for one core are ten times slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# the machine's two cores are shared: one thread each (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,8 @@ from vae_fixtures import make_data_bin, save_checkpoint, shift_right, train_tiny
 from fairseq_vae import evaluate
 from fairseq_vae.estimators import probe_factors, probe_split, read_labels
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# the machine's two cores are shared: one thread each (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

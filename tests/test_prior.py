@@ -31,14 +31,8 @@ from fairseq_vae.prior import (
 from fairseq_vae.prior_file import load_prior, model_sha256, prior_meta, save_prior
 from fairseq_vae.tasks.text_vae import TextVAETask
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the machine's two cores are shared: two threads fighting for one core are ten times slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# the machine's two cores are shared: one thread each (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def two_clusters(n, seed):

@@ -27,13 +27,8 @@ TEST_LINES = random_sentences(9, seed=81, min_len=2, max_len=8)
 ONE_LINE = ["the big cat sat on a red mat"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the machine's two cores are shared: two threads fighting for one core are ten times slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# the machine's two cores are shared: one thread each (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mixture_params():
