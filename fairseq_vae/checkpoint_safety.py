@@ -20,7 +20,7 @@ first: a process killed during that copy leaves no readable checkpoint_last.pt t
 Local copies here go through a temporary file, flushed to disk, and an atomic rename instead.
 
 What is replaced, and why it has to be for the whole process: fairseq offers no hook for any
-of the three, and its trainer, hub and command-line tools reach them by name at call time.
+of these, and its trainer, hub and command-line tools reach them by name at call time.
 
 - ``checkpoint_utils.torch``: only the name ``torch`` inside fairseq's checkpoint_utils module,
   whose only ``torch.load`` calls read checkpoints; everything else is torch's own attribute.
@@ -29,6 +29,8 @@ of the three, and its trainer, hub and command-line tools reach them by name at 
 - ``checkpoint_utils.load_checkpoint_to_cpu``: returns fairseq's state unchanged (with the
   file's name noted on the model's state dict); only its refusal message is ours.
 - ``PathManager.copy``: local targets only; remote ones (iopath's handlers) go to fairseq's.
+- ``Trainer.load_checkpoint``: unchanged, except that when its generic "please ensure that the
+  architectures match" error hides our CheckpointMismatchError, ours is raised instead.
 - torch's allow-list is one list for the process: the globals added are plain data (an
   options namespace, omegaconf containers, numpy arrays), so a ``torch.load`` of a fairseq
   checkpoint elsewhere (a script reading ``["model"]``) works as well, and no code can run.
@@ -48,6 +50,7 @@ import typing
 import torch
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
+from fairseq.trainer import Trainer
 from omegaconf import OmegaConf, grammar_parser
 from omegaconf.errors import GrammarParseError
 from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
@@ -241,6 +244,29 @@ def atomic_copy(copy):
     return copy_atomically
 
 
+def report_checkpoint_mismatch(load_checkpoint):
+    """Wraps Trainer.load_checkpoint so that a checkpoint that does not fit the model (another
+    --latent-dim, other dimensions: fairseq_vae.models.checkpoint_compat) fails with our message
+    naming the parameters as the traceback's last line."""
+
+    @functools.wraps(load_checkpoint)
+    def load_checkpoint_reporting_mismatch(self, *args, **kwargs):
+        # at call time: fairseq_vae/__init__ imports this module before the models package
+        from .models.checkpoint_compat import CheckpointMismatchError
+
+        try:
+            return load_checkpoint(self, *args, **kwargs)
+        except Exception as error:
+            # fairseq's `except Exception:` around the model's load raises a generic "please
+            # ensure that the architectures match" instead, with ours only as its context
+            ours = error.__cause__ or error.__context__
+            if type(error) is Exception and isinstance(ours, CheckpointMismatchError):
+                raise ours from None
+            raise
+
+    return load_checkpoint_reporting_mismatch
+
+
 checkpoint_utils.torch = TorchLoadingWeightsOnly("torch")
 if not hasattr(checkpoint_utils.load_checkpoint_to_cpu, "__wrapped__"):  # import once only
     checkpoint_utils.load_checkpoint_to_cpu = refuse_unsafe_checkpoints(
@@ -248,3 +274,5 @@ if not hasattr(checkpoint_utils.load_checkpoint_to_cpu, "__wrapped__"):  # impor
     )
 if not hasattr(PathManager.copy, "__wrapped__"):
     PathManager.copy = staticmethod(atomic_copy(PathManager.copy))
+if not hasattr(Trainer.load_checkpoint, "__wrapped__"):
+    Trainer.load_checkpoint = report_checkpoint_mismatch(Trainer.load_checkpoint)

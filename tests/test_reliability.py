@@ -401,7 +401,8 @@ def test_dictionary_that_does_not_match_the_checkpoint_is_a_clear_error(
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert re.match(
-        r"ValueError: the checkpoint's dictionary has \d+ entries but this task's "
+        r"fairseq_vae\.models\.checkpoint_compat\.CheckpointMismatchError: the checkpoint's "
+        r"dictionary has \d+ entries but this task's "
         r"has \d+ \(encoder.embed_tokens.weight\): preprocess the data with the "
         r"checkpoint's dict.txt",
         last,

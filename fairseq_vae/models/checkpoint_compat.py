@@ -21,6 +21,14 @@ from .latent import LATENT_MODULE_OPTIONS, LATENT_MODULES
 
 logger = logging.getLogger(__name__)
 
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the model (dimensions, dictionary, keys, latent modules).
+
+    Its own class so that checkpoint_safety can tell it from any other error when fairseq's
+    trainer hides it behind its generic "architectures match" message."""
+
+
 # a buffer holding the SHA-256 of the training dictionary's symbols, in order: a dictionary of
 # the same size in another order (fairseq-preprocess run on other text) is refused at load
 DICTIONARY_CHECKSUM = "dictionary_sha256"
@@ -47,28 +55,43 @@ SHARED_EMBEDDINGS = ("decoder.embed_tokens.weight", "decoder.output_projection.w
 DECODER_RESET_MARKER = "decoder_reset_done"
 
 
+def differing_size(theirs: Tensor, own: Tensor) -> str:
+    """The sizes that differ between two shapes: the width (the last dimension) when it does,
+    else the first dimension that differs (a latent head's rows under another --latent-dim)."""
+    if theirs.dim() != own.dim() or own.dim() == 0:
+        return f"{theirs.dim()} dimensions vs {own.dim()}"
+    if theirs.size(-1) != own.size(-1):
+        return f"width {theirs.size(-1)} vs {own.size(-1)}"
+    dim = next(i for i, (a, b) in enumerate(zip(theirs.shape, own.shape)) if a != b)
+    return f"size {theirs.size(dim)} vs {own.size(dim)} in dimension {dim}"
+
+
 def check_shapes(checkpoint: Dict[str, Tensor], own: Dict[str, Tensor], prefix: str, n_dict: int):
-    """Raises a ValueError naming both sizes when a checkpoint's tensors do not fit the model."""
+    """Raises a CheckpointMismatchError naming both sizes when a checkpoint's tensors do not
+    fit the model."""
     for key, tensor in own.items():
         theirs = checkpoint.get(prefix + key)
         if theirs is None or theirs.shape == tensor.shape:
             continue
         if key.endswith("embed_tokens.weight") and theirs.size(1) == tensor.size(1):
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"the checkpoint's dictionary has {theirs.size(0)} entries but this task's has "
                 f"{n_dict} ({key}): preprocess the data with the checkpoint's dict.txt "
                 "(fairseq-preprocess --srcdict, or scripts/prepare_data.sh --bart)"
             )
-        raise ValueError(
+        options = "--arch"
+        if is_latent_parameter(key):
+            options += " and latent options (--latent-dim, --latent-memory-slots)"
+        raise CheckpointMismatchError(
             f"checkpoint tensor {key} has shape {tuple(theirs.shape)} but the model's is "
             f"{tuple(tensor.shape)}: the checkpoint was trained with other dimensions "
-            f"(width {theirs.size(-1)} vs {tensor.size(-1)}); choose the matching --arch"
+            f"({differing_size(theirs, tensor)}); choose the matching {options}"
         )
 
 
 def check_keys(checkpoint: Dict[str, Tensor], own: Dict[str, Tensor], prefix: str):
-    """Raises a ValueError naming the keys when the checkpoint lacks a parameter that is not
-    one of the LATENT_MODULES', or holds one the model does not have."""
+    """Raises a CheckpointMismatchError naming the keys when the checkpoint lacks a parameter
+    that is not one of the LATENT_MODULES', or holds one the model does not have."""
     theirs = {key[len(prefix) :] for key in checkpoint if key.startswith(prefix)}
     filled = [key for key in own if is_latent_parameter(key) or key == DICTIONARY_CHECKSUM]
     missing = sorted(key for key in own if key not in theirs and key not in filled)
@@ -79,7 +102,7 @@ def check_keys(checkpoint: Dict[str, Tensor], own: Dict[str, Tensor], prefix: st
     if unexpected:
         problems.append(f"{len(unexpected)} not in the model: {', '.join(unexpected)}")
     if problems:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"the checkpoint's parameters do not fit this model: {'; '.join(problems)} (was it "
             "trained with other --encoder-layers, --decoder-layers or latent options?)"
         )
@@ -97,14 +120,15 @@ def rename_wrapped_positions(state_dict, prefix: str):
 
 
 def check_dictionary(model, checksum: Optional[Tensor], state_dict):
-    """Raises a ValueError naming both files when the checkpoint's dictionary checksum is
-    not the model's task's (a checkpoint without one, older or a plain BART, is not checked)."""
+    """Raises a CheckpointMismatchError naming both files when the checkpoint's dictionary
+    checksum is not the model's task's (a checkpoint without one, older or a plain BART, is not
+    checked)."""
     if checksum is None or torch.equal(checksum.cpu(), model.dictionary_sha256.cpu()):
         return
     # checkpoint_safety's loader notes the file on the state dict it returns
     checkpoint = getattr(state_dict, "checkpoint_file", "the checkpoint")
     dictionary = model.dictionary_file or "this task's dictionary"
-    raise ValueError(
+    raise CheckpointMismatchError(
         f"checkpoint {checkpoint} was trained with another dictionary than {dictionary}: "
         "the same size, but other symbols or another order, so every token id would mean "
         "another word. Use the data-bin the model was trained on, or binarise with the "
@@ -182,7 +206,7 @@ def check_missing_latent_modules(model, state_dict, own, prefix: str):
         )
         return
     checkpoint = getattr(state_dict, "checkpoint_file", "the checkpoint")
-    raise ValueError(
+    raise CheckpointMismatchError(
         f"{checkpoint} is a VAE without {', '.join(modules)}, which this model has "
         f"({', '.join(options)}): {len(missing)} parameters missing: {', '.join(missing)}. "
         "Loaded like this they would be random. Load it with the options it was trained with "
@@ -192,7 +216,8 @@ def check_missing_latent_modules(model, state_dict, own, prefix: str):
 
 
 def upgrade_vae_state_dict(model, state_dict, prefix: str):
-    """Fits ``state_dict`` (keys under ``prefix``) to ``model`` or raises a ValueError.
+    """Fits ``state_dict`` (keys under ``prefix``) to ``model`` or raises a
+    CheckpointMismatchError (a ValueError).
 
     Encoder and decoder weights come from the checkpoint. A checkpoint with no parameter of
     the LATENT_MODULES (a plain BART) gets them all from the fresh initialisation, and a log
@@ -213,9 +238,10 @@ def upgrade_vae_state_dict(model, state_dict, prefix: str):
             del state_dict[prefix + DECODER_RESET_MARKER]  # fine-tuning such a checkpoint on
         check_keys(state_dict, own, prefix)
         check_missing_latent_modules(model, state_dict, own, prefix)
-    except ValueError as error:
-        # fairseq's trainer replaces this with a generic "architectures must match"
-        # message (keeping ours only in the traceback), so also log it plainly
+    except CheckpointMismatchError as error:
+        # logged as well as raised: fairseq's trainer replaces it with a generic
+        # "architectures must match" message (checkpoint_safety re-raises ours there), and
+        # the log is where a training run's other messages are
         logger.error(str(error))
         raise
     fresh = [key for key in own if prefix + key not in state_dict]

@@ -78,6 +78,34 @@ def spherical_path(z_a: Tensor, z_b: Tensor, t: Tensor) -> Tensor:
     return ((1 - t) * norm_a + t * norm_b) * directions
 
 
+def generate_from_latents(
+    generator, model, z: Tensor, batch_size: int, batch_sources=None
+) -> List[List[dict]]:
+    """fairseq's hypotheses for each latent in z (N x latent, on the model's device), decoded
+    ``batch_size`` at a time by ``generator`` (a task's ``build_generator``).
+
+    The encoder takes the given z and ignores the source; the search reads the source's length
+    only (``max_len_a``, ``match_source_len``). ``batch_sources(start, end)`` gives the
+    (src_tokens, src_lengths) of rows start..end-1; without it each source is one </s>.
+    """
+    eos = model.decoder.dictionary.eos()
+    results = []
+    for start in range(0, z.size(0), batch_size):
+        z_batch = z[start : start + batch_size]
+        n = z_batch.size(0)
+        if batch_sources is None:
+            src_tokens = torch.full((n, 1), eos, device=z.device)
+            src_lengths = torch.ones(n, dtype=torch.long, device=z.device)
+        else:
+            src_tokens, src_lengths = batch_sources(start, start + n)
+        sample = {
+            "id": torch.arange(n, device=z.device),
+            "net_input": {"src_tokens": src_tokens, "src_lengths": src_lengths, "z": z_batch},
+        }
+        results.extend(generator.generate([model], sample))
+    return results
+
+
 class BARTVAEHubInterface(nn.Module):
     """Encode sentences to q(z|x), decode latents to sentences, sample and interpolate."""
 
@@ -239,27 +267,18 @@ class BARTVAEHubInterface(nn.Module):
         generator = self.task.build_generator(
             [self.model], self.generation_config(generation_options)
         )
-        eos = self.dictionary.eos()
-        results = []
+
+        def batch_sources(start, end):
+            return self.batch(sources[start:end])
+
         with utils.set_torch_seed(seed) if seed is not None else contextlib.nullcontext():
-            for start in range(0, z.size(0), self.batch_size):
-                z_batch = z[start : start + self.batch_size]
-                n = z_batch.size(0)
-                if sources is None:  # the source only fixes the batch size
-                    src_tokens = torch.full((n, 1), eos, device=self.device)
-                    src_lengths = torch.ones(n, dtype=torch.long, device=self.device)
-                else:
-                    src_tokens, src_lengths = self.batch(sources[start : start + self.batch_size])
-                sample = {
-                    "id": torch.arange(n, device=self.device),
-                    "net_input": {
-                        "src_tokens": src_tokens,
-                        "src_lengths": src_lengths,
-                        "z": z_batch,
-                    },
-                }
-                results.extend(generator.generate([self.model], sample))
-        return results
+            return generate_from_latents(
+                generator,
+                self.model,
+                z,
+                self.batch_size,
+                batch_sources if sources is not None else None,
+            )
 
     def decode(self, z: Tensor, **options) -> List[str]:
         """The best sentence decoded from each latent in z (N x latent)."""
