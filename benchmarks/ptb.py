@@ -427,10 +427,18 @@ def bart_pretraining(ckpt: str, data: str) -> dict:
 
 
 def vae_eval_job(
-    data: str, ckpt: str, split: str, k: int, out_json: str, b: dict, after=(), bleu=True
+    data: str,
+    ckpt: str,
+    split: str,
+    k: int,
+    out_json: str,
+    b: dict,
+    after=(),
+    bleu=True,
+    extra=(),
 ) -> dict:
     """A run_queue job: fairseq-vae-eval writing out_json (its -ELBO, IW-NLL, KL, MI, AU,
-    BLEU and seconds) only once it has finished."""
+    BLEU and seconds) only once it has finished; ``extra``: more of its options."""
     partial = out_json + ".partial"
     cmd = (
         [
@@ -451,6 +459,7 @@ def vae_eval_job(
         ]
         + ([] if b["precision"] else ["--cpu"])
         + ([] if bleu else ["--no-bleu"])
+        + list(extra)
     )
     return {
         "cmds": [cmd, ["mv", partial, out_json]],

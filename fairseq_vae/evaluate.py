@@ -16,6 +16,11 @@ Every number follows the definitions of the reference implementation, jxhe/vae-l
 * With ``--prior-file``, a prior p'(z) fitted to the model's aggregate posterior: the IW-NLL of
   the model p'(z) p(x|z) (log p'(z_k) in the importance weights, the same samples and decoder
   passes) and KL(q(z|x) || p') by Monte Carlo from those samples, beside the N(0, I) numbers.
+* With ``--prior-samples N``: sentences decoded from N draws of the prior (N(0, I), and the
+  ``--prior-file`` prior), ancestral and greedy, measured for fluency (``--lm-path``, fairseq's
+  generation option, here a transformer_lm on the data's dictionary that scores the samples),
+  diversity, memorisation and, on a corpus of known grammar, grammaticality
+  (``fairseq_vae.prior_samples``), beside the same measures of N real sentences of the split.
 * Reconstruction BLEU: greedy decoding from the posterior mean, sacrebleu against the input.
 * Probes (``--labels``): a logistic regression reading each factor from the posterior mean,
   trained on one half of the split and scored on the other (a seeded, stratified shuffle),
@@ -73,6 +78,7 @@ from fairseq_vae.eval_report import (
     report_settings,
 )
 from fairseq_vae.prior_file import load_prior
+from fairseq_vae.prior_samples import GRAMMARS, evaluate_prior_samples, format_prior_samples
 from fairseq_vae.subword import corpus_bpe_options
 
 logger = logging.getLogger("fairseq_vae.evaluate")
@@ -137,6 +143,12 @@ def add_eval_args(parser: argparse.ArgumentParser):
     )
     group.add_argument(
         "--no-bleu", action="store_true", help="skip the greedy reconstruction and its BLEU"
+    )
+    group.add_argument(
+        "--sample-grammar",
+        choices=GRAMMARS,
+        help="with --prior-samples: the corpus's known grammar (synth: the shipped corpus's), "
+        "for the share of samples it generates and each factor's distance from train",
     )
     group.add_argument(
         "--results-json",
@@ -408,6 +420,14 @@ def evaluate(cfg, args, model, task, saved_cfg) -> dict:
     if labels is not None:
         labels = {name: [values[i] for i in cols.ids] for name, values in labels.items()}
         report["factors"] = probe_factors(cols.tensors["mu"].numpy(), labels, cfg.common.seed)
+    if getattr(args, "prior_samples", 0):
+        # --prior-samples is the text_vae task's option (fairseq-generate's count); here it asks
+        # for the prior-sample evaluation, against the split's own sentences
+        real_rows = [dataset.src[i].long() for i in cols.ids]
+        report["prior_samples"] = evaluate_prior_samples(
+            task, model, cfg.generation, args, detok, real_rows, cols.refs, prior,
+            cfg.common.seed,
+        )  # fmt: skip
     return report
 
 
@@ -446,6 +466,8 @@ def main(cfg, args, override_args=None):
     report = evaluate(cfg, args, model, task, saved_cfg)
     report["settings"]["seconds"] = round(time.time() - start, 1)
     print(format_report(report), flush=True)
+    if "prior_samples" in report:
+        print("\n".join(format_prior_samples(report["prior_samples"])), flush=True)
     if args.results_json:
         with open(args.results_json, "w", encoding="utf-8") as f:
             # an overflowing perplexity is inf, written as Infinity: Python's json (and so

@@ -391,3 +391,85 @@ def test_sample_script_draws_from_the_prior_file(setup, hub):
                              text=True, env=env, timeout=600)  # fmt: skip
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert "--prior-file: prior" in refused.stderr and "has latent size 4" in refused.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# fairseq-vae-eval --prior-samples: what is decoded, and its measures against independent counts
+
+TRAIN_LINES = random_sentences(60, seed=82, min_len=2, max_len=8)
+# four test sentences copied from train, five new ones: memorised share 4/9 for real sentences
+SAMPLE_TEST_LINES = TRAIN_LINES[:4] + random_sentences(5, seed=83, min_len=2, max_len=8)
+
+
+@pytest.fixture(scope="module")
+def sample_eval(setup, dict_dir, tmp_path_factory):
+    """fairseq-vae-eval --prior-samples 10 --prior-file (the mixture) --lm-path on a data folder
+    with a train split, and the tiny LM it was given: (report, data, lm checkpoint)."""
+    from test_sample_quality import LM_ARCH
+
+    _, _, checkpoint, _, files = setup
+    root = tmp_path_factory.mktemp("prior-samples")
+    splits = {"train": TRAIN_LINES, "valid": ONE_LINE, "test": SAMPLE_TEST_LINES}
+    data = make_data_bin(str(root / "bin"), dict_dir, splits)
+    run("fairseq-train", data, "--user-dir", USER_DIR, "--task", "language_modeling",
+        "--criterion", "cross_entropy", "--sample-break-mode", "eos", "--tokens-per-sample",
+        "64", *LM_ARCH, "--optimizer", "adam", "--lr", "1e-2", "--max-tokens", "256",
+        "--max-update", "15", "--save-dir",
+        root / "lm", "--no-epoch-checkpoints", "--disable-validation", "--cpu",
+        "--num-workers", "0", "--data-buffer-size", "0")  # fmt: skip
+    lm = str(root / "lm" / "checkpoint_last.pt")
+    out = root / "report.json"
+    result = run("fairseq-vae-eval", data, "--user-dir", USER_DIR, "--path", checkpoint,
+                 "--gen-subset", "test", "--iw-samples", 2, "--cpu", "--no-bleu", "--seed", 3,
+                 "--prior-samples", 10, "--prior-file", files["gmm"], "--lm-path", lm,
+                 "--results-json", out)  # fmt: skip
+    assert "prior samples | 10 per prior and decoding" in result.stdout
+    return json.load(open(out)), data, lm
+
+
+def test_prior_samples_are_the_seeded_draws_fairseq_generate_decodes(setup, sample_eval):
+    _, _, checkpoint, _, files = setup
+    report, data, _ = sample_eval
+    rows = {(r["prior"], r["decoding"]): r for r in report["prior_samples"]["rows"]}
+    assert set(rows) == {(p, d) for p in ("standard", "gmm") for d in ("ancestral", "greedy")}
+    for kind in ("gmm", "standard"):
+        # fairseq-generate draws row i of prior.sample(N, Generator().manual_seed(--seed))
+        expected, _ = generate(data, checkpoint, "--prior-samples", 10, "--prior-file",
+                               files[kind], "--seed", 3, "--beam", 1)  # fmt: skip
+        assert rows[(kind, "greedy")]["samples"] == expected
+    assert rows[("gmm", "greedy")]["samples"] != rows[("standard", "greedy")]["samples"]
+    # ancestral sampling draws words: not the greedy sentences, and still 10 of them
+    ancestral = rows[("gmm", "ancestral")]["samples"]
+    assert len(ancestral) == 10 and ancestral != rows[("gmm", "greedy")]["samples"]
+
+
+def test_prior_sample_measures_against_counts_made_here(sample_eval):
+    report, _, _ = sample_eval
+    section = report["prior_samples"]
+    train = {" ".join(s.split()) for s in TRAIN_LINES}
+    for row in section["rows"]:
+        samples = row["samples"]
+        bigrams = [tuple(s.split()[i : i + 2]) for s in samples for i in range(len(s.split()) - 1)]
+        assert row["distinct_2"] == pytest.approx(len(set(bigrams)) / len(bigrams))
+        assert row["memorised"] == pytest.approx(sum(s in train for s in samples) / 10)
+        assert row["grammatical"] is None and row["factor_tv"] is None
+    # the real sentences: all 9 of the split (fewer than 10), four of them copies of train
+    real = section["real"]
+    assert real["n"] == 9 and real["memorised"] == pytest.approx(4 / 9)
+    words = [s.split() for s in SAMPLE_TEST_LINES]
+    unigrams = [w for s in words for w in s]
+    assert real["distinct_1"] == pytest.approx(len(set(unigrams)) / len(unigrams))
+
+
+def test_real_sentences_lm_ppl_is_fairseq_eval_lms(sample_eval):
+    report, data, lm = sample_eval
+    # word-level data: a token is a word or </s>, so fairseq-eval-lm's PPL is the per-word one
+    result = run("fairseq-eval-lm", data, "--user-dir", USER_DIR, "--path", lm, "--cpu",
+                 "--gen-subset", "test", "--sample-break-mode", "eos", "--max-tokens", 512,
+                 "--num-workers", 0)  # fmt: skip
+    loss = float(re.search(r"Loss \(base 2\): ([\d.]+)", result.stdout + result.stderr)[1])
+    assert report["prior_samples"]["real"]["lm_ppl"] == pytest.approx(2**loss, rel=1e-3)
+    for row in report["prior_samples"]["rows"]:
+        assert row["lm_ppl_ratio"] == pytest.approx(
+            row["lm_ppl"] / report["prior_samples"]["real"]["lm_ppl"]
+        )

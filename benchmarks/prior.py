@@ -1,0 +1,344 @@
+#!/usr/bin/env python3
+"""Fitted priors and prior-sample quality: each trained VAE point under N(0, I) against a
+Gaussian mixture and a normalizing flow fitted to its aggregate posterior (fairseq-vae-fit-prior),
+on the IW-PPL of the test split and on sentences sampled from each prior.
+
+    benchmarks/prior.sh --points synth                          # the shipped corpus (minutes)
+    benchmarks/prior.sh --points "ptb, BART init, fb 0.5" \\
+        --pretrained-bart benchmarks/runs/pretrained-cpu/bart/checkpoint_last.pt
+
+Points (POINTS): the shipped corpus's BART-init point is the demo's model (scripts/demo.py,
+which fine-tunes the shipped BART); a PTB point is a setting of benchmarks/ptb.py, trained in
+ptb.py's own working folder (benchmarks/runs/ptb-cpu), so a training either benchmark finished
+is not run again; the "BART init" ones need --pretrained-bart (benchmarks/pretrained.sh
+--pretrain-only). Each corpus has its reference LM, a transformer_lm of the decoder's size
+trained for the same updates (ptb.py's for PTB).
+
+For each point, then, one after the other as their inputs are ready: a mixture and a flow fitted
+to the training split's posterior samples; for each fitted prior one fairseq-vae-eval on the test
+split with --prior-file (the IW-NLL and KL under N(0, I) and under the fitted prior, from the
+same samples) and --prior-samples (N sentences from each prior, ancestral and greedy, with the
+LM's per-word PPL, distinct-n, self-BLEU-4, memorisation and, on the shipped corpus, the
+grammar's verdict). A rerun skips every finished step (its output file exists).
+
+The table goes to --results (Markdown), the same rows to the .json beside it, and a plot of the
+IW-PPL and the samples' LM PPL (relative to real sentences) per prior to the .png.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ptb  # noqa: E402  (the shared trainings, queue and machine description)
+
+REPO = ptb.REPO
+BIN = ptb.BIN
+PRIOR_KINDS = ("gmm", "flow")
+SYNTH_UPDATES = 1200  # scripts/demo.py's default, for its LM too
+POINTS = {
+    "synth": dict(corpus="synth", setting="BART init (the demo)"),
+    "ptb, BART init, fb 0.5": dict(corpus="ptb", setting="BART init, fb 0.5"),
+    "ptb, BART init, fb 0.1": dict(corpus="ptb", setting="BART init, fb 0.1"),
+    "ptb, cyclical, fb 0.25": dict(corpus="ptb", setting="cyclical, fb 0.25"),
+}
+
+
+def synth_jobs(out: str, b: dict) -> dict:
+    """The shipped corpus's VAE (the demo's recipe) and reference LM."""
+    data = os.path.join(REPO, "data-bin", "synth")
+    d = os.path.join(out, "synth")
+    vae = os.path.join(d, "vae")
+    demo = [sys.executable, os.path.join(REPO, "scripts", "demo.py"), "--save-dir", vae]
+    lm_cmd = ptb.lm_train_cmd(data, b, SYNTH_UPDATES, os.path.join(d, "lm"))
+    return {
+        "data": data,
+        "checkpoint": os.path.join(vae, "checkpoint_last.pt"),
+        "lm": os.path.join(d, "lm", "checkpoint_last.pt"),
+        "train_log": os.path.join(vae, "train.log"),
+        "grammar": "synth",
+        "jobs": {
+            "train synth": ptb.train_job([demo], os.path.join(vae, "train.log")),
+            "train synth lm": ptb.train_job([lm_cmd], os.path.join(d, "lm", "train.log")),
+        },
+        "train_job": "train synth",
+        "lm_job": "train synth lm",
+    }
+
+
+def ptb_jobs(setting: str, args, b: dict) -> dict:
+    """A PTB setting of benchmarks/ptb.py and its LM, in ptb.py's working folder."""
+    out = os.path.abspath(args.ptb_out)
+    data = ptb.prepare(args.ptb, out)
+    s = ptb.SETTINGS[setting]
+    bart = None
+    if s.get("bart_init"):
+        if not args.pretrained_bart:
+            sys.exit(f"prior.py: {setting!r} fine-tunes a pretrained BART: give --pretrained-bart")
+        bart = ptb.bart_pretraining(os.path.abspath(args.pretrained_bart), data)["checkpoint"]
+    d = os.path.join(out, "vae", ptb.setting_dir(setting))
+    lm_log = os.path.join(out, "lm", "train.log")
+    return {
+        "data": data,
+        "checkpoint": os.path.join(d, "checkpoint_last.pt"),
+        "lm": os.path.join(out, "lm", "checkpoint_last.pt"),
+        "train_log": os.path.join(d, "train.log"),
+        "grammar": None,
+        "jobs": {
+            f"train {setting}": ptb.train_job(
+                ptb.vae_train_cmds(data, b, s, b["max_update"], d, bart),
+                os.path.join(d, "train.log"),
+            ),
+            "train ptb lm": ptb.train_job(
+                [ptb.lm_train_cmd(data, b, b["max_update"], os.path.join(out, "lm"))], lm_log
+            ),
+        },
+        "train_job": f"train {setting}",
+        "lm_job": "train ptb lm",
+    }
+
+
+def prior_path(point: dict, kind: str) -> str:
+    return os.path.join(os.path.dirname(point["checkpoint"]), f"prior-{kind}.pt")
+
+
+def eval_path(point: dict, kind: str, args) -> str:
+    name = f"prior-eval-{kind}-K{args.iw_samples}-N{args.prior_samples}.json"
+    return os.path.join(os.path.dirname(point["checkpoint"]), name)
+
+
+def fit_job(name: str, point: dict, kind: str) -> dict:
+    """fairseq-vae-fit-prior, its file renamed into place only when the fit has finished."""
+    final = prior_path(point, kind)
+    partial = final + ".partial"
+    cmd = [os.path.join(BIN, "fairseq-vae-fit-prior"), point["data"], "--user-dir",
+           os.path.join(REPO, "fairseq_vae"), "--path", point["checkpoint"], "--prior-model",
+           kind, "--out", partial, "--seed", str(ptb.SEED), "--cpu"]  # fmt: skip
+    return {
+        "cmds": [cmd, ["mv", partial, final]],
+        "log": final[: -len(".pt")] + ".log",
+        "done": final,
+        "after": [point["train_job"]],
+    }
+
+
+def eval_job(point: dict, kind: str, args, b: dict) -> dict:
+    extra = ["--prior-file", prior_path(point, kind), "--prior-samples", str(args.prior_samples),
+             "--lm-path", point["lm"]]  # fmt: skip
+    if point["grammar"]:
+        extra += ["--sample-grammar", point["grammar"]]
+    return ptb.vae_eval_job(
+        point["data"], point["checkpoint"], "test", args.iw_samples, eval_path(point, kind, args),
+        b, after=[f"fit {kind} {point['name']}", point["lm_job"]], bleu=False, extra=extra,
+    )  # fmt: skip
+
+
+def sample_fields(row: dict, real: dict) -> dict:
+    """The issue's "samples" object of one (prior, decoding) row of a report."""
+    return {
+        "decoding": row["decoding"],
+        "n": row["n"],
+        "lm_ppl": row["lm_ppl"],
+        "lm_ppl_real": real["lm_ppl"],
+        "distinct_1": row["distinct_1"],
+        "distinct_2": row["distinct_2"],
+        "distinct_3": row["distinct_3"],
+        "distinct_2_real": real["distinct_2"],
+        "self_bleu4": row["self_bleu4"],
+        "self_bleu4_real": real["self_bleu4"],
+        "memorised": row["memorised"],
+        "memorised_real": real["memorised"],
+        "mean_words": row["mean_words"],
+        "reverse_ppl": None,
+        "reverse_ppl_real": None,
+        "grammatical": row["grammatical"],
+        "factor_tv": row["factor_tv"],
+        "examples": row["samples"][:5],
+    }
+
+
+def training_seconds(logfile: str):
+    """A training's seconds: fairseq's wall clock in its log (ptb.train_summary), or, for the
+    demo (which echoes only part of each line), the sum of its "done training in" lines."""
+    minutes = ptb.train_summary(logfile)["minutes"]
+    if minutes:
+        return 60 * minutes
+    done = re.findall(r"done training in ([\d.]+) seconds", open(logfile).read())
+    return sum(float(s) for s in done) or None
+
+
+def point_rows(point: dict, args) -> list:
+    """The rows of one point: N(0, I) (from the mixture's evaluation) and each fitted prior."""
+    from fairseq_vae.prior_file import load_prior
+
+    rows = []
+    train_seconds = training_seconds(point["train_log"])
+    for kind in PRIOR_KINDS:
+        report = json.load(open(eval_path(point, kind, args)))
+        m, section = report["metrics"], report["prior_samples"]
+        meta = load_prior(prior_path(point, kind)).meta
+        fit_seconds = meta.get("fit_seconds", 0) + meta.get("encode_seconds", 0)
+        priors = [("standard", m["iw_ppl_word"], m["kl"], None)] if kind == PRIOR_KINDS[0] else []
+        pf = m["prior_file"]
+        priors.append((kind, pf["iw_ppl_word"], pf["kl_mc"], fit_seconds))
+        for prior, ppl, kl, seconds in priors:
+            for r in section["rows"]:
+                if r["prior"] != prior:
+                    continue
+                rows.append(
+                    {
+                        "corpus": point["corpus"],
+                        "setting": point["setting"],
+                        "prior": prior,
+                        "iw_samples": report["settings"]["iw_samples"],
+                        "ppl_word": ppl,
+                        "kl_prior": kl,
+                        "mi": m["mi"],
+                        "fit_seconds": seconds,
+                        "train_seconds": train_seconds,
+                        "samples": sample_fields(r, section["real"]),
+                    }
+                )
+    return rows
+
+
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def results_markdown(args, rows: list, started: str) -> str:
+    lines = [
+        "# Fitted priors and prior-sample quality",
+        "",
+        f'Made by `benchmarks/prior.py --points "{args.points}" --iw-samples '
+        f"{args.iw_samples} --prior-samples {args.prior_samples}`, started {started}, on "
+        f"{ptb.machine()}. IW-PPL per word on the test split with K={args.iw_samples} "
+        "importance samples; KL to the prior per sentence (Monte Carlo for a fitted prior); "
+        f"{args.prior_samples} samples per prior and decoding, the same number of real test "
+        "sentences as reference ('real'); LM PPL: the corpus's transformer_lm of the decoder's "
+        "size, per word; distinct-n corpus-level; self-BLEU-4 over up to 1000 sentences; "
+        "memorised: exact copies of a training sentence; grammatical and factor TV (largest "
+        "over the four factors) on the shipped corpus only. Fit: encoding the training split "
+        "and fitting, seconds, against the VAE's training.",
+        "",
+        "| corpus | setting | prior | IW-PPL | KL to prior | MI | decoding | LM PPL (real) "
+        "| distinct-2 (real) | self-BLEU-4 (real) | memorised (real) | grammatical | factor TV "
+        "| fit s / train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s = r["samples"]
+        tv = max(s["factor_tv"].values()) if s["factor_tv"] else None
+        fit = "-"
+        if r["fit_seconds"] is not None:
+            fit = f"{r['fit_seconds']:.0f} / {fmt(r['train_seconds'], '.0f')}"
+        lines.append(
+            f"| {r['corpus']} | {r['setting']} | {r['prior']} | {r['ppl_word']:.2f} | "
+            f"{r['kl_prior']:.2f} | {fmt(r['mi'], '.2f')} | {s['decoding']} | "
+            f"{fmt(s['lm_ppl'], '.2f')} ({fmt(s['lm_ppl_real'], '.2f')}) | "
+            f"{s['distinct_2']:.3f} ({s['distinct_2_real']:.3f}) | {s['self_bleu4']:.1f} "
+            f"({s['self_bleu4_real']:.1f}) | {100 * s['memorised']:.1f}% "
+            f"({100 * s['memorised_real']:.1f}%) | "
+            f"{fmt(None if s['grammatical'] is None else 100 * s['grammatical'], '.1f')}% | "
+            f"{fmt(tv, '.3f')} | {fit} |"
+        )
+    lines += ["", "Examples (ancestral):", ""]
+    for r in rows:
+        if r["samples"]["decoding"] == "ancestral":
+            for e in r["samples"]["examples"][:3]:
+                lines.append(f"- {r['corpus']}, {r['setting']}, {r['prior']}: `{e}`")
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: str, rows: list):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = list(dict.fromkeys(f"{r['corpus']}, {r['setting']}" for r in rows))
+    kinds = ["standard", *PRIOR_KINDS]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(kinds)
+    for i, kind in enumerate(kinds):
+        ppl, ratio = [], []
+        for p in points:
+            match = [
+                r
+                for r in rows
+                if f"{r['corpus']}, {r['setting']}" == p
+                and r["prior"] == kind
+                and r["samples"]["decoding"] == "ancestral"
+            ]
+            ppl.append(match[0]["ppl_word"] if match else 0)
+            s = match[0]["samples"] if match else None
+            ratio.append(s["lm_ppl"] / s["lm_ppl_real"] if s and s["lm_ppl"] else 0)
+        xs = [j + i * width for j in range(len(points))]
+        axes[0].bar(xs, ppl, width, label=kind)
+        axes[1].bar(xs, ratio, width, label=kind)
+    for ax, title in zip(axes, ["IW-PPL per word (test)", "samples' LM PPL / real sentences'"]):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(points))])
+        ax.set_xticklabels(points, rotation=15, fontsize=8)
+        ax.set_title(title)
+        ax.legend()
+    axes[1].axhline(1.0, color="grey", lw=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main():
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--points", default="synth", help=f"';'-separated, of {list(POINTS)}")
+    p.add_argument("--ptb", default=os.path.join("..", "shared", "data", "ptb"),
+                   help="the PTB text folder (train.txt, valid.txt, test.txt)")  # fmt: skip
+    p.add_argument("--ptb-out", default=os.path.join(REPO, "benchmarks", "runs", "ptb-cpu"),
+                   help="ptb.py's working folder (its trainings are shared)")  # fmt: skip
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "runs", "prior-cpu"))
+    p.add_argument("--pretrained-bart", metavar="CKPT")
+    p.add_argument("--iw-samples", type=int, default=100)
+    p.add_argument("--prior-samples", type=int, default=1000)
+    p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", "prior.md"))
+    args = p.parse_args()
+    names = [n.strip() for n in args.points.split(";") if n.strip()]
+    unknown = [n for n in names if n not in POINTS]
+    if unknown:
+        p.error(f"--points: unknown {unknown}; choose from {list(POINTS)}")
+    b = dict(ptb.BUDGETS["cpu"])
+    started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    points, jobs = [], {}
+    for name in names:
+        info = POINTS[name]
+        if info["corpus"] == "synth":
+            point = synth_jobs(os.path.abspath(args.out), b)
+        else:
+            point = ptb_jobs(info["setting"], args, b)
+        point.update(name=name, **info)
+        jobs.update(point.pop("jobs"))
+        for kind in PRIOR_KINDS:
+            jobs[f"fit {kind} {name}"] = fit_job(name, point, kind)
+        for kind in PRIOR_KINDS:
+            jobs[f"eval {kind} {name}"] = eval_job(point, kind, args, b)
+        points.append(point)
+    ptb.run_queue(jobs, 2)
+
+    rows = [r for point in points for r in point_rows(point, args)]
+    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+    with open(args.results, "w") as f:
+        f.write(results_markdown(args, rows, started))
+    stem = args.results[: -len(".md")]
+    with open(stem + ".json", "w") as f:
+        json.dump({"machine": ptb.machine(), "started": started, "rows": rows}, f, indent=1)
+    plot(stem + ".png", rows)
+    print(open(args.results).read())
+    ptb.log(f"wrote {args.results}, {stem}.json and {stem}.png")
+
+
+if __name__ == "__main__":
+    main()
