@@ -473,3 +473,27 @@ def test_real_sentences_lm_ppl_is_fairseq_eval_lms(sample_eval):
         assert row["lm_ppl_ratio"] == pytest.approx(
             row["lm_ppl"] / report["prior_samples"]["real"]["lm_ppl"]
         )
+
+
+def test_prior_samples_on_the_shipped_corpus_read_by_its_grammar(tmp_path):
+    from conftest import train_args
+
+    from fairseq_vae import synth_grammar
+
+    data = os.path.join(ROOT, "data-bin", "synth")
+    run("fairseq-train", *train_args(data, tmp_path, "--max-update", 3))
+    out = tmp_path / "report.json"
+    run("fairseq-vae-eval", data, "--user-dir", USER_DIR, "--path",
+        tmp_path / "checkpoint_last.pt", "--gen-subset", "valid", "--iw-samples", 1, "--cpu",
+        "--no-bleu", "--prior-samples", 40, "--sample-grammar", "synth",
+        "--results-json", out)  # fmt: skip
+    section = json.load(open(out))["prior_samples"]
+    # real sentences of the corpus are all grammatical, and 40 of them are near train's factors
+    real = section["real"]
+    assert real["grammatical"] == 1.0 and real["lm_ppl"] is None
+    assert set(real["factor_tv"]) == {"topic", "sentiment", "tense", "number"}
+    assert all(0 <= tv < 0.3 for tv in real["factor_tv"].values()), real["factor_tv"]
+    # three updates make no sentence of the grammar: the share is the recogniser's verdict
+    for row in section["rows"]:
+        share = sum(synth_grammar.recognise(s) is not None for s in row["samples"]) / 40
+        assert row["grammatical"] == pytest.approx(share) and share < 0.5
