@@ -179,8 +179,8 @@ def point_rows(point: dict, args) -> list:
     for kind in PRIOR_KINDS:
         report = json.load(open(eval_path(point, kind, args)))
         m, section = report["metrics"], report["prior_samples"]
-        meta = load_prior(prior_path(point, kind)).meta
-        fit_seconds = meta.get("fit_seconds", 0) + meta.get("encode_seconds", 0)
+        fit = load_prior(prior_path(point, kind)).meta["fit"]
+        fit_seconds = fit["encode_seconds"] + fit["fit_seconds"]
         priors = [("standard", m["iw_ppl_word"], m["kl"], None)] if kind == PRIOR_KINDS[0] else []
         pf = m["prior_file"]
         priors.append((kind, pf["iw_ppl_word"], pf["kl_mc"], fit_seconds))
