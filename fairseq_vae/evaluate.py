@@ -16,11 +16,8 @@ Every number follows the definitions of the reference implementation, jxhe/vae-l
 * With ``--prior-file``, a prior p'(z) fitted to the model's aggregate posterior: the IW-NLL of
   the model p'(z) p(x|z) (log p'(z_k) in the importance weights, the same samples and decoder
   passes) and KL(q(z|x) || p') by Monte Carlo from those samples, beside the N(0, I) numbers.
-* With ``--prior-samples N``: sentences decoded from N draws of the prior (N(0, I), and the
-  ``--prior-file`` prior), ancestral and greedy, measured for fluency (``--lm-path``, fairseq's
-  generation option, here a transformer_lm on the data's dictionary that scores the samples),
-  diversity, memorisation and, on a corpus of known grammar, grammaticality
-  (``fairseq_vae.prior_samples``), beside the same measures of N real sentences of the split.
+* With ``--prior-samples N``: sentences from the priors and their quality
+  (``fairseq_vae.prior_samples``; ``--lm-path`` is the LM that scores them).
 * Reconstruction BLEU: greedy decoding from the posterior mean, sacrebleu against the input.
 * Probes (``--labels``): a logistic regression reading each factor from the posterior mean,
   trained on one half of the split and scored on the other (a seeded, stratified shuffle),

@@ -147,7 +147,8 @@ class TextVAEConfig(FairseqDataclass):
         default=0,
         metadata={
             "help": "with --latent-source prior: generate this many sentences instead of "
-            "reading a data split (reproducible with --seed)"
+            "reading a data split (reproducible with --seed); fairseq-vae-eval: measure this "
+            "many sentences of each prior against as many real ones"
         },
     )
     seed: int = II("common.seed")
