@@ -123,7 +123,7 @@ def evaluate_prior_samples(
     n = args.prior_samples
     if n < 2:
         raise ValueError(f"--prior-samples must be at least 2 (self-BLEU), got {n}")
-    data = task.cfg.data.split(os.pathsep)[0]
+    data = utils.split_paths(task.cfg.data)[0]  # valid and test come from the first folder
     dictionary = task.target_dictionary
     logger.info(f"reading the training split of {data} (memorisation)")
     training = [detok(r) for r in read_split_rows(data, "train", dictionary)]
@@ -134,8 +134,8 @@ def evaluate_prior_samples(
         grammar_reference = synth_grammar.factor_distribution(training)
     lm = None
     if args.lm_path:
-        lm, _ = sq.load_lm(args.lm_path, data=data, dictionary=dictionary)
-        lm.to(next(model.parameters()).device)
+        device = next(model.parameters()).device
+        lm, _ = sq.load_lm(args.lm_path, data=data, dictionary=dictionary, device=device)
 
     chosen = sorted(random.Random(seed).sample(range(len(real_texts)), min(n, len(real_texts))))
     real = text_measures([real_texts[i] for i in chosen], training, grammar_reference)
