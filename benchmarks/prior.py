@@ -114,9 +114,9 @@ def fit_job(name: str, point: dict, kind: str) -> dict:
     """fairseq-vae-fit-prior, its file renamed into place only when the fit has finished."""
     final = prior_path(point, kind)
     partial = final + ".partial"
-    cmd = [os.path.join(BIN, "fairseq-vae-fit-prior"), point["data"], "--user-dir",
-           os.path.join(REPO, "fairseq_vae"), "--path", point["checkpoint"], "--prior-model",
-           kind, "--out", partial, "--seed", str(ptb.SEED), "--cpu"]  # fmt: skip
+    cmd = [os.path.join(BIN, "fairseq-vae-fit-prior"), point["data"]]
+    cmd += ["--user-dir", os.path.join(REPO, "fairseq_vae"), "--path", point["checkpoint"]]
+    cmd += ["--prior-model", kind, "--out", partial, "--seed", str(ptb.SEED), "--cpu"]
     return {
         "cmds": [cmd, ["mv", partial, final]],
         "log": final[: -len(".pt")] + ".log",
@@ -126,14 +126,21 @@ def fit_job(name: str, point: dict, kind: str) -> dict:
 
 
 def eval_job(point: dict, kind: str, args, b: dict) -> dict:
-    extra = ["--prior-file", prior_path(point, kind), "--prior-samples", str(args.prior_samples),
-             "--lm-path", point["lm"]]  # fmt: skip
+    extra = ["--prior-file", prior_path(point, kind), "--lm-path", point["lm"]]
+    extra += ["--prior-samples", str(args.prior_samples)]
     if point["grammar"]:
         extra += ["--sample-grammar", point["grammar"]]
     return ptb.vae_eval_job(
-        point["data"], point["checkpoint"], "test", args.iw_samples, eval_path(point, kind, args),
-        b, after=[f"fit {kind} {point['name']}", point["lm_job"]], bleu=False, extra=extra,
-    )  # fmt: skip
+        point["data"],
+        point["checkpoint"],
+        "test",
+        args.iw_samples,
+        eval_path(point, kind, args),
+        b,
+        after=[f"fit {kind} {point['name']}", point["lm_job"]],
+        bleu=False,
+        extra=extra,
+    )
 
 
 def sample_fields(row: dict, real: dict) -> dict:
@@ -296,10 +303,16 @@ def main():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--points", default="synth", help=f"';'-separated, of {list(POINTS)}")
-    p.add_argument("--ptb", default=os.path.join("..", "shared", "data", "ptb"),
-                   help="the PTB text folder (train.txt, valid.txt, test.txt)")  # fmt: skip
-    p.add_argument("--ptb-out", default=os.path.join(REPO, "benchmarks", "runs", "ptb-cpu"),
-                   help="ptb.py's working folder (its trainings are shared)")  # fmt: skip
+    p.add_argument(
+        "--ptb",
+        default=os.path.join("..", "shared", "data", "ptb"),
+        help="the PTB text folder (train.txt, valid.txt, test.txt)",
+    )
+    p.add_argument(
+        "--ptb-out",
+        default=os.path.join(REPO, "benchmarks", "runs", "ptb-cpu"),
+        help="ptb.py's working folder (its trainings are shared)",
+    )
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "runs", "prior-cpu"))
     p.add_argument("--pretrained-bart", metavar="CKPT")
     p.add_argument("--iw-samples", type=int, default=100)

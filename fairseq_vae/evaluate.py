@@ -422,9 +422,8 @@ def evaluate(cfg, args, model, task, saved_cfg) -> dict:
         # for the prior-sample evaluation, against the split's own sentences
         real_rows = [dataset.src[i].long() for i in cols.ids]
         report["prior_samples"] = evaluate_prior_samples(
-            task, model, cfg.generation, args, detok, real_rows, cols.refs, prior,
-            cfg.common.seed,
-        )  # fmt: skip
+            task, model, cfg, args, detok, real_rows, cols.refs, prior
+        )
     return report
 
 

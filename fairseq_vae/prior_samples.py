@@ -115,12 +115,12 @@ def lm_ppl(lm, rows: Sequence[torch.Tensor], texts: Sequence[str]) -> float:
 
 
 def evaluate_prior_samples(
-    task, model, generation_cfg, args, detok, real_rows, real_texts, prior=None, seed: int = 1
+    task, model, cfg, args, detok, real_rows, real_texts, prior=None
 ) -> dict:
     """The prior-sample section of the report. ``real_rows``/``real_texts``: the evaluated
     split's sentences (token rows with </s>, detokenised text); ``prior``: a fitted prior
     evaluated beside N(0, I)."""
-    n = args.prior_samples
+    n, seed, generation_cfg = args.prior_samples, cfg.common.seed, cfg.generation
     if n < 2:
         raise ValueError(f"--prior-samples must be at least 2 (self-BLEU), got {n}")
     data = utils.split_paths(task.cfg.data)[0]  # valid and test come from the first folder
