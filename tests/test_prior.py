@@ -271,7 +271,7 @@ def test_a_saved_prior_loads_with_weights_only_and_gives_the_same_density(kind, 
         config = FlowConfig(hidden_features=(8, 8), transforms=2, max_steps=20, eval_interval=10)
         prior, _ = fit_flow(two_clusters(200, 0), two_clusters(100, 1), config, seed=1)
     path = str(tmp_path / "prior.pt")
-    save_prior(path, prior, {"checkpoint": "x/checkpoint.pt", "fit": {"seconds": 1.5}})
+    save_prior(path, prior, {"checkpoint": "/x/checkpoint.pt", "fit": {"seconds": 1.5}})
     payload = torch.load(path, weights_only=True)
     assert plain_values_only(payload) and payload["kind"] == kind
     json.dumps(payload["config"]), json.dumps(payload["meta"])
@@ -309,7 +309,7 @@ def test_a_prior_is_refused_for_another_model_or_latent_size(dict_dir, tmp_path)
     _, model, _ = build_tiny(dict_dir)  # latent size 8
     prior = GaussianMixturePrior(torch.ones(1), torch.zeros(1, 8), torch.eye(8)[None])
     path = str(tmp_path / "prior-gmm.pt")
-    save_prior(path, prior, prior_meta(model, "runs/a/checkpoint_best.pt"))
+    save_prior(path, prior, prior_meta(model, "/runs/a/checkpoint_best.pt"))
 
     assert load_prior(path, expected_model=model).components == 1
     # fairseq's --fp16 halves the model: still the same model
@@ -321,9 +321,9 @@ def test_a_prior_is_refused_for_another_model_or_latent_size(dict_dir, tmp_path)
     with torch.no_grad():
         other.encoder.mlp_mu[0].weight[0, 0] += 0.1
     with pytest.raises(ValueError) as error:
-        load_prior(path, expected_model=other, expected_checkpoint="runs/b/checkpoint_last.pt")
+        load_prior(path, expected_model=other, expected_checkpoint="/runs/b/checkpoint_last.pt")
     message = str(error.value)
-    assert "runs/a/checkpoint_best.pt" in message and "runs/b/checkpoint_last.pt" in message
+    assert "/runs/a/checkpoint_best.pt" in message and "/runs/b/checkpoint_last.pt" in message
     assert "the same dictionary" in message
 
     _, small, _ = build_tiny(dict_dir, "--latent-dim", "4")

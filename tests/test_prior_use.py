@@ -65,11 +65,11 @@ def setup(dict_dir, tmp_path_factory):
     _, small, _ = build_tiny(dict_dir, "--latent-dim", "4")
     files["small"] = str(root / "prior-small.pt")
     small_prior = GaussianMixturePrior(torch.ones(1), torch.zeros(1, 4), torch.eye(4)[None])
-    save_prior(files["small"], small_prior, prior_meta(small, "runs/small/checkpoint.pt"))
+    save_prior(files["small"], small_prior, prior_meta(small, "/runs/small/checkpoint.pt"))
     # a prior of another model of the same size
     other = build_tiny(dict_dir)[1]
     files["other"] = str(root / "prior-other.pt")
-    save_prior(files["other"], StandardNormalPrior(LATENT), prior_meta(other, "runs/other.pt"))
+    save_prior(files["other"], StandardNormalPrior(LATENT), prior_meta(other, "/runs/other.pt"))
     return task, model, checkpoint, data, files
 
 

@@ -81,8 +81,8 @@ def test_copy_leaves_remote_targets_to_fairseq(tmp_path, monkeypatch):
         PathManager, "path_requires_pathmanager", staticmethod(lambda p: "://" in p)
     )
     copy = checkpoint_safety.atomic_copy(fairseq_copy)
-    assert copy("local/a.pt", "s3://bucket/b.pt", overwrite=True)
-    assert calls == [("local/a.pt", "s3://bucket/b.pt", True)]
+    assert copy("/local/a.pt", "s3://bucket/b.pt", overwrite=True)
+    assert calls == [("/local/a.pt", "s3://bucket/b.pt", True)]
     (tmp_path / "a.pt").write_bytes(b"x")
     assert copy(str(tmp_path / "a.pt"), str(tmp_path / "b.pt"))  # local: ours, not fairseq's
     assert len(calls) == 1 and (tmp_path / "b.pt").read_bytes() == b"x"
