@@ -19,7 +19,14 @@ to the training split's posterior samples; for each fitted prior one fairseq-vae
 split with --prior-file (the IW-NLL and KL under N(0, I) and under the fitted prior, from the
 same samples) and --prior-samples (N sentences from each prior, ancestral and greedy, with the
 LM's per-word PPL, distinct-n, self-BLEU-4, memorisation and, on the shipped corpus, the
-grammar's verdict). A rerun skips every finished step (its output file exists).
+grammar's verdict; the reference LM's own samples are measured beside them, and its test PPL
+is the "lm" row's). A rerun skips every finished step (its output file exists).
+
+With --reverse-ppl, coverage as in ARAE (Zhao et al. 2018): the ancestral samples of each prior
+and of the LM, and as the reference the same number of real training sentences (a seeded
+choice), each train a transformer_lm of the reference LM's size for --reverse-updates updates
+(validated every REVERSE_VALIDATE updates on the real valid split), whose best checkpoint's
+per-word PPL on the real test split is the reverse PPL.
 
 The table goes to --results (Markdown), the same rows to the .json beside it, and a plot of the
 IW-PPL and the samples' LM PPL (relative to real sentences) per prior to the .png.
@@ -38,6 +45,10 @@ import ptb  # noqa: E402  (the shared trainings, queue and machine description)
 REPO = ptb.REPO
 BIN = ptb.BIN
 PRIOR_KINDS = ("gmm", "flow")
+# the training texts of the reverse-PPL LMs: each prior's ancestral samples, the LM's own, and
+# as many real training sentences
+REVERSE_SOURCES = ("standard", *PRIOR_KINDS, "lm", "real")
+REVERSE_VALIDATE = 25
 SYNTH_UPDATES = 1200  # scripts/demo.py's default, for its LM too
 POINTS = {
     "synth": dict(corpus="synth", setting="BART init (the demo)"),
@@ -143,7 +154,71 @@ def eval_job(point: dict, kind: str, args, b: dict) -> dict:
     )
 
 
-def sample_fields(row: dict, real: dict) -> dict:
+def lm_test_log(point: dict) -> str:
+    return os.path.join(os.path.dirname(point["lm"]), "test.log")  # ptb.py's, for PTB
+
+
+def lm_test_job(point: dict, b: dict) -> dict:
+    """The reference LM's own test PPL (fairseq-eval-lm), the "lm" row's ppl_word."""
+    return ptb.lm_eval_job(
+        point["data"], point["lm"], lm_test_log(point), b, after=[point["lm_job"]]
+    )
+
+
+def reverse_dir(point: dict, source: str, args) -> str:
+    name = f"reverse-{source}-N{args.prior_samples}-U{args.reverse_updates}"
+    return os.path.join(os.path.dirname(point["checkpoint"]), name)
+
+
+def reverse_jobs(point: dict, args, b: dict) -> dict:
+    """For each REVERSE_SOURCES: its sentences written out, binarised with the corpus's
+    dictionary beside the corpus's own valid and test splits, an LM trained on them, and
+    fairseq-eval-lm of its best checkpoint on the test split."""
+    jobs = {}
+    tool = [sys.executable, os.path.join(REPO, "benchmarks", "sample_text.py")]
+    for source in REVERSE_SOURCES:
+        d = reverse_dir(point, source, args)
+        text, data = os.path.join(d, "train.txt"), os.path.join(d, "data-bin")
+        if source == "real":
+            write = [*tool, "real", point["data"], str(args.prior_samples), str(ptb.SEED)]
+            after = []
+        else:
+            kind = source if source in PRIOR_KINDS else PRIOR_KINDS[0]
+            write = [*tool, "samples", eval_path(point, kind, args), source]
+            after = [f"eval {kind} {point['name']}"]
+        binarise = [os.path.join(BIN, "fairseq-preprocess"), "--only-source", "--trainpref"]
+        binarise += [text, "--srcdict", os.path.join(point["data"], "dict.txt")]
+        binarise += ["--destdir", data, "--workers", "1"]
+        links = [
+            ["ln", "-sf", os.path.join(point["data"], f"{split}.{ext}"), data]
+            for split in ("valid", "test")
+            for ext in ("bin", "idx")
+        ]
+        lm = os.path.join(d, "lm")
+        train = ptb.lm_train_cmd(data, b, args.reverse_updates, lm)
+        every = str(REVERSE_VALIDATE)
+        train += ["--validate-interval-updates", every, "--save-interval-updates", every]
+        train += ["--keep-interval-updates", "1"]
+        name = f"reverse {source} {point['name']}"
+        jobs[name] = ptb.train_job(
+            [[*write, text], binarise, *links, train], os.path.join(lm, "train.log"), after
+        )
+        best = os.path.join(lm, "checkpoint_best.pt")
+        jobs[f"eval {name}"] = ptb.lm_eval_job(
+            data, best, os.path.join(d, "test.log"), b, after=[name]
+        )
+    return jobs
+
+
+def reverse_ppl(point: dict, args) -> dict:
+    """{source: reverse PPL} of the finished reverse-PPL runs (empty without --reverse-ppl)."""
+    if not args.reverse_ppl:
+        return {}
+    logs = {s: os.path.join(reverse_dir(point, s, args), "test.log") for s in REVERSE_SOURCES}
+    return {s: ptb.lm_result(log)["ppl"] for s, log in logs.items()}
+
+
+def sample_fields(row: dict, real: dict, reverse: dict) -> dict:
     """The issue's "samples" object of one (prior, decoding) row of a report."""
     return {
         "decoding": row["decoding"],
@@ -159,8 +234,8 @@ def sample_fields(row: dict, real: dict) -> dict:
         "memorised": row["memorised"],
         "memorised_real": real["memorised"],
         "mean_words": row["mean_words"],
-        "reverse_ppl": None,
-        "reverse_ppl_real": None,
+        "reverse_ppl": reverse.get(row["prior"]) if row["decoding"] != "greedy" else None,
+        "reverse_ppl_real": reverse.get("real"),
         "grammatical": row["grammatical"],
         "factor_tv": row["factor_tv"],
         "examples": row["samples"][:5],
@@ -178,37 +253,48 @@ def training_seconds(logfile: str):
 
 
 def point_rows(point: dict, args) -> list:
-    """The rows of one point: N(0, I) (from the mixture's evaluation) and each fitted prior."""
+    """The rows of one point: N(0, I) (from the mixture's evaluation) and each fitted prior,
+    then the reference rows: the LM (its test PPL and its own samples) and the real sentences."""
     from fairseq_vae.prior_file import load_prior
 
-    rows = []
     train_seconds = training_seconds(point["train_log"])
+    reverse = reverse_ppl(point, args)
+    rows = []
+
+    def add(prior, report, samples, ppl, kl, mi, fit_seconds):
+        rows.append(
+            {
+                "corpus": point["corpus"],
+                "setting": point["setting"],
+                "prior": prior,
+                "iw_samples": report["settings"]["iw_samples"],
+                "ppl_word": ppl,
+                "kl_prior": kl,
+                "mi": mi,
+                "fit_seconds": fit_seconds,
+                "train_seconds": train_seconds,
+                "samples": sample_fields(samples, report["prior_samples"]["real"], reverse),
+            }
+        )
+
     for kind in PRIOR_KINDS:
         report = json.load(open(eval_path(point, kind, args)))
-        m, section = report["metrics"], report["prior_samples"]
+        m = report["metrics"]
         fit = load_prior(prior_path(point, kind)).meta["fit"]
         fit_seconds = fit["encode_seconds"] + fit["fit_seconds"]
         priors = [("standard", m["iw_ppl_word"], m["kl"], None)] if kind == PRIOR_KINDS[0] else []
-        pf = m["prior_file"]
-        priors.append((kind, pf["iw_ppl_word"], pf["kl_mc"], fit_seconds))
+        priors.append((kind, m["prior_file"]["iw_ppl_word"], m["prior_file"]["kl_mc"], fit_seconds))
         for prior, ppl, kl, seconds in priors:
-            for r in section["rows"]:
-                if r["prior"] != prior:
-                    continue
-                rows.append(
-                    {
-                        "corpus": point["corpus"],
-                        "setting": point["setting"],
-                        "prior": prior,
-                        "iw_samples": report["settings"]["iw_samples"],
-                        "ppl_word": ppl,
-                        "kl_prior": kl,
-                        "mi": m["mi"],
-                        "fit_seconds": seconds,
-                        "train_seconds": train_seconds,
-                        "samples": sample_fields(r, section["real"]),
-                    }
-                )
+            for r in report["prior_samples"]["rows"]:
+                if r["prior"] == prior:
+                    add(prior, report, r, ppl, kl, m["mi"], seconds)
+    report = json.load(open(eval_path(point, PRIOR_KINDS[0], args)))
+    lm_ppl = ptb.lm_result(lm_test_log(point))["ppl"]
+    for r in report["prior_samples"]["rows"]:
+        if r["prior"] == "lm":
+            add("lm", report, r, lm_ppl, None, None, None)
+    real = dict(report["prior_samples"]["real"], prior="real", decoding=None, samples=[])
+    add("real", report, real, None, None, None, None)
     return rows
 
 
@@ -224,17 +310,27 @@ def results_markdown(args, rows: list, started: str) -> str:
         f"{args.iw_samples} --prior-samples {args.prior_samples}`, started {started}, on "
         f"{ptb.machine()}. IW-PPL per word on the test split with K={args.iw_samples} "
         "importance samples; KL to the prior per sentence (Monte Carlo for a fitted prior); "
-        f"{args.prior_samples} samples per prior and decoding, the same number of real test "
-        "sentences as reference ('real'); LM PPL: the corpus's transformer_lm of the decoder's "
-        "size, per word; distinct-n corpus-level; self-BLEU-4 over up to 1000 sentences; "
-        "memorised: exact copies of a training sentence; grammatical and factor TV (largest "
-        "over the four factors) on the shipped corpus only. Fit: encoding the training split "
-        "and fitting, seconds, against the VAE's training.",
+        f"{args.prior_samples} samples per prior and decoding; reference rows: 'lm', the "
+        "corpus's transformer_lm of the decoder's size (its test PPL and its own ancestral "
+        "samples), and 'real', as many real test sentences (a seeded choice). LM PPL: the "
+        "samples' per word under that LM, and its ratio to the real sentences'; distinct-2 "
+        "corpus-level; self-BLEU-4 over up to 1000 sentences; memorised: exact copies of a "
+        "training sentence; "
+        + (
+            f"reverse PPL: the test PPL of an LM of that size trained on the samples for "
+            f"{args.reverse_updates} updates (the real row's: on as many real training "
+            "sentences); "
+            if args.reverse_ppl
+            else ""
+        )
+        + "grammatical and factor TV (largest over the four factors) on the shipped corpus "
+        "only. Fit: encoding the training split and fitting, seconds, against the VAE's "
+        "training.",
         "",
-        "| corpus | setting | prior | IW-PPL | KL to prior | MI | decoding | LM PPL (real) "
-        "| distinct-2 (real) | self-BLEU-4 (real) | memorised (real) | grammatical | factor TV "
+        "| corpus | setting | prior | IW-PPL | KL to prior | MI | decoding | LM PPL | x real "
+        "| distinct-2 | self-BLEU-4 | memorised | reverse PPL | grammatical | factor TV "
         "| fit s / train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s = r["samples"]
@@ -242,14 +338,14 @@ def results_markdown(args, rows: list, started: str) -> str:
         fit = "-"
         if r["fit_seconds"] is not None:
             fit = f"{r['fit_seconds']:.0f} / {fmt(r['train_seconds'], '.0f')}"
+        ratio = s["lm_ppl"] / s["lm_ppl_real"] if s["lm_ppl"] and s["lm_ppl_real"] else None
+        grammatical = None if s["grammatical"] is None else 100 * s["grammatical"]
         lines.append(
-            f"| {r['corpus']} | {r['setting']} | {r['prior']} | {r['ppl_word']:.2f} | "
-            f"{r['kl_prior']:.2f} | {fmt(r['mi'], '.2f')} | {s['decoding']} | "
-            f"{fmt(s['lm_ppl'], '.2f')} ({fmt(s['lm_ppl_real'], '.2f')}) | "
-            f"{s['distinct_2']:.3f} ({s['distinct_2_real']:.3f}) | {s['self_bleu4']:.1f} "
-            f"({s['self_bleu4_real']:.1f}) | {100 * s['memorised']:.1f}% "
-            f"({100 * s['memorised_real']:.1f}%) | "
-            f"{fmt(None if s['grammatical'] is None else 100 * s['grammatical'], '.1f')}% | "
+            f"| {r['corpus']} | {r['setting']} | {r['prior']} | {fmt(r['ppl_word'], '.2f')} | "
+            f"{fmt(r['kl_prior'], '.2f')} | {fmt(r['mi'], '.2f')} | {s['decoding'] or '-'} | "
+            f"{fmt(s['lm_ppl'], '.2f')} | {fmt(ratio, '.2f')} | {s['distinct_2']:.3f} | "
+            f"{s['self_bleu4']:.1f} | {100 * s['memorised']:.1f}% | "
+            f"{fmt(s['reverse_ppl'], '.2f')} | {fmt(grammatical, '.1f')}% | "
             f"{fmt(tv, '.3f')} | {fit} |"
         )
     lines += ["", "Examples (ancestral):", ""]
@@ -317,6 +413,17 @@ def main():
     p.add_argument("--pretrained-bart", metavar="CKPT")
     p.add_argument("--iw-samples", type=int, default=100)
     p.add_argument("--prior-samples", type=int, default=1000)
+    p.add_argument(
+        "--reverse-ppl",
+        action="store_true",
+        help="also train an LM on each prior's samples and on real sentences (coverage)",
+    )
+    p.add_argument(
+        "--reverse-updates",
+        type=int,
+        default=300,
+        help="updates of each reverse-PPL LM (default 300; the best on valid is scored)",
+    )
     p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", "prior.md"))
     args = p.parse_args()
     names = [n.strip() for n in args.points.split(";") if n.strip()]
@@ -338,6 +445,9 @@ def main():
             jobs[f"fit {kind} {name}"] = fit_job(name, point, kind)
         for kind in PRIOR_KINDS:
             jobs[f"eval {kind} {name}"] = eval_job(point, kind, args, b)
+        jobs[f"eval lm {name}"] = lm_test_job(point, b)
+        if args.reverse_ppl:
+            jobs.update(reverse_jobs(point, args, b))
         points.append(point)
     ptb.run_queue(jobs, 2)
 

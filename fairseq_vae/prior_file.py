@@ -147,13 +147,21 @@ def load_prior(
     return prior
 
 
-def check_model(path: str, meta: dict, model: Union[nn.Module, str], checkpoint: Optional[str]):
-    """Raises a ValueError naming both checkpoints unless ``model`` is the one the prior in
-    ``path`` was fitted to (by ``model_sha256``)."""
+def check_model(
+    path: str,
+    meta: dict,
+    model: Union[nn.Module, str],
+    checkpoint: Optional[str],
+    what: str = "prior",
+    remedy: str = "a prior fits one model's aggregate posterior. Fit one to this checkpoint: "
+    "fairseq-vae-fit-prior DATA --path CKPT",
+):
+    """Raises a ValueError naming both checkpoints unless ``model`` is the one the ``what`` (a
+    prior, or steering directions) in ``path`` was fitted to (by ``model_sha256``)."""
     theirs = meta.get("model_sha256")
     fitted_to = meta.get("checkpoint", "an unnamed checkpoint")
     if theirs is None:
-        raise ValueError(f"prior {path} does not say which model it was fitted to: fit it again")
+        raise ValueError(f"{what} {path} does not say which model it was fitted to: fit again")
     ours = model if isinstance(model, str) else model_sha256(model)
     if ours == theirs:
         return
@@ -163,9 +171,8 @@ def check_model(path: str, meta: dict, model: Union[nn.Module, str], checkpoint:
         same = dictionary_checksum(model) == meta["dictionary_sha256"]
         note = " (the same dictionary)" if same else " (and another dictionary)"
     raise ValueError(
-        f"prior {path} was fitted to {fitted_to} (weights SHA-256 {theirs[:16]}) but "
-        f"{given} has other weights (SHA-256 {ours[:16]}){note}: a prior fits one model's "
-        "aggregate posterior. Fit one to this checkpoint: fairseq-vae-fit-prior DATA --path CKPT"
+        f"{what} {path} was fitted to {fitted_to} (weights SHA-256 {theirs[:16]}) but "
+        f"{given} has other weights (SHA-256 {ours[:16]}){note}: {remedy}"
     )
 
 

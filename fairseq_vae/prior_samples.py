@@ -16,7 +16,10 @@ Step by step, each a function below:
    training split's distribution;
 4. fluency: the per-word perplexity of the samples under a reference language model
    (``--lm-path``, a fairseq transformer_lm on the same dictionary) against its perplexity on
-   the real sentences.
+   the real sentences;
+5. ``decode_lm``: the reference LM's own N ancestral samples, measured in the same way (their
+   LM PPL is the LM's on its own samples), the row a VAE's prior samples would match if its
+   decoder and prior were as good a language model as the LM.
 """
 
 import copy
@@ -73,6 +76,36 @@ def decode(task, model, generation_cfg, z, decoding: str, seed: int, batch_size:
     return [h[0]["tokens"].cpu().long() for h in hypos]
 
 
+@torch.no_grad()
+def decode_lm(lm, generation_cfg, n: int, seed: int, batch_size: int = 64):
+    """n sentences drawn from a fairseq language model by ancestral sampling (temperature 1,
+    no top-k or top-p), each started from </s> as fairseq-eval-lm scores them and at most the
+    eval's --max-len-b tokens long: token rows ending in </s>, on the CPU, fixed by the seed."""
+    from fairseq import search
+    from fairseq.sequence_generator import SequenceGenerator
+
+    dictionary = lm.decoder.dictionary
+    generator = SequenceGenerator(
+        [lm],
+        dictionary,
+        beam_size=1,
+        max_len_a=0,
+        max_len_b=generation_cfg.max_len_b,
+        min_len=1,
+        search_strategy=search.Sampling(dictionary, sampling_topk=-1, sampling_topp=-1.0),
+    )
+    device = next(lm.parameters()).device
+    rows = []
+    with utils.set_torch_seed(seed):
+        for start in range(0, n, batch_size):
+            bsz = min(batch_size, n - start)
+            src = torch.full((bsz, 1), dictionary.eos(), dtype=torch.long, device=device)
+            sample = {"net_input": {"src_tokens": src, "src_lengths": torch.zeros_like(src[:, 0])}}
+            hypos = generator.generate([lm], sample)
+            rows += [h[0]["tokens"].cpu().long() for h in hypos]
+    return rows
+
+
 def read_split_rows(data: str, split: str, dictionary) -> List[torch.Tensor]:
     """Every binarised sentence of a split (with its </s>), as fairseq-preprocess wrote it."""
     path = os.path.join(data, split)
@@ -119,7 +152,8 @@ def evaluate_prior_samples(
 ) -> dict:
     """The prior-sample section of the report. ``real_rows``/``real_texts``: the evaluated
     split's sentences (token rows with </s>, detokenised text); ``prior``: a fitted prior
-    evaluated beside N(0, I)."""
+    evaluated beside N(0, I). Its rows: each prior and decoding, then, with an LM, the LM's
+    own samples (prior "lm")."""
     n, seed, generation_cfg = args.prior_samples, cfg.common.seed, cfg.generation
     if n < 2:
         raise ValueError(f"--prior-samples must be at least 2 (self-BLEU), got {n}")
@@ -159,6 +193,16 @@ def evaluate_prior_samples(
             row["lm_ppl_ratio"] = row["lm_ppl"] / real["lm_ppl"] if lm is not None else None
             row["samples"] = texts
             rows.append(row)
+    if lm is not None:
+        logger.info(f"drawing {n} sentences from the LM (ancestral)")
+        tokens = decode_lm(lm, generation_cfg, n, seed)
+        texts = [detok(t) for t in tokens]
+        row = {"prior": "lm", "decoding": "ancestral"}
+        row.update(text_measures(texts, training, grammar_reference))
+        row["lm_ppl"] = lm_ppl(lm, tokens, texts)
+        row["lm_ppl_ratio"] = row["lm_ppl"] / real["lm_ppl"]
+        row["samples"] = texts
+        rows.append(row)
     return {
         "n": n,
         "seed": seed,

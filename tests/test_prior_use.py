@@ -497,3 +497,32 @@ def test_prior_samples_on_the_shipped_corpus_read_by_its_grammar(tmp_path):
     for row in section["rows"]:
         share = sum(synth_grammar.recognise(s) is not None for s in row["samples"]) / 40
         assert row["grammatical"] == pytest.approx(share) and share < 0.5
+
+
+def test_lm_reference_samples_follow_the_lms_own_next_word_distribution(sample_eval):
+    from fairseq.dataclass.configs import GenerationConfig
+
+    from fairseq_vae.prior_samples import decode_lm
+    from fairseq_vae.sample_quality import load_lm
+
+    report, data, lm_path = sample_eval
+    rows = {(r["prior"], r["decoding"]): r for r in report["prior_samples"]["rows"]}
+    assert len(rows[("lm", "ancestral")]["samples"]) == 10
+    lm, dictionary = load_lm(lm_path, data=data)
+    n = 4000
+    drawn = decode_lm(lm, GenerationConfig(), n, seed=5)
+    assert all(int(r[-1]) == dictionary.eos() and len(r) >= 2 for r in drawn)
+    # p(first word | </s>) from one forward pass of the LM, not through the generator
+    with torch.no_grad():
+        first = torch.tensor([[dictionary.eos()]])
+        p = lm.get_normalized_probs(lm(first), log_probs=False)[0, 0].double()
+    freq = torch.bincount(torch.tensor([int(r[0]) for r in drawn]), minlength=len(p)).double() / n
+    # the total variation sampling at temperature 1 leaves, E|f - p| ~ sqrt(2 p (1 - p) / (pi n))
+    expected_tv = 0.5 * torch.sqrt(2 * p * (1 - p) / (math.pi * n)).sum()
+    assert 0.5 * (freq - p).abs().sum() < 2 * expected_tv
+    # the mean log p(first word) of the draws is minus the entropy (another temperature, a
+    # top-k or greedy decoding would move it), within four standard errors
+    logp = p.clamp_min(1e-300).log()
+    drawn_logp = logp[[int(r[0]) for r in drawn]]
+    entropy = -(p * logp).sum()
+    assert abs(drawn_logp.mean() + entropy) < 4 * drawn_logp.std() / math.sqrt(n)

@@ -6,6 +6,9 @@
 >>> vae.sample(3, sampling=True, sampling_topp=0.9)            # from the prior N(0, I)
 >>> vae.sample(3, seed=1, prior="checkpoints/demo/prior-gmm.pt")  # from a fitted prior
 >>> vae.interpolate("a sentence .", "another sentence .", steps=5, spherical=True)
+>>> d = vae.directions(sentences, "corpus/synth/train.labels.tsv", factor="tense")
+>>> vae.transfer(["the team won the match ."], d, to="present")  # along the class means
+>>> vae.analogy("the team won .", "the team wins .", "a man ate bread .")
 
 Subword segmentation (the corpus's sentencepiece model, or GPT-2 BPE for BART data) is applied
 and removed for the caller. Generation options are fairseq's (``beam``, ``sampling``,
@@ -31,6 +34,7 @@ from torch import Tensor
 
 from ..prior import Prior, StandardNormalPrior
 from ..prior_file import check_model, load_prior
+from ..steering import Directions, analogy_latents, fit_directions, load_directions, move_latents
 from ..subword import UNKNOWN_WARNING_SHARE, unknown_share, unknown_warning
 from .latent import reparameterize
 
@@ -337,3 +341,74 @@ class BARTVAEHubInterface(nn.Module):
         """Sentences decoded along the path between the posterior means of a and b."""
         z = self.latent([a, b])
         return self.decode(interpolate_latents(z[0], z[1], steps, spherical), **generation_options)
+
+    # --- steering (fairseq_vae.steering) -----------------------------------------------------
+    def directions(
+        self, sentences: Sequence[str], labels: Union[Sequence[str], str], factor: str
+    ) -> Directions:
+        """The directions of ``factor`` fitted to the posterior means of labelled sentences:
+        ``labels`` is one value per sentence, or a labels TSV (a header of factor names, then
+        a row per sentence, as ``fairseq-vae-eval --labels`` reads) with a column ``factor``."""
+        if isinstance(labels, str):
+            from ..estimators import read_labels
+
+            table = read_labels(labels, len(sentences))
+            if factor not in table:
+                raise ValueError(
+                    f"{labels} has no column {factor!r}; its factors: {', '.join(table)}"
+                )
+            labels = table[factor]
+        mu, _ = self.encode(sentences)
+        return fit_directions(mu.cpu(), list(labels), factor)
+
+    def load_directions(self, path: str) -> Directions:
+        """Directions saved by ``fairseq_vae.steering.save_directions`` (scripts/transfer.py
+        --fit), refused unless they were fitted to this model."""
+        return load_directions(path, self.model)
+
+    def steered_latents(
+        self,
+        z: Tensor,
+        directions: Union[Directions, str],
+        to: str,
+        strength: float = 1.0,
+        method: str = "mean",
+        confidence: Optional[float] = None,
+    ) -> Tensor:
+        """z moved to the value ``to``: along the directions (``method``, ``strength``) or, with
+        ``confidence``, the smallest move the latent classifier reads as ``to`` that sure."""
+        if isinstance(directions, str):
+            directions = self.load_directions(directions)
+        return move_latents(z, directions, to, strength, method, confidence)
+
+    def transfer(
+        self,
+        sentences: Sequence[str],
+        directions: Union[Directions, str],
+        to: str,
+        strength: float = 1.0,
+        method: str = "mean",
+        confidence: Optional[float] = None,
+        **generation_options,
+    ) -> List[str]:
+        """Each sentence decoded from its posterior mean moved to the factor's value ``to``
+        (``steered_latents``), greedy unless told otherwise."""
+        sentences = [sentences] if isinstance(sentences, str) else list(sentences)
+        rows = self.tokens_of(sentences)
+        mu, _ = self.encode_tokens(rows)
+        z = self.steered_latents(mu, directions, to, strength, method, confidence)
+        return [
+            self.to_text(h[0]["tokens"]) for h in self.decode_hypotheses(z, **generation_options)
+        ]
+
+    def analogy(self, a, b, c, **generation_options):
+        """a : b :: c : d, d decoded from z_c + (z_b - z_a) (posterior means); a, b and c are
+        sentences, or lists of the same length (a list of d back)."""
+        single = isinstance(a, str)
+        a, b, c = ([x] if isinstance(x, str) else list(x) for x in (a, b, c))
+        if not len(a) == len(b) == len(c):
+            raise ValueError(f"analogy: {len(a)}, {len(b)} and {len(c)} sentences for a, b, c")
+        n = len(a)
+        z = self.latent(a + b + c)
+        d = self.decode(analogy_latents(z[:n], z[n : 2 * n], z[2 * n :]), **generation_options)
+        return d[0] if single else d

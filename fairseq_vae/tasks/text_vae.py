@@ -34,7 +34,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from ..prior_file import load_prior
+from ..given_latents import PriorDraws, SteeredMeans
 from ..schedules import (
     KL_SCHEDULES,
     RAMP_SHAPES,
@@ -43,6 +43,7 @@ from ..schedules import (
     kl_beta,
     schedule_record,
 )
+from ..steering import METHODS
 from ..subword import (
     UNKNOWN_WARNING_SHARE,
     build_bpe,
@@ -151,6 +152,30 @@ class TextVAEConfig(FairseqDataclass):
             "many sentences of each prior against as many real ones"
         },
     )
+    direction_file: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "steering directions fitted to this model (scripts/transfer.py --fit): "
+            "generation decodes each source's posterior mean moved to --direction-to"
+        },
+    )
+    direction_to: Optional[str] = field(
+        default=None, metadata={"help": "the factor's value to move each sentence to"}
+    )
+    direction_strength: float = field(
+        default=1.0, metadata={"help": "how far, in class-mean differences (1: the whole one)"}
+    )
+    direction_method: ChoiceEnum(list(METHODS)) = field(
+        default="mean",
+        metadata={"help": "along the class means' difference, or the latent classifier's normal"},
+    )
+    direction_confidence: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "instead of the strength: the smallest move that makes the latent "
+            "classifier read --direction-to with this probability"
+        },
+    )
     seed: int = II("common.seed")
     max_update: int = II("optimization.max_update")
     train_subset: str = II("dataset.train_subset")
@@ -237,10 +262,17 @@ class TextVAETask(FairseqTask):
         self.model_max_positions = None
         self.input_lines_read = 0  # fairseq-interactive's lines so far, for messages
         self.first_input_line = 1
-        self.prior = None  # --prior-file's prior, loaded and checked at the first generation
-        self.prior_draws = None  # its draws so far (rows x latent) and their generator
-        self.prior_generator = None
-        self.prior_rows_used = 0
+        # the z generation decodes when the encoder does not choose it (fairseq_vae.given_latents)
+        self.prior_draws = PriorDraws(cfg.prior_file, cfg.seed) if cfg.prior_file else None
+        self.steering = None
+        if cfg.direction_file:
+            self.steering = SteeredMeans(
+                cfg.direction_file,
+                cfg.direction_to,
+                cfg.direction_strength,
+                str(cfg.direction_method),
+                cfg.direction_confidence,
+            )
 
     @classmethod
     def setup_task(cls, cfg: TextVAEConfig, **kwargs):
@@ -265,6 +297,11 @@ class TextVAETask(FairseqTask):
                 raise ValueError(
                     f"--prior-file {cfg.prior_file} is a prior to sample from: generate with "
                     f"--latent-source prior (not {cfg.latent_source})"
+                )
+            if cfg.direction_file and str(cfg.latent_source) != "posterior-mean":
+                raise ValueError(
+                    f"--direction-file {cfg.direction_file} moves each source's posterior mean: "
+                    f"generate with --latent-source posterior-mean (not {cfg.latent_source})"
                 )
         dictionary = Dictionary.load(dict_path)
         logger.info(f"dictionary: {len(dictionary)} types ({dict_path})")
@@ -409,45 +446,16 @@ class TextVAETask(FairseqTask):
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         source = LATENT_SOURCES[str(self.cfg.latent_source)]
-        if source == "prior" and self.cfg.prior_file:
-            # the encoder decodes a given z whatever its latent source
-            net_input = dict(sample["net_input"], z=self.fitted_prior_latents(models, sample))
-            sample = dict(sample, net_input=net_input)
+        z = None
+        if source == "prior" and self.prior_draws is not None:
+            known = [self.cfg.prior_samples] + [len(d) for d in self.datasets.values()]
+            z = self.prior_draws.latents(models, sample, known)
+        elif source == "mean" and self.steering is not None:
+            z = self.steering.latents(models, sample)
+        if z is not None:  # the encoder decodes a given z whatever its latent source
+            sample = dict(sample, net_input=dict(sample["net_input"], z=z))
         with latent_source(models, source):
             return super().inference_step(generator, models, sample, prefix_tokens, constraints)
-
-    def fitted_prior_latents(self, models, sample) -> torch.Tensor:
-        """z for each sentence of the batch from --prior-file's prior (B x latent).
-
-        Sentence i decodes row i of the draws ``prior.sample(N, torch.Generator().manual_seed(
-        --seed))``, N the --prior-samples or the split's sentences: z depends on the seed and the
-        sentence alone, not on the batching, and is the hub's ``sample(N, seed, prior)`` draw.
-        fairseq-interactive passes no sentence ids: each batch takes the next rows. More rows
-        are drawn from the same generator as needed.
-        """
-        if self.prior is None:
-            if len(models) != 1:
-                raise ValueError(
-                    f"--prior-file fits one model's posterior: generate with one --path, not "
-                    f"an ensemble of {len(models)}"
-                )
-            self.prior = load_prior(self.cfg.prior_file, expected_model=models[0])
-            self.prior_generator = torch.Generator().manual_seed(int(self.cfg.seed))
-            self.prior_draws = torch.empty(0, self.prior.latent_dim)
-            logger.info(f"sampling z from the {self.prior.kind} prior {self.cfg.prior_file}")
-        if "id" in sample:
-            rows = sample["id"].cpu()
-        else:
-            bsz = sample["net_input"]["src_tokens"].size(0)
-            rows = torch.arange(self.prior_rows_used, self.prior_rows_used + bsz)
-        self.prior_rows_used = max(self.prior_rows_used, int(rows.max()) + 1)
-        needed = self.prior_rows_used
-        if needed > len(self.prior_draws):
-            known = [self.cfg.prior_samples] + [len(d) for d in self.datasets.values()]
-            more = max(needed, *known) - len(self.prior_draws)
-            draws = self.prior.sample(more, generator=self.prior_generator).float()
-            self.prior_draws = torch.cat([self.prior_draws, draws])
-        return self.prior_draws[rows].to(sample["net_input"]["src_tokens"].device)
 
     def beta(self, update_num: int) -> float:
         return kl_beta(update_num, self.cfg)

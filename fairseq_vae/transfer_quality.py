@@ -1,0 +1,116 @@
+"""Measures of attribute transfer (fairseq_vae.steering), read from the text alone:
+
+* ``NgramJudge``: an attribute classifier independent of the VAE, a scikit-learn logistic
+  regression on word 1- and 2-gram TF-IDF features of the training TEXT (never of z); it must
+  reach 0.9 accuracy on real test sentences to serve as a judge;
+* ``source_bleu``: content kept, sacrebleu's corpus BLEU of each output against its own source;
+* ``g_score``: the geometric mean of the accuracy (in %) and the source BLEU, the trade-off
+  figure style-transfer papers report (LatentOps' "G-score (BLEU, Accuracy)");
+* ``grammar_transfer``: on the shipped corpus, the grammar reads every factor of an output
+  exactly: success is the target factor at the target value, "others kept" every other factor
+  at the source's value.
+"""
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+from sacrebleu.metrics.bleu import BLEU
+
+JUDGE_MIN_ACCURACY = 0.9
+
+
+class NgramJudge:
+    """A TF-IDF word n-gram logistic regression trained on labelled sentences."""
+
+    def __init__(
+        self, sentences: Sequence[str], labels: Sequence[str], ngrams: int = 2, seed: int = 1
+    ):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        if len(sentences) != len(labels):
+            raise ValueError(f"judge: {len(labels)} labels for {len(sentences)} sentences")
+        if len(set(labels)) < 2:
+            raise ValueError(f"judge: the labels take one value ({sorted(set(labels))})")
+        # the corpora are tokenised: split on whitespace only, keep one-letter tokens
+        vectorizer = TfidfVectorizer(
+            ngram_range=(1, ngrams), token_pattern=None, tokenizer=str.split, lowercase=False
+        )
+        self.pipeline = make_pipeline(
+            vectorizer, LogisticRegression(max_iter=5000, C=10.0, random_state=seed)
+        )
+        self.pipeline.fit(list(sentences), list(labels))
+
+    def predict(self, sentences: Sequence[str]) -> List[str]:
+        return list(self.pipeline.predict(list(sentences)))
+
+    def accuracy(self, sentences: Sequence[str], labels: Sequence[str]) -> float:
+        predicted = self.predict(sentences)
+        return sum(p == y for p, y in zip(predicted, labels)) / len(labels)
+
+
+def source_bleu(outputs: Sequence[str], sources: Sequence[str]) -> float:
+    """Corpus BLEU-4 of the outputs, each against its own source (tokenised text: no further
+    tokenisation)."""
+    if len(outputs) != len(sources):
+        raise ValueError(f"source_bleu: {len(outputs)} outputs for {len(sources)} sources")
+    return BLEU(tokenize="none").corpus_score(list(outputs), [list(sources)]).score
+
+
+def g_score(accuracy: float, bleu: float) -> float:
+    return math.sqrt(max(100 * accuracy, 0.0) * max(bleu, 0.0))
+
+
+def grammar_transfer(
+    outputs: Sequence[str], sources: Sequence[Dict[str, str]], factor: str, to: str
+) -> Dict[str, float]:
+    """Success and others-kept shares of outputs read by the shipped corpus's grammar, for
+    sources whose factors (``synth_grammar.recognise``) are given; an ungrammatical output, or
+    one the grammar reads two ways, counts as a failure on both."""
+    from fairseq_vae import synth_grammar
+
+    success = kept = grammatical = 0
+    for output, source in zip(outputs, sources):
+        read: Optional[Dict[str, Optional[str]]] = synth_grammar.recognise(output)
+        if read is None:
+            continue
+        grammatical += 1
+        success += read[factor] == to
+        kept += all(read[f] == v for f, v in source.items() if f != factor)
+    n = len(outputs)
+    return {"success": success / n, "others_kept": kept / n, "grammatical": grammatical / n}
+
+
+def few_label_accuracy(
+    train_mu,
+    train_text,
+    train_labels,
+    test_mu,
+    test_text,
+    test_labels,
+    n: int,
+    draws: int = 5,
+    seed: int = 1,
+) -> Dict[str, float]:
+    """Test accuracy of a logistic regression on the posterior means and of the n-gram judge,
+    each trained on the same n labelled training sentences, averaged over ``draws`` seeded
+    draws (a draw with a single class is drawn again)."""
+    import random
+
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rng = random.Random(seed)
+    latent, ngram = [], []
+    for _ in range(draws):
+        chosen = rng.sample(range(len(train_labels)), n)
+        while len({train_labels[i] for i in chosen}) < 2:
+            chosen = rng.sample(range(len(train_labels)), n)
+        y = [train_labels[i] for i in chosen]
+        probe = LogisticRegression(max_iter=5000, random_state=seed)
+        probe.fit(np.asarray(train_mu)[chosen], y)
+        latent.append(float(np.mean(probe.predict(np.asarray(test_mu)) == np.asarray(test_labels))))
+        judge = NgramJudge([train_text[i] for i in chosen], y, seed=seed)
+        ngram.append(judge.accuracy(test_text, test_labels))
+    return {"labels": n, "latent": float(np.mean(latent)), "ngram": float(np.mean(ngram))}
