@@ -55,6 +55,7 @@ POINTS = {
     "ptb, BART init, fb 0.5": dict(corpus="ptb", setting="BART init, fb 0.5"),
     "ptb, BART init, fb 0.1": dict(corpus="ptb", setting="BART init, fb 0.1"),
     "ptb, cyclical, fb 0.25": dict(corpus="ptb", setting="cyclical, fb 0.25"),
+    "yelp, BART init, fb 0.5": dict(corpus="yelp", setting="BART init, fb 0.5"),
 }
 
 
@@ -109,6 +110,30 @@ def ptb_jobs(setting: str, args, b: dict) -> dict:
         },
         "train_job": f"train {setting}",
         "lm_job": "train ptb lm",
+    }
+
+
+def yelp_jobs(setting: str, args, b: dict) -> dict:
+    """The Yelp VAE of benchmarks/control.py (its pretraining, VAE and LM, in its folder)."""
+    import control
+
+    options = argparse.Namespace(
+        yelp=args.yelp,
+        yelp_out=args.yelp_out,
+        setting=setting,
+        pretrain_hours=0.75,
+        iw_samples=args.iw_samples,
+    )
+    jobs, paths = control.yelp_jobs(options, b)
+    return {
+        "data": paths["data"],
+        "checkpoint": os.path.join(paths["vae"], "checkpoint_last.pt"),
+        "lm": os.path.join(paths["lm"], "checkpoint_last.pt"),
+        "train_log": os.path.join(paths["vae"], "train.log"),
+        "grammar": None,
+        "jobs": jobs,
+        "train_job": "train yelp vae",
+        "lm_job": "train yelp lm",
     }
 
 
@@ -409,6 +434,16 @@ def main():
         default=os.path.join(REPO, "benchmarks", "runs", "ptb-cpu"),
         help="ptb.py's working folder (its trainings are shared)",
     )
+    p.add_argument(
+        "--yelp",
+        default=os.path.join("..", "shared", "data", "yelp"),
+        help="the Yelp text folder",
+    )
+    p.add_argument(
+        "--yelp-out",
+        default=os.path.join(REPO, "benchmarks", "runs", "yelp-cpu"),
+        help="benchmarks/control.py's Yelp folder (its trainings are shared)",
+    )
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "runs", "prior-cpu"))
     p.add_argument("--pretrained-bart", metavar="CKPT")
     p.add_argument("--iw-samples", type=int, default=100)
@@ -437,6 +472,8 @@ def main():
         info = POINTS[name]
         if info["corpus"] == "synth":
             point = synth_jobs(os.path.abspath(args.out), b)
+        elif info["corpus"] == "yelp":
+            point = yelp_jobs(info["setting"], args, b)
         else:
             point = ptb_jobs(info["setting"], args, b)
         point.update(name=name, **info)

@@ -1,0 +1,516 @@
+#!/usr/bin/env python3
+"""Steering with the latent, measured: sentiment transfer on Yelp, transfer of each factor and
+analogies on the shipped corpus, and few-label classification from z.
+
+    benchmarks/control.sh                       # trains what is missing, then measures
+    benchmarks/control.sh --corpora synth       # the shipped corpus only (minutes)
+
+Models, trained here as the project's other benchmarks train them (resumable; a rerun skips
+every finished step):
+* Yelp (--yelp, ../shared/data/yelp): a BART denoising-pretrained on its training text
+  (benchmarks/pretrained.py's pretraining, --pretrain-hours), bart_vae_small fine-tuned from it
+  with benchmarks/ptb.py's setting --setting ("BART init, fb 0.5" by default: transfer must
+  keep a sentence's content, so z must carry it; the low-rate "fb 0.1" recipe keeps about 3
+  nats of it on short sentences, too little for a BLEU of 30 against the source), the
+  same-size transformer_lm for the same updates (the reference LM), and their test-split
+  evaluations (IW-PPL, KL, MI, AU, BLEU; fairseq-eval-lm);
+* the shipped corpus: the demo's model (scripts/demo.py), in benchmarks/prior.py's folder.
+
+Measured (each corpus's numbers kept in --out/control-<corpus>.json, so a rerun only writes
+the table):
+1. Yelp: an independent judge (fairseq_vae.transfer_quality.NgramJudge on the training text,
+   its test accuracy reported); directions (fairseq_vae.steering) fitted to the posterior means
+   of --direction-sentences training sentences; every test sentence moved to the other
+   sentiment, by the class-mean and the classifier-normal directions at STRENGTHS and by the
+   guided move at CONFIDENCES, decoded greedily: transfer accuracy (the judge), BLEU against the
+   source, the reference LM's PPL of the outputs over the sources', and the G-score; the
+   trade-off curve (accuracy against source BLEU) in the .png.
+2. Few labels: a logistic regression on the posterior means against the judge's model, both
+   trained on the same 100, 1,000 and all --direction-sentences labels (5 draws each).
+3. The shipped corpus: each test sentence moved to another value of each factor (the next
+   one in the grammar's order), success and "others kept" read by its grammar; analogies
+   a : b :: c : d over ANALOGIES triples where b differs from a in one factor, success when
+   the grammar reads d as c with that factor changed to b's value.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import random
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import prior  # noqa: E402  (the demo model's training)
+import ptb  # noqa: E402  (corpus preparation, trainings, evaluations, the job queue)
+
+import pretrained  # noqa: E402  (the denoising pretraining)
+
+REPO = ptb.REPO
+STRENGTHS = (0.5, 1.0, 1.5, 2.0, 3.0)
+CONFIDENCES = (0.9, 0.99, 0.999)
+SYNTH_STRENGTHS = (1.0, 1.5, 2.0)
+FEW_LABELS = (100, 1000)
+FEW_LABEL_DRAWS = 5
+ANALOGIES = 500
+SEED = 1
+TARGETS = {
+    "yelp_accuracy": 0.9,
+    "yelp_bleu": 30.0,
+    "yelp_ppl_ratio": 1.5,
+    "synth_success": 0.95,
+    "synth_kept": 0.9,
+    "analogy": 0.8,
+}
+
+
+def log(msg: str):
+    print(f"[control {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def read_text(path: str) -> list:
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+# ----------------------------------------------------------------------------------------------
+# the trainings
+
+
+def yelp_jobs(args, b: dict) -> dict:
+    """The Yelp pretraining, VAE and LM, and their test evaluations, as run_queue jobs."""
+    out = os.path.abspath(args.yelp_out)
+    data = ptb.prepare(args.yelp, out)
+    bart_dir = os.path.join(out, "bart")
+    bart = os.path.join(bart_dir, "checkpoint_last.pt")
+    vae = os.path.join(out, "vae", ptb.setting_dir(args.setting))
+    lm = os.path.join(out, "lm")
+    k = args.iw_samples
+    jobs = {
+        "pretrain yelp": ptb.train_job(
+            [pretrained.pretrain_cmd(data, b, bart_dir, args.pretrain_hours)],
+            os.path.join(bart_dir, "train.log"),
+        ),
+        "train yelp lm": ptb.train_job(
+            [ptb.lm_train_cmd(data, b, b["max_update"], lm)], os.path.join(lm, "train.log")
+        ),
+        "train yelp vae": ptb.train_job(
+            ptb.vae_train_cmds(data, b, ptb.SETTINGS[args.setting], b["max_update"], vae, bart),
+            os.path.join(vae, "train.log"),
+            after=["pretrain yelp"],
+        ),
+    }
+    jobs["eval yelp vae"] = ptb.vae_eval_job(
+        data,
+        os.path.join(vae, "checkpoint_last.pt"),
+        "test",
+        k,
+        os.path.join(vae, f"test-K{k}.json"),
+        b,
+        after=["train yelp vae"],
+    )
+    jobs["eval yelp lm"] = ptb.lm_eval_job(
+        data,
+        os.path.join(lm, "checkpoint_last.pt"),
+        os.path.join(lm, "test.log"),
+        b,
+        after=["train yelp lm"],
+    )
+    paths = {"data": data, "vae": vae, "lm": lm, "report": os.path.join(vae, f"test-K{k}.json")}
+    return jobs, paths
+
+
+# ----------------------------------------------------------------------------------------------
+# the measurements
+
+
+def load_hub(checkpoint_dir: str, data: str):
+    from fairseq_vae.models.bart_vae import BARTVAEModel
+
+    return BARTVAEModel.from_pretrained(checkpoint_dir, "checkpoint_last.pt", data).eval()
+
+
+def transfer_outputs(hub, mu, directions, targets: list, method: str, strength: float) -> list:
+    """Each sentence's posterior mean (a row of mu) moved to its target value and decoded
+    greedily; ``method`` "guided" takes ``strength`` as the confidence."""
+    from fairseq_vae.steering import move_latents
+
+    guided = method == "guided"
+    outputs = [None] * len(targets)
+    for to in directions.values:
+        idx = [i for i, t in enumerate(targets) if t == to]
+        if not idx:
+            continue
+        z = move_latents(
+            mu[idx],
+            directions,
+            to,
+            strength,
+            "mean" if guided else method,
+            strength if guided else None,
+        )
+        for i, text in zip(idx, hub.decode(z, beam=1)):
+            outputs[i] = text
+    return outputs
+
+
+def measure_yelp(args, paths: dict) -> dict:
+    from fairseq_vae import sample_quality as sq
+    from fairseq_vae.estimators import read_labels
+    from fairseq_vae.steering import fit_directions
+    from fairseq_vae.transfer_quality import NgramJudge, few_label_accuracy, g_score, source_bleu
+
+    texts = {s: read_text(os.path.join(args.yelp, f"{s}.txt")) for s in ("train", "test")}
+    labels = {
+        s: read_labels(os.path.join(args.yelp, f"{s}.labels.tsv"), len(texts[s]))["sentiment"]
+        for s in texts
+    }
+    log(f"fitting the judge on {len(texts['train'])} training sentences")
+    judge = NgramJudge(texts["train"], labels["train"], seed=SEED)
+    judge_accuracy = judge.accuracy(texts["test"], labels["test"])
+    log(f"judge accuracy on test: {judge_accuracy:.4f}")
+
+    hub = load_hub(paths["vae"], paths["data"])
+    lm, _ = sq.load_lm(
+        os.path.join(paths["lm"], "checkpoint_last.pt"),
+        data=paths["data"],
+        dictionary=hub.dictionary,
+    )
+    chosen = sorted(
+        random.Random(SEED).sample(range(len(texts["train"])), args.direction_sentences)
+    )
+    train_text = [texts["train"][i] for i in chosen]
+    train_labels = [labels["train"][i] for i in chosen]
+    log(f"encoding {len(chosen)} training and {len(texts['test'])} test sentences")
+    train_mu = hub.encode(train_text)[0].cpu()
+    test_mu = hub.encode(texts["test"])[0].cpu()
+    directions = fit_directions(train_mu, train_labels, "sentiment", SEED)
+    sources_ppl = sq.lm_perplexity(lm, texts["test"], hub.dictionary)
+    other = {v: next(w for w in directions.values if w != v) for v in directions.values}
+    targets = [other[v] for v in labels["test"]]
+
+    rows = []
+    settings = [("mean", s) for s in STRENGTHS] + [("linear", s) for s in STRENGTHS]
+    settings += [("guided", c) for c in CONFIDENCES]
+    for method, strength in settings:
+        log(f"transfer: {method} {strength}")
+        outputs = transfer_outputs(hub, test_mu, directions, targets, method, strength)
+        accuracy = judge.accuracy(outputs, targets)
+        bleu = source_bleu(outputs, texts["test"])
+        ratio = sq.lm_perplexity(lm, outputs, hub.dictionary) / sources_ppl
+        rows.append(
+            {
+                "corpus": "yelp",
+                "factor": "sentiment",
+                "method": method,
+                "strength": strength,
+                "accuracy": accuracy,
+                "source_bleu": bleu,
+                "lm_ppl_ratio": ratio,
+                "others_kept": None,
+                "g_score": g_score(accuracy, bleu),
+                "examples": [[texts["test"][i], outputs[i]] for i in range(5)],
+            }
+        )
+    reconstructed = hub.decode(test_mu, beam=1)
+    few = []
+    for n in (*FEW_LABELS, len(chosen)):
+        log(f"few labels: {n}")
+        draws = FEW_LABEL_DRAWS if n < len(chosen) else 1
+        few.append(
+            few_label_accuracy(
+                train_mu.numpy(),
+                train_text,
+                train_labels,
+                test_mu.numpy(),
+                texts["test"],
+                labels["test"],
+                n,
+                draws,
+                SEED,
+            )
+        )
+    return {
+        "judge_accuracy": judge_accuracy,
+        "sources_lm_ppl": sources_ppl,
+        "reconstruction_bleu": source_bleu(reconstructed, texts["test"]),
+        "reconstruction_judge_keeps": judge.accuracy(reconstructed, labels["test"]),
+        "direction_sentences": len(chosen),
+        "transfer": rows,
+        "few_labels": few,
+        "evaluation": json.load(open(paths["report"]))["metrics"],
+        "lm_test_ppl": ptb.lm_result(os.path.join(paths["lm"], "test.log"))["ppl"],
+        "training": {
+            k: ptb.train_summary(os.path.join(paths[k], "train.log")) for k in ("vae", "lm")
+        },
+    }
+
+
+def measure_synth(args, point: dict) -> dict:
+    from fairseq_vae import synth_grammar
+    from fairseq_vae.estimators import read_labels
+    from fairseq_vae.steering import fit_directions
+    from fairseq_vae.synth_corpus import FACTOR_NAMES
+    from fairseq_vae.transfer_quality import grammar_transfer, source_bleu
+
+    corpus = os.path.join(REPO, "corpus", "synth")
+    texts = {s: read_text(os.path.join(corpus, f"{s}.txt")) for s in ("train", "test")}
+    labels = {s: read_labels(os.path.join(corpus, f"{s}.labels.tsv"), len(texts[s])) for s in texts}
+    hub = load_hub(os.path.dirname(point["checkpoint"]), point["data"])
+    train_mu = hub.encode(texts["train"])[0].cpu()
+    test_mu = hub.encode(texts["test"])[0].cpu()
+    factors = [{f: labels["test"][f][i] for f in FACTOR_NAMES} for i in range(len(texts["test"]))]
+    rows = []
+    for factor in FACTOR_NAMES:
+        directions = fit_directions(train_mu, labels["train"][factor], factor, SEED)
+        values = directions.values
+        targets = [values[(values.index(f[factor]) + 1) % len(values)] for f in factors]
+        settings = [("mean", s) for s in SYNTH_STRENGTHS] + [("linear", s) for s in SYNTH_STRENGTHS]
+        settings += [("guided", c) for c in CONFIDENCES]
+        for method, strength in settings:
+            outputs = transfer_outputs(hub, test_mu, directions, targets, method, strength)
+            success = kept = 0.0
+            for to in values:
+                idx = [i for i, t in enumerate(targets) if t == to]
+                if idx:
+                    read = grammar_transfer(
+                        [outputs[i] for i in idx], [factors[i] for i in idx], factor, to
+                    )
+                    success += read["success"] * len(idx)
+                    kept += read["others_kept"] * len(idx)
+            n = len(outputs)
+            rows.append(
+                {
+                    "corpus": "synth",
+                    "factor": factor,
+                    "method": method,
+                    "strength": strength,
+                    "accuracy": success / n,
+                    "source_bleu": source_bleu(outputs, texts["test"]),
+                    "lm_ppl_ratio": None,
+                    "others_kept": kept / n,
+                    "examples": [[texts["test"][i], targets[i], outputs[i]] for i in range(3)],
+                }
+            )
+            log(
+                f"synth {factor} {method} {strength}: success {success / n:.3f}, "
+                f"kept {kept / n:.3f}"
+            )
+
+    # analogies: a and b differ in one factor; c has another value of it than b
+    rng = random.Random(SEED)
+    triples = []
+    while len(triples) < ANALOGIES:
+        a, b, c = (rng.randrange(len(factors)) for _ in range(3))
+        differ = [f for f in FACTOR_NAMES if factors[a][f] != factors[b][f]]
+        if len(differ) == 1 and factors[c][differ[0]] != factors[b][differ[0]]:
+            triples.append((a, b, c, differ[0]))
+    d = hub.analogy(
+        [texts["test"][t[0]] for t in triples],
+        [texts["test"][t[1]] for t in triples],
+        [texts["test"][t[2]] for t in triples],
+        beam=1,
+    )
+    hits = 0
+    for (_, b, c, f), out in zip(triples, d):
+        wanted = dict(factors[c], **{f: factors[b][f]})
+        read = synth_grammar.recognise(out)
+        hits += read is not None and all(read[k] == v for k, v in wanted.items())
+    return {"transfer": rows, "analogy": {"n": len(triples), "success": hits / len(triples)}}
+
+
+# ----------------------------------------------------------------------------------------------
+# the report
+
+
+def best_yelp(rows: list) -> dict:
+    """The Yelp row that meets the most targets at once, then the highest G-score."""
+
+    def met(r):
+        return (
+            (r["accuracy"] >= TARGETS["yelp_accuracy"])
+            + (r["source_bleu"] >= TARGETS["yelp_bleu"])
+            + (r["lm_ppl_ratio"] <= TARGETS["yelp_ppl_ratio"])
+        )
+
+    return max(rows, key=lambda r: (met(r), r["g_score"]))
+
+
+def markdown(args, results: dict, started: str) -> str:
+    lines = [
+        "# Steering with the latent",
+        "",
+        f"Made by `benchmarks/control.py {' '.join(sys.argv[1:])}`, started {started}, on "
+        f"{ptb.machine()}. Greedy decoding; transfer moves each test sentence to the other "
+        "value (Yelp) or the next value of the factor (the shipped corpus). method: mean = "
+        "the class-mean difference times the strength; linear = that move projected on the "
+        "latent classifier's normal; guided = the smallest move the latent classifier reads "
+        "as the target with the given probability (strength column). accuracy: the judge "
+        "(Yelp) or the grammar (shipped corpus) reads the target value; source BLEU: each "
+        "output against its own source; LM PPL ratio: the reference LM's PPL of the outputs "
+        "over the sources'; G: sqrt(100 accuracy x BLEU).",
+        "",
+    ]
+    yelp = results.get("yelp")
+    if yelp:
+        e = yelp["evaluation"]
+        lines += [
+            f"## Yelp ({args.setting}, {yelp['direction_sentences']} training sentences for the "
+            "directions)",
+            "",
+            f"Judge (word 1-2-gram TF-IDF logistic regression on the training text): test accuracy "
+            f"{yelp['judge_accuracy']:.3f}. VAE on test: IW-PPL {e['iw_ppl_word']:.2f} "
+            f"(K={args.iw_samples}), KL {e['kl']:.2f}, MI {e['mi']:.2f}, AU {e['au']}, BLEU "
+            f"{e.get('bleu', float('nan')):.2f}; same-size transformer_lm PPL "
+            f"{yelp['lm_test_ppl']:.2f}. Reconstructions: BLEU {yelp['reconstruction_bleu']:.1f}, "
+            f"the judge keeps the source's sentiment in {yelp['reconstruction_judge_keeps']:.3f}.",
+            "",
+            "| method | strength | accuracy | source BLEU | LM PPL ratio | G |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in yelp["transfer"]:
+            lines.append(
+                f"| {r['method']} | {r['strength']} | {r['accuracy']:.3f} | "
+                f"{r['source_bleu']:.1f} | {r['lm_ppl_ratio']:.2f} | {r['g_score']:.1f} |"
+            )
+        best = best_yelp(yelp["transfer"])
+        lines += [
+            "",
+            f"Best operating point: {best['method']} {best['strength']} (accuracy "
+            f"{best['accuracy']:.3f}, BLEU {best['source_bleu']:.1f}, PPL ratio "
+            f"{best['lm_ppl_ratio']:.2f}); target: accuracy >= 0.90 and BLEU >= 30 at once, "
+            "PPL ratio <= 1.5.",
+            "",
+            f"Few labels (test accuracy, mean of {FEW_LABEL_DRAWS} draws):",
+            "",
+            "| labels | latent | n-gram |",
+            "|---|---|---|",
+        ]
+        for r in yelp["few_labels"]:
+            lines.append(f"| {r['labels']} | {r['latent']:.3f} | {r['ngram']:.3f} |")
+        lines.append("")
+    synth = results.get("synth")
+    if synth:
+        lines += [
+            "## The shipped corpus (the demo's model)",
+            "",
+            "| factor | method | strength | success | others kept | source BLEU |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in synth["transfer"]:
+            lines.append(
+                f"| {r['factor']} | {r['method']} | {r['strength']} | {r['accuracy']:.3f} "
+                f"| {r['others_kept']:.3f} | {r['source_bleu']:.1f} |"
+            )
+        a = synth["analogy"]
+        lines += ["", f"Analogies: {a['success']:.3f} of {a['n']} (target >= 0.8).", ""]
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: str, rows: list):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        ax.plot([r["source_bleu"] for r in mine], [r["accuracy"] for r in mine], "o-", label=method)
+        for r in mine:
+            ax.annotate(str(r["strength"]), (r["source_bleu"], r["accuracy"]), fontsize=7)
+    ax.axhline(TARGETS["yelp_accuracy"], color="grey", lw=0.8)
+    ax.axvline(TARGETS["yelp_bleu"], color="grey", lw=0.8)
+    ax.set_xlabel("BLEU against the source")
+    ax.set_ylabel("transfer accuracy (judge)")
+    ax.set_title("Yelp sentiment transfer")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def control_json(results: dict) -> dict:
+    """The issue's schema: judge accuracy, transfer rows, analogy, few labels."""
+    yelp, synth = results.get("yelp", {}), results.get("synth", {})
+    keys = (
+        "corpus",
+        "factor",
+        "method",
+        "strength",
+        "accuracy",
+        "source_bleu",
+        "lm_ppl_ratio",
+        "others_kept",
+    )
+    rows = yelp.get("transfer", []) + synth.get("transfer", [])
+    return {
+        "judge_accuracy": yelp.get("judge_accuracy"),
+        "transfer": [{k: r[k] for k in keys} for r in rows],
+        "analogy": synth.get("analogy"),
+        "few_labels": yelp.get("few_labels", []),
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--corpora", default="yelp;synth", help="';'-separated, of yelp and synth")
+    p.add_argument(
+        "--yelp",
+        default=os.path.join("..", "shared", "data", "yelp"),
+        help="the Yelp text folder (train/valid/test .txt and .labels.tsv)",
+    )
+    p.add_argument("--yelp-out", default=os.path.join(REPO, "benchmarks", "runs", "yelp-cpu"))
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "runs", "control-cpu"))
+    p.add_argument("--setting", default="BART init, fb 0.5", choices=list(ptb.SETTINGS))
+    p.add_argument("--pretrain-hours", type=float, default=0.75)
+    p.add_argument("--iw-samples", type=int, default=100)
+    p.add_argument("--direction-sentences", type=int, default=20000)
+    p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", "control.md"))
+    args = p.parse_args()
+    corpora = [c.strip() for c in args.corpora.split(";") if c.strip()]
+    if set(corpora) - {"yelp", "synth"}:
+        p.error(f"--corpora: unknown {sorted(set(corpora) - {'yelp', 'synth'})}")
+    if "yelp" in corpora and not ptb.SETTINGS[args.setting].get("bart_init"):
+        p.error("--setting: a BART-init setting (the Yelp VAE fine-tunes its pretraining)")
+    b = dict(ptb.BUDGETS["cpu"])
+    started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    jobs, paths, synth_point = {}, None, None
+    if "yelp" in corpora:
+        more, paths = yelp_jobs(args, b)
+        jobs.update(more)
+    if "synth" in corpora:
+        synth_point = prior.synth_jobs(os.path.join(REPO, "benchmarks", "runs", "prior-cpu"), b)
+        jobs.update(synth_point.pop("jobs"))
+    ptb.run_queue(jobs, 2)
+
+    os.makedirs(args.out, exist_ok=True)
+    results = {}
+    for corpus in corpora:
+        kept = os.path.join(args.out, f"control-{corpus}.json")
+        if not os.path.isfile(kept):
+            found = (
+                measure_yelp(args, paths) if corpus == "yelp" else measure_synth(args, synth_point)
+            )
+            json.dump(found, open(kept + ".partial", "w"), indent=1)
+            os.replace(kept + ".partial", kept)
+        else:
+            log(f"{corpus}: measured in an earlier run ({kept})")
+        results[corpus] = json.load(open(kept))
+    with open(args.results, "w") as f:
+        f.write(markdown(args, results, started))
+    stem = args.results[: -len(".md")]
+    summary = dict(control_json(results), machine=ptb.machine(), started=started)
+    json.dump(summary, open(stem + ".json", "w"), indent=1)
+    if "yelp" in results:
+        plot(stem + ".png", results["yelp"]["transfer"])
+    print(open(args.results).read())
+    log(f"wrote {args.results} and {stem}.json")
+
+
+if __name__ == "__main__":
+    main()
