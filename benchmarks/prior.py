@@ -223,7 +223,9 @@ def reverse_jobs(point: dict, args, b: dict) -> dict:
         train = ptb.lm_train_cmd(data, b, args.reverse_updates, lm)
         every = str(REVERSE_VALIDATE)
         train += ["--validate-interval-updates", every, "--save-interval-updates", every]
-        train += ["--keep-interval-updates", "1"]
+        # validated every REVERSE_VALIDATE updates only: an epoch is a few updates here
+        train += ["--keep-interval-updates", "1", "--validate-interval", "1000000"]
+        train += ["--save-interval", "1000000"]
         name = f"reverse {source} {point['name']}"
         jobs[name] = ptb.train_job(
             [[*write, text], binarise, *links, train], os.path.join(lm, "train.log"), after
