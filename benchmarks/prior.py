@@ -209,7 +209,7 @@ def reverse_jobs(point: dict, args, b: dict) -> dict:
             after = []
         else:
             kind = source if source in PRIOR_KINDS else PRIOR_KINDS[0]
-            write = [*tool, "samples", eval_path(point, kind, args), source]
+            write = [*tool, "samples", eval_path(point, kind, args), source, point["data"]]
             after = [f"eval {kind} {point['name']}"]
         binarise = [os.path.join(BIN, "fairseq-preprocess"), "--only-source", "--trainpref"]
         binarise += [text, "--srcdict", os.path.join(point["data"], "dict.txt")]
