@@ -83,12 +83,36 @@ def save_prior(path: str, prior: Prior, meta: Optional[dict] = None):
         "state": {key: t.detach().cpu().clone() for key, t in prior.state_dict().items()},
         "meta": json_plain(meta or {}, "meta"),
     }
+    write_payload(path, payload, "the prior")
+
+
+def write_payload(path: str, payload: dict, what: str):
+    """torch.save of a dict of tensors and plain values, atomically (a temporary file renamed)."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise ValueError(f"cannot write the prior {path}: folder {folder} does not exist")
+        raise ValueError(f"cannot write {what} {path}: folder {folder} does not exist")
     partial = path + ".partial"
     torch.save(payload, partial)
     os.replace(partial, path)
+
+
+def read_payload(path: str, file_format: str, version: int, what: str, made_by: str) -> dict:
+    """The dict ``write_payload`` wrote, read with weights_only on; a missing or unreadable
+    file, another format or another version is a ValueError naming the file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} file {path} does not exist ({made_by} writes one)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated file, or one holding pickled classes
+        raise ValueError(f"{path} is not a readable {what} file: {error}") from None
+    if not isinstance(payload, dict) or payload.get("format") != file_format:
+        raise ValueError(f"{path} is not a fairseq_vae {what} file ({made_by})")
+    if payload.get("version") != version:
+        raise ValueError(
+            f"{what} file {path} has format version {payload.get('version')}; this fairseq_vae "
+            f"reads version {version}: fit it again"
+        )
+    return payload
 
 
 def load_prior(
@@ -108,19 +132,9 @@ def load_prior(
     Raises:
         ValueError naming the file and both sizes, or both checkpoints, on a mismatch
     """
-    if not os.path.isfile(path):
-        raise ValueError(f"prior file {path} does not exist (fairseq-vae-fit-prior writes one)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated file, or one holding pickled classes
-        raise ValueError(f"{path} is not a readable prior file: {error}") from None
-    if not isinstance(payload, dict) or payload.get("format") != PRIOR_FORMAT:
-        raise ValueError(f"{path} is not a fairseq_vae prior file (fairseq-vae-fit-prior)")
-    if payload.get("version") != PRIOR_FORMAT_VERSION:
-        raise ValueError(
-            f"prior file {path} has format version {payload.get('version')}; this fairseq_vae "
-            f"reads version {PRIOR_FORMAT_VERSION}: fit it again"
-        )
+    payload = read_payload(
+        path, PRIOR_FORMAT, PRIOR_FORMAT_VERSION, "prior", "fairseq-vae-fit-prior"
+    )
     try:
         prior = build_prior(payload["kind"], payload["config"])
         prior.load_state_dict(payload["state"])

@@ -22,13 +22,12 @@ another model is refused.
 """
 
 import math
-import os
 from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from fairseq_vae.prior_file import check_model, json_plain, prior_meta
+from fairseq_vae.prior_file import check_model, json_plain, prior_meta, read_payload, write_payload
 
 DIRECTIONS_FORMAT = "fairseq_vae.directions"
 DIRECTIONS_FORMAT_VERSION = 1
@@ -191,27 +190,19 @@ def save_directions(path: str, directions: Directions, model: nn.Module, checkpo
         "bias": directions.bias.clone(),
         "meta": json_plain(prior_meta(model, checkpoint, **extra), "meta"),
     }
-    partial = path + ".partial"
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    write_payload(path, payload, "the directions")
 
 
 def load_directions(path: str, model=None, checkpoint: Optional[str] = None) -> Directions:
     """The directions saved at ``path``; given ``model`` (or a hub interface), refused unless
     they were fitted to it, the error naming both checkpoints."""
-    if not os.path.isfile(path):
-        raise ValueError(f"directions file {path} does not exist (scripts/transfer.py --fit)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated file, or one holding pickled classes
-        raise ValueError(f"{path} is not a readable directions file: {error}") from None
-    if not isinstance(payload, dict) or payload.get("format") != DIRECTIONS_FORMAT:
-        raise ValueError(f"{path} is not a fairseq_vae directions file")
-    if payload.get("version") != DIRECTIONS_FORMAT_VERSION:
-        raise ValueError(
-            f"directions file {path} has version {payload.get('version')}; this fairseq_vae "
-            f"reads version {DIRECTIONS_FORMAT_VERSION}: fit them again"
-        )
+    payload = read_payload(
+        path,
+        DIRECTIONS_FORMAT,
+        DIRECTIONS_FORMAT_VERSION,
+        "directions",
+        "scripts/transfer.py --fit",
+    )
     keys = ("factor", "values", "means", "counts", "weight", "bias", "meta")
     directions = Directions(*(payload[k] for k in keys))
     if model is not None:
