@@ -11,7 +11,8 @@ Points (POINTS): the shipped corpus's BART-init point is the demo's model (scrip
 which fine-tunes the shipped BART); a PTB point is a setting of benchmarks/ptb.py, trained in
 ptb.py's own working folder (benchmarks/runs/ptb-cpu), so a training either benchmark finished
 is not run again; the "BART init" ones need --pretrained-bart (benchmarks/pretrained.sh
---pretrain-only). Each corpus has its reference LM, a transformer_lm of the decoder's size
+--pretrain-only). The Yelp point is benchmarks/control.py's Yelp VAE (its own pretraining,
+in its folder --yelp-out). Each corpus has its reference LM, a transformer_lm of the decoder's size
 trained for the same updates (ptb.py's for PTB).
 
 For each point, then, one after the other as their inputs are ready: a mixture and a flow fitted
