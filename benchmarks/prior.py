@@ -243,7 +243,10 @@ def reverse_ppl(point: dict, args) -> dict:
     if not args.reverse_ppl:
         return {}
     logs = {s: os.path.join(reverse_dir(point, s, args), "test.log") for s in REVERSE_SOURCES}
-    return {s: ptb.lm_result(log)["ppl"] for s, log in logs.items()}
+    # (with --report, the runs not finished yet are left out)
+    return {
+        s: ptb.lm_result(log)["ppl"] for s, log in logs.items() if os.path.isfile(log + ".done")
+    }
 
 
 def sample_fields(row: dict, real: dict, reverse: dict) -> dict:
@@ -462,6 +465,11 @@ def main():
         default=300,
         help="updates of each reverse-PPL LM (default 300; the best on valid is scored)",
     )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="write the table from what earlier runs finished, running nothing",
+    )
     p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", "prior.md"))
     args = p.parse_args()
     names = [n.strip() for n in args.points.split(";") if n.strip()]
@@ -489,7 +497,16 @@ def main():
         if args.reverse_ppl:
             jobs.update(reverse_jobs(point, args, b))
         points.append(point)
-    ptb.run_queue(jobs, 2)
+    if not args.report:
+        ptb.run_queue(jobs, 2)
+    else:  # the points whose evaluations have finished
+        finished = [
+            p for p in points if all(os.path.isfile(eval_path(p, k, args)) for k in PRIOR_KINDS)
+        ]
+        for point in points:
+            if point not in finished:
+                ptb.log(f"--report: {point['name']} is not evaluated yet: left out")
+        points = finished
 
     rows = [r for point in points for r in point_rows(point, args)]
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
