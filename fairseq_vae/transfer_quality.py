@@ -8,11 +8,11 @@
   figure style-transfer papers report (LatentOps' "G-score (BLEU, Accuracy)");
 * ``grammar_transfer``: on the shipped corpus, the grammar reads every factor of an output
   exactly: success is the target factor at the target value, "others kept" every other factor
-  at the source's value.
+  at the source's value (and each other factor's own share).
 """
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 from sacrebleu.metrics.bleu import BLEU
 
@@ -63,23 +63,35 @@ def g_score(accuracy: float, bleu: float) -> float:
 
 
 def grammar_transfer(
-    outputs: Sequence[str], sources: Sequence[Dict[str, str]], factor: str, to: str
+    outputs: Sequence[str],
+    sources: Sequence[Dict[str, str]],
+    factor: str,
+    to: Union[str, Sequence[str]],
 ) -> Dict[str, float]:
     """Success and others-kept shares of outputs read by the shipped corpus's grammar, for
-    sources whose factors (``synth_grammar.recognise``) are given; an ungrammatical output, or
-    one the grammar reads two ways, counts as a failure on both."""
+    sources whose factors are given and a target value (one for all, or one per output); an
+    ungrammatical output, or one the grammar reads two ways, counts as a failure on both."""
     from fairseq_vae import synth_grammar
 
+    targets = [to] * len(outputs) if isinstance(to, str) else list(to)
     success = kept = grammatical = 0
-    for output, source in zip(outputs, sources):
+    each = {f: 0 for f in (sources[0] if sources else {}) if f != factor}
+    for output, source, to in zip(outputs, sources, targets):
         read: Optional[Dict[str, Optional[str]]] = synth_grammar.recognise(output)
         if read is None:
             continue
         grammatical += 1
         success += read[factor] == to
         kept += all(read[f] == v for f, v in source.items() if f != factor)
+        for f in each:
+            each[f] += read[f] == source[f]
     n = len(outputs)
-    return {"success": success / n, "others_kept": kept / n, "grammatical": grammatical / n}
+    return {
+        "success": success / n,
+        "others_kept": kept / n,
+        "grammatical": grammatical / n,
+        "kept_each": {f: k / n for f, k in each.items()},
+    }
 
 
 def few_label_accuracy(

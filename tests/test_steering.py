@@ -308,7 +308,12 @@ def test_grammar_transfer_reads_the_shipped_corpus_labels():
     i = next(k for k in range(len(lines)) if factors[k]["tense"] == "past")
     same = [k for k in range(len(lines)) if factors[k]["tense"] == "past"][:20]
     scores = grammar_transfer([lines[k] for k in same], [factors[k] for k in same], "tense", "past")
-    assert scores == {"success": 1.0, "others_kept": 1.0, "grammatical": 1.0}
+    assert scores == {
+        "success": 1.0,
+        "others_kept": 1.0,
+        "grammatical": 1.0,
+        "kept_each": {"topic": 1.0, "sentiment": 1.0, "number": 1.0},
+    }
     # another sentence as the output of each source: the share with every other factor equal
     others = [k for k in range(len(lines)) if k != i][:40]
     out = [lines[k] for k in others]
@@ -318,8 +323,10 @@ def test_grammar_transfer_reads_the_shipped_corpus_labels():
     assert scores["success"] == pytest.approx(
         sum(factors[k]["tense"] == "past" for k in others) / 40
     )
+    same_topic = sum(factors[k]["topic"] == factors[i]["topic"] for k in others) / len(out)
+    assert scores["kept_each"]["topic"] == pytest.approx(same_topic)
     broken = grammar_transfer(["time the was ."], [factors[i]], "tense", "past")
-    assert broken == {"success": 0.0, "others_kept": 0.0, "grammatical": 0.0}
+    assert broken["success"] == broken["others_kept"] == broken["grammatical"] == 0.0
 
 
 def test_few_label_accuracy_on_a_latent_that_holds_the_label():
