@@ -375,7 +375,7 @@ def markdown(args, results: dict, started: str) -> str:
             f"Judge (word 1-2-gram TF-IDF logistic regression on the training text): test accuracy "
             f"{yelp['judge_accuracy']:.3f}. VAE on test: IW-PPL {e['iw_ppl_word']:.2f} "
             f"(K={args.iw_samples}), KL {e['kl']:.2f}, MI {e['mi']:.2f}, AU {e['au']}, BLEU "
-            f"{e.get('bleu', float('nan')):.2f}; same-size transformer_lm PPL "
+            f"{e.get('recon_bleu', float('nan')):.2f}; same-size transformer_lm PPL "
             f"{yelp['lm_test_ppl']:.2f}. Reconstructions: BLEU {yelp['reconstruction_bleu']:.1f}, "
             f"the judge keeps the source's sentiment in {yelp['reconstruction_judge_keeps']:.3f}.",
             "",
