@@ -37,6 +37,7 @@ import os
 import random
 import re
 import sys
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ptb  # noqa: E402  (the corpus preparation, the job queue and the models' settings)
@@ -68,20 +69,39 @@ def pretrain_cmd(data: str, b: dict, save_dir: str, hours: float) -> list:
 def subset_corpus(data_dir: str, out: str, fraction: float) -> str:
     """A fixed random `fraction` of the training sentences (in their order), with the full
     validation and test text: out/subset-<percent>/{train,valid,test}.txt."""
-    dest = os.path.join(out, f"subset-{round(100 * fraction)}pct")
-    os.makedirs(dest, exist_ok=True)
     with open(os.path.join(data_dir, "train.txt"), encoding="utf-8") as f:
-        lines = f.readlines()
-    keep = sorted(
-        random.Random(SUBSET_SEED).sample(range(len(lines)), round(fraction * len(lines)))
-    )
-    with open(os.path.join(dest, "train.txt"), "w", encoding="utf-8") as f:
-        f.writelines(lines[i] for i in keep)
-    for split in ("valid", "test"):
-        link = os.path.join(dest, f"{split}.txt")
-        if not os.path.islink(link):
-            os.symlink(os.path.abspath(os.path.join(data_dir, f"{split}.txt")), link)
+        count = round(fraction * sum(1 for _ in f))
+    return slice_corpus(data_dir, os.path.join(out, f"subset-{round(100 * fraction)}pct"), count)
+
+
+def slice_corpus(data_dir: str, dest: str, train: int, valid: Optional[int] = None) -> str:
+    """dest/{train,valid,test}.txt: a fixed random `train` training sentences (in their order,
+    seed SUBSET_SEED), the first `valid` validation sentences (all of them if None) and the
+    whole test split, the splits kept whole linked rather than copied."""
+    os.makedirs(dest, exist_ok=True)
+    for split, count, pick in (("train", train, "random"), ("valid", valid, "first")):
+        path = os.path.join(data_dir, f"{split}.txt")
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+        if count is not None and count > len(lines):
+            raise ValueError(f"{path} has {len(lines)} sentences, fewer than the {count} asked for")
+        if count is None:
+            link(path, os.path.join(dest, f"{split}.txt"))
+            continue
+        rows = (
+            range(count)
+            if pick == "first"
+            else random.Random(SUBSET_SEED).sample(range(len(lines)), count)
+        )
+        with open(os.path.join(dest, f"{split}.txt"), "w", encoding="utf-8") as f:
+            f.writelines(lines[i] for i in sorted(rows))
+    link(os.path.join(data_dir, "test.txt"), os.path.join(dest, "test.txt"))
     return dest
+
+
+def link(source: str, dest: str):
+    if not os.path.islink(dest):
+        os.symlink(os.path.abspath(source), dest)
 
 
 def last_valid_loss(logfile: str):

@@ -109,6 +109,18 @@ SCHEDULES = {
 }
 
 LATENT_DIM = 32
+# every VAE training also logs the validation IW-NLL with this many samples and keeps its best
+# checkpoint by it (checkpoint_best.pt; --checkpoint best evaluates that one): the ELBO, which
+# picks checkpoint_best.pt by default, ranks checkpoints by their KL as much as by their fit
+VALID_IW_SAMPLES = 5
+VALID_SELECTION = [
+    "--valid-iw-samples",
+    str(VALID_IW_SAMPLES),
+    "--best-checkpoint-metric",
+    "iw_nll",
+]
+# the checkpoint evaluated (--checkpoint): the file, and the suffix of its evaluation outputs
+CHECKPOINTS = {"last": ("checkpoint_last.pt", ""), "best": ("checkpoint_best.pt", "-best")}
 
 # The operating points: each setting is a KL remedy (and, where it has one, a KL target: the
 # floor gamma^2 / 2 per dimension of BN-VAE, or the free-bits lambda per dimension, times the
@@ -246,7 +258,12 @@ def vae_train_cmds(
             raise ValueError("a BART-init setting needs --pretrained-bart")
         base += ["--finetune-from-model", bart]
     if not setting.get("autoencoder_first"):
-        return [base + setting_args(setting) + common_train_args(b, max_update, save_dir)]
+        return [
+            base
+            + setting_args(setting)
+            + VALID_SELECTION
+            + common_train_args(b, max_update, save_dir)
+        ]
     half, ae_dir = max_update // 2, os.path.join(save_dir, "autoencoder")
     autoencoder = (
         base
@@ -256,6 +273,7 @@ def vae_train_cmds(
     vae = (
         base
         + setting_args(setting)
+        + VALID_SELECTION
         + [
             "--finetune-from-model",
             os.path.join(ae_dir, "checkpoint_last.pt"),
@@ -720,7 +738,14 @@ def results_markdown(
         f"seed {SEED}"
         + (f", {' '.join(b['precision'])}" if b["precision"] else "")
         + (", two trainings side by side with one thread each" if b["parallel"] else "")
-        + ". The last checkpoint of each is evaluated.",
+        + ". "
+        + (
+            "The last checkpoint of each is evaluated."
+            if args.checkpoint == "last"
+            else "The best checkpoint of each on the valid split is evaluated: the LM's by its "
+            f"loss, the VAE's by its IW-NLL with K={VALID_IW_SAMPLES} "
+            f"(`{' '.join(VALID_SELECTION)}`)."
+        ),
         "- VAE settings (fairseq-train options):",
     ]
     for r in rows[1:]:
@@ -826,6 +851,14 @@ def main():
     )
     p.add_argument("--max-update", type=int, help="override the budget's update count")
     p.add_argument(
+        "--checkpoint",
+        choices=sorted(CHECKPOINTS),
+        default="last",
+        help="the checkpoint evaluated: 'last', or 'best' on the valid split (the LM's by loss, "
+        f"the VAE's by IW-NLL with K={VALID_IW_SAMPLES}, which every VAE training logs); the "
+        "same trainings serve both, so a second run with the other evaluates only",
+    )
+    p.add_argument(
         "--iw-samples",
         type=int,
         default=500,
@@ -891,10 +924,11 @@ def main():
             logs["transformer_lm"],
         )
     }
+    ckpt, suffix = CHECKPOINTS[args.checkpoint]
     jobs["eval transformer_lm"] = lm_eval_job(
         data,
-        os.path.join(out, "lm", "checkpoint_last.pt"),
-        os.path.join(out, "lm", "test.log"),
+        os.path.join(out, "lm", ckpt),
+        os.path.join(out, "lm", f"test{suffix}.log"),
         b,
         after=["transformer_lm"],
     )
@@ -910,20 +944,20 @@ def main():
         # queued right after its training: a session that ends early leaves finished rows
         jobs[f"eval {name}"] = vae_eval_job(
             data,
-            os.path.join(d, "checkpoint_last.pt"),
+            os.path.join(d, ckpt),
             "test",
             k,
-            os.path.join(d, f"test-K{k}.json"),
+            os.path.join(d, f"test-K{k}{suffix}.json"),
             b,
             after=[name],
         )
     run_queue(jobs, 2 if b["parallel"] else 1)
     trained = {n: {"dir": os.path.dirname(log), **train_summary(log)} for n, log in logs.items()}
     test = corpus["splits"]["test"]
-    lm = lm_result(os.path.join(out, "lm", "test.log"))
+    lm = lm_result(os.path.join(out, "lm", f"test{suffix}.log"))
     rows = [lm_row(lm, trained["transformer_lm"], test["sentences"])]
     for name in names:
-        report = json.load(open(os.path.join(trained[name]["dir"], f"test-K{k}.json")))
+        report = json.load(open(os.path.join(trained[name]["dir"], f"test-K{k}{suffix}.json")))
         rows.append(vae_row(name, report, trained[name]))
     chosen = choose(rows[1:])
     # the chosen point, then any --full-k setting, again with the full K (a row each); with one
@@ -932,10 +966,10 @@ def main():
         d = trained[name]["dir"]
         report = vae_eval(
             data,
-            os.path.join(d, "checkpoint_last.pt"),
+            os.path.join(d, ckpt),
             "test",
             args.iw_samples,
-            os.path.join(d, f"test-K{args.iw_samples}.json"),
+            os.path.join(d, f"test-K{args.iw_samples}{suffix}.json"),
             b,
         )
         rows.append(vae_row(name, report, trained[name]))

@@ -7,7 +7,9 @@ with the device.
   cyclical  Fu et al. (2019), "Cyclical Annealing Schedule": the run is split into M cycles
             (or cycles of --kl-cycle-updates); beta ramps from 0 to --kl-beta-max over the
             first fraction R of each cycle (linear, sigmoid or cosine), then holds; with
-            --kl-zero-fraction Z it stays 0 for the first Z of each cycle, then ramps.
+            --kl-zero-fraction Z it stays 0 for the first Z of each cycle, then ramps; with
+            --kl-final-hold H the last H of --max-update holds --kl-beta-max, and the M cycles
+            share the first 1 - H.
   monotonic the first cycle's ramp, then --kl-beta-max for ever (Bowman et al. 2016).
   sawtooth  the schedule of the simple_vae_bart snippet this project grew from: tau = (u mod
             200) / 200, beta = (tau / 0.99)^5 / 10 while tau <= 0.99, else 1/2; every constant
@@ -78,6 +80,8 @@ def kl_beta(update: int, cfg) -> float:
             cfg.sawtooth_scale,
             cfg.sawtooth_hold,
         )
+    if cfg.kl_schedule == "cyclical" and update >= hold_start(cfg):
+        return cfg.kl_beta_max
     period = cycle_length(cfg)
     schedule = cyclical_beta if cfg.kl_schedule == "cyclical" else monotonic_beta
     return schedule(
@@ -90,19 +94,38 @@ def kl_beta(update: int, cfg) -> float:
     )
 
 
-def cycle_length(cfg) -> float:
-    """Updates per cycle: --kl-cycle-updates, else --max-update / --kl-cycles."""
-    if cfg.kl_cycle_updates > 0:
-        return float(cfg.kl_cycle_updates)
+def final_hold(cfg) -> float:
+    """--kl-final-hold where it applies (a cyclical schedule), else 0."""
+    return getattr(cfg, "kl_final_hold", 0.0) if cfg.kl_schedule == "cyclical" else 0.0
+
+
+def hold_start(cfg) -> float:
+    """The update from which a cyclical schedule holds --kl-beta-max for good: (1 - H) *
+    --max-update with --kl-final-hold H, else never."""
+    if final_hold(cfg) <= 0:
+        return math.inf
+    return (1.0 - final_hold(cfg)) * run_length(cfg, "--kl-final-hold")
+
+
+def run_length(cfg, needed_by: str) -> int:
     if not cfg.max_update or cfg.max_update <= 0:
         raise ValueError(
-            f"--kl-schedule {cfg.kl_schedule} needs the run's length: set --max-update "
-            "or --kl-cycle-updates"
+            f"{needed_by} needs the run's length: set --max-update"
+            + (" or --kl-cycle-updates" if needed_by.startswith("--kl-schedule") else "")
         )
+    return cfg.max_update
+
+
+def cycle_length(cfg) -> float:
+    """Updates per cycle: --kl-cycle-updates, else --max-update / --kl-cycles (of the first
+    1 - H of the run with --kl-final-hold H)."""
+    if cfg.kl_cycle_updates > 0:
+        return float(cfg.kl_cycle_updates)
+    length = run_length(cfg, f"--kl-schedule {cfg.kl_schedule}")
     cycles = cfg.kl_cycles if cfg.kl_schedule == "cyclical" else 1
     if cycles <= 0:
         raise ValueError(f"--kl-cycles must be positive, got {cycles}")
-    return cfg.max_update / cycles
+    return length * (1.0 - final_hold(cfg)) / cycles
 
 
 def check_schedule_options(cfg) -> None:
@@ -136,6 +159,16 @@ def check_schedule_options(cfg) -> None:
     ):
         if value < 0:
             raise ValueError(f"{option} must be >= 0 (a weight of the KL term), got {value}")
+    if not 0 <= getattr(cfg, "kl_final_hold", 0.0) < 1:
+        raise ValueError(
+            "--kl-final-hold must be in [0, 1), the fraction of --max-update held at "
+            f"--kl-beta-max after the cycles, got {cfg.kl_final_hold}"
+        )
+    if getattr(cfg, "kl_final_hold", 0.0) > 0 and cfg.kl_schedule != "cyclical":
+        raise ValueError(
+            f"--kl-final-hold {cfg.kl_final_hold} applies to --kl-schedule cyclical only "
+            f"(this run's is {cfg.kl_schedule}, which it would leave unchanged)"
+        )
     for option, value in (
         ("--kl-ramp-fraction", cfg.kl_ramp_fraction),
         ("--kl-zero-fraction", cfg.kl_zero_fraction),
@@ -154,6 +187,11 @@ def cycle_length_source(cfg) -> str:
     """The options that set cycle_length(cfg), for messages."""
     if cfg.kl_cycle_updates > 0:
         return f"--kl-cycle-updates {cfg.kl_cycle_updates}"
+    if cfg.kl_schedule == "cyclical" and final_hold(cfg) > 0:
+        return (
+            f"--max-update {cfg.max_update} x (1 - --kl-final-hold {cfg.kl_final_hold}) / "
+            f"--kl-cycles {cfg.kl_cycles}"
+        )
     if cfg.kl_schedule == "cyclical":
         return f"--max-update {cfg.max_update} / --kl-cycles {cfg.kl_cycles}"
     return f"--max-update {cfg.max_update}"

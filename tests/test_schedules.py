@@ -131,9 +131,39 @@ def test_zero_phase_then_ramp_like_fu_et_al_zero_linear():
         assert kl_beta(update, cfg) == pytest.approx(beta), update
 
 
+def test_final_hold_gives_the_cycles_the_rest_of_the_run():
+    # 1000 updates, the last 0.4 held: 3 cycles share 600, so 200 each (50 at 0, a ramp over
+    # 50, 100 held), then beta_max from update 600 to the end
+    cfg = config(kl_cycles=3, kl_zero_fraction=0.25, kl_ramp_fraction=0.25, kl_final_hold=0.4)
+    expected = {0: 0.0, 49: 0.0, 75: 0.5, 100: 1.0, 199: 1.0, 200: 0.0, 275: 0.5, 449: 0.0}
+    expected.update({475: 0.5, 599: 1.0, 600: 1.0, 650: 1.0, 999: 1.0})
+    for update, beta in expected.items():
+        assert kl_beta(update, cfg) == pytest.approx(beta), update
+    # the same cycles without the hold would start a fourth at 600
+    assert kl_beta(600, config(kl_cycle_updates=200, kl_zero_fraction=0.25)) == 0.0
+    assert schedule_record(cfg)["updates_per_cycle"] == 200.0
+    assert "(1 - --kl-final-hold 0.4)" in schedule_record(cfg)["set_by"]
+
+
+def test_final_hold_with_cycles_of_a_fixed_length_needs_the_run_length():
+    cfg = config(kl_cycle_updates=100, kl_final_hold=0.5, max_update=0)
+    with pytest.raises(ValueError, match="--kl-final-hold needs the run's length"):
+        kl_beta(10, cfg)
+    cfg = config(kl_cycle_updates=100, kl_ramp_fraction=0.5, kl_final_hold=0.25, max_update=400)
+    assert [kl_beta(u, cfg) for u in (25, 150, 299, 300, 325)] == pytest.approx(
+        [0.5, 1.0, 1.0, 1.0, 1.0]
+    )
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
+        ({"kl_final_hold": 1.0}, r"--kl-final-hold must be in \[0, 1\)"),
+        ({"kl_final_hold": -0.2}, r"--kl-final-hold must be in \[0, 1\)"),
+        (
+            {"kl_final_hold": 0.3, "kl_schedule": "monotonic"},
+            "--kl-final-hold 0.3 applies to --kl-schedule cyclical only",
+        ),
         ({"sawtooth_period": 0}, "--sawtooth-period must be a positive number of updates, got 0"),
         ({"sawtooth_period": -5}, "--sawtooth-period must be a positive"),
         ({"sawtooth_ratio": 0.0}, r"--sawtooth-ratio must be in \(0, 1\]"),

@@ -36,6 +36,8 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 from torch import Tensor
 
+from fairseq_vae.estimators import IW_CHUNK, iw_log_likelihood
+
 # a latent dimension whose batch-mean KL is above this many nats counts as in use
 ACTIVE_DIM_KL = 0.01
 
@@ -80,6 +82,15 @@ class ELBOConfig(LabelSmoothedCrossEntropyCriterionConfig):
     capacity_gamma: float = field(
         default=1000.0,
         metadata={"help": "gamma of the capacity objective (simple_vae_bart used 1000)"},
+    )
+    valid_iw_samples: int = field(
+        default=0,
+        metadata={
+            "help": "K > 0: validation also logs iw_nll, the importance-weighted NLL with K "
+            "posterior samples a sentence (bits a token, like loss; iw_ppl beside it), so "
+            "--best-checkpoint-metric iw_nll keeps the checkpoint with the best likelihood "
+            "bound rather than the best ELBO; costs K decoder passes a validation batch"
+        },
     )
 
 
@@ -174,6 +185,7 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
         capacity_max=25.0,
         capacity_updates=100000,
         capacity_gamma=1000.0,
+        valid_iw_samples=0,
         ignore_prefix_size=0,
         report_accuracy=False,
     ):
@@ -191,12 +203,17 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
             )
             if problem:
                 raise ValueError(problem)
+            if valid_iw_samples < 0:
+                raise ValueError(
+                    f"--valid-iw-samples must be >= 0 (0: off), got {valid_iw_samples}"
+                )
         self.kl_objective = kl_objective
         self.free_bits = free_bits
         self.free_bits_mode = free_bits_mode
         self.capacity_max = capacity_max
         self.capacity_updates = capacity_updates
         self.capacity_gamma = capacity_gamma
+        self.valid_iw_samples = valid_iw_samples
         # set by the task before every training step (text_vae.train_step): plain Python
         # numbers, so the schedule never waits on the device
         self.beta = 1.0
@@ -260,6 +277,8 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
         }
         if capacity is not None:
             logging_output["capacity"] = capacity * nsentences
+        if not model.training and self.valid_iw_samples > 0:
+            logging_output["iw_nll"] = self.iw_nll(model, net_output[1], sample).data
         if bow is not None:
             logging_output["bow"] = bow.data
         if self.report_accuracy:
@@ -267,6 +286,28 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
             logging_output["n_correct"] = utils.item(n_correct.data)
             logging_output["total"] = utils.item(total.data)
         return loss, sample_size, logging_output
+
+    def iw_nll(self, model, extra: dict, sample) -> Tensor:
+        """-sum over the batch of the K-sample importance-weighted log p(x), in nats.
+
+        The draws come from a generator seeded by the batch's first sentence id, so every
+        validation scores a sentence with the same noise: checkpoints are compared on paired
+        samples, and the choice of the best one is not a coin toss between close bounds.
+        """
+        mu, logvar = extra["mu"], extra["logvar"]
+        draws = torch.Generator(device=mu.device)
+        draws.manual_seed(int(sample["id"][0]) + 1)
+        log_px, _, _ = iw_log_likelihood(
+            model,
+            mu,
+            logvar,
+            sample["net_input"]["prev_output_tokens"],
+            sample["target"],
+            self.valid_iw_samples,
+            chunk=min(self.valid_iw_samples, IW_CHUNK),
+            generator=draws,
+        )
+        return -log_px.sum()
 
     def non_finite_message(self, loss, nll, kl, beta, capacity, bow=None) -> str:
         """Names the term of a non-finite training loss, for the FloatingPointError."""
@@ -306,6 +347,10 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
         )
         metrics.log_scalar("beta", total("beta") / nsentences, nsentences, round=4)
         metrics.log_scalar("active_dims", total("active_dims") / nsentences, nsentences, round=1)
+        if any("iw_nll" in log for log in logging_outputs):
+            # bits a token, the unit of loss, so the two read side by side (iw_nll <= loss)
+            metrics.log_scalar("iw_nll", total("iw_nll") / ntokens / math.log(2), ntokens, round=3)
+            metrics.log_derived("iw_ppl", lambda meters: utils.get_perplexity(meters["iw_nll"].avg))
         if any("capacity" in log for log in logging_outputs):
             metrics.log_scalar("capacity", total("capacity") / nsentences, nsentences, round=3)
         if any("bow" in log for log in logging_outputs):

@@ -103,6 +103,14 @@ class TextVAEConfig(FairseqDataclass):
             "(Fu et al.'s frange_cycle_zero_linear, used by Optimus: 0.25 with a ramp of 0.25)"
         },
     )
+    kl_final_hold: float = field(
+        default=0.0,
+        metadata={
+            "help": "cyclical: the last fraction H of --max-update held at --kl-beta-max, the "
+            "cycles sharing the rest; on a short run the last cycle's beta = 0 phase can blow "
+            "the KL up with too few updates left to bring it back (0: off)"
+        },
+    )
     kl_ramp_shape: ChoiceEnum(RAMP_SHAPES) = field(
         default="linear",
         metadata={
