@@ -363,10 +363,8 @@ def main():
             evaluation = ptb.vae_eval_job(
                 data[size], ckpt, "test", k, os.path.join(d, f"test-K{k}.json"), b, after=[name]
             )
-        # model selection starts after the warm-up: before it a fine-tuned model is the
-        # pretrained decoder with an encoder the KL term has not shaped yet (z unused), and on
-        # the 10% slice that model's ELBO is the best of the run (update 25 to 50)
-        cmds[-1] = cmds[-1] + ["--validate-after-updates", str(b["warmup"])]
+        if init == "lm":  # the VAE's selection starts after the warm-up (ptb.valid_selection)
+            cmds[-1] = cmds[-1] + ["--validate-after-updates", str(b["warmup"])]
         if init == "pretrained":
             cmds[0] = cmds[0] + ["--finetune-from-model", pretrained]
         jobs[name] = ptb.train_job(
