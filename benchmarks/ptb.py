@@ -102,6 +102,20 @@ SCHEDULES = {
         "--kl-ramp-fraction",
         "0.25",
     ],
+    # issue #25's budget-tied shape: 2 such cycles over the first half, then beta = 1 for the
+    # second half (--kl-final-hold 0.5), so no beta = 0 phase falls in the last half of a run
+    "cyclical, final hold": [
+        "--kl-schedule",
+        "cyclical",
+        "--kl-cycles",
+        "2",
+        "--kl-zero-fraction",
+        "0.25",
+        "--kl-ramp-fraction",
+        "0.25",
+        "--kl-final-hold",
+        "0.5",
+    ],
     # beta = 1 throughout: BN-VAE needs no annealing, its KL has a floor
     "constant": ["--kl-schedule", "constant", "--kl-beta-max", "1"],
     # after an autoencoder phase (Li et al.): a ramp over the first half, then 1
@@ -166,6 +180,14 @@ SETTINGS = {
     # likelihood
     "BART init, fb 0.1": dict(
         schedule="cyclical", args=["--free-bits", "0.1"], kl_target=3.2, bart_init=True
+    ),
+    # issue #25's candidates for short budgets on small corpora: the recipe's free bits 0.1 with
+    # no beta = 0 phase late in the run, or a single ramp
+    "BART init, fb 0.1, final hold 0.5": dict(
+        schedule="cyclical, final hold", args=["--free-bits", "0.1"], kl_target=3.2, bart_init=True
+    ),
+    "BART init, fb 0.1, monotonic": dict(
+        schedule="monotonic", args=["--free-bits", "0.1"], kl_target=3.2, bart_init=True
     ),
     "BART init, fb 0.25": dict(
         schedule="cyclical", args=["--free-bits", "0.25"], kl_target=8.0, bart_init=True
