@@ -295,37 +295,93 @@ def measure_synth(args, point: dict) -> dict:
         for f in FACTOR_NAMES
     }
 
-    # analogies: a and b differ in one factor; c has another value of it than b
+    return {
+        "transfer": rows,
+        "reconstruction_keeps": kept_by_reconstruction,
+        "analogy": corpus_analogies(hub, texts["test"], factors),
+        "analogy_minimal_pairs": minimal_pair_analogies(hub, texts["test"], factors),
+    }
+
+
+def synth_minimal_pairs(point: dict) -> dict:
+    """The minimal-pair analogies alone, on the model and test split measure_synth uses."""
+    from fairseq_vae.estimators import read_labels
+    from fairseq_vae.synth_corpus import FACTOR_NAMES
+
+    corpus = os.path.join(REPO, "corpus", "synth")
+    test = read_text(os.path.join(corpus, "test.txt"))
+    labels = read_labels(os.path.join(corpus, "test.labels.tsv"), len(test))
+    factors = [{f: labels[f][i] for f in FACTOR_NAMES} for i in range(len(test))]
+    hub = load_hub(os.path.dirname(point["checkpoint"]), point["data"])
+    return minimal_pair_analogies(hub, test, factors)
+
+
+def corpus_analogies(hub, test: list, factors: list) -> dict:
+    """a : b :: c : d over test sentences: a and b differ in one factor (and in whatever else
+    the grammar drew for each), c has another value of it than b."""
+    from fairseq_vae.synth_corpus import FACTOR_NAMES
+
     rng = random.Random(SEED)
     triples = []
     while len(triples) < ANALOGIES:
         a, b, c = (rng.randrange(len(factors)) for _ in range(3))
         differ = [f for f in FACTOR_NAMES if factors[a][f] != factors[b][f]]
         if len(differ) == 1 and factors[c][differ[0]] != factors[b][differ[0]]:
-            triples.append((a, b, c, differ[0]))
-    d = hub.analogy(
-        [texts["test"][t[0]] for t in triples],
-        [texts["test"][t[1]] for t in triples],
-        [texts["test"][t[2]] for t in triples],
-        beam=1,
+            triples.append((test[a], test[b], c, differ[0], factors[b][differ[0]]))
+    return score_analogies(hub, triples, test, factors)
+
+
+def minimal_pair_analogies(hub, test: list, factors: list) -> dict:
+    """a : b :: c : d where a and b are a minimal pair: the grammar (fairseq_vae.synth_corpus)
+    realises two factor settings that differ in one factor from the same random draws, so b is
+    a with only that factor's words changed; c is a test sentence with another value of it."""
+    from fairseq_vae import synth_corpus
+    from fairseq_vae.synth_corpus import FACTOR_NAMES
+
+    values = {
+        "topic": synth_corpus.TOPICS,
+        "sentiment": synth_corpus.SENTIMENTS,
+        "tense": synth_corpus.TENSES,
+        "number": synth_corpus.NUMBERS,
+    }
+    rng = random.Random(SEED)
+    triples = []
+    while len(triples) < ANALOGIES:
+        f = rng.choice(FACTOR_NAMES)
+        a_factors = synth_corpus.sample_factors(rng)
+        b_value = rng.choice([v for v in values[f] if v != a_factors[f]])
+        draws = rng.randrange(2**31)
+        a = synth_corpus.realise(a_factors, random.Random(draws))
+        b = synth_corpus.realise(dict(a_factors, **{f: b_value}), random.Random(draws))
+        c = rng.randrange(len(factors))
+        if factors[c][f] != b_value:
+            triples.append((a, b, c, f, b_value))
+    return score_analogies(hub, triples, test, factors)
+
+
+def score_analogies(hub, triples: list, test: list, factors: list) -> dict:
+    """Decodes z_c + (z_b - z_a) for (a, b, c, factor, b's value) and reads d with the
+    grammar: success is d with c's factors and b's value of the factor."""
+    from fairseq_vae import synth_grammar
+    from fairseq_vae.synth_corpus import FACTOR_NAMES
+
+    outputs = hub.analogy(
+        [t[0] for t in triples], [t[1] for t in triples], [test[t[2]] for t in triples], beam=1
     )
     hits = changed = but_sentiment = 0
-    for (_, b, c, f), out in zip(triples, d):
-        wanted = dict(factors[c], **{f: factors[b][f]})
+    for (_, _, c, f, value), out in zip(triples, outputs):
+        wanted = dict(factors[c], **{f: value})
         read = synth_grammar.recognise(out) or dict.fromkeys(FACTOR_NAMES)
         hits += all(read[k] == v for k, v in wanted.items())
         changed += read[f] == wanted[f]
         but_sentiment += all(read[k] == v for k, v in wanted.items() if k != "sentiment")
     n = len(triples)
     return {
-        "transfer": rows,
-        "reconstruction_keeps": kept_by_reconstruction,
-        "analogy": {
-            "n": n,
-            "success": hits / n,
-            "changed_factor": changed / n,
-            "success_but_sentiment": but_sentiment / n,
-        },
+        "n": n,
+        "success": hits / n,
+        "changed_factor": changed / n,
+        "success_but_sentiment": but_sentiment / n,
+        "examples": [[t[0], t[1], test[t[2]], d] for t, d in zip(triples[:5], outputs[:5])],
     }
 
 
@@ -426,15 +482,23 @@ def markdown(args, results: dict, started: str) -> str:
                 f"| {r['factor']} | {r['method']} | {r['strength']} | {r['accuracy']:.3f} "
                 f"| {r['others_kept']:.3f} | {each} | {r['source_bleu']:.1f} |"
             )
-        a = synth["analogy"]
-        lines += [
-            "",
-            f"Analogies ({a['n']} triples): d has all of c's factors with the changed one "
-            f"taken from b in {a['success']:.3f} (target >= 0.8); the changed factor right in "
-            f"{a['changed_factor']:.3f}; all but sentiment right in "
-            f"{a['success_but_sentiment']:.3f}.",
-            "",
-        ]
+        lines.append("")
+        kinds = {
+            "analogy": "pairs of test sentences that differ in one factor (and in whatever else "
+            "the grammar drew for each)",
+            "analogy_minimal_pairs": "minimal pairs: a and b realised by the grammar from the "
+            "same draws, so b is a with only the factor's words changed",
+        }
+        for key, what in kinds.items():
+            a = synth.get(key)
+            if a:
+                lines.append(
+                    f"Analogies, a : b :: c : d with {what} ({a['n']} triples): d has all of c's "
+                    f"factors with the changed one taken from b in {a['success']:.3f} (target "
+                    f">= 0.8); the changed factor right in {a['changed_factor']:.3f}; all but "
+                    f"sentiment right in {a['success_but_sentiment']:.3f}."
+                )
+                lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -478,6 +542,7 @@ def control_json(results: dict) -> dict:
         "judge_accuracy": yelp.get("judge_accuracy"),
         "transfer": [{k: r[k] for k in keys} for r in rows],
         "analogy": synth.get("analogy"),
+        "analogy_minimal_pairs": synth.get("analogy_minimal_pairs"),
         "few_labels": yelp.get("few_labels", []),
     }
 
@@ -531,6 +596,11 @@ def main():
         else:
             log(f"{corpus}: measured in an earlier run ({kept})")
         results[corpus] = json.load(open(kept))
+        if corpus == "synth" and "analogy_minimal_pairs" not in results[corpus]:
+            # a measurement kept from before the minimal-pair analogies: add them alone
+            results[corpus]["analogy_minimal_pairs"] = synth_minimal_pairs(synth_point)
+            json.dump(results[corpus], open(kept + ".partial", "w"), indent=1)
+            os.replace(kept + ".partial", kept)
     with open(args.results, "w") as f:
         f.write(markdown(args, results, started))
     stem = args.results[: -len(".md")]

@@ -153,16 +153,20 @@ def test_train_logs_the_scheduled_beta_then_validate_reports_kl_and_elbo(data_bi
     assert loss_bits * math.log(2) * ntok == pytest.approx(-elbo * 40, rel=0.02)
 
 
+def valid_split_batch(checkpoint, data):
+    """(model in eval mode, dictionary, the whole valid split as one batch) of a checkpoint."""
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], {"data": data})
+    task.load_dataset("valid")
+    dictionary = task.source_dictionary
+    lines = [dictionary.string(item["source"]) for item in task.dataset("valid")]
+    return models[0].eval(), dictionary, autoencoder_sample(dictionary, lines)
+
+
 def posterior_kl_and_elbo(checkpoint, data, samples=32):
     """(mean KL, mean one-sample ELBO, standard error of a one-sample estimate) over the valid
     split, per sentence in nats, from the checkpoint's model in-process with
     torch.distributions: the independent computation fairseq-validate's numbers must match."""
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], {"data": data})
-    model = models[0].eval()
-    task.load_dataset("valid")
-    dictionary = task.source_dictionary
-    lines = [dictionary.string(item["source"]) for item in task.dataset("valid")]
-    sample = autoencoder_sample(dictionary, lines)
+    model, dictionary, sample = valid_split_batch(checkpoint, data)
     net_input, target = sample["net_input"], sample["target"]
     with torch.no_grad():
         mu, logvar = model.encoder.posterior(net_input["src_tokens"], net_input["src_lengths"])
@@ -175,7 +179,7 @@ def posterior_kl_and_elbo(checkpoint, data, samples=32):
             token_nll = -lprobs.gather(-1, target[..., None])[..., 0]
             nll.append((token_nll * target.ne(dictionary.pad())).sum(dim=1))
     nll = torch.stack(nll)  # samples x sentences
-    n = len(lines)
+    n = target.size(0)
     elbo = -(nll.mean() + kl.mean())
     # the logged value is a mean over n sentences of one draw each; ours has its own noise
     stderr = (nll.var(dim=0).sum() * (1 + 1 / samples)).sqrt() / n
@@ -313,14 +317,7 @@ def test_validation_iw_nll_picks_checkpoint_best_and_matches_an_independent_esti
 
     # the same bound computed here: torch.distributions densities and float64 log-softmax
     # over the decoder given each z, fresh draws, so agreement is up to Monte Carlo noise
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(save_dir / "checkpoint_best.pt")], {"data": data_bin}
-    )
-    model = models[0].eval()
-    task.load_dataset("valid")
-    dictionary = task.source_dictionary
-    lines = [dictionary.string(item["source"]) for item in task.dataset("valid")]
-    sample = autoencoder_sample(dictionary, lines)
+    model, dictionary, sample = valid_split_batch(str(save_dir / "checkpoint_best.pt"), data_bin)
     net_input, target = sample["net_input"], sample["target"]
     torch.manual_seed(0)
     with torch.no_grad():
