@@ -29,8 +29,10 @@ the table):
    trained on the same 100, 1,000 and all --direction-sentences labels (5 draws each).
 3. The shipped corpus: each test sentence moved to another value of each factor (the next
    one in the grammar's order), success and "others kept" read by its grammar; analogies
-   a : b :: c : d over ANALOGIES triples where b differs from a in one factor, success when
-   the grammar reads d as c with that factor changed to b's value.
+   a : b :: c : d over ANALOGIES triples where b differs from a in one factor (two test
+   sentences, or a minimal pair the grammar realises from the same draws), d decoded from
+   z_c + s (z_b - z_a) for s in ANALOGY_STRENGTHS, success when the grammar reads d as c with
+   that factor changed to b's value.
 """
 
 import argparse
@@ -54,6 +56,9 @@ SYNTH_STRENGTHS = (1.0, 1.5, 2.0)
 FEW_LABELS = (100, 1000)
 FEW_LABEL_DRAWS = 5
 ANALOGIES = 500
+# d = c + strength * (b - a): Optimus' arithmetic at 1; the transfer sweep finds moves longer
+# than the class-mean difference work better, so analogies are swept the same way
+ANALOGY_STRENGTHS = (1.0, 1.5, 2.0, 3.0)
 SEED = 1
 TARGETS = {
     "yelp_accuracy": 0.9,
@@ -298,13 +303,12 @@ def measure_synth(args, point: dict) -> dict:
     return {
         "transfer": rows,
         "reconstruction_keeps": kept_by_reconstruction,
-        "analogy": corpus_analogies(hub, texts["test"], factors),
-        "analogy_minimal_pairs": minimal_pair_analogies(hub, texts["test"], factors),
+        "analogies": synth_analogies(hub, texts["test"], factors),
     }
 
 
-def synth_minimal_pairs(point: dict) -> dict:
-    """The minimal-pair analogies alone, on the model and test split measure_synth uses."""
+def synth_analogies_of(point: dict) -> list:
+    """synth_analogies alone, on the model and test split measure_synth uses."""
     from fairseq_vae.estimators import read_labels
     from fairseq_vae.synth_corpus import FACTOR_NAMES
 
@@ -313,12 +317,27 @@ def synth_minimal_pairs(point: dict) -> dict:
     labels = read_labels(os.path.join(corpus, "test.labels.tsv"), len(test))
     factors = [{f: labels[f][i] for f in FACTOR_NAMES} for i in range(len(test))]
     hub = load_hub(os.path.dirname(point["checkpoint"]), point["data"])
-    return minimal_pair_analogies(hub, test, factors)
+    return synth_analogies(hub, test, factors)
 
 
-def corpus_analogies(hub, test: list, factors: list) -> dict:
-    """a : b :: c : d over test sentences: a and b differ in one factor (and in whatever else
-    the grammar drew for each), c has another value of it than b."""
+def synth_analogies(hub, test: list, factors: list) -> list:
+    """A row per kind of pair and strength (score_analogies' numbers)."""
+    rows = []
+    for pairs, triples in (
+        ("test sentences", corpus_triples(test, factors)),
+        ("minimal pairs", minimal_pair_triples(factors)),
+    ):
+        for strength in ANALOGY_STRENGTHS:
+            row = {"pairs": pairs, "strength": strength}
+            row.update(score_analogies(hub, triples, test, factors, strength))
+            log(f"analogies, {pairs}, strength {strength}: {row['success']:.3f}")
+            rows.append(row)
+    return rows
+
+
+def corpus_triples(test: list, factors: list) -> list:
+    """(a, b, c's index, factor, b's value) over test sentences: a and b differ in one factor
+    (and in whatever else the grammar drew for each), c has another value of it than b."""
     from fairseq_vae.synth_corpus import FACTOR_NAMES
 
     rng = random.Random(SEED)
@@ -328,13 +347,14 @@ def corpus_analogies(hub, test: list, factors: list) -> dict:
         differ = [f for f in FACTOR_NAMES if factors[a][f] != factors[b][f]]
         if len(differ) == 1 and factors[c][differ[0]] != factors[b][differ[0]]:
             triples.append((test[a], test[b], c, differ[0], factors[b][differ[0]]))
-    return score_analogies(hub, triples, test, factors)
+    return triples
 
 
-def minimal_pair_analogies(hub, test: list, factors: list) -> dict:
-    """a : b :: c : d where a and b are a minimal pair: the grammar (fairseq_vae.synth_corpus)
-    realises two factor settings that differ in one factor from the same random draws, so b is
-    a with only that factor's words changed; c is a test sentence with another value of it."""
+def minimal_pair_triples(factors: list) -> list:
+    """(a, b, c's index, factor, b's value) where a and b are a minimal pair: the grammar
+    (fairseq_vae.synth_corpus) realises two factor settings that differ in one factor from the
+    same random draws, so b is a with only that factor's words changed; c is a test sentence
+    with another value of it."""
     from fairseq_vae import synth_corpus
     from fairseq_vae.synth_corpus import FACTOR_NAMES
 
@@ -356,17 +376,21 @@ def minimal_pair_analogies(hub, test: list, factors: list) -> dict:
         c = rng.randrange(len(factors))
         if factors[c][f] != b_value:
             triples.append((a, b, c, f, b_value))
-    return score_analogies(hub, triples, test, factors)
+    return triples
 
 
-def score_analogies(hub, triples: list, test: list, factors: list) -> dict:
-    """Decodes z_c + (z_b - z_a) for (a, b, c, factor, b's value) and reads d with the
+def score_analogies(hub, triples: list, test: list, factors: list, strength: float) -> dict:
+    """Decodes z_c + strength (z_b - z_a) for (a, b, c, factor, b's value) and reads d with the
     grammar: success is d with c's factors and b's value of the factor."""
     from fairseq_vae import synth_grammar
     from fairseq_vae.synth_corpus import FACTOR_NAMES
 
     outputs = hub.analogy(
-        [t[0] for t in triples], [t[1] for t in triples], [test[t[2]] for t in triples], beam=1
+        [t[0] for t in triples],
+        [t[1] for t in triples],
+        [test[t[2]] for t in triples],
+        strength=strength,
+        beam=1,
     )
     hits = changed = but_sentiment = 0
     for (_, _, c, f, value), out in zip(triples, outputs):
@@ -483,22 +507,23 @@ def markdown(args, results: dict, started: str) -> str:
                 f"| {r['others_kept']:.3f} | {each} | {r['source_bleu']:.1f} |"
             )
         lines.append("")
-        kinds = {
-            "analogy": "pairs of test sentences that differ in one factor (and in whatever else "
-            "the grammar drew for each)",
-            "analogy_minimal_pairs": "minimal pairs: a and b realised by the grammar from the "
-            "same draws, so b is a with only the factor's words changed",
-        }
-        for key, what in kinds.items():
-            a = synth.get(key)
-            if a:
-                lines.append(
-                    f"Analogies, a : b :: c : d with {what} ({a['n']} triples): d has all of c's "
-                    f"factors with the changed one taken from b in {a['success']:.3f} (target "
-                    f">= 0.8); the changed factor right in {a['changed_factor']:.3f}; all but "
-                    f"sentiment right in {a['success_but_sentiment']:.3f}."
-                )
-                lines.append("")
+        lines += [
+            "Analogies a : b :: c : d (b differs from a in one factor; c has another value of it "
+            f"than b; {ANALOGIES} triples of each kind), d decoded from z_c + strength "
+            "(z_b - z_a). Pairs: two test sentences, which also differ in whatever else the "
+            "grammar drew for each, or minimal pairs, which the grammar realises from the same "
+            "draws, so that b is a with only the factor's words changed. success: d has c's "
+            "factors with b's value of the changed one (target >= 0.8).",
+            "",
+            "| pairs | strength | success | changed factor right | all but sentiment right |",
+            "|---|---|---|---|---|",
+        ]
+        for a in synth.get("analogies", []):
+            lines.append(
+                f"| {a['pairs']} | {a['strength']} | {a['success']:.3f} "
+                f"| {a['changed_factor']:.3f} | {a['success_but_sentiment']:.3f} |"
+            )
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -524,6 +549,14 @@ def plot(path: str, rows: list):
     fig.savefig(path, dpi=100)
 
 
+def best_analogy(rows):
+    """The issue's {n, success}: the best row of the sweep, with its pairs and strength."""
+    if not rows:
+        return None
+    best = max(rows, key=lambda a: a["success"])
+    return {k: best[k] for k in ("n", "success", "pairs", "strength")}
+
+
 def control_json(results: dict) -> dict:
     """The issue's schema: judge accuracy, transfer rows, analogy, few labels."""
     yelp, synth = results.get("yelp", {}), results.get("synth", {})
@@ -541,8 +574,10 @@ def control_json(results: dict) -> dict:
     return {
         "judge_accuracy": yelp.get("judge_accuracy"),
         "transfer": [{k: r[k] for k in keys} for r in rows],
-        "analogy": synth.get("analogy"),
-        "analogy_minimal_pairs": synth.get("analogy_minimal_pairs"),
+        "analogy": best_analogy(synth.get("analogies")),
+        "analogies": [
+            {k: v for k, v in a.items() if k != "examples"} for a in synth.get("analogies", [])
+        ],
         "few_labels": yelp.get("few_labels", []),
     }
 
@@ -596,9 +631,9 @@ def main():
         else:
             log(f"{corpus}: measured in an earlier run ({kept})")
         results[corpus] = json.load(open(kept))
-        if corpus == "synth" and "analogy_minimal_pairs" not in results[corpus]:
-            # a measurement kept from before the minimal-pair analogies: add them alone
-            results[corpus]["analogy_minimal_pairs"] = synth_minimal_pairs(synth_point)
+        if corpus == "synth" and "analogies" not in results[corpus]:
+            # a measurement kept from before the analogy sweep: add it alone
+            results[corpus]["analogies"] = synth_analogies_of(synth_point)
             json.dump(results[corpus], open(kept + ".partial", "w"), indent=1)
             os.replace(kept + ".partial", kept)
     with open(args.results, "w") as f:

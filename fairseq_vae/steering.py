@@ -172,9 +172,9 @@ def move_latents(
     return moved.to(z.device)
 
 
-def analogy_latents(z_a: Tensor, z_b: Tensor, z_c: Tensor) -> Tensor:
-    """a : b :: c : d, d's latent z_c + (z_b - z_a)."""
-    return z_c + (z_b - z_a)
+def analogy_latents(z_a: Tensor, z_b: Tensor, z_c: Tensor, strength: float = 1.0) -> Tensor:
+    """a : b :: c : d, d's latent z_c + strength * (z_b - z_a) (Optimus' arithmetic at 1)."""
+    return z_c + strength * (z_b - z_a)
 
 
 def save_directions(path: str, directions: Directions, model: nn.Module, checkpoint: str, **extra):

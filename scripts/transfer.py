@@ -8,6 +8,7 @@ python scripts/transfer.py --directions tense.pt --to present < in.txt > out.txt
 python scripts/transfer.py --directions tense.pt --to present --method linear --strength 1.5
 python scripts/transfer.py --directions tense.pt --to present --confidence 0.9  # guided
 python scripts/transfer.py --analogy < triples.tsv   # a<TAB>b<TAB>c lines -> d = c + (b - a)
+python scripts/transfer.py --analogy --strength 2 < triples.tsv   # d = c + 2 (b - a)
 
 Transfer writes one output line per input line; empty input lines are an error naming the
 line. See fairseq_vae/steering.py for what each method does.
@@ -47,7 +48,12 @@ def main():
     parser.add_argument("--directions", metavar="FILE", help="the directions file")
     parser.add_argument("--to", help="the factor's value to move each sentence to")
     parser.add_argument("--method", choices=METHODS, default="mean")
-    parser.add_argument("--strength", type=float, default=1.0, help="times the class-mean move")
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="times the class-mean move (with --analogy: d = c + strength * (b - a))",
+    )
     parser.add_argument(
         "--confidence",
         type=float,
@@ -75,7 +81,7 @@ def main():
                 triples.append(line.split("\t"))
                 if len(triples[-1]) != 3:
                     raise ValueError(f"stdin:{i}: {len(triples[-1])} fields; a line is a, b, c")
-            print("\n".join(vae.analogy(*zip(*triples), **options)))
+            print("\n".join(vae.analogy(*zip(*triples), strength=args.strength, **options)))
         else:
             lines = read_lines(sys.stdin, "stdin")
             outputs = vae.transfer(

@@ -168,6 +168,20 @@ def test_transfer_moves_the_sentences_length(steer):
     assert (p_long >= 0.95 - 1e-6).all()
 
 
+def test_analogy_of_a_sentence_with_itself_or_at_strength_zero_is_cs_reconstruction(steer):
+    hub = steer[0]
+    a, b, c = SHORT_LONG[:3], SHORT_LONG[3:6], SHORT_LONG[6:9]
+    kept = hub.reconstruct(c)
+    assert hub.analogy(a, a, c) == kept  # b = a: no move
+    assert hub.analogy(a, b, c, strength=0.0) == kept
+    # a short : long pair moves c along the length direction, the further the stronger
+    short = [s for s, lab in zip(SHORT_LONG, LENGTH) if lab == "short"][:8]
+    long = [s for s, lab in zip(SHORT_LONG, LENGTH) if lab == "long"][:8]
+    words = [np.mean([len(d.split()) for d in hub.analogy(short, long, short, strength=s)])
+             for s in (0.0, 2.0)]  # fmt: skip
+    assert words[1] > words[0], words
+
+
 def run(tool, *args, input=None, check=True):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run([os.path.join(BIN, tool), *map(str, args)], capture_output=True,
@@ -244,6 +258,8 @@ def test_transfer_script_fits_then_moves_lines(steer, tmp_path):
     triple = f"{SHORT_LONG[0]}\t{SHORT_LONG[1]}\t{SHORT_LONG[2]}\n"
     analogy = call("--analogy", input=triple)
     assert analogy.stdout.splitlines() == [hub.analogy(*SHORT_LONG[:3])]
+    analogy = call("--analogy", "--strength", 2, input=triple)
+    assert analogy.stdout.splitlines() == [hub.analogy(*SHORT_LONG[:3], strength=2.0)]
     # bad input: a factor the labels lack, labels of other sentences, an empty line
     missing = call("--fit", sentences, labels, "--factor", "tense", "--directions", out)
     assert missing.returncode == 1 and f"{labels} has no column 'tense'" in missing.stderr

@@ -401,14 +401,15 @@ class BARTVAEHubInterface(nn.Module):
             self.to_text(h[0]["tokens"]) for h in self.decode_hypotheses(z, **generation_options)
         ]
 
-    def analogy(self, a, b, c, **generation_options):
-        """a : b :: c : d, d decoded from z_c + (z_b - z_a) (posterior means); a, b and c are
-        sentences, or lists of the same length (a list of d back)."""
+    def analogy(self, a, b, c, strength: float = 1.0, **generation_options):
+        """a : b :: c : d, d decoded from z_c + strength * (z_b - z_a) (posterior means); a, b
+        and c are sentences, or lists of the same length (a list of d back)."""
         single = isinstance(a, str)
         a, b, c = ([x] if isinstance(x, str) else list(x) for x in (a, b, c))
         if not len(a) == len(b) == len(c):
             raise ValueError(f"analogy: {len(a)}, {len(b)} and {len(c)} sentences for a, b, c")
         n = len(a)
         z = self.latent(a + b + c)
-        d = self.decode(analogy_latents(z[:n], z[n : 2 * n], z[2 * n :]), **generation_options)
+        d = analogy_latents(z[:n], z[n : 2 * n], z[2 * n :], strength)
+        d = self.decode(d, **generation_options)
         return d[0] if single else d
