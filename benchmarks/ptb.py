@@ -189,6 +189,14 @@ SETTINGS = {
     "BART init, fb 0.1, monotonic": dict(
         schedule="monotonic", args=["--free-bits", "0.1"], kl_target=3.2, bart_init=True
     ),
+    # ...or more dropout for a fine-tuned decoder that overfits a small corpus first
+    "BART init, fb 0.1, dropout 0.3": dict(
+        schedule="cyclical",
+        args=["--free-bits", "0.1"],
+        kl_target=3.2,
+        bart_init=True,
+        dropout=0.3,
+    ),
     "BART init, fb 0.25": dict(
         schedule="cyclical", args=["--free-bits", "0.25"], kl_target=8.0, bart_init=True
     ),
@@ -220,7 +228,7 @@ def setting_args(setting: dict) -> List[str]:
     return SCHEDULES[setting["schedule"]] + ["--latent-dim", str(LATENT_DIM)] + setting["args"]
 
 
-def common_train_args(b: dict, max_update: int, save_dir: str) -> List[str]:
+def common_train_args(b: dict, max_update: int, save_dir: str, dropout: float = 0.1) -> List[str]:
     """The budget is the update count, never --stop-time-hours: a time cap ends runs early on a
     loaded machine, and fairseq counts the training time of a --finetune-from-model checkpoint
     in it (a fine-tuned BART stopped after 15 of its 60 minutes)."""
@@ -239,7 +247,7 @@ def common_train_args(b: dict, max_update: int, save_dir: str) -> List[str]:
             "--warmup-updates",
             str(b["warmup"]),
             "--dropout",
-            "0.1",
+            str(dropout),
             "--attention-dropout",
             "0.0",
             "--activation-dropout",
@@ -296,7 +304,7 @@ def vae_train_cmds(
             base
             + setting_args(setting)
             + valid_selection(b)
-            + common_train_args(b, max_update, save_dir)
+            + common_train_args(b, max_update, save_dir, setting.get("dropout", 0.1))
         ]
     half, ae_dir = max_update // 2, os.path.join(save_dir, "autoencoder")
     autoencoder = (
@@ -313,7 +321,7 @@ def vae_train_cmds(
             os.path.join(ae_dir, "checkpoint_last.pt"),
             "--reset-decoder",
         ]
-        + common_train_args(b, max_update - half, save_dir)
+        + common_train_args(b, max_update - half, save_dir, setting.get("dropout", 0.1))
     )
     return [autoencoder, vae]
 
@@ -785,6 +793,8 @@ def results_markdown(
     for r in rows[1:]:
         s = SETTINGS[r["setting"]]
         how = " ".join(setting_args(s))
+        if "dropout" in s:
+            how += f" --dropout {s['dropout']}"
         if s.get("autoencoder_first"):
             how = (
                 f"first {b['max_update'] // 2} updates with `--kl-schedule constant "
