@@ -309,7 +309,7 @@ def test_a_prior_is_refused_for_another_model_or_latent_size(dict_dir, tmp_path)
     _, model, _ = build_tiny(dict_dir)  # latent size 8
     prior = GaussianMixturePrior(torch.ones(1), torch.zeros(1, 8), torch.eye(8)[None])
     path = str(tmp_path / "prior-gmm.pt")
-    save_prior(path, prior, prior_meta(model, "/runs/a/checkpoint_best.pt"))
+    save_prior(path, prior, prior_meta(model, "runs/a/checkpoint_best.pt"))
 
     assert load_prior(path, expected_model=model).components == 1
     # fairseq's --fp16 halves the model: still the same model
@@ -321,13 +321,13 @@ def test_a_prior_is_refused_for_another_model_or_latent_size(dict_dir, tmp_path)
     with torch.no_grad():
         other.encoder.mlp_mu[0].weight[0, 0] += 0.1
     with pytest.raises(ValueError) as error:
-        load_prior(path, expected_model=other, expected_checkpoint="/runs/b/checkpoint_last.pt")
+        load_prior(path, expected_model=other, expected_checkpoint="runs/b/checkpoint_last.pt")
     message = str(error.value)
-    assert "/runs/a/checkpoint_best.pt" in message and "/runs/b/checkpoint_last.pt" in message
+    assert "runs/a/checkpoint_best.pt" in message and "runs/b/checkpoint_last.pt" in message
     assert "the same dictionary" in message
 
     _, small, _ = build_tiny(dict_dir, "--latent-dim", "4")
-    with pytest.raises(ValueError, match="latent size 8 .*/runs/a/checkpoint_best.pt.* size 4"):
+    with pytest.raises(ValueError, match="latent size 8 .*runs/a/checkpoint_best.pt.* size 4"):
         load_prior(path, expected_model=small)
 
 

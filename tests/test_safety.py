@@ -7,6 +7,7 @@ import fractions
 import io
 import os
 import pickle
+import stat
 import sys
 import types
 import warnings
@@ -49,7 +50,7 @@ def test_copy_flushes_the_file_to_disk_before_the_rename_and_the_folder_after(
 
     def fsync(fd):
         info = os.fstat(fd)
-        kind = "folder" if os.path.isdir(f"/proc/self/fd/{fd}") else "file"
+        kind = "folder" if stat.S_ISDIR(info.st_mode) else "file"
         events.append(("fsync", kind, info.st_ino, info.st_size))
         real_fsync(fd)
 
@@ -81,8 +82,8 @@ def test_copy_leaves_remote_targets_to_fairseq(tmp_path, monkeypatch):
         PathManager, "path_requires_pathmanager", staticmethod(lambda p: "://" in p)
     )
     copy = checkpoint_safety.atomic_copy(fairseq_copy)
-    assert copy("/local/a.pt", "s3://bucket/b.pt", overwrite=True)
-    assert calls == [("/local/a.pt", "s3://bucket/b.pt", True)]
+    assert copy("local/a.pt", "s3://bucket/b.pt", overwrite=True)
+    assert calls == [("local/a.pt", "s3://bucket/b.pt", True)]
     (tmp_path / "a.pt").write_bytes(b"x")
     assert copy(str(tmp_path / "a.pt"), str(tmp_path / "b.pt"))  # local: ours, not fairseq's
     assert len(calls) == 1 and (tmp_path / "b.pt").read_bytes() == b"x"
