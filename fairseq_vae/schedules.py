@@ -80,7 +80,7 @@ def kl_beta(update: int, cfg) -> float:
             cfg.sawtooth_scale,
             cfg.sawtooth_hold,
         )
-    if cfg.kl_schedule == "cyclical" and update >= hold_start(cfg):
+    if update >= hold_start(cfg):
         return cfg.kl_beta_max
     period = cycle_length(cfg)
     schedule = cyclical_beta if cfg.kl_schedule == "cyclical" else monotonic_beta
@@ -104,15 +104,12 @@ def hold_start(cfg) -> float:
     --max-update with --kl-final-hold H, else never."""
     if final_hold(cfg) <= 0:
         return math.inf
-    return (1.0 - final_hold(cfg)) * run_length(cfg, "--kl-final-hold")
+    return (1.0 - final_hold(cfg)) * run_length(cfg, "--kl-final-hold", "--max-update")
 
 
-def run_length(cfg, needed_by: str) -> int:
+def run_length(cfg, needed_by: str, remedy: str) -> int:
     if not cfg.max_update or cfg.max_update <= 0:
-        raise ValueError(
-            f"{needed_by} needs the run's length: set --max-update"
-            + (" or --kl-cycle-updates" if needed_by.startswith("--kl-schedule") else "")
-        )
+        raise ValueError(f"{needed_by} needs the run's length: set {remedy}")
     return cfg.max_update
 
 
@@ -121,7 +118,9 @@ def cycle_length(cfg) -> float:
     1 - H of the run with --kl-final-hold H)."""
     if cfg.kl_cycle_updates > 0:
         return float(cfg.kl_cycle_updates)
-    length = run_length(cfg, f"--kl-schedule {cfg.kl_schedule}")
+    length = run_length(
+        cfg, f"--kl-schedule {cfg.kl_schedule}", "--max-update or --kl-cycle-updates"
+    )
     cycles = cfg.kl_cycles if cfg.kl_schedule == "cyclical" else 1
     if cycles <= 0:
         raise ValueError(f"--kl-cycles must be positive, got {cycles}")
@@ -159,14 +158,15 @@ def check_schedule_options(cfg) -> None:
     ):
         if value < 0:
             raise ValueError(f"{option} must be >= 0 (a weight of the KL term), got {value}")
-    if not 0 <= getattr(cfg, "kl_final_hold", 0.0) < 1:
+    hold = getattr(cfg, "kl_final_hold", 0.0)  # absent from checkpoints older than it
+    if not 0 <= hold < 1:
         raise ValueError(
             "--kl-final-hold must be in [0, 1), the fraction of --max-update held at "
-            f"--kl-beta-max after the cycles, got {cfg.kl_final_hold}"
+            f"--kl-beta-max after the cycles, got {hold}"
         )
-    if getattr(cfg, "kl_final_hold", 0.0) > 0 and cfg.kl_schedule != "cyclical":
+    if hold > 0 and cfg.kl_schedule != "cyclical":
         raise ValueError(
-            f"--kl-final-hold {cfg.kl_final_hold} applies to --kl-schedule cyclical only "
+            f"--kl-final-hold {hold} applies to --kl-schedule cyclical only "
             f"(this run's is {cfg.kl_schedule}, which it would leave unchanged)"
         )
     for option, value in (
@@ -187,7 +187,7 @@ def cycle_length_source(cfg) -> str:
     """The options that set cycle_length(cfg), for messages."""
     if cfg.kl_cycle_updates > 0:
         return f"--kl-cycle-updates {cfg.kl_cycle_updates}"
-    if cfg.kl_schedule == "cyclical" and final_hold(cfg) > 0:
+    if final_hold(cfg) > 0:
         return (
             f"--max-update {cfg.max_update} x (1 - --kl-final-hold {cfg.kl_final_hold}) / "
             f"--kl-cycles {cfg.kl_cycles}"
