@@ -52,18 +52,37 @@ PPL_RATIO = {"10%": 0.85, "full": 1.0}
 FLOOR = {"kl": 5.0, "mi": 3.0, "au": 16}
 
 
-def pretrain_cmd(data: str, b: dict, save_dir: str, hours: float) -> list:
+def pretrain_cmd(
+    data: str,
+    b: dict,
+    save_dir: str,
+    hours: float,
+    updates: Optional[int] = None,
+    keep_every: Optional[int] = None,
+) -> list:
     """BART's text-infilling objective (Lewis et al. 2020) with fairseq's denoising task, at the
-    VAE's (bart_vae_small's) dimensions."""
+    VAE's (bart_vae_small's) dimensions, for `updates` updates or else `hours` of training.
+    `keep_every` also keeps checkpoint_<epoch>_<updates>.pt every that many updates: each is
+    exactly a shorter pretraining, as inverse_sqrt's learning rate does not depend on the total."""
+    budget = ["--stop-time-hours", str(hours)] if updates is None else []
+    keep = [] if keep_every is None else ["--save-interval-updates", str(keep_every)]
     return (
         [
             os.path.join(ptb.BIN, "fairseq-train"),
             data,
             *denoising_pretraining_args(b["dim"], b["ffn"], b["layers"], b["heads"]),
         ]
-        + ptb.common_train_args(b, 100000, save_dir)
-        + ["--stop-time-hours", str(hours)]
+        + ptb.common_train_args(b, updates or 100000, save_dir)
+        + budget
+        + keep
     )
+
+
+def pretrain_budget(args) -> str:
+    """The pretraining's budget as its option says it."""
+    if args.pretrain_updates is not None:
+        return f"--pretrain-updates {args.pretrain_updates}"
+    return f"--stop-time-hours {args.pretrain_hours}"
 
 
 def subset_corpus(data_dir: str, out: str, fraction: float) -> str:
@@ -195,7 +214,7 @@ def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
             "Poisson(3.5)-long spans, each span one `<mask>` (10% a random word), no sentence "
             "permutation, no rotation; all of the training text; "
             f"{pretrain['updates']} updates in {pretrain['minutes']:.1f} min of training "
-            f"(--stop-time-hours {args.pretrain_hours}, one thread); last validation loss "
+            f"({pretrain_budget(args)}, one thread); last validation loss "
             f"{fmt(pretrain['valid_loss'], '.3f')} bits per token.",
             f"- VAE, both inits: `--arch {b['vae_arch']}`, with the settings (KL remedies) of "
             "benchmarks/ptb.py below; fine-tuned: the same command with `--finetune-from-model` "
@@ -261,6 +280,19 @@ def main():
         type=float,
         default=0.75,
         help="training time of the denoising pretraining (default 0.75)",
+    )
+    p.add_argument(
+        "--pretrain-updates",
+        type=int,
+        help="updates of the denoising pretraining, instead of --pretrain-hours "
+        "(an update count does not depend on the machine's load)",
+    )
+    p.add_argument(
+        "--pretrain-keep-every",
+        type=int,
+        metavar="N",
+        help="also keep the pretraining's checkpoint every N updates "
+        "(bart/checkpoint_<epoch>_<updates>.pt): shorter pretrainings to fine-tune from",
     )
     p.add_argument(
         "--full-updates",
@@ -329,7 +361,16 @@ def main():
     # models: (setting, init, size) -> (folder, its evaluation's job); the LM's setting is None
     jobs, models = {}, {}
     jobs["pretrain"] = ptb.train_job(
-        [pretrain_cmd(data["full"], b, pre_dir, args.pretrain_hours)],
+        [
+            pretrain_cmd(
+                data["full"],
+                b,
+                pre_dir,
+                args.pretrain_hours,
+                args.pretrain_updates,
+                args.pretrain_keep_every,
+            )
+        ],
         os.path.join(pre_dir, "train.log"),
     )
     runs = [(None, "lm", size) for size in DATA_SIZES]

@@ -197,6 +197,14 @@ SETTINGS = {
         bart_init=True,
         dropout=0.3,
     ),
+    # ...or word dropout (Bowman et al. 2016): the decoder's inputs replaced by <unk>, which both
+    # regularises it and makes it lean on z
+    "BART init, fb 0.1, word dropout 0.2": dict(
+        schedule="cyclical",
+        args=["--free-bits", "0.1", "--word-dropout", "0.2"],
+        kl_target=3.2,
+        bart_init=True,
+    ),
     "BART init, fb 0.25": dict(
         schedule="cyclical", args=["--free-bits", "0.25"], kl_target=8.0, bart_init=True
     ),
@@ -459,8 +467,8 @@ def prepare(data_dir: str, out: str, name: str = "data-bin", srcdict: Optional[s
 
 
 def bart_pretraining(ckpt: str, data: str) -> dict:
-    """The --pretrained-bart checkpoint's data and its training (train_summary, when its
-    train.log lies beside it); exits when it was trained with another dictionary than data's,
+    """The --pretrained-bart checkpoint's data and its training (updates and minutes, as the
+    checkpoint records them); exits when it was trained with another dictionary than data's,
     as every token id would then mean another word."""
     sys.path.insert(0, REPO)
     import torch
@@ -481,8 +489,12 @@ def bart_pretraining(ckpt: str, data: str) -> dict:
             f"missing or not {ours}: pretrain on this corpus's training text "
             "(benchmarks/pretrained.sh --data)"
         )
-    train_log = os.path.join(os.path.dirname(ckpt), "train.log")
-    summary = train_summary(train_log) if os.path.isfile(train_log) else {}
+    # the checkpoint's own count and clock: a kept checkpoint_<epoch>_<updates>.pt is a shorter
+    # pretraining than its folder's train.log tells
+    summary = {
+        "updates": state["optimizer_history"][-1]["num_updates"],
+        "minutes": state["extra_state"]["previous_training_time"] / 60,
+    }
     return {"checkpoint": ckpt, "data": trained_on, **summary}
 
 
@@ -808,11 +820,7 @@ def results_markdown(
         if f"- {r['setting']}:" not in "\n".join(lines):
             lines.append(f"  - {r['setting']}: {how}")
     if bart:
-        cost = (
-            f", {bart['updates']} updates in {bart['minutes']:.1f} min of training"
-            if "updates" in bart
-            else ""
-        )
+        cost = f", {bart['updates']} updates in {bart['minutes']:.1f} min of training"
         lines.append(
             f"  - BART: `{bart['checkpoint']}`, BART's text infilling with fairseq's denoising "
             f"task on the training text (`{bart['data']}`{cost}; benchmarks/pretrained.sh). "

@@ -1,8 +1,10 @@
 """Fine-tuning bart_vae from a plain BART checkpoint pretrained with fairseq's own denoising
 task."""
 
+import glob
 import os
 import re
+import sys
 
 import pytest
 import torch
@@ -53,7 +55,7 @@ COMMON = [
 ]
 
 
-def pretrain_bart(data, save_dir, width, updates):
+def pretrain_bart(data, save_dir, width, updates, *extra):
     """BART's own pretraining objective (text infilling) with fairseq's denoising task, as the
     demo's "bart-init" recipe and benchmarks/pretrained.py run it (bart_vae's 1024 positions)."""
     run_tool(
@@ -77,6 +79,7 @@ def pretrain_bart(data, save_dir, width, updates):
         # its prefetch thread, left running when training stops mid-epoch, aborts at exit
         "--data-buffer-size",
         "0",
+        *extra,
     )
     return os.path.join(save_dir, "checkpoint_last.pt")
 
@@ -112,7 +115,15 @@ def train_vae(save_dir, width, *extra, lr="0", updates="1"):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    return pretrain_bart(SYNTH, str(tmp_path_factory.mktemp("bart")), width=32, updates=150)
+    # every 100 updates also kept, as benchmarks/pretrained.py --pretrain-keep-every does
+    return pretrain_bart(
+        SYNTH,
+        str(tmp_path_factory.mktemp("bart")),
+        32,
+        150,
+        "--save-interval-updates",
+        "100",
+    )
 
 
 def load(path):
@@ -188,3 +199,18 @@ def test_finetuning_beats_training_from_scratch(pretrained, tmp_path):
     )
     scratch = train_vae(str(tmp_path / "scratch"), 32, lr="3e-3", updates="20")
     assert valid_nll(finetuned) < valid_nll(scratch), (valid_nll(finetuned), valid_nll(scratch))
+
+
+def test_a_kept_pretraining_checkpoint_is_the_shorter_pretraining(pretrained, tmp_path):
+    """benchmarks/pretrained.py --pretrain-keep-every: the checkpoint kept at update 100 of a
+    150-update pretraining is the 100-update pretraining (inverse_sqrt's rate does not depend on
+    the total), and benchmarks/ptb.py reports its own update count, not its folder's."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import ptb
+
+    [kept] = glob.glob(os.path.join(os.path.dirname(pretrained), "checkpoint_*_100.pt"))
+    short = pretrain_bart(SYNTH, str(tmp_path), 32, 100)
+    for name, value in load(short).items():
+        torch.testing.assert_close(load(kept)[name], value, rtol=0, atol=0, msg=name)
+    assert ptb.bart_pretraining(kept, SYNTH)["updates"] == 100
+    assert ptb.bart_pretraining(pretrained, SYNTH)["updates"] == 150
