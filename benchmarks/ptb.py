@@ -205,6 +205,11 @@ SETTINGS = {
         kl_target=3.2,
         bart_init=True,
     ),
+    # ...or a fine-tuning rate below the from-scratch one: the pretrained decoder moves less
+    # from what it learnt before it overfits the few sentences
+    "BART init, fb 0.1, lr 3e-4": dict(
+        schedule="cyclical", args=["--free-bits", "0.1"], kl_target=3.2, bart_init=True, lr=3e-4
+    ),
     "BART init, fb 0.25": dict(
         schedule="cyclical", args=["--free-bits", "0.25"], kl_target=8.0, bart_init=True
     ),
@@ -236,7 +241,9 @@ def setting_args(setting: dict) -> List[str]:
     return SCHEDULES[setting["schedule"]] + ["--latent-dim", str(LATENT_DIM)] + setting["args"]
 
 
-def common_train_args(b: dict, max_update: int, save_dir: str, dropout: float = 0.1) -> List[str]:
+def common_train_args(
+    b: dict, max_update: int, save_dir: str, dropout: float = 0.1, lr: Optional[float] = None
+) -> List[str]:
     """The budget is the update count, never --stop-time-hours: a time cap ends runs early on a
     loaded machine, and fairseq counts the training time of a --finetune-from-model checkpoint
     in it (a fine-tuned BART stopped after 15 of its 60 minutes)."""
@@ -249,7 +256,7 @@ def common_train_args(b: dict, max_update: int, save_dir: str, dropout: float = 
             "--adam-betas",
             "(0.9,0.98)",
             "--lr",
-            str(b["lr"]),
+            str(lr or b["lr"]),
             "--lr-scheduler",
             "inverse_sqrt",
             "--warmup-updates",
@@ -312,7 +319,9 @@ def vae_train_cmds(
             base
             + setting_args(setting)
             + valid_selection(b)
-            + common_train_args(b, max_update, save_dir, setting.get("dropout", 0.1))
+            + common_train_args(
+                b, max_update, save_dir, setting.get("dropout", 0.1), setting.get("lr")
+            )
         ]
     half, ae_dir = max_update // 2, os.path.join(save_dir, "autoencoder")
     autoencoder = (
@@ -329,7 +338,9 @@ def vae_train_cmds(
             os.path.join(ae_dir, "checkpoint_last.pt"),
             "--reset-decoder",
         ]
-        + common_train_args(b, max_update - half, save_dir, setting.get("dropout", 0.1))
+        + common_train_args(
+            b, max_update - half, save_dir, setting.get("dropout", 0.1), setting.get("lr")
+        )
     )
     return [autoencoder, vae]
 
@@ -805,8 +816,9 @@ def results_markdown(
     for r in rows[1:]:
         s = SETTINGS[r["setting"]]
         how = " ".join(setting_args(s))
-        if "dropout" in s:
-            how += f" --dropout {s['dropout']}"
+        for option in ("dropout", "lr"):
+            if option in s:
+                how += f" --{option} {s[option]}"
         if s.get("autoencoder_first"):
             how = (
                 f"first {b['max_update'] // 2} updates with `--kl-schedule constant "
