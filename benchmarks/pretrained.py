@@ -10,7 +10,8 @@ all of a word-level corpus (Penn Treebank by default) and on a 10% slice of its 
    bart_vae_small's dimensions (2+2 layers, width 128, FFN 512, 4 heads, 256 positions): spans
    of Poisson(3.5) length over 30% of the tokens, each span replaced by one <mask> (10% of them by
    a random word instead), no sentence permutation (one sentence a line) and no rotation, on the
-   corpus's whole training text, for --pretrain-hours of training.
+   corpus's whole training text, for --pretrain-hours of training, or --pretrain-updates, or
+   --pretrain-epochs (on a few thousand sentences about 10 epochs: docs/results.md).
 2. Fine-tune bart_vae_small from it with --finetune-from-model (the encoder, decoder and
    embeddings copied, the latent modules new), and train the same bart_vae_small from scratch:
    same setting (KL remedy, benchmarks/ptb.py's default unless --setting says otherwise),
@@ -58,13 +59,20 @@ def pretrain_cmd(
     save_dir: str,
     hours: float,
     updates: Optional[int] = None,
+    epochs: Optional[int] = None,
     keep_every: Optional[int] = None,
 ) -> list:
     """BART's text-infilling objective (Lewis et al. 2020) with fairseq's denoising task, at the
-    VAE's (bart_vae_small's) dimensions, for `updates` updates or else `hours` of training.
-    `keep_every` also keeps checkpoint_<epoch>_<updates>.pt every that many updates: each is
-    exactly a shorter pretraining, as inverse_sqrt's learning rate does not depend on the total."""
-    budget = ["--stop-time-hours", str(hours)] if updates is None else []
+    VAE's (bart_vae_small's) dimensions, for `updates` updates, or `epochs` passes over the
+    training text, or else `hours` of training. `keep_every` also keeps
+    checkpoint_<epoch>_<updates>.pt every that many updates: each is exactly a shorter
+    pretraining, as inverse_sqrt's learning rate does not depend on the total."""
+    if updates is not None:
+        budget = []
+    elif epochs is not None:
+        budget = ["--max-epoch", str(epochs)]
+    else:
+        budget = ["--stop-time-hours", str(hours)]
     keep = [] if keep_every is None else ["--save-interval-updates", str(keep_every)]
     return (
         [
@@ -82,6 +90,8 @@ def pretrain_budget(args) -> str:
     """The pretraining's budget as its option says it."""
     if args.pretrain_updates is not None:
         return f"--pretrain-updates {args.pretrain_updates}"
+    if args.pretrain_epochs is not None:
+        return f"--pretrain-epochs {args.pretrain_epochs}"
     return f"--stop-time-hours {args.pretrain_hours}"
 
 
@@ -281,11 +291,19 @@ def main():
         default=0.75,
         help="training time of the denoising pretraining (default 0.75)",
     )
-    p.add_argument(
+    length = p.add_mutually_exclusive_group()
+    length.add_argument(
         "--pretrain-updates",
         type=int,
         help="updates of the denoising pretraining, instead of --pretrain-hours "
         "(an update count does not depend on the machine's load)",
+    )
+    length.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        help="passes of the denoising pretraining over the training text, instead of "
+        "--pretrain-hours: the length that carries from one corpus size to another "
+        "(docs/results.md: about 10 on a few thousand sentences)",
     )
     p.add_argument(
         "--pretrain-keep-every",
@@ -368,6 +386,7 @@ def main():
                 pre_dir,
                 args.pretrain_hours,
                 args.pretrain_updates,
+                args.pretrain_epochs,
                 args.pretrain_keep_every,
             )
         ],
