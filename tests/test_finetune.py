@@ -115,15 +115,7 @@ def train_vae(save_dir, width, *extra, lr="0", updates="1"):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    # every 100 updates also kept, as benchmarks/pretrained.py --pretrain-keep-every does
-    return pretrain_bart(
-        SYNTH,
-        str(tmp_path_factory.mktemp("bart")),
-        32,
-        150,
-        "--save-interval-updates",
-        "100",
-    )
+    return pretrain_bart(SYNTH, str(tmp_path_factory.mktemp("bart")), 32, 150)
 
 
 def load(path):
@@ -201,16 +193,21 @@ def test_finetuning_beats_training_from_scratch(pretrained, tmp_path):
     assert valid_nll(finetuned) < valid_nll(scratch), (valid_nll(finetuned), valid_nll(scratch))
 
 
-def test_a_kept_pretraining_checkpoint_is_the_shorter_pretraining(pretrained, tmp_path):
-    """benchmarks/pretrained.py --pretrain-keep-every: the checkpoint kept at update 100 of a
-    150-update pretraining is the 100-update pretraining (inverse_sqrt's rate does not depend on
-    the total), and benchmarks/ptb.py reports its own update count, not its folder's."""
+def test_a_kept_pretraining_checkpoint_is_the_shorter_pretraining(tmp_path):
+    """benchmarks/pretrained.py --pretrain-keep-every: the checkpoint kept at update 30 of a
+    60-update pretraining under inverse_sqrt (the benchmarks' schedule) is the 30-update
+    pretraining, as the rate does not depend on the total, and benchmarks/ptb.py reports its own
+    update count, not its folder's."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import ptb
 
-    [kept] = glob.glob(os.path.join(os.path.dirname(pretrained), "checkpoint_*_100.pt"))
-    short = pretrain_bart(SYNTH, str(tmp_path), 32, 100)
+    schedule = ["--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10"]
+    longer = pretrain_bart(
+        SYNTH, str(tmp_path / "long"), 32, 60, *schedule, "--save-interval-updates", "30"
+    )
+    [kept] = glob.glob(os.path.join(os.path.dirname(longer), "checkpoint_*_30.pt"))
+    short = pretrain_bart(SYNTH, str(tmp_path / "short"), 32, 30, *schedule)
     for name, value in load(short).items():
         torch.testing.assert_close(load(kept)[name], value, rtol=0, atol=0, msg=name)
-    assert ptb.bart_pretraining(kept, SYNTH)["updates"] == 100
-    assert ptb.bart_pretraining(pretrained, SYNTH)["updates"] == 150
+    assert ptb.bart_pretraining(kept, SYNTH)["updates"] == 30
+    assert ptb.bart_pretraining(longer, SYNTH)["updates"] == 60
