@@ -271,7 +271,7 @@ def test_a_saved_prior_loads_with_weights_only_and_gives_the_same_density(kind, 
         config = FlowConfig(hidden_features=(8, 8), transforms=2, max_steps=20, eval_interval=10)
         prior, _ = fit_flow(two_clusters(200, 0), two_clusters(100, 1), config, seed=1)
     path = str(tmp_path / "prior.pt")
-    save_prior(path, prior, {"checkpoint": "/x/checkpoint.pt", "fit": {"seconds": 1.5}})
+    save_prior(path, prior, {"checkpoint": "runs/checkpoint.pt", "fit": {"seconds": 1.5}})
     payload = torch.load(path, weights_only=True)
     assert plain_values_only(payload) and payload["kind"] == kind
     json.dumps(payload["config"]), json.dumps(payload["meta"])
