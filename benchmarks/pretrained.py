@@ -38,7 +38,7 @@ import os
 import random
 import re
 import sys
-from typing import Optional
+from typing import List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ptb  # noqa: E402  (the corpus preparation, the job queue and the models' settings)
@@ -53,6 +53,19 @@ PPL_RATIO = {"10%": 0.85, "full": 1.0}
 FLOOR = {"kl": 5.0, "mi": 3.0, "au": 16}
 
 
+def pretrain_length(
+    hours: float, updates: Optional[int] = None, epochs: Optional[int] = None
+) -> Tuple[List[str], str]:
+    """How long the pretraining runs: `updates` updates, or `epochs` passes over the training
+    text, or else `hours` of training; the fairseq-train options that say it (beside a
+    --max-update of `updates`, see pretrain_cmd), and the label the report gives it."""
+    if updates is not None:
+        return [], f"--pretrain-updates {updates}"
+    if epochs is not None:
+        return ["--max-epoch", str(epochs)], f"--pretrain-epochs {epochs}"
+    return ["--stop-time-hours", str(hours)], f"--stop-time-hours {hours}"
+
+
 def pretrain_cmd(
     data: str,
     b: dict,
@@ -63,16 +76,10 @@ def pretrain_cmd(
     keep_every: Optional[int] = None,
 ) -> list:
     """BART's text-infilling objective (Lewis et al. 2020) with fairseq's denoising task, at the
-    VAE's (bart_vae_small's) dimensions, for `updates` updates, or `epochs` passes over the
-    training text, or else `hours` of training. `keep_every` also keeps
-    checkpoint_<epoch>_<updates>.pt every that many updates: each is exactly a shorter
+    VAE's (bart_vae_small's) dimensions, for the length pretrain_length says. `keep_every` also
+    keeps checkpoint_<epoch>_<updates>.pt every that many updates: each is exactly a shorter
     pretraining, as inverse_sqrt's learning rate does not depend on the total."""
-    if updates is not None:
-        budget = []
-    elif epochs is not None:
-        budget = ["--max-epoch", str(epochs)]
-    else:
-        budget = ["--stop-time-hours", str(hours)]
+    length, _ = pretrain_length(hours, updates, epochs)
     keep = [] if keep_every is None else ["--save-interval-updates", str(keep_every)]
     return (
         [
@@ -81,18 +88,9 @@ def pretrain_cmd(
             *denoising_pretraining_args(b["dim"], b["ffn"], b["layers"], b["heads"]),
         ]
         + ptb.common_train_args(b, updates or 100000, save_dir)
-        + budget
+        + length
         + keep
     )
-
-
-def pretrain_budget(args) -> str:
-    """The pretraining's budget as its option says it."""
-    if args.pretrain_updates is not None:
-        return f"--pretrain-updates {args.pretrain_updates}"
-    if args.pretrain_epochs is not None:
-        return f"--pretrain-epochs {args.pretrain_epochs}"
-    return f"--stop-time-hours {args.pretrain_hours}"
 
 
 def subset_corpus(data_dir: str, out: str, fraction: float) -> str:
@@ -180,6 +178,7 @@ def checks(rows: list) -> list:
 
 def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
     name = corpus["name"]
+    _, length = pretrain_length(args.pretrain_hours, args.pretrain_updates, args.pretrain_epochs)
     lines = [
         f"# {name}: bart_vae fine-tuned from a BART pretrained here, against from scratch",
         "",
@@ -224,7 +223,7 @@ def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
             "Poisson(3.5)-long spans, each span one `<mask>` (10% a random word), no sentence "
             "permutation, no rotation; all of the training text; "
             f"{pretrain['updates']} updates in {pretrain['minutes']:.1f} min of training "
-            f"({pretrain_budget(args)}, one thread); last validation loss "
+            f"({length}, one thread); last validation loss "
             f"{fmt(pretrain['valid_loss'], '.3f')} bits per token.",
             f"- VAE, both inits: `--arch {b['vae_arch']}`, with the settings (KL remedies) of "
             "benchmarks/ptb.py below; fine-tuned: the same command with `--finetune-from-model` "
