@@ -572,6 +572,26 @@ def vae_eval(data: str, ckpt: str, split: str, k: int, out_json: str, b: dict) -
     return json.load(open(out_json))
 
 
+def fit_prior_job(data: str, ckpt: str, prior: str, args) -> dict:
+    """A run_queue job: fairseq-vae-fit-prior on the training split's posteriors of ckpt (its
+    size chosen on valid), written to `prior` once fitted."""
+    cmd = [
+        os.path.join(BIN, "fairseq-vae-fit-prior"),
+        data,
+        "--user-dir",
+        os.path.join(REPO, "fairseq_vae"),
+        "--path",
+        ckpt,
+        "--prior-model",
+        args.fit_prior,
+        "--seed",
+        str(SEED),
+        "--out",
+        prior,
+    ] + ([] if BUDGETS[args.budget]["precision"] else ["--cpu"])
+    return {"cmds": [cmd], "log": prior[: -len(".pt")] + ".log", "done": prior, "after": []}
+
+
 def lm_eval_job(data: str, ckpt: str, out_log: str, b: dict, after=()) -> dict:
     """A run_queue job: fairseq-eval-lm on the test split, its log read by lm_result."""
     cmd = [
@@ -699,7 +719,7 @@ def vae_metrics(report: dict, trained: dict) -> dict:
         "kl": m["kl"],
         "mi": m["mi"],
         "au": m["au"],
-        "recon_bleu": m["recon_bleu"],
+        "recon_bleu": m.get("recon_bleu"),  # absent with --no-bleu
         "updates": trained["updates"],
         "train_min": round(trained["minutes"], 1),
         "eval_min": round(report["settings"]["seconds"] / 60, 1),
@@ -710,10 +730,32 @@ def vae_row(name: str, report: dict, trained: dict) -> dict:
     return {
         "model": "bart_vae",
         "setting": name,
+        "prior": "standard",
         "split": "test",
         "kl_target": SETTINGS[name].get("kl_target"),
         **vae_metrics(report, trained),
     }
+
+
+def prior_row(name: str, report: dict, trained: dict) -> dict:
+    """The same model under the prior fitted after training (fairseq-vae-eval --prior-file):
+    the IW-NLL of p'(z) p(x|z) and the Monte Carlo KL to p', from the same samples."""
+    p = report["metrics"]["prior_file"]
+    row = vae_row(name, report, trained)
+    row.update(
+        prior=p["kind"],
+        ppl_word=p["iw_ppl_word"],
+        iw_nll=p["iw_nll"],
+        neg_elbo=p["neg_elbo"],
+        kl=p["kl_mc"],
+        kl_target=None,
+    )
+    return row
+
+
+def row_label(row: dict) -> str:
+    prior = row.get("prior", "standard")
+    return row["setting"] + ("" if prior == "standard" else f", fitted {prior} prior")
 
 
 def lm_row(lm: dict, trained: dict, sentences: int) -> dict:
@@ -796,7 +838,7 @@ def results_markdown(
         mark = "**" if r is chosen else ""
         au = "" if r["au"] is None else f"{r['au']}/{LATENT_DIM}"
         lines.append(
-            f"| {r['model']} | {mark}{r['setting']}{mark} | {fmt(r['kl_target'], '.1f')} "
+            f"| {r['model']} | {mark}{row_label(r)}{mark} | {fmt(r['kl_target'], '.1f')} "
             f"| {fmt(r['iw_samples'], 'd')} | {r['ppl_word']:.2f} "
             f"| {r['ppl_word'] / lm['ppl_word']:.3f} | {fmt(r['iw_nll'], '.2f')} "
             f"| {fmt(r['neg_elbo'], '.2f')} | {fmt(r['kl'], '.2f')} | {fmt(r['mi'], '.2f')} "
@@ -815,7 +857,7 @@ def results_markdown(
     for r in rows[1:]:
         checks_r = recipe_checks(r, lm)
         lines.append(
-            f"- {r['setting']} (K={r['iw_samples']}): "
+            f"- {row_label(r)} (K={r['iw_samples']}): "
             + ", ".join(f"{k} {'met' if v else 'missed'}" for k, v in checks_r.items())
         )
     lines += [
@@ -853,7 +895,7 @@ def results_markdown(
         ),
         "- VAE settings (fairseq-train options):",
     ]
-    for r in rows[1:]:
+    for r in [r for r in rows[1:] if r.get("prior", "standard") == "standard"]:
         s = SETTINGS[r["setting"]]
         how = " ".join(setting_args(s))
         for option in ("dropout", "lr"):
@@ -901,7 +943,7 @@ def plot(path: str, rows: List[dict], corpus_name: str):
     lm, vae = rows[0], [r for r in rows[1:]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in vae:
-        label = f"{r['setting']} (K={r['iw_samples']})"
+        label = f"{row_label(r)} (K={r['iw_samples']})"
         left.scatter(r["kl"], r["ppl_word"], label=label)
         right.scatter(r["kl"], r["recon_bleu"], label=label)
     left.axhline(lm["ppl_word"], color="black", linestyle="--", label="transformer_lm")
@@ -961,6 +1003,13 @@ def main():
         help="the checkpoint evaluated: 'best' on the valid split (the LM's by loss, the VAE's "
         f"by IW-NLL with K={VALID_IW_SAMPLES}, which every VAE training logs), or 'last'; the "
         "same trainings serve both, so a second run with the other evaluates only",
+    )
+    p.add_argument(
+        "--fit-prior",
+        choices=["gmm", "flow"],
+        help="also fit this prior to each VAE's training posteriors (fairseq-vae-fit-prior, on "
+        "the checkpoint evaluated) and add a row of the same model under it (IW-PPL of p'(z) "
+        "p(x|z), Monte Carlo KL to p')",
     )
     p.add_argument(
         "--slots",
@@ -1061,6 +1110,21 @@ def main():
             b,
             after=[name],
         )
+        if args.fit_prior:
+            prior = os.path.join(d, f"prior-{args.fit_prior}{suffix}.pt")
+            jobs[f"fit prior {name}"] = fit_prior_job(data, os.path.join(d, ckpt), prior, args)
+            jobs[f"fit prior {name}"]["after"] = [name]
+            jobs[f"eval {name}, fitted prior"] = vae_eval_job(
+                data,
+                os.path.join(d, ckpt),
+                "test",
+                k,
+                os.path.join(d, f"test-K{k}{suffix}-{args.fit_prior}.json"),
+                b,
+                after=[f"fit prior {name}"],
+                bleu=False,
+                extra=["--prior-file", prior],
+            )
     run_queue(jobs, args.slots or (2 if b["parallel"] else 1))
     trained = {n: {"dir": os.path.dirname(log), **train_summary(log)} for n, log in logs.items()}
     test = corpus["splits"]["test"]
@@ -1085,6 +1149,10 @@ def main():
         rows.append(vae_row(name, report, trained[name]))
         if name == chosen["setting"]:
             chosen = rows[-1]
+    if args.fit_prior:
+        for name in names:
+            path = os.path.join(trained[name]["dir"], f"test-K{k}{suffix}-{args.fit_prior}.json")
+            rows.append(prior_row(name, json.load(open(path)), trained[name]))
 
     table = results_markdown(args, b, corpus, rows, chosen, started, bart)
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
@@ -1103,6 +1171,7 @@ def main():
                 "recipe_checks": [
                     {
                         "setting": r["setting"],
+                        "prior": r["prior"],
                         "iw_samples": r["iw_samples"],
                         **recipe_checks(r, rows[0]),
                     }
