@@ -147,19 +147,10 @@ def eval_path(point: dict, kind: str, args) -> str:
     return os.path.join(os.path.dirname(point["checkpoint"]), name)
 
 
-def fit_job(name: str, point: dict, kind: str) -> dict:
-    """fairseq-vae-fit-prior, its file renamed into place only when the fit has finished."""
-    final = prior_path(point, kind)
-    partial = final + ".partial"
-    cmd = [os.path.join(BIN, "fairseq-vae-fit-prior"), point["data"]]
-    cmd += ["--user-dir", os.path.join(REPO, "fairseq_vae"), "--path", point["checkpoint"]]
-    cmd += ["--prior-model", kind, "--out", partial, "--seed", str(ptb.SEED), "--cpu"]
-    return {
-        "cmds": [cmd, ["mv", partial, final]],
-        "log": final[: -len(".pt")] + ".log",
-        "done": final,
-        "after": [point["train_job"]],
-    }
+def fit_job(point: dict, kind: str, b: dict) -> dict:
+    return ptb.fit_prior_job(
+        point["data"], point["checkpoint"], kind, prior_path(point, kind), b, [point["train_job"]]
+    )
 
 
 def eval_job(point: dict, kind: str, args, b: dict) -> dict:
@@ -490,7 +481,7 @@ def main():
         point.update(name=name, **info)
         jobs.update(point.pop("jobs"))
         for kind in PRIOR_KINDS:
-            jobs[f"fit {kind} {name}"] = fit_job(name, point, kind)
+            jobs[f"fit {kind} {name}"] = fit_job(point, kind, b)
         for kind in PRIOR_KINDS:
             jobs[f"eval {kind} {name}"] = eval_job(point, kind, args, b)
         jobs[f"eval lm {name}"] = lm_test_job(point, b)

@@ -572,24 +572,19 @@ def vae_eval(data: str, ckpt: str, split: str, k: int, out_json: str, b: dict) -
     return json.load(open(out_json))
 
 
-def fit_prior_job(data: str, ckpt: str, prior: str, args) -> dict:
-    """A run_queue job: fairseq-vae-fit-prior on the training split's posteriors of ckpt (its
-    size chosen on valid), written to `prior` once fitted."""
-    cmd = [
-        os.path.join(BIN, "fairseq-vae-fit-prior"),
-        data,
-        "--user-dir",
-        os.path.join(REPO, "fairseq_vae"),
-        "--path",
-        ckpt,
-        "--prior-model",
-        args.fit_prior,
-        "--seed",
-        str(SEED),
-        "--out",
-        prior,
-    ] + ([] if BUDGETS[args.budget]["precision"] else ["--cpu"])
-    return {"cmds": [cmd], "log": prior[: -len(".pt")] + ".log", "done": prior, "after": []}
+def fit_prior_job(data: str, ckpt: str, kind: str, prior: str, b: dict, after=()) -> dict:
+    """A run_queue job: fairseq-vae-fit-prior of `kind` on the training split's posteriors of
+    ckpt (its size chosen on valid), renamed to `prior` only once the fit has finished."""
+    partial = prior + ".partial"
+    cmd = [os.path.join(BIN, "fairseq-vae-fit-prior"), data, "--path", ckpt]
+    cmd += ["--user-dir", os.path.join(REPO, "fairseq_vae"), "--prior-model", kind]
+    cmd += ["--out", partial, "--seed", str(SEED)] + ([] if b["precision"] else ["--cpu"])
+    return {
+        "cmds": [cmd, ["mv", partial, prior]],
+        "log": prior[: -len(".pt")] + ".log",
+        "done": prior,
+        "after": list(after),
+    }
 
 
 def lm_eval_job(data: str, ckpt: str, out_log: str, b: dict, after=()) -> dict:
@@ -1112,8 +1107,9 @@ def main():
         )
         if args.fit_prior:
             prior = os.path.join(d, f"prior-{args.fit_prior}{suffix}.pt")
-            jobs[f"fit prior {name}"] = fit_prior_job(data, os.path.join(d, ckpt), prior, args)
-            jobs[f"fit prior {name}"]["after"] = [name]
+            jobs[f"fit prior {name}"] = fit_prior_job(
+                data, os.path.join(d, ckpt), args.fit_prior, prior, b, after=[name]
+            )
             jobs[f"eval {name}, fitted prior"] = vae_eval_job(
                 data,
                 os.path.join(d, ckpt),
