@@ -877,7 +877,7 @@ def results_markdown(
         + (f", {' '.join(b['precision'])}" if b["precision"] else "")
         + (
             ", two trainings side by side with one thread each"
-            if (args.slots or (2 if b["parallel"] else 1)) > 1
+            if args.slots > 1
             else ", one training at a time"
         )
         + ". "
@@ -1037,6 +1037,7 @@ def main():
     b = dict(BUDGETS[args.budget])
     if args.max_update:
         b["max_update"] = args.max_update
+    args.slots = args.slots or (2 if b["parallel"] else 1)
     names = list(SETTINGS) if args.sweep else [DEFAULT_SETTING]
     if args.settings:
         names = [n.strip() for n in args.settings.split(";")]
@@ -1121,7 +1122,7 @@ def main():
                 bleu=False,
                 extra=["--prior-file", prior],
             )
-    run_queue(jobs, args.slots or (2 if b["parallel"] else 1))
+    run_queue(jobs, args.slots)
     trained = {n: {"dir": os.path.dirname(log), **train_summary(log)} for n, log in logs.items()}
     test = corpus["splits"]["test"]
     lm = lm_result(os.path.join(out, "lm", f"test{suffix}.log"))
