@@ -38,6 +38,7 @@ import datetime
 import json
 import os
 import re
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -320,17 +321,52 @@ def point_rows(point: dict, args) -> list:
     return rows
 
 
+def kept_rows(path: str) -> list:
+    """The rows of an earlier table's JSON; rows written before each row named its run get the
+    file's own start and machine."""
+    earlier = json.load(open(path))
+    default = {
+        "command": earlier.get("command", "benchmarks/prior.py (an earlier run)"),
+        "started": earlier.get("started"),
+        "machine": earlier.get("machine"),
+    }
+    return [dict(r, made=r.get("made", default)) for r in earlier["rows"]]
+
+
 def fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def results_markdown(args, rows: list, started: str) -> str:
+def point_name(row: dict) -> str:
+    return f"{row['corpus']}, {row['setting']}"
+
+
+def made_lines(rows: list) -> list:
+    """One line per run that made rows of the table: its points, command, start and machine."""
+    runs = {}
+    for r in rows:
+        key = json.dumps(r["made"], sort_keys=True)
+        runs.setdefault(key, (r["made"], []))
+        if point_name(r) not in runs[key][1]:
+            runs[key][1].append(point_name(r))
+    return [
+        f"- {'; '.join(names)}: `{made['command']}`, started {made['started']}, on "
+        f"{made['machine']}."
+        for made, names in runs.values()
+    ]
+
+
+def results_markdown(args, rows: list) -> str:
+    reverse = any(r["samples"]["reverse_ppl"] is not None for r in rows)
     lines = [
         "# Fitted priors and prior-sample quality",
         "",
-        f'Made by `benchmarks/prior.py --points "{args.points}" --iw-samples '
-        f"{args.iw_samples} --prior-samples {args.prior_samples}`, started {started}, on "
-        f"{ptb.machine()}. IW-PPL per word on the test split with K={args.iw_samples} "
+        "Made by (each point's rows by one run; a rerun with --keep-other-points replaces the "
+        "rows of its own points and keeps the others):",
+        "",
+        *made_lines(rows),
+        "",
+        f"IW-PPL per word on the test split with K={args.iw_samples} "
         "importance samples; KL to the prior per sentence (Monte Carlo for a fitted prior); "
         f"{args.prior_samples} samples per prior and decoding; reference rows: 'lm', the "
         "corpus's transformer_lm of the decoder's size (its test PPL and its own ancestral "
@@ -342,7 +378,7 @@ def results_markdown(args, rows: list, started: str) -> str:
             f"reverse PPL: the test PPL of an LM of that size trained on the samples for "
             f"{args.reverse_updates} updates (the real row's: on as many real training "
             "sentences); "
-            if args.reverse_ppl
+            if reverse
             else ""
         )
         + "grammatical and factor TV (largest over the four factors) on the shipped corpus "
@@ -462,6 +498,12 @@ def main():
         help="write the table from what earlier runs finished, running nothing",
     )
     p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", "prior.md"))
+    p.add_argument(
+        "--keep-other-points",
+        action="store_true",
+        help="keep the rows of points not in --points from the existing --results JSON "
+        "(each row names the run that made it), so points run apart share one table",
+    )
     args = p.parse_args()
     names = [n.strip() for n in args.points.split(";") if n.strip()]
     unknown = [n for n in names if n not in POINTS]
@@ -499,13 +541,21 @@ def main():
                 ptb.log(f"--report: {point['name']} is not evaluated yet: left out")
         points = finished
 
-    rows = [r for point in points for r in point_rows(point, args)]
+    made = {
+        "command": shlex.join(["benchmarks/prior.py", *sys.argv[1:]]),
+        "started": started,
+        "machine": ptb.machine(),
+    }
+    rows = [dict(r, made=made) for point in points for r in point_rows(point, args)]
+    stem = args.results[: -len(".md")]
+    if args.keep_other_points and os.path.isfile(stem + ".json"):
+        ours = {point_name(r) for r in rows}
+        rows = [r for r in kept_rows(stem + ".json") if point_name(r) not in ours] + rows
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     with open(args.results, "w") as f:
-        f.write(results_markdown(args, rows, started))
-    stem = args.results[: -len(".md")]
+        f.write(results_markdown(args, rows))
     with open(stem + ".json", "w") as f:
-        json.dump({"machine": ptb.machine(), "started": started, "rows": rows}, f, indent=1)
+        json.dump({"rows": rows}, f, indent=1)
     plot(stem + ".png", rows)
     print(open(args.results).read())
     ptb.log(f"wrote {args.results}, {stem}.json and {stem}.png")
