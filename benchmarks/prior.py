@@ -30,7 +30,9 @@ choice), each train a transformer_lm of the reference LM's size for --reverse-up
 per-word PPL on the real test split is the reverse PPL.
 
 The table goes to --results (Markdown), the same rows to the .json beside it, and a plot of the
-IW-PPL and the samples' LM PPL (relative to real sentences) per prior to the .png.
+IW-PPL and the samples' LM PPL (relative to real sentences) per prior to the .png. Each row names
+the run that made it; with --keep-other-points the rows of points not in --points are kept from
+the existing .json, so points trained in different sessions share one table.
 """
 
 import argparse
