@@ -412,7 +412,7 @@ def results_markdown(args, rows: list) -> str:
     for r in rows:
         if r["samples"]["decoding"] == "ancestral":
             for e in r["samples"]["examples"][:3]:
-                lines.append(f"- {r['corpus']}, {r['setting']}, {r['prior']}: `{e}`")
+                lines.append(f"- {point_name(r)}, {r['prior']}: `{e}`")
     return "\n".join(lines) + "\n"
 
 
@@ -422,7 +422,7 @@ def plot(path: str, rows: list):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = list(dict.fromkeys(f"{r['corpus']}, {r['setting']}" for r in rows))
+    points = list(dict.fromkeys(point_name(r) for r in rows))
     kinds = ["standard", *PRIOR_KINDS]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / len(kinds)
@@ -432,7 +432,7 @@ def plot(path: str, rows: list):
             match = [
                 r
                 for r in rows
-                if f"{r['corpus']}, {r['setting']}" == p
+                if point_name(r) == p
                 and r["prior"] == kind
                 and r["samples"]["decoding"] == "ancestral"
             ]
