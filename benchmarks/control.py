@@ -40,6 +40,7 @@ import datetime
 import json
 import os
 import random
+import shlex
 import sys
 import time
 
@@ -307,19 +308,6 @@ def measure_synth(args, point: dict) -> dict:
     }
 
 
-def synth_analogies_of(point: dict) -> list:
-    """synth_analogies alone, on the model and test split measure_synth uses."""
-    from fairseq_vae.estimators import read_labels
-    from fairseq_vae.synth_corpus import FACTOR_NAMES
-
-    corpus = os.path.join(REPO, "corpus", "synth")
-    test = read_text(os.path.join(corpus, "test.txt"))
-    labels = read_labels(os.path.join(corpus, "test.labels.tsv"), len(test))
-    factors = [{f: labels[f][i] for f in FACTOR_NAMES} for i in range(len(test))]
-    hub = load_hub(os.path.dirname(point["checkpoint"]), point["data"])
-    return synth_analogies(hub, test, factors)
-
-
 def synth_analogies(hub, test: list, factors: list) -> list:
     """A row per kind of pair and strength (score_analogies' numbers)."""
     rows = []
@@ -430,12 +418,39 @@ def best_yelp(rows: list) -> dict:
     return max(rows, key=lambda r: (met(r), r["g_score"]))
 
 
-def markdown(args, results: dict, started: str) -> str:
+def model_label(corpus: str, args) -> str:
+    """What a measurement's model is called in the table: the Yelp VAE's setting, or the demo's
+    model of the shipped corpus (with the free-bits floor it was trained with, if not its own)."""
+    if corpus == "yelp":
+        return args.setting
+    if args.synth_free_bits is None:
+        return "the demo's model"
+    return f"the demo's recipe, fb {args.synth_free_bits:g}"
+
+
+def made_lines(measurements: list) -> list:
+    """One line per run that made measurements: what it measured, its command, start, machine."""
+    runs = {}
+    for m in measurements:
+        key = json.dumps(m["made"], sort_keys=True)
+        runs.setdefault(key, (m["made"], []))[1].append(f"{m['corpus']}, {m['model']}")
+    return [
+        f"- {'; '.join(names)}: `{made['command']}`, started {made['started']}, on "
+        f"{made['machine']}."
+        for made, names in runs.values()
+    ]
+
+
+def markdown(measurements: list) -> str:
     lines = [
         "# Steering with the latent",
         "",
-        f"Made by `benchmarks/control.py {' '.join(sys.argv[1:])}`, started {started}, on "
-        f"{ptb.machine()}. Greedy decoding; transfer moves each test sentence to the other "
+        "Made by (each measurement by one run; a rerun with --keep-other-models replaces the "
+        "measurements of its own models and keeps the others):",
+        "",
+        *made_lines(measurements),
+        "",
+        "Greedy decoding; transfer moves each test sentence to the other "
         "value (Yelp) or the next value of the factor (the shipped corpus). method: mean = "
         "the class-mean difference times the strength; linear = that move projected on the "
         "latent classifier's normal; guided = the smallest move the latent classifier reads "
@@ -445,121 +460,136 @@ def markdown(args, results: dict, started: str) -> str:
         "over the sources'; G: sqrt(100 accuracy x BLEU).",
         "",
     ]
-    yelp = results.get("yelp")
-    if yelp:
-        e = yelp["evaluation"]
-        lines += [
-            f"## Yelp ({args.setting}, {yelp['direction_sentences']} training sentences for the "
-            "directions)",
-            "",
-            f"Judge (word 1-2-gram TF-IDF logistic regression on the training text): test accuracy "
-            f"{yelp['judge_accuracy']:.3f}. VAE on test: IW-PPL {e['iw_ppl_word']:.2f} "
-            f"(K={args.iw_samples}), KL {e['kl']:.2f}, MI {e['mi']:.2f}, AU {e['au']}, BLEU "
-            f"{e.get('recon_bleu', float('nan')):.2f}; same-size transformer_lm PPL "
-            f"{yelp['lm_test_ppl']:.2f}. Reconstructions: BLEU {yelp['reconstruction_bleu']:.1f}, "
-            f"the judge keeps the source's sentiment in {yelp['reconstruction_judge_keeps']:.3f}.",
-            "",
-            "| method | strength | accuracy | source BLEU | LM PPL ratio | G |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in yelp["transfer"]:
-            lines.append(
-                f"| {r['method']} | {r['strength']} | {r['accuracy']:.3f} | "
-                f"{r['source_bleu']:.1f} | {r['lm_ppl_ratio']:.2f} | {r['g_score']:.1f} |"
-            )
-        best = best_yelp(yelp["transfer"])
-        lines += [
-            "",
-            f"Best operating point: {best['method']} {best['strength']} (accuracy "
-            f"{best['accuracy']:.3f}, BLEU {best['source_bleu']:.1f}, PPL ratio "
-            f"{best['lm_ppl_ratio']:.2f}); target: accuracy >= 0.90 and BLEU >= 30 at once, "
-            "PPL ratio <= 1.5.",
-            "",
-            f"Few labels (test accuracy, mean of {FEW_LABEL_DRAWS} draws):",
-            "",
-            "| labels | latent | n-gram |",
-            "|---|---|---|",
-        ]
-        for r in yelp["few_labels"]:
-            lines.append(f"| {r['labels']} | {r['latent']:.3f} | {r['ngram']:.3f} |")
-        lines.append("")
-    synth = results.get("synth")
-    if synth:
-        keeps = synth["reconstruction_keeps"]
-        lines += [
-            "## The shipped corpus (the demo's model)",
-            "",
-            "Each factor's share kept by plain reconstruction (greedy from the posterior mean), "
-            "the ceiling of 'kept' below: "
-            + ", ".join(f"{f} {v:.3f}" for f, v in keeps.items())
-            + ". success: the grammar reads the target value; kept: every other factor at the "
-            "source's value, then each one's own share.",
-            "",
-            "| factor | method | strength | success | others kept | "
-            + " | ".join(f"{f} kept" for f in keeps)
-            + " | source BLEU |",
-            "|---|---|---|---|---|" + "---|" * len(keeps) + "---|",
-        ]
-        for r in synth["transfer"]:
-            each = " | ".join(fmt(r["kept_each"].get(f), ".3f") for f in keeps)
-            lines.append(
-                f"| {r['factor']} | {r['method']} | {r['strength']} | {r['accuracy']:.3f} "
-                f"| {r['others_kept']:.3f} | {each} | {r['source_bleu']:.1f} |"
-            )
-        lines.append("")
-        lines += [
-            "Analogies a : b :: c : d (b differs from a in one factor; c has another value of it "
-            f"than b; {ANALOGIES} triples of each kind), d decoded from z_c + strength "
-            "(z_b - z_a). Pairs: two test sentences, which also differ in whatever else the "
-            "grammar drew for each, or minimal pairs, which the grammar realises from the same "
-            "draws, so that b is a with only the factor's words changed. success: d has c's "
-            "factors with b's value of the changed one (target >= 0.8).",
-            "",
-            "| pairs | strength | success | changed factor right | all but sentiment right |",
-            "|---|---|---|---|---|",
-        ]
-        for a in synth.get("analogies", []):
-            lines.append(
-                f"| {a['pairs']} | {a['strength']} | {a['success']:.3f} "
-                f"| {a['changed_factor']:.3f} | {a['success_but_sentiment']:.3f} |"
-            )
-        lines.append("")
+    for m in measurements:
+        lines += yelp_section(m) if m["corpus"] == "yelp" else synth_section(m)
     return "\n".join(lines) + "\n"
 
 
-def plot(path: str, rows: list):
+def yelp_section(m: dict) -> list:
+    e = m["evaluation"]
+    lines = [
+        f"## Yelp ({m['model']}, {m['direction_sentences']} training sentences for the directions)",
+        "",
+        f"Judge (word 1-2-gram TF-IDF logistic regression on the training text): test accuracy "
+        f"{m['judge_accuracy']:.3f}. VAE on test: IW-PPL {e['iw_ppl_word']:.2f} "
+        f"(K={m['iw_samples']}), KL {e['kl']:.2f}, MI {e['mi']:.2f}, AU {e['au']}, BLEU "
+        f"{e.get('recon_bleu', float('nan')):.2f}; same-size transformer_lm PPL "
+        f"{m['lm_test_ppl']:.2f}. Reconstructions: BLEU {m['reconstruction_bleu']:.1f}, "
+        f"the judge keeps the source's sentiment in {m['reconstruction_judge_keeps']:.3f}.",
+        "",
+        "| method | strength | accuracy | source BLEU | LM PPL ratio | G |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in m["transfer"]:
+        lines.append(
+            f"| {r['method']} | {r['strength']} | {r['accuracy']:.3f} | "
+            f"{r['source_bleu']:.1f} | {r['lm_ppl_ratio']:.2f} | {r['g_score']:.1f} |"
+        )
+    best = best_yelp(m["transfer"])
+    lines += [
+        "",
+        f"Best operating point: {best['method']} {best['strength']} (accuracy "
+        f"{best['accuracy']:.3f}, BLEU {best['source_bleu']:.1f}, PPL ratio "
+        f"{best['lm_ppl_ratio']:.2f}); target: accuracy >= 0.90 and BLEU >= 30 at once, "
+        "PPL ratio <= 1.5.",
+        "",
+        f"Few labels (test accuracy, mean of {FEW_LABEL_DRAWS} draws):",
+        "",
+        "| labels | latent | n-gram |",
+        "|---|---|---|",
+    ]
+    for r in m["few_labels"]:
+        lines.append(f"| {r['labels']} | {r['latent']:.3f} | {r['ngram']:.3f} |")
+    return lines + [""]
+
+
+def synth_section(m: dict) -> list:
+    keeps = m["reconstruction_keeps"]
+    lines = [
+        f"## The shipped corpus ({m['model']})",
+        "",
+        "Each factor's share kept by plain reconstruction (greedy from the posterior mean), "
+        "the ceiling of 'kept' below: "
+        + ", ".join(f"{f} {v:.3f}" for f, v in keeps.items())
+        + ". success: the grammar reads the target value; kept: every other factor at the "
+        "source's value, then each one's own share.",
+        "",
+        "| factor | method | strength | success | others kept | "
+        + " | ".join(f"{f} kept" for f in keeps)
+        + " | source BLEU |",
+        "|---|---|---|---|---|" + "---|" * len(keeps) + "---|",
+    ]
+    for r in m["transfer"]:
+        each = " | ".join(fmt(r["kept_each"].get(f), ".3f") for f in keeps)
+        lines.append(
+            f"| {r['factor']} | {r['method']} | {r['strength']} | {r['accuracy']:.3f} "
+            f"| {r['others_kept']:.3f} | {each} | {r['source_bleu']:.1f} |"
+        )
+    lines += [
+        "",
+        "Analogies a : b :: c : d (b differs from a in one factor; c has another value of it "
+        f"than b; {ANALOGIES} triples of each kind), d decoded from z_c + strength "
+        "(z_b - z_a). Pairs: two test sentences, which also differ in whatever else the "
+        "grammar drew for each, or minimal pairs, which the grammar realises from the same "
+        "draws, so that b is a with only the factor's words changed. success: d has c's "
+        "factors with b's value of the changed one (target >= 0.8).",
+        "",
+        "| pairs | strength | success | changed factor right | all but sentiment right |",
+        "|---|---|---|---|---|",
+    ]
+    for a in m["analogies"]:
+        lines.append(
+            f"| {a['pairs']} | {a['strength']} | {a['success']:.3f} "
+            f"| {a['changed_factor']:.3f} | {a['success_but_sentiment']:.3f} |"
+        )
+    return lines + [""]
+
+
+def plot(path: str, measurements: list):
+    """Yelp's trade-off curves, accuracy against source BLEU, one per model and method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
-        ax.plot([r["source_bleu"] for r in mine], [r["accuracy"] for r in mine], "o-", label=method)
-        for r in mine:
-            ax.annotate(str(r["strength"]), (r["source_bleu"], r["accuracy"]), fontsize=7)
+    for m in measurements:
+        rows = m["transfer"]
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine = [r for r in rows if r["method"] == method]
+            ax.plot(
+                [r["source_bleu"] for r in mine],
+                [r["accuracy"] for r in mine],
+                "o-",
+                label=f"{m['model']}: {method}",
+            )
+            for r in mine:
+                ax.annotate(str(r["strength"]), (r["source_bleu"], r["accuracy"]), fontsize=7)
     ax.axhline(TARGETS["yelp_accuracy"], color="grey", lw=0.8)
     ax.axvline(TARGETS["yelp_bleu"], color="grey", lw=0.8)
     ax.set_xlabel("BLEU against the source")
     ax.set_ylabel("transfer accuracy (judge)")
     ax.set_title("Yelp sentiment transfer")
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
-def best_analogy(rows):
-    """The issue's {n, success}: the best row of the sweep, with its pairs and strength."""
+def best_analogy(measurements: list):
+    """The issue's {n, success}: the best row of every model's sweep, with its model, pairs and
+    strength."""
+    rows = [dict(a, model=m["model"]) for m in measurements for a in m["analogies"]]
     if not rows:
         return None
     best = max(rows, key=lambda a: a["success"])
-    return {k: best[k] for k in ("n", "success", "pairs", "strength")}
+    return {k: best[k] for k in ("n", "success", "model", "pairs", "strength")}
 
 
-def control_json(results: dict) -> dict:
-    """The issue's schema: judge accuracy, transfer rows, analogy, few labels."""
-    yelp, synth = results.get("yelp", {}), results.get("synth", {})
+def control_json(measurements: list) -> dict:
+    """The issue's schema (judge accuracy, transfer rows, analogy, few labels; each row names
+    its model), and every measurement whole, from which --report rewrites the table."""
+    yelp = [m for m in measurements if m["corpus"] == "yelp"]
+    synth = [m for m in measurements if m["corpus"] == "synth"]
     keys = (
         "corpus",
         "factor",
@@ -570,16 +600,40 @@ def control_json(results: dict) -> dict:
         "lm_ppl_ratio",
         "others_kept",
     )
-    rows = yelp.get("transfer", []) + synth.get("transfer", [])
     return {
-        "judge_accuracy": yelp.get("judge_accuracy"),
-        "transfer": [{k: r[k] for k in keys} for r in rows],
-        "analogy": best_analogy(synth.get("analogies")),
-        "analogies": [
-            {k: v for k, v in a.items() if k != "examples"} for a in synth.get("analogies", [])
+        "judge_accuracy": yelp[0]["judge_accuracy"] if yelp else None,
+        "transfer": [
+            dict({k: r[k] for k in keys}, model=m["model"])
+            for m in measurements
+            for r in m["transfer"]
         ],
-        "few_labels": yelp.get("few_labels", []),
+        "analogy": best_analogy(synth),
+        "analogies": [
+            dict({k: v for k, v in a.items() if k != "examples"}, model=m["model"])
+            for m in synth
+            for a in m["analogies"]
+        ],
+        "few_labels": [dict(r, model=m["model"]) for m in yelp for r in m["few_labels"]],
+        "measurements": measurements,
     }
+
+
+def measure(args, corpus: str, paths: dict, synth_point: dict, made: dict) -> dict:
+    """A corpus's measurement on this run's model, kept in --out so a rerun only reports it."""
+    label = model_label(corpus, args)
+    kept = os.path.join(args.out, f"control-{corpus}-{ptb.setting_dir(label)}.json")
+    if os.path.isfile(kept):
+        log(f"{corpus}, {label}: measured in an earlier run ({kept})")
+    else:
+        if corpus == "yelp":
+            found = measure_yelp(args, paths)
+            found["iw_samples"] = args.iw_samples
+        else:
+            found = measure_synth(args, synth_point)
+        found = dict({"corpus": corpus, "model": label, "made": made}, **found)
+        json.dump(found, open(kept + ".partial", "w"), indent=1)
+        os.replace(kept + ".partial", kept)
+    return json.load(open(kept))
 
 
 def main():
@@ -597,54 +651,78 @@ def main():
     p.add_argument("--yelp-out", default=os.path.join(REPO, "benchmarks", "runs", "yelp-cpu"))
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "runs", "control-cpu"))
     p.add_argument("--setting", default="BART init, fb 0.5", choices=list(ptb.SETTINGS))
+    p.add_argument(
+        "--synth-free-bits",
+        type=float,
+        help="the shipped corpus: train the demo's recipe with this free-bits floor (in --out) "
+        "instead of using the demo's model",
+    )
     p.add_argument("--pretrain-hours", type=float, default=0.75)
     p.add_argument("--iw-samples", type=int, default=100)
     p.add_argument("--direction-sentences", type=int, default=20000)
     p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", "control.md"))
+    p.add_argument(
+        "--keep-other-models",
+        action="store_true",
+        help="keep the measurements of other models (and corpora) from the existing --results "
+        "JSON, so models measured apart share one table",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="rewrite the table from the --results JSON's measurements, running nothing",
+    )
     args = p.parse_args()
+    stem = args.results[: -len(".md")]
+    if args.report:
+        write_results(args.results, json.load(open(stem + ".json"))["measurements"])
+        return
     corpora = [c.strip() for c in args.corpora.split(";") if c.strip()]
     if set(corpora) - {"yelp", "synth"}:
         p.error(f"--corpora: unknown {sorted(set(corpora) - {'yelp', 'synth'})}")
     if "yelp" in corpora and not ptb.SETTINGS[args.setting].get("bart_init"):
         p.error("--setting: a BART-init setting (the Yelp VAE fine-tunes its pretraining)")
     b = dict(ptb.BUDGETS["cpu"])
-    started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    made = {
+        "command": " ".join(["benchmarks/control.py", *map(shlex.quote, sys.argv[1:])]),
+        "started": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": ptb.machine(),
+    }
     jobs, paths, synth_point = {}, None, None
     if "yelp" in corpora:
         more, paths = yelp_jobs(args, b)
         jobs.update(more)
     if "synth" in corpora:
-        synth_point = prior.synth_jobs(os.path.join(REPO, "benchmarks", "runs", "prior-cpu"), b)
-        jobs.update(synth_point.pop("jobs"))
+        if args.synth_free_bits is None:
+            folder = os.path.join(REPO, "benchmarks", "runs", "prior-cpu")
+        else:
+            folder = os.path.join(os.path.abspath(args.out), f"fb{args.synth_free_bits:g}")
+        synth_point = prior.synth_jobs(folder, b, args.synth_free_bits)
+        # steering needs the VAE only, not the shipped corpus's reference LM
+        jobs[synth_point["train_job"]] = synth_point.pop("jobs")[synth_point["train_job"]]
     ptb.run_queue(jobs, 2)
 
     os.makedirs(args.out, exist_ok=True)
-    results = {}
-    for corpus in corpora:
-        kept = os.path.join(args.out, f"control-{corpus}.json")
-        if not os.path.isfile(kept):
-            found = (
-                measure_yelp(args, paths) if corpus == "yelp" else measure_synth(args, synth_point)
-            )
-            json.dump(found, open(kept + ".partial", "w"), indent=1)
-            os.replace(kept + ".partial", kept)
-        else:
-            log(f"{corpus}: measured in an earlier run ({kept})")
-        results[corpus] = json.load(open(kept))
-        if corpus == "synth" and "analogies" not in results[corpus]:
-            # a measurement kept from before the analogy sweep: add it alone
-            results[corpus]["analogies"] = synth_analogies_of(synth_point)
-            json.dump(results[corpus], open(kept + ".partial", "w"), indent=1)
-            os.replace(kept + ".partial", kept)
-    with open(args.results, "w") as f:
-        f.write(markdown(args, results, started))
-    stem = args.results[: -len(".md")]
-    summary = dict(control_json(results), machine=ptb.machine(), started=started)
-    json.dump(summary, open(stem + ".json", "w"), indent=1)
-    if "yelp" in results:
-        plot(stem + ".png", results["yelp"]["transfer"])
-    print(open(args.results).read())
-    log(f"wrote {args.results} and {stem}.json")
+    measurements = [measure(args, c, paths, synth_point, made) for c in corpora]
+    if args.keep_other_models and os.path.isfile(stem + ".json"):
+        ours = {(m["corpus"], m["model"]) for m in measurements}
+        earlier = json.load(open(stem + ".json"))["measurements"]
+        measurements = [m for m in earlier if (m["corpus"], m["model"]) not in ours] + measurements
+    write_results(args.results, measurements)
+
+
+def write_results(path: str, measurements: list):
+    """The markdown table, the JSON with the same numbers and Yelp's trade-off plot."""
+    measurements = sorted(measurements, key=lambda m: m["corpus"] != "yelp")
+    with open(path, "w") as f:
+        f.write(markdown(measurements))
+    stem = path[: -len(".md")]
+    json.dump(control_json(measurements), open(stem + ".json", "w"), indent=1)
+    yelp = [m for m in measurements if m["corpus"] == "yelp"]
+    if yelp:
+        plot(stem + ".png", yelp)
+    print(open(path).read())
+    log(f"wrote {path} and {stem}.json")
 
 
 if __name__ == "__main__":

@@ -224,6 +224,18 @@ SETTINGS = {
     "BART init, fb 0.5": dict(
         schedule="cyclical", args=["--free-bits", "0.5"], kl_target=16.0, bart_init=True
     ),
+    # high rates for steering (benchmarks/control.py): transfer must keep a sentence's content,
+    # so z must carry most of it; word dropout keeps the decoder from guessing the content
+    # words from the prefix instead of reading them from z
+    "BART init, fb 2.0": dict(
+        schedule="cyclical", args=["--free-bits", "2.0"], kl_target=64.0, bart_init=True
+    ),
+    "BART init, fb 2.0, word dropout 0.3": dict(
+        schedule="cyclical",
+        args=["--free-bits", "2.0", "--word-dropout", "0.3"],
+        kl_target=64.0,
+        bart_init=True,
+    ),
     "BART init, BN-VAE gamma 1.0": dict(
         schedule="constant", args=["--bn-vae-gamma", "1.0"], kl_target=16.0, bart_init=True
     ),
