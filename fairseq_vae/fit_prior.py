@@ -33,6 +33,7 @@ from fairseq_vae.evaluate import (
 from fairseq_vae.prior import (
     FLOW_TRANSFORMS,
     GMM_COMPONENTS,
+    GMM_MAX_POINTS,
     SAMPLES_PER_SENTENCE,
     FlowConfig,
     fit_flow,
@@ -78,6 +79,14 @@ def add_fit_args(parser):
         metavar="K,K,...",
         help="gmm: the numbers of components to try; the valid split's log-likelihood "
         f"chooses (default: {','.join(map(str, GMM_COMPONENTS))})",
+    )
+    group.add_argument(
+        "--gmm-max-points",
+        type=int,
+        default=GMM_MAX_POINTS,
+        metavar="N",
+        help="gmm: EM runs on at most N of the training split's draws, a seeded random subset "
+        f"(default: {GMM_MAX_POINTS}; 0: all of them)",
     )
     defaults = FlowConfig()
     group.add_argument(
@@ -175,7 +184,9 @@ def main(args) -> str:
 
     start = time.time()
     if args.prior_model == "gmm":
-        prior, selection = fit_gmm(train_z, valid_z, components, seed=args.seed)
+        prior, selection = fit_gmm(
+            train_z, valid_z, components, seed=args.seed, max_points=args.gmm_max_points or None
+        )
     else:
         device = "cuda" if use_cuda else "cpu"
         prior, selection = fit_flow(train_z.to(device), valid_z.to(device), flow, seed=args.seed)

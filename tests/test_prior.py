@@ -131,6 +131,25 @@ def test_the_number_of_components_is_chosen_on_valid_not_train():
         fit_gmm(train, valid, components=(50,))
 
 
+def test_the_mixture_is_fitted_to_a_random_subset_of_at_most_max_points():
+    prior, _ = known_mixture()
+    z = prior.sample(20_000, generator=torch.Generator().manual_seed(11)).double()
+    # sorted by the first coordinate: the first 2000 rows hold the left component only, so a
+    # fit to the head of the draws would miss the other two
+    z = z[z[:, 0].argsort()]
+    valid = prior.sample(5000, generator=torch.Generator().manual_seed(12)).double()
+    fitted, info = fit_gmm(z, valid, components=(3,), seed=1, max_points=2000)
+    assert info["fit_points"] == 2000
+    truth = prior.log_prob(valid).mean().item()
+    assert mean_log_likelihood(valid, fitted) == pytest.approx(truth, abs=0.05)
+    head, _ = fit_gmm(z[:2000], valid, components=(3,), seed=1, max_points=None)
+    assert mean_log_likelihood(valid, head) < truth - 1.0
+    _, everything = fit_gmm(z[:500], valid, components=(3,), seed=1, max_points=2000)
+    assert everything["fit_points"] == 500
+    with pytest.raises(ValueError, match="--gmm-max-points must be at least 1"):
+        fit_gmm(z, valid, components=(3,), max_points=-1)
+
+
 def test_prior_term_of_the_importance_weights():
     g = torch.Generator().manual_seed(1)
     z = torch.randn(4, 6, 2, generator=g)  # B x n x D
