@@ -14,10 +14,12 @@ every finished step):
   nats of it on short sentences, too little for a BLEU of 30 against the source), the
   same-size transformer_lm for the same updates (the reference LM), and their test-split
   evaluations (IW-PPL, KL, MI, AU, BLEU; fairseq-eval-lm);
-* the shipped corpus: the demo's model (scripts/demo.py), in benchmarks/prior.py's folder.
+* the shipped corpus: the demo's model (scripts/demo.py), in benchmarks/prior.py's folder, or
+  with --synth-demo-args the demo's recipe with other options (in --out).
 
-Measured (each corpus's numbers kept in --out/control-<corpus>.json, so a rerun only writes
-the table):
+Measured (each corpus and model's numbers kept in --out/control-<corpus>-<model>.json, so a
+rerun only writes the table; with --keep-other-models the results JSON keeps the measurements
+of models run apart, and --report rewrites the table from it):
 1. Yelp: an independent judge (fairseq_vae.transfer_quality.NgramJudge on the training text,
    its test accuracy reported); directions (fairseq_vae.steering) fitted to the posterior means
    of --direction-sentences training sentences; every test sentence moved to the other
@@ -420,12 +422,12 @@ def best_yelp(rows: list) -> dict:
 
 def model_label(corpus: str, args) -> str:
     """What a measurement's model is called in the table: the Yelp VAE's setting, or the demo's
-    model of the shipped corpus (with the free-bits floor it was trained with, if not its own)."""
+    model of the shipped corpus (with the options it was trained with, if not its own)."""
     if corpus == "yelp":
         return args.setting
-    if args.synth_free_bits is None:
+    if not args.synth_demo_args:
         return "the demo's model"
-    return f"the demo's recipe, fb {args.synth_free_bits:g}"
+    return f"the demo's recipe with {args.synth_demo_args}"
 
 
 def made_lines(measurements: list) -> list:
@@ -652,10 +654,11 @@ def main():
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "runs", "control-cpu"))
     p.add_argument("--setting", default="BART init, fb 0.5", choices=list(ptb.SETTINGS))
     p.add_argument(
-        "--synth-free-bits",
-        type=float,
-        help="the shipped corpus: train the demo's recipe with this free-bits floor (in --out) "
-        "instead of using the demo's model",
+        "--synth-demo-args",
+        default="",
+        metavar="ARGS",
+        help="the shipped corpus: train scripts/demo.py with these options (in --out), such as "
+        "'--free-bits 2.0' or '--word-dropout 0.3', instead of using the demo's model",
     )
     p.add_argument("--pretrain-hours", type=float, default=0.75)
     p.add_argument("--iw-samples", type=int, default=100)
@@ -693,11 +696,11 @@ def main():
         more, paths = yelp_jobs(args, b)
         jobs.update(more)
     if "synth" in corpora:
-        if args.synth_free_bits is None:
+        if not args.synth_demo_args:
             folder = os.path.join(REPO, "benchmarks", "runs", "prior-cpu")
         else:
-            folder = os.path.join(os.path.abspath(args.out), f"fb{args.synth_free_bits:g}")
-        synth_point = prior.synth_jobs(folder, b, args.synth_free_bits)
+            folder = os.path.join(os.path.abspath(args.out), ptb.setting_dir(args.synth_demo_args))
+        synth_point = prior.synth_jobs(folder, b, shlex.split(args.synth_demo_args))
         # steering needs the VAE only, not the shipped corpus's reference LM
         jobs[synth_point["train_job"]] = synth_point.pop("jobs")[synth_point["train_job"]]
     ptb.run_queue(jobs, 2)

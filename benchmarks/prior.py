@@ -42,7 +42,7 @@ import os
 import re
 import shlex
 import sys
-from typing import Optional
+from typing import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ptb  # noqa: E402  (the shared trainings, queue and machine description)
@@ -64,15 +64,13 @@ POINTS = {
 }
 
 
-def synth_jobs(out: str, b: dict, free_bits: Optional[float] = None) -> dict:
-    """The shipped corpus's VAE (the demo's recipe, with its own free-bits floor unless
-    `free_bits` is given) and reference LM."""
+def synth_jobs(out: str, b: dict, demo_args: Sequence[str] = ()) -> dict:
+    """The shipped corpus's VAE (scripts/demo.py, with `demo_args` if any) and reference LM."""
     data = os.path.join(REPO, "data-bin", "synth")
     d = os.path.join(out, "synth")
     vae = os.path.join(d, "vae")
     demo = [sys.executable, os.path.join(REPO, "scripts", "demo.py"), "--save-dir", vae]
-    if free_bits is not None:
-        demo += ["--free-bits", str(free_bits)]
+    demo += list(demo_args)
     lm_cmd = ptb.lm_train_cmd(data, b, SYNTH_UPDATES, os.path.join(d, "lm"))
     return {
         "data": data,

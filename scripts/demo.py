@@ -244,6 +244,11 @@ def main():
         help="the free-bits floor (nats per latent dimension) of a recipe that sets one, in "
         f"place of its own (bart-finetune: {FINETUNE_FREE_BITS})",
     )
+    parser.add_argument(
+        "--word-dropout",
+        help="the decoder's word dropout (Bowman et al. 2016) in the recipe's last phase, in "
+        "place of its own (none in bart-finetune)",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete old checkpoints first")
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(args.data, "dict.txt")):
@@ -265,6 +270,12 @@ def main():
         if args.free_bits is not None and "--free-bits" in options:
             options = list(options)
             options[options.index("--free-bits") + 1] = args.free_bits
+        if args.word_dropout is not None and last:
+            options = list(options)
+            if "--word-dropout" in options:
+                options[options.index("--word-dropout") + 1] = args.word_dropout
+            else:
+                options += ["--word-dropout", args.word_dropout]
         train(args.data, save_dir, options + finetune, updates, user_dir)
         previous, done = os.path.join(save_dir, "checkpoint_last.pt"), done + updates
     train_minutes = (time.time() - start) / 60
