@@ -195,6 +195,14 @@ def train(data, save_dir, recipe, max_update, user_dir):
     )
 
 
+def with_option(options: list, flag: str, value: str) -> list:
+    """fairseq-train options with `flag` set to `value`, in place of the recipe's own."""
+    if flag in options:
+        i = options.index(flag)
+        return options[: i + 1] + [value] + options[i + 2 :]
+    return options + [flag, value]
+
+
 def checked_pretrained(path: str) -> str:
     """The BART to fine-tune; the shipped file only if it is the one committed."""
     if not os.path.isfile(path):
@@ -249,6 +257,11 @@ def main():
         help="the decoder's word dropout (Bowman et al. 2016) in the recipe's last phase, in "
         "place of its own (none in bart-finetune)",
     )
+    parser.add_argument(
+        "--bow-loss-weight",
+        help="the weight of Zhao et al. (2017)'s bag-of-words loss in the recipe's last phase "
+        "(none in bart-finetune)",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete old checkpoints first")
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(args.data, "dict.txt")):
@@ -268,14 +281,14 @@ def main():
         print(f"{i + 1}. {name}: {updates} updates", flush=True)
         finetune = ["--finetune-from-model", previous] if previous else []
         if args.free_bits is not None and "--free-bits" in options:
-            options = list(options)
-            options[options.index("--free-bits") + 1] = args.free_bits
-        if args.word_dropout is not None and last:
-            options = list(options)
-            if "--word-dropout" in options:
-                options[options.index("--word-dropout") + 1] = args.word_dropout
-            else:
-                options += ["--word-dropout", args.word_dropout]
+            options = with_option(options, "--free-bits", args.free_bits)
+        if last:
+            for flag, value in (
+                ("--word-dropout", args.word_dropout),
+                ("--bow-loss-weight", args.bow_loss_weight),
+            ):
+                if value is not None:
+                    options = with_option(options, flag, value)
         train(args.data, save_dir, options + finetune, updates, user_dir)
         previous, done = os.path.join(save_dir, "checkpoint_last.pt"), done + updates
     train_minutes = (time.time() - start) / 60
