@@ -430,17 +430,8 @@ def model_label(corpus: str, args) -> str:
     return f"the demo's recipe with {args.synth_demo_args}"
 
 
-def made_lines(measurements: list) -> list:
-    """One line per run that made measurements: what it measured, its command, start, machine."""
-    runs = {}
-    for m in measurements:
-        key = json.dumps(m["made"], sort_keys=True)
-        runs.setdefault(key, (m["made"], []))[1].append(f"{m['corpus']}, {m['model']}")
-    return [
-        f"- {'; '.join(names)}: `{made['command']}`, started {made['started']}, on "
-        f"{made['machine']}."
-        for made, names in runs.values()
-    ]
+def measurement_name(m: dict) -> str:
+    return f"{m['corpus']}, {m['model']}"
 
 
 def markdown(measurements: list) -> str:
@@ -450,7 +441,7 @@ def markdown(measurements: list) -> str:
         "Made by (each measurement by one run; a rerun with --keep-other-models replaces the "
         "measurements of its own models and keeps the others):",
         "",
-        *made_lines(measurements),
+        *ptb.made_lines(measurements, measurement_name),
         "",
         "Greedy decoding; transfer moves each test sentence to the other "
         "value (Yelp) or the next value of the factor (the shipped corpus). method: mean = "

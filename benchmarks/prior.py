@@ -345,21 +345,6 @@ def point_name(row: dict) -> str:
     return f"{row['corpus']}, {row['setting']}"
 
 
-def made_lines(rows: list) -> list:
-    """One line per run that made rows of the table: its points, command, start and machine."""
-    runs = {}
-    for r in rows:
-        key = json.dumps(r["made"], sort_keys=True)
-        runs.setdefault(key, (r["made"], []))
-        if point_name(r) not in runs[key][1]:
-            runs[key][1].append(point_name(r))
-    return [
-        f"- {'; '.join(names)}: `{made['command']}`, started {made['started']}, on "
-        f"{made['machine']}."
-        for made, names in runs.values()
-    ]
-
-
 def results_markdown(args, rows: list) -> str:
     reverse = any(r["samples"]["reverse_ppl"] is not None for r in rows)
     lines = [
@@ -368,7 +353,7 @@ def results_markdown(args, rows: list) -> str:
         "Made by (each point's rows by one run; a rerun with --keep-other-points replaces the "
         "rows of its own points and keeps the others):",
         "",
-        *made_lines(rows),
+        *ptb.made_lines(rows, point_name),
         "",
         f"IW-PPL per word on the test split with K={args.iw_samples} "
         "importance samples; KL to the prior per sentence (Monte Carlo for a fitted prior); "

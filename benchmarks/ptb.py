@@ -661,6 +661,22 @@ def machine() -> str:
     )
 
 
+def made_lines(rows: list, name) -> list:
+    """One markdown line per run that made rows of a table (each row's "made": its command,
+    start and machine), naming what it made with `name(row)`."""
+    runs = {}
+    for r in rows:
+        key = json.dumps(r["made"], sort_keys=True)
+        names = runs.setdefault(key, (r["made"], []))[1]
+        if name(r) not in names:
+            names.append(name(r))
+    return [
+        f"- {'; '.join(names)}: `{made['command']}`, started {made['started']}, on "
+        f"{made['machine']}."
+        for made, names in runs.values()
+    ]
+
+
 def setting_dir(name: str) -> str:
     """A setting's folder name under out/vae: its name in lower case, a word per dash."""
     return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
