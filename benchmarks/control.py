@@ -38,7 +38,6 @@ of models run apart, and --report rewrites the table from it):
 """
 
 import argparse
-import datetime
 import json
 import os
 import random
@@ -677,11 +676,7 @@ def main():
     if "yelp" in corpora and not ptb.SETTINGS[args.setting].get("bart_init"):
         p.error("--setting: a BART-init setting (the Yelp VAE fine-tunes its pretraining)")
     b = dict(ptb.BUDGETS["cpu"])
-    made = {
-        "command": " ".join(["benchmarks/control.py", *map(shlex.quote, sys.argv[1:])]),
-        "started": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": ptb.machine(),
-    }
+    made = ptb.made_by("benchmarks/control.py")
     jobs, paths, synth_point = {}, None, None
     if "yelp" in corpora:
         more, paths = yelp_jobs(args, b)

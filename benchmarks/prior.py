@@ -36,11 +36,9 @@ the existing .json, so points trained in different sessions share one table.
 """
 
 import argparse
-import datetime
 import json
 import os
 import re
-import shlex
 import sys
 from typing import Sequence
 
@@ -499,7 +497,7 @@ def main():
     if unknown:
         p.error(f"--points: unknown {unknown}; choose from {list(POINTS)}")
     b = dict(ptb.BUDGETS["cpu"])
-    started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    made = ptb.made_by("benchmarks/prior.py")
     points, jobs = [], {}
     for name in names:
         info = POINTS[name]
@@ -530,11 +528,6 @@ def main():
                 ptb.log(f"--report: {point['name']} is not evaluated yet: left out")
         points = finished
 
-    made = {
-        "command": shlex.join(["benchmarks/prior.py", *sys.argv[1:]]),
-        "started": started,
-        "machine": ptb.machine(),
-    }
     rows = [dict(r, made=made) for point in points for r in point_rows(point, args)]
     stem = args.results[: -len(".md")]
     if args.keep_other_points and os.path.isfile(stem + ".json"):

@@ -661,6 +661,16 @@ def machine() -> str:
     )
 
 
+def made_by(script: str) -> dict:
+    """What a benchmark's rows record of the run that made them: its command line (as typed
+    after `script`), when it started and the machine."""
+    return {
+        "command": shlex.join([script, *sys.argv[1:]]),
+        "started": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+    }
+
+
 def made_lines(rows: list, name) -> list:
     """One markdown line per run that made rows of a table (each row's "made": its command,
     start and machine), naming what it made with `name(row)`."""
