@@ -247,6 +247,7 @@ def measure_yelp(args, paths: dict) -> dict:
         "transfer": rows,
         "few_labels": few,
         "evaluation": json.load(open(paths["report"]))["metrics"],
+        "iw_samples": args.iw_samples,
         "lm_test_ppl": ptb.lm_result(os.path.join(paths["lm"], "test.log"))["ppl"],
         "training": {
             k: ptb.train_summary(os.path.join(paths[k], "train.log")) for k in ("vae", "lm")
@@ -617,11 +618,7 @@ def measure(args, corpus: str, paths: dict, synth_point: dict, made: dict) -> di
     if os.path.isfile(kept):
         log(f"{corpus}, {label}: measured in an earlier run ({kept})")
     else:
-        if corpus == "yelp":
-            found = measure_yelp(args, paths)
-            found["iw_samples"] = args.iw_samples
-        else:
-            found = measure_synth(args, synth_point)
+        found = measure_yelp(args, paths) if corpus == "yelp" else measure_synth(args, synth_point)
         found = dict({"corpus": corpus, "model": label, "made": made}, **found)
         json.dump(found, open(kept + ".partial", "w"), indent=1)
         os.replace(kept + ".partial", kept)
