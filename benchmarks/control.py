@@ -20,8 +20,9 @@ every finished step):
 Measured (each corpus and model's numbers kept in --out/control-<corpus>-<model>.json, so a
 rerun only writes the table; with --keep-other-models the results JSON keeps the measurements
 of models run apart, and --report rewrites the table from it):
-1. Yelp: an independent judge (fairseq_vae.transfer_quality.NgramJudge on the training text,
-   its test accuracy reported); directions (fairseq_vae.steering) fitted to the posterior means
+1. Yelp: an independent judge (fairseq_vae.metrics.transfer_quality.NgramJudge on the training
+   text, its test accuracy reported); directions (fairseq_vae.latent_space.steering) fitted to
+   the posterior means
    of --direction-sentences training sentences; every test sentence moved to the other
    sentiment, by the class-mean and the classifier-normal directions at STRENGTHS and by the
    guided move at CONFIDENCES, decoded greedily: transfer accuracy (the judge), BLEU against the
@@ -141,7 +142,7 @@ def load_hub(checkpoint_dir: str, data: str):
 def transfer_outputs(hub, mu, directions, targets: list, method: str, strength: float) -> list:
     """Each sentence's posterior mean (a row of mu) moved to its target value and decoded
     greedily; ``method`` "guided" takes ``strength`` as the confidence."""
-    from fairseq_vae.steering import move_latents
+    from fairseq_vae.latent_space.steering import move_latents
 
     guided = method == "guided"
     outputs = [None] * len(targets)
@@ -163,10 +164,15 @@ def transfer_outputs(hub, mu, directions, targets: list, method: str, strength: 
 
 
 def measure_yelp(args, paths: dict) -> dict:
-    from fairseq_vae import sample_quality as sq
-    from fairseq_vae.estimators import read_labels
-    from fairseq_vae.steering import fit_directions
-    from fairseq_vae.transfer_quality import NgramJudge, few_label_accuracy, g_score, source_bleu
+    from fairseq_vae.latent_space.steering import fit_directions
+    from fairseq_vae.metrics import sample_quality as sq
+    from fairseq_vae.metrics.estimators import read_labels
+    from fairseq_vae.metrics.transfer_quality import (
+        NgramJudge,
+        few_label_accuracy,
+        g_score,
+        source_bleu,
+    )
 
     texts = {s: read_text(os.path.join(args.yelp, f"{s}.txt")) for s in ("train", "test")}
     labels = {
@@ -256,11 +262,11 @@ def measure_yelp(args, paths: dict) -> dict:
 
 
 def measure_synth(args, point: dict) -> dict:
-    from fairseq_vae import synth_grammar
-    from fairseq_vae.estimators import read_labels
-    from fairseq_vae.steering import fit_directions
-    from fairseq_vae.synth_corpus import FACTOR_NAMES
-    from fairseq_vae.transfer_quality import grammar_transfer, source_bleu
+    from fairseq_vae.latent_space.steering import fit_directions
+    from fairseq_vae.metrics.estimators import read_labels
+    from fairseq_vae.metrics.transfer_quality import grammar_transfer, source_bleu
+    from fairseq_vae.synth import grammar as synth_grammar
+    from fairseq_vae.synth.corpus import FACTOR_NAMES
 
     corpus = os.path.join(REPO, "corpus", "synth")
     texts = {s: read_text(os.path.join(corpus, f"{s}.txt")) for s in ("train", "test")}
@@ -328,7 +334,7 @@ def synth_analogies(hub, test: list, factors: list) -> list:
 def corpus_triples(test: list, factors: list) -> list:
     """(a, b, c's index, factor, b's value) over test sentences: a and b differ in one factor
     (and in whatever else the grammar drew for each), c has another value of it than b."""
-    from fairseq_vae.synth_corpus import FACTOR_NAMES
+    from fairseq_vae.synth.corpus import FACTOR_NAMES
 
     rng = random.Random(SEED)
     triples = []
@@ -342,11 +348,11 @@ def corpus_triples(test: list, factors: list) -> list:
 
 def minimal_pair_triples(factors: list) -> list:
     """(a, b, c's index, factor, b's value) where a and b are a minimal pair: the grammar
-    (fairseq_vae.synth_corpus) realises two factor settings that differ in one factor from the
+    (fairseq_vae.synth.corpus) realises two factor settings that differ in one factor from the
     same random draws, so b is a with only that factor's words changed; c is a test sentence
     with another value of it."""
-    from fairseq_vae import synth_corpus
-    from fairseq_vae.synth_corpus import FACTOR_NAMES
+    from fairseq_vae.synth import corpus as synth_corpus
+    from fairseq_vae.synth.corpus import FACTOR_NAMES
 
     values = {
         "topic": synth_corpus.TOPICS,
@@ -372,8 +378,8 @@ def minimal_pair_triples(factors: list) -> list:
 def score_analogies(hub, triples: list, test: list, factors: list, strength: float) -> dict:
     """Decodes z_c + strength (z_b - z_a) for (a, b, c, factor, b's value) and reads d with the
     grammar: success is d with c's factors and b's value of the factor."""
-    from fairseq_vae import synth_grammar
-    from fairseq_vae.synth_corpus import FACTOR_NAMES
+    from fairseq_vae.synth import grammar as synth_grammar
+    from fairseq_vae.synth.corpus import FACTOR_NAMES
 
     outputs = hub.analogy(
         [t[0] for t in triples],

@@ -18,7 +18,7 @@ import torch
 
 def loop_log_likelihood(model, mu, logvar, prev_output_tokens, target, eps):
     """log p(x) of each sentence, one decoder call per (sentence, sample)."""
-    from fairseq_vae.estimators import (
+    from fairseq_vae.metrics.estimators import (
         decoder_log_likelihood,
         gaussian_log_density,
         standard_normal_log_density,
@@ -56,8 +56,8 @@ def main():
 
     from fairseq import utils
 
-    from fairseq_vae.estimators import iw_log_likelihood
-    from fairseq_vae.evaluate import load_checkpoint
+    from fairseq_vae.cli.evaluate import load_checkpoint
+    from fairseq_vae.metrics.estimators import iw_log_likelihood
 
     use_cuda = torch.cuda.is_available() and not args.cpu
     model, saved_cfg, task = load_checkpoint(args.path, {"data": args.data}, use_cuda=use_cuda)

@@ -280,7 +280,7 @@ def training_seconds(logfile: str):
 def point_rows(point: dict, args) -> list:
     """The rows of one point: N(0, I) (from the mixture's evaluation) and each fitted prior,
     then the reference rows: the LM (its test PPL and its own samples) and the real sentences."""
-    from fairseq_vae.prior_file import load_prior
+    from fairseq_vae.latent_space.prior_file import load_prior
 
     train_seconds = training_seconds(point["train_log"])
     reverse = reverse_ppl(point, args)

@@ -24,7 +24,7 @@ sys.path.insert(0, REPO)
 
 
 def report_samples(report_path: str, prior: str, data: str) -> list:
-    from fairseq_vae.subword import build_bpe, corpus_bpe_options
+    from fairseq_vae.text.subword import build_bpe, corpus_bpe_options
 
     rows = json.load(open(report_path))["prior_samples"]["rows"]
     match = [r for r in rows if r["prior"] == prior and r["decoding"] == "ancestral"]
@@ -38,7 +38,7 @@ def report_samples(report_path: str, prior: str, data: str) -> list:
 def training_sentences(data: str, n: int, seed: int) -> list:
     from fairseq.data import Dictionary
 
-    from fairseq_vae.prior_samples import read_split_rows
+    from fairseq_vae.metrics.prior_samples import read_split_rows
 
     dictionary = Dictionary.load(os.path.join(data, "dict.txt"))
     rows = read_split_rows(data, "train", dictionary)

@@ -4,7 +4,7 @@ BART recipe expects before ``fairseq-preprocess --srcdict bart/dict.txt``.
 
 Reads the local ``encoder.json`` and ``vocab.bpe`` (never downloads them). Line counts are
 kept, so encoded files stay aligned with any per-line labels: a line ends at "\n" alone, as
-fairseq_vae/check_text.py and spm_encode.py read it (a "\r" inside a line is not a line end).
+fairseq_vae/text/check_text.py and spm_encode.py read it (a "\r" inside a line is not a line end).
 
     python scripts/gpt2_encode.py --encoder-json bart/encoder.json --vocab-bpe bart/vocab.bpe \\
         --inputs train.txt --outputs train.bpe

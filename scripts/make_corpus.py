@@ -2,8 +2,8 @@
 """Write a synthetic English-like corpus with known discrete generative factors.
 
 The grammar (four factors drawn uniformly: topic, sentiment, tense and number, realised by four
-templates) and its tables live in ``fairseq_vae/synth_corpus.py``, whose tables the recogniser of
-``fairseq_vae/synth_grammar.py`` reads too: one source for both.
+templates) and its tables live in ``fairseq_vae/synth/corpus.py``, whose tables the recogniser of
+``fairseq_vae/synth/grammar.py`` reads too: one source for both.
 
 Output: DIR/{train,valid,test}.txt (one sentence per line) and DIR/{split}.labels.tsv
 (header "topic\\tsentiment\\ttense\\tnumber", then one row per sentence, same order). Each
@@ -15,7 +15,7 @@ import argparse
 import os
 import random
 
-from fairseq_vae.synth_corpus import FACTOR_NAMES, generate
+from fairseq_vae.synth.corpus import FACTOR_NAMES, generate
 
 
 def split_rng(seed, split):

@@ -87,8 +87,8 @@ def main(argv=None):
 
     if args.user_dir:
         utils.import_user_module(args)
-    from fairseq_vae.estimators import read_labels
-    from fairseq_vae.evaluate import load_checkpoint, posterior_means
+    from fairseq_vae.cli.evaluate import load_checkpoint, posterior_means
+    from fairseq_vae.metrics.estimators import read_labels
 
     use_cuda = torch.cuda.is_available() and not args.cpu
     model, saved_cfg, task = load_checkpoint(args.path, {"data": args.data}, use_cuda=use_cuda)

@@ -126,7 +126,7 @@ RAW_FILES=()
 for split in "${SPLITS[@]}"; do
     RAW_FILES+=("$RAW_DIR/$split.txt")
 done
-"$PYTHON_PATH" "$REPO_ROOT/fairseq_vae/check_text.py" "${RAW_FILES[@]}" ||
+"$PYTHON_PATH" "$REPO_ROOT/fairseq_vae/text/check_text.py" "${RAW_FILES[@]}" ||
     die "fix the lines above: the raw text must be UTF-8, one non-empty sentence per line"
 
 # Prefer the fairseq-preprocess installed alongside the chosen interpreter so both agree on

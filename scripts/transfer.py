@@ -11,7 +11,7 @@ python scripts/transfer.py --analogy < triples.tsv   # a<TAB>b<TAB>c lines -> d 
 python scripts/transfer.py --analogy --strength 2 < triples.tsv   # d = c + 2 (b - a)
 
 Transfer writes one output line per input line; empty input lines are an error naming the
-line. See fairseq_vae/steering.py for what each method does.
+line. See fairseq_vae/latent_space/steering.py for what each method does.
 """
 
 import argparse
@@ -20,7 +20,7 @@ import sys
 
 from hub_args import add_model_args, generation_options, load_model
 
-from fairseq_vae.steering import METHODS, save_directions
+from fairseq_vae.latent_space.steering import METHODS, save_directions
 
 
 def read_lines(stream, name: str):

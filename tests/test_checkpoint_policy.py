@@ -13,8 +13,8 @@ from fairseq.trainer import Trainer
 from vae_fixtures import save_checkpoint
 
 import fairseq_vae  # noqa: F401  (safe globals for torch.load)
-from fairseq_vae.checkpoint_safety import report_checkpoint_mismatch
 from fairseq_vae.models.checkpoint_compat import CheckpointMismatchError
+from fairseq_vae.shims.checkpoint_safety import report_checkpoint_mismatch
 
 TO_EMBED = "decoder.embed_positions.latent_to_embed"
 

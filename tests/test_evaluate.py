@@ -13,9 +13,10 @@ from conftest import BIN, ROOT, USER_DIR, build_tiny, encode_lines, random_sente
 from sacrebleu.metrics import BLEU
 from vae_fixtures import make_data_bin, save_checkpoint, shift_right, train_tiny
 
-from fairseq_vae import estimators, evaluate
+from fairseq_vae.cli import evaluate
 from fairseq_vae.criterions.elbo import gaussian_kl
-from fairseq_vae.estimators import (
+from fairseq_vae.metrics import estimators
+from fairseq_vae.metrics.estimators import (
     active_units,
     gaussian_log_density,
     iw_log_likelihood,
@@ -23,7 +24,7 @@ from fairseq_vae.estimators import (
     probe_factors,
     standard_normal_log_density,
 )
-from fairseq_vae.subword import corpus_bpe_options
+from fairseq_vae.text.subword import corpus_bpe_options
 
 # the machine's two cores are shared: one thread each (conftest.one_thread)
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,8 +14,8 @@ from fairseq import options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from vae_fixtures import make_data_bin, save_checkpoint, shift_right, train_tiny
 
-from fairseq_vae import evaluate
-from fairseq_vae.estimators import probe_factors, probe_split, read_labels
+from fairseq_vae.cli import evaluate
+from fairseq_vae.metrics.estimators import probe_factors, probe_split, read_labels
 
 # the machine's two cores are shared: one thread each (conftest.one_thread)
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -22,7 +22,7 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import BartConfig, BartForConditionalGeneration, BartModel, BartTokenizer
 
 import fairseq_vae  # noqa: F401  (its safe globals let torch.load read fairseq checkpoints)
-from fairseq_vae.import_hf import HFImportError, bart_vae_flags, import_hf
+from fairseq_vae.cli.import_hf import HFImportError, bart_vae_flags, import_hf
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0-3, as in facebook/bart-base
 PAD = 1

@@ -24,6 +24,12 @@ def imported_modules(path):
     return names
 
 
+def module_path(module):
+    """The .py file of a dotted module name of the package (a package's is its __init__.py)."""
+    path = os.path.join(ROOT, *module.split("."))
+    return os.path.join(path, "__init__.py") if os.path.isdir(path) else path + ".py"
+
+
 def package_imports():
     """{module: set of fairseq_vae modules it imports anywhere (also inside functions)}."""
     graph = {}
@@ -42,11 +48,13 @@ def package_imports():
                 elif isinstance(node, ast.ImportFrom):
                     base = package[: len(package) - node.level + 1] if node.level else []
                     stem = ".".join(base + ([node.module] if node.module else []))
-                    # "from . import x" names a module; "from .m import f" the module m
+                    # "from p import m" names the module p.m where there is one; "from .m
+                    # import f" the module m
                     targets.update(
-                        [f"{stem}.{alias.name}" for alias in node.names]
-                        if not node.module
-                        else [stem]
+                        f"{stem}.{alias.name}"
+                        if os.path.exists(module_path(f"{stem}.{alias.name}"))
+                        else stem
+                        for alias in node.names
                     )
             graph[module] = {t for t in targets if t.startswith("fairseq_vae")}
     return graph
@@ -72,8 +80,95 @@ def test_no_module_of_the_package_imports_itself_through_others():
     assert not cycles, f"modules that import themselves through others: {cycles}"
 
 
+# Imports go down these layers or stay in one (docs/design.md, "Layout"); a module is placed by
+# the longest prefix that names it.
+LAYERS = [
+    [
+        "fairseq_vae.text",
+        "fairseq_vae.synth",
+        "fairseq_vae.schedules",
+        "fairseq_vae.denoising",
+        "fairseq_vae.metrics.estimators",
+        "fairseq_vae.metrics.eval_report",
+        "fairseq_vae.metrics.sample_quality",
+        "fairseq_vae.metrics.transfer_quality",
+    ],
+    ["fairseq_vae.latent_space"],
+    ["fairseq_vae.models", "fairseq_vae.criterions", "fairseq_vae.tasks"],
+    ["fairseq_vae.metrics.prior_samples", "fairseq_vae.shims"],
+    ["fairseq_vae.cli"],
+]
+
+
+def layer_of(module):
+    found = [
+        (len(prefix), i)
+        for i, prefixes in enumerate(LAYERS)
+        for prefix in prefixes
+        if module == prefix or module.startswith(prefix + ".")
+    ]
+    assert found, f"{module} is in no layer of LAYERS"
+    return max(found)[1]
+
+
+def test_imports_go_down_the_layers():
+    graph = package_imports()
+    upward = [
+        f"{m} -> {t}"
+        for m, targets in graph.items()
+        if m != "fairseq_vae"  # the package's __init__ imports its parts by design
+        for t in targets
+        if layer_of(t) > layer_of(m)
+    ]
+    assert not upward, f"imports up the layers: {upward}"
+    # the check bites: the hub reads estimators (down), the eval step reads the hub (down)
+    hub, step = "fairseq_vae.models.hub_interface", "fairseq_vae.metrics.prior_samples"
+    assert layer_of(step) > layer_of(hub) > layer_of("fairseq_vae.metrics.estimators")
+
+
+def layout_listed_modules():
+    """The module files docs/design.md's layout block names: a line ``fairseq_vae/x/`` opens a
+    folder, indented lines name its files (comma-separated), ``fairseq_vae/x.py`` a file."""
+    design = open(os.path.join(ROOT, "docs", "design.md"), encoding="utf-8").read()
+    block = design.split("## Layout", 1)[1].split("```", 2)[1]
+    listed, folder = set(), None
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        names = line[2:].split("  ")[0] if line.startswith("  ") else line.split()[0]
+        if line.startswith("  "):
+            assert folder, f"an indented line outside a folder: {line!r}"
+            listed.update(folder + n.strip() for n in names.split(","))
+        elif names.endswith("/"):
+            folder = names
+        else:
+            folder = None
+            listed.add(names)
+    return listed
+
+
+def test_the_design_layout_names_every_module():
+    listed = layout_listed_modules()
+    files = {
+        os.path.relpath(os.path.join(folder, name), ROOT)
+        for folder, _, names in os.walk(PACKAGE)
+        for name in names
+        if name.endswith(".py")
+    }
+    # a folder's __init__.py holds only imports or a docstring; the top one is listed
+    unlisted = {
+        f
+        for f in files
+        if f not in listed and not (f.endswith("/__init__.py") and f.count("/") > 1)
+    }
+    assert not unlisted, f"modules docs/design.md's layout does not name: {sorted(unlisted)}"
+    stale = listed - files
+    assert not stale, f"docs/design.md's layout names files that are gone: {sorted(stale)}"
+
+
 def test_estimators_are_a_module_of_their_own_that_the_command_imports():
-    from fairseq_vae import estimators, evaluate
+    from fairseq_vae.cli import evaluate
+    from fairseq_vae.metrics import estimators
 
     shared = [
         "gaussian_log_density",
@@ -85,7 +180,7 @@ def test_estimators_are_a_module_of_their_own_that_the_command_imports():
         "read_labels",
     ]
     for name in shared:
-        assert getattr(estimators, name).__module__ == "fairseq_vae.estimators", name
+        assert getattr(estimators, name).__module__ == "fairseq_vae.metrics.estimators", name
     defined = {
         n.name
         for n in ast.parse(open(evaluate.__file__).read()).body
@@ -93,7 +188,7 @@ def test_estimators_are_a_module_of_their_own_that_the_command_imports():
     }
     assert not defined.intersection(shared), "evaluate.py redefines estimators"
     # pure functions of tensors: neither fairseq's command line nor the rest of the package
-    assert package_imports()["fairseq_vae.estimators"] == set()
+    assert package_imports()["fairseq_vae.metrics.estimators"] == set()
     assert not [m for m in imported_modules(estimators.__file__) if m.startswith("fairseq")]
 
 

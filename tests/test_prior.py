@@ -1,4 +1,4 @@
-"""Fitted priors (fairseq_vae.prior, .prior_file, fairseq-vae-fit-prior): the mixture's
+"""Fitted priors (fairseq_vae.latent_space.prior, .prior_file, fairseq-vae-fit-prior): the mixture's
 density against scikit-learn and torch.distributions, the flow's against quadrature, the Monte
 Carlo KL against closed forms, the file's weights_only loading and model checks, and the
 command end to end."""
@@ -16,9 +16,9 @@ from fairseq import options
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal, Normal
 from vae_fixtures import make_data_bin, save_checkpoint, train_tiny
 
-from fairseq_vae import fit_prior
+from fairseq_vae.cli import fit_prior
 from fairseq_vae.criterions.elbo import gaussian_kl
-from fairseq_vae.prior import (
+from fairseq_vae.latent_space.prior import (
     FlowConfig,
     GaussianMixturePrior,
     StandardNormalPrior,
@@ -28,7 +28,7 @@ from fairseq_vae.prior import (
     posterior_kl,
     prior_log_density,
 )
-from fairseq_vae.prior_file import load_prior, model_sha256, prior_meta, save_prior
+from fairseq_vae.latent_space.prior_file import load_prior, model_sha256, prior_meta, save_prior
 from fairseq_vae.tasks.text_vae import TextVAETask
 
 # the machine's two cores are shared: one thread each (conftest.one_thread)

@@ -17,10 +17,10 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 from vae_fixtures import make_data_bin, save_checkpoint, shift_right, train_tiny
 
 from fairseq_vae.criterions.elbo import gaussian_kl
-from fairseq_vae.estimators import iw_estimates, iw_log_likelihood
+from fairseq_vae.latent_space.prior import GaussianMixturePrior, StandardNormalPrior
+from fairseq_vae.latent_space.prior_file import load_prior, prior_meta, save_prior
+from fairseq_vae.metrics.estimators import iw_estimates, iw_log_likelihood
 from fairseq_vae.models.bart_vae import BARTVAEModel
-from fairseq_vae.prior import GaussianMixturePrior, StandardNormalPrior
-from fairseq_vae.prior_file import load_prior, prior_meta, save_prior
 
 LATENT = 8
 TEST_LINES = random_sentences(9, seed=81, min_len=2, max_len=8)
@@ -480,7 +480,7 @@ def test_real_sentences_lm_ppl_is_fairseq_eval_lms(sample_eval):
 def test_prior_samples_on_the_shipped_corpus_read_by_its_grammar(tmp_path):
     from conftest import train_args
 
-    from fairseq_vae import synth_grammar
+    from fairseq_vae.synth import grammar as synth_grammar
 
     data = os.path.join(ROOT, "data-bin", "synth")
     run("fairseq-train", *train_args(data, tmp_path, "--max-update", 3))
@@ -504,8 +504,8 @@ def test_prior_samples_on_the_shipped_corpus_read_by_its_grammar(tmp_path):
 def test_lm_reference_samples_follow_the_lms_own_next_word_distribution(sample_eval):
     from fairseq.dataclass.configs import GenerationConfig
 
-    from fairseq_vae.prior_samples import decode_lm
-    from fairseq_vae.sample_quality import load_lm
+    from fairseq_vae.metrics.prior_samples import decode_lm
+    from fairseq_vae.metrics.sample_quality import load_lm
 
     report, data, lm_path = sample_eval
     rows = {(r["prior"], r["decoding"]): r for r in report["prior_samples"]["rows"]}

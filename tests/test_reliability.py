@@ -27,11 +27,11 @@ from fairseq.optim.dynamic_loss_scaler import DynamicLossScaler
 from omegaconf import OmegaConf
 from vae_fixtures import make_data_bin
 
-from fairseq_vae.check_text import text_problems
 from fairseq_vae.criterions.elbo import capacity_at
 from fairseq_vae.models.latent import LOGVAR_MAX, LOGVAR_MIN
 from fairseq_vae.schedules import kl_beta
 from fairseq_vae.tasks.text_vae import TextVAEConfig
+from fairseq_vae.text.check_text import text_problems
 
 
 def train_records(out):
@@ -457,8 +457,8 @@ def test_check_text_names_files_and_lines_of_bad_text(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f"fairseq_vae.check_text: error: {bad}: 1 line is not UTF-8 (line 3 at byte 5)",
-        f"fairseq_vae.check_text: error: {bad}: 2 lines are empty (lines 2, 4)",
+        f"fairseq_vae.text.check_text: error: {bad}: 1 line is not UTF-8 (line 3 at byte 5)",
+        f"fairseq_vae.text.check_text: error: {bad}: 2 lines are empty (lines 2, 4)",
     ]
 
 

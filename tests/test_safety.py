@@ -19,7 +19,7 @@ from conftest import USER_DIR
 from fairseq import checkpoint_utils, options
 from fairseq.file_io import PathManager
 
-from fairseq_vae import checkpoint_safety, full_help
+from fairseq_vae.shims import checkpoint_safety, full_help
 
 # --- PathManager.copy -----------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""fairseq_vae.sample_quality: distinct-n, memorisation and total variation against hand counts,
+"""fairseq_vae.metrics.sample_quality: distinct-n, memorisation and total variation against hand
+counts,
 self-BLEU against sacrebleu called sentence by sentence, and the language-model perplexity of a
 tiny transformer_lm against a token-by-token loop and against fairseq-eval-lm."""
 
@@ -15,7 +16,7 @@ from fairseq.data import Dictionary, data_utils
 from test_prepare_data import prepare, write_corpus
 from vae_fixtures import save_checkpoint
 
-from fairseq_vae.sample_quality import (
+from fairseq_vae.metrics.sample_quality import (
     distinct_n,
     encode_sentences,
     factor_tv,
@@ -27,7 +28,7 @@ from fairseq_vae.sample_quality import (
     sentence_log_probs,
     total_variation,
 )
-from fairseq_vae.subword import build_bpe, corpus_bpe_options
+from fairseq_vae.text.subword import build_bpe, corpus_bpe_options
 
 SYNTH_BIN = os.path.join(ROOT, "data-bin", "synth")
 SYNTH_TEXT = os.path.join(ROOT, "corpus", "synth")

@@ -1,7 +1,8 @@
-"""Steering (fairseq_vae.steering): directions against numpy class means and scikit-learn's own
-classifier, the moves against their closed forms, the guided move read back by scikit-learn,
-the directions file, and transfer through the hub, fairseq-generate, fairseq-interactive and
-scripts/transfer.py on a tiny model whose z carries the sentence's length."""
+"""Steering (fairseq_vae.latent_space.steering): directions against numpy class means and
+scikit-learn's own classifier, the moves against their closed forms, the guided move read back
+by scikit-learn, the directions file, and transfer through the hub, fairseq-generate,
+fairseq-interactive and scripts/transfer.py on a tiny model whose z carries the sentence's
+length."""
 
 import os
 import re
@@ -15,8 +16,7 @@ from conftest import BIN, ROOT, USER_DIR, build_tiny, random_sentences
 from sklearn.linear_model import LogisticRegression
 from vae_fixtures import make_data_bin, save_checkpoint, train_tiny
 
-from fairseq_vae.models.bart_vae import BARTVAEModel
-from fairseq_vae.steering import (
+from fairseq_vae.latent_space.steering import (
     Directions,
     fit_directions,
     guided_latents,
@@ -24,6 +24,7 @@ from fairseq_vae.steering import (
     save_directions,
     shift_latents,
 )
+from fairseq_vae.models.bart_vae import BARTVAEModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -271,7 +272,7 @@ def test_transfer_script_fits_then_moves_lines(steer, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# fairseq_vae.transfer_quality: the judge, BLEU against the source, the grammar's reading
+# fairseq_vae.metrics.transfer_quality: the judge, BLEU against the source, the grammar's reading
 
 
 def toy_reviews(n, seed):
@@ -290,7 +291,7 @@ def toy_reviews(n, seed):
 
 
 def test_ngram_judge_learns_the_word_that_carries_the_label():
-    from fairseq_vae.transfer_quality import NgramJudge
+    from fairseq_vae.metrics.transfer_quality import NgramJudge
 
     texts, labels = toy_reviews(200, seed=1)
     judge = NgramJudge(texts, labels)
@@ -305,7 +306,7 @@ def test_ngram_judge_learns_the_word_that_carries_the_label():
 
 
 def test_source_bleu_by_hand_and_g_score():
-    from fairseq_vae.transfer_quality import g_score, source_bleu
+    from fairseq_vae.metrics.transfer_quality import g_score, source_bleu
 
     assert source_bleu(["a b c d e"], ["a b c d e"]) == pytest.approx(100.0)
     # n-gram precisions 4/5, 3/4, 2/3, 1/2, same length: BLEU = their geometric mean
@@ -315,8 +316,8 @@ def test_source_bleu_by_hand_and_g_score():
 
 
 def test_grammar_transfer_reads_the_shipped_corpus_labels():
-    from fairseq_vae.estimators import read_labels
-    from fairseq_vae.transfer_quality import grammar_transfer
+    from fairseq_vae.metrics.estimators import read_labels
+    from fairseq_vae.metrics.transfer_quality import grammar_transfer
 
     lines = open(os.path.join(ROOT, "corpus", "synth", "valid.txt")).read().splitlines()[:200]
     labels = read_labels(os.path.join(ROOT, "corpus", "synth", "valid.labels.tsv"))
@@ -347,7 +348,7 @@ def test_grammar_transfer_reads_the_shipped_corpus_labels():
 
 
 def test_few_label_accuracy_on_a_latent_that_holds_the_label():
-    from fairseq_vae.transfer_quality import few_label_accuracy
+    from fairseq_vae.metrics.transfer_quality import few_label_accuracy
 
     texts, labels = toy_reviews(300, seed=3)
     test_texts, test_labels = toy_reviews(100, seed=4)

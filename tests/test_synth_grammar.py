@@ -1,4 +1,4 @@
-"""fairseq_vae.synth_grammar and .synth_corpus: scripts/make_corpus.py still writes the shipped
+"""fairseq_vae.synth.grammar and .synth_corpus: scripts/make_corpus.py still writes the shipped
 corpus byte for byte from the moved tables, and the recogniser is exact: it recognises the whole
 corpus with its labels, and agrees with an exhaustive enumeration of the generator itself (every
 sequence of its random choices) on a small grammar and, restricted to a sentence's own words, on
@@ -14,8 +14,8 @@ from collections import Counter, defaultdict
 import pytest
 from conftest import ROOT
 
-from fairseq_vae import synth_corpus as sc
-from fairseq_vae import synth_grammar as sg
+from fairseq_vae.synth import corpus as sc
+from fairseq_vae.synth import grammar as sg
 
 CORPUS = os.path.join(ROOT, "corpus", "synth")
 SPLITS = ("train", "valid", "test")

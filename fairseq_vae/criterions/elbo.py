@@ -36,7 +36,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 from torch import Tensor
 
-from fairseq_vae.estimators import IW_CHUNK, iw_log_likelihood
+from fairseq_vae.metrics.estimators import IW_CHUNK, iw_log_likelihood
 
 # a latent dimension whose batch-mean KL is above this many nats counts as in use
 ACTIVE_DIM_KL = 0.01

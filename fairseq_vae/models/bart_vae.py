@@ -25,7 +25,7 @@ from fairseq.models.transformer import TransformerDecoder, TransformerEncoder
 from fairseq.modules import MultiheadAttention
 from torch import Tensor
 
-from ..subword import corpus_bpe_options
+from ..text.subword import corpus_bpe_options
 from .checkpoint_compat import (
     DECODER_RESET_MARKER,
     DICTIONARY_CHECKSUM,

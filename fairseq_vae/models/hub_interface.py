@@ -32,10 +32,16 @@ from fairseq import utils
 from omegaconf import open_dict
 from torch import Tensor
 
-from ..prior import Prior, StandardNormalPrior
-from ..prior_file import check_model, load_prior
-from ..steering import Directions, analogy_latents, fit_directions, load_directions, move_latents
-from ..subword import UNKNOWN_WARNING_SHARE, unknown_share, unknown_warning
+from ..latent_space.prior import Prior, StandardNormalPrior
+from ..latent_space.prior_file import check_model, load_prior
+from ..latent_space.steering import (
+    Directions,
+    analogy_latents,
+    fit_directions,
+    load_directions,
+    move_latents,
+)
+from ..text.subword import UNKNOWN_WARNING_SHARE, unknown_share, unknown_warning
 from .latent import reparameterize
 
 logger = logging.getLogger(__name__)
@@ -342,7 +348,7 @@ class BARTVAEHubInterface(nn.Module):
         z = self.latent([a, b])
         return self.decode(interpolate_latents(z[0], z[1], steps, spherical), **generation_options)
 
-    # --- steering (fairseq_vae.steering) -----------------------------------------------------
+    # --- steering (fairseq_vae.latent_space.steering) ---------------------------------------
     def directions(
         self, sentences: Sequence[str], labels: Union[Sequence[str], str], factor: str
     ) -> Directions:
@@ -350,7 +356,7 @@ class BARTVAEHubInterface(nn.Module):
         ``labels`` is one value per sentence, or a labels TSV (a header of factor names, then
         a row per sentence, as ``fairseq-vae-eval --labels`` reads) with a column ``factor``."""
         if isinstance(labels, str):
-            from ..estimators import read_labels
+            from ..metrics.estimators import read_labels
 
             table = read_labels(labels, len(sentences))
             if factor not in table:
@@ -362,8 +368,8 @@ class BARTVAEHubInterface(nn.Module):
         return fit_directions(mu.cpu(), list(labels), factor)
 
     def load_directions(self, path: str) -> Directions:
-        """Directions saved by ``fairseq_vae.steering.save_directions`` (scripts/transfer.py
-        --fit), refused unless they were fitted to this model."""
+        """Directions saved by ``fairseq_vae.latent_space.steering.save_directions``
+        (scripts/transfer.py --fit), refused unless they were fitted to this model."""
         return load_directions(path, self.model)
 
     def steered_latents(

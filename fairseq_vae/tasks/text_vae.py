@@ -34,7 +34,8 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from ..given_latents import PriorDraws, SteeredMeans
+from ..latent_space.given_latents import PriorDraws, SteeredMeans
+from ..latent_space.steering import METHODS
 from ..schedules import (
     KL_SCHEDULES,
     RAMP_SHAPES,
@@ -43,8 +44,7 @@ from ..schedules import (
     kl_beta,
     schedule_record,
 )
-from ..steering import METHODS
-from ..subword import (
+from ..text.subword import (
     UNKNOWN_WARNING_SHARE,
     build_bpe,
     corpus_bpe_options,
@@ -270,7 +270,8 @@ class TextVAETask(FairseqTask):
         self.model_max_positions = None
         self.input_lines_read = 0  # fairseq-interactive's lines so far, for messages
         self.first_input_line = 1
-        # the z generation decodes when the encoder does not choose it (fairseq_vae.given_latents)
+        # the z generation decodes when the encoder does not choose it
+        # (fairseq_vae.latent_space.given_latents)
         self.prior_draws = PriorDraws(cfg.prior_file, cfg.seed) if cfg.prior_file else None
         self.steering = None
         if cfg.direction_file:

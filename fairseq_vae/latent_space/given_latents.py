@@ -4,7 +4,7 @@ choice (the text_vae task's inference step passes it to the encoder, which then 
 * ``PriorDraws`` (--latent-source prior --prior-file F): draws from a fitted prior;
 * ``SteeredMeans`` (--direction-file F --direction-to VALUE): each source sentence's posterior
   mean moved to the factor's value VALUE along saved steering directions
-  (fairseq_vae.steering), by --direction-strength or, with --direction-confidence, the
+  (fairseq_vae.latent_space.steering), by --direction-strength or, with --direction-confidence, the
   classifier-guided move.
 
 Each loads and checks its file against the model at the first batch (the task is set up before
@@ -16,8 +16,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from fairseq_vae.prior_file import load_prior
-from fairseq_vae.steering import load_directions, move_latents
+from fairseq_vae.latent_space.prior_file import load_prior
+from fairseq_vae.latent_space.steering import load_directions, move_latents
 
 logger = logging.getLogger(__name__)
 

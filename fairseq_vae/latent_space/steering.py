@@ -27,7 +27,13 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from fairseq_vae.prior_file import check_model, json_plain, prior_meta, read_payload, write_payload
+from fairseq_vae.latent_space.prior_file import (
+    check_model,
+    json_plain,
+    prior_meta,
+    read_payload,
+    write_payload,
+)
 
 DIRECTIONS_FORMAT = "fairseq_vae.directions"
 DIRECTIONS_FORMAT_VERSION = 1

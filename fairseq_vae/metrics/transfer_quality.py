@@ -1,4 +1,4 @@
-"""Measures of attribute transfer (fairseq_vae.steering), read from the text alone:
+"""Measures of attribute transfer (fairseq_vae.latent_space.steering), read from the text alone:
 
 * ``NgramJudge``: an attribute classifier independent of the VAE, a scikit-learn logistic
   regression on word 1- and 2-gram TF-IDF features of the training TEXT (never of z); it must
@@ -71,7 +71,7 @@ def grammar_transfer(
     """Success and others-kept shares of outputs read by the shipped corpus's grammar, for
     sources whose factors are given and a target value (one for all, or one per output); an
     ungrammatical output, or one the grammar reads two ways, counts as a failure on both."""
-    from fairseq_vae import synth_grammar
+    from fairseq_vae.synth import grammar as synth_grammar
 
     targets = [to] * len(outputs) if isinstance(to, str) else list(to)
     success = kept = grammatical = 0

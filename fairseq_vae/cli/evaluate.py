@@ -17,7 +17,7 @@ Every number follows the definitions of the reference implementation, jxhe/vae-l
   the model p'(z) p(x|z) (log p'(z_k) in the importance weights, the same samples and decoder
   passes) and KL(q(z|x) || p') by Monte Carlo from those samples, beside the N(0, I) numbers.
 * With ``--prior-samples N``: sentences from the priors and their quality
-  (``fairseq_vae.prior_samples``; ``--lm-path`` is the LM that scores them).
+  (``fairseq_vae.metrics.prior_samples``; ``--lm-path`` is the LM that scores them).
 * Reconstruction BLEU: greedy decoding from the posterior mean, sacrebleu against the input.
 * Probes (``--labels``): a logistic regression reading each factor from the posterior mean,
   trained on one half of the split and scored on the other (a seeded, stratified shuffle),
@@ -29,7 +29,8 @@ MI, AU and the probes are undefined: "undefined (one sentence)" in the table, nu
 
 One posterior sample per sentence serves the -ELBO and the MI: the first importance sample,
 which is a draw from q(z|x) like any other, so no extra decoding pass is needed. The estimators
-themselves are pure functions in ``fairseq_vae.estimators``; this module is the command on top.
+themselves are pure functions in ``fairseq_vae.metrics.estimators``; this module is the
+command on top.
 
 The command is built on fairseq's generation parser, so ``--path``, ``--gen-subset``,
 ``--max-tokens``, ``--batch-size``, ``--cpu``, ``--fp16`` and ``--user-dir`` work as in
@@ -56,8 +57,8 @@ from fairseq.logging import progress_bar
 from torch import Tensor
 
 from fairseq_vae.criterions.elbo import gaussian_kl
-from fairseq_vae.detokenizer import Detokenizer
-from fairseq_vae.estimators import (
+from fairseq_vae.latent_space.prior_file import load_prior
+from fairseq_vae.metrics.estimators import (
     AU_THRESHOLD,
     IW_CHUNK,
     IW_SAMPLES,
@@ -66,7 +67,7 @@ from fairseq_vae.estimators import (
     probe_factors,
     read_labels,
 )
-from fairseq_vae.eval_report import (
+from fairseq_vae.metrics.eval_report import (
     Columns,
     format_report,
     latent_metrics,
@@ -74,11 +75,11 @@ from fairseq_vae.eval_report import (
     reconstruction_metrics,
     report_settings,
 )
-from fairseq_vae.prior_file import load_prior
-from fairseq_vae.prior_samples import GRAMMARS, evaluate_prior_samples, format_prior_samples
-from fairseq_vae.subword import corpus_bpe_options
+from fairseq_vae.metrics.prior_samples import GRAMMARS, evaluate_prior_samples, format_prior_samples
+from fairseq_vae.text.detokenizer import Detokenizer
+from fairseq_vae.text.subword import corpus_bpe_options
 
-logger = logging.getLogger("fairseq_vae.evaluate")
+logger = logging.getLogger("fairseq_vae.cli.evaluate")
 
 # Sentences per batch are bounded by tokens: a pass of the IW estimator decodes about
 # max_tokens * iw_chunk target positions, whose logits hold that many times the vocabulary.
@@ -253,7 +254,7 @@ def posterior_means(model, task, split: str, **iterator_args) -> Tuple[Tensor, T
 # ----------------------------------------------------------------------------------------------
 # The evaluation, step by step: one pass over the batches collects per-sentence columns, which
 # are put back in corpus order; every metric is then a function of those columns
-# (fairseq_vae.eval_report).
+# (fairseq_vae.metrics.eval_report).
 
 
 def build_detokenizer(cfg, args, dictionary) -> Detokenizer:

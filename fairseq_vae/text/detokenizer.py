@@ -3,12 +3,13 @@
 from fairseq import utils
 from torch import Tensor
 
-from fairseq_vae.subword import build_bpe, describe_bpe
+from fairseq_vae.text.subword import build_bpe, describe_bpe
 
 
 class Detokenizer:
-    """Token ids -> raw text: the corpus's subword model (``fairseq_vae.subword``: sentencepiece
-    or GPT-2 BPE, reversed by fairseq's own BPE object), or fairseq's --post-process."""
+    """Token ids -> raw text: the corpus's subword model (``fairseq_vae.text.subword``:
+    sentencepiece or GPT-2 BPE, reversed by fairseq's own BPE object), or fairseq's
+    --post-process."""
 
     def __init__(self, dictionary, bpe_options: dict, post_process=None):
         self.dictionary = dictionary

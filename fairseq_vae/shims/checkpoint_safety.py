@@ -189,7 +189,8 @@ def refuse_unsafe_checkpoints(load):
             raise pickle.UnpicklingError(
                 f"refusing to load checkpoint {path}: its pickle references a global that "
                 "fairseq checkpoints do not contain, and loading it could run arbitrary code "
-                f"({'; '.join(refused)}). The allow-list is in fairseq_vae/checkpoint_safety.py."
+                f"({'; '.join(refused)}). The allow-list is in "
+                "fairseq_vae/shims/checkpoint_safety.py."
             ) from None
         if isinstance(state.get("model"), collections.OrderedDict):
             # the model's upgrade_state_dict_named sees only this dict (torch keeps its own
@@ -252,7 +253,7 @@ def report_checkpoint_mismatch(load_checkpoint):
     @functools.wraps(load_checkpoint)
     def load_checkpoint_reporting_mismatch(self, *args, **kwargs):
         # at call time: fairseq_vae/__init__ imports this module before the models package
-        from .models.checkpoint_compat import CheckpointMismatchError
+        from ..models.checkpoint_compat import CheckpointMismatchError
 
         try:
             return load_checkpoint(self, *args, **kwargs)

@@ -1,6 +1,6 @@
 """The shipped corpus's grammar (``corpus/synth``): its tables and its generator.
 
-``scripts/make_corpus.py`` writes the corpus with ``generate``; ``fairseq_vae.synth_grammar``
+``scripts/make_corpus.py`` writes the corpus with ``generate``; ``fairseq_vae.synth.grammar``
 builds its recogniser from the same tables. Every sentence is produced by first drawing four
 independent factors uniformly at random,
 

@@ -24,9 +24,9 @@ import torch
 from sacrebleu.metrics.bleu import BLEU
 from torch import Tensor
 
-from fairseq_vae.eval_report import perplexity
+from fairseq_vae.metrics.eval_report import perplexity
 
-logger = logging.getLogger("fairseq_vae.sample_quality")
+logger = logging.getLogger("fairseq_vae.metrics.sample_quality")
 
 SELF_BLEU_SENTENCES = 1000
 BLEU_ORDER = 4
@@ -201,7 +201,7 @@ def load_lm(path: str, data: Optional[str] = None, dictionary=None, device: str 
 
 def encode_sentences(sentences: Sequence[str], dictionary, bpe=None) -> List[Tensor]:
     """Raw sentences -> token ids ending in </s>, as fairseq-preprocess binarised the corpus:
-    through the corpus's subword model (``fairseq_vae.subword.build_bpe``) if there is one."""
+    through the corpus's subword model (``fairseq_vae.text.subword.build_bpe``) if there is one."""
     rows = []
     for s in sentences:
         text = bpe.encode(normalise(s)) if bpe is not None else normalise(s)
@@ -266,7 +266,7 @@ def lm_perplexity(
     exp(-sum_s log p(s) / words), words being each sentence's whitespace tokens + 1 for its end
     of sentence, as ``fairseq-vae-eval`` and benchmarks/ptb.py count them (on a word-level
     corpus, where a model token is a word or </s>, this is fairseq-eval-lm's perplexity).
-    ``bpe``: the corpus's subword model (``fairseq_vae.subword.build_bpe``), None if none."""
+    ``bpe``: the corpus's subword model (``fairseq_vae.text.subword.build_bpe``), None if none."""
     if not sentences:
         raise ValueError("lm_perplexity: no sentences")
     rows = encode_sentences(sentences, dictionary, bpe)
@@ -287,5 +287,5 @@ def factor_tv(
     reference_counts: Mapping[str, Mapping[str, int]],
 ) -> Dict[str, float]:
     """``total_variation`` per factor, for {factor: {value: count}} tables such as
-    ``fairseq_vae.synth_grammar.factor_distribution`` returns."""
+    ``fairseq_vae.synth.grammar.factor_distribution`` returns."""
     return {f: total_variation(sample_counts[f], reference_counts[f]) for f in reference_counts}

@@ -43,14 +43,14 @@ from fairseq.tasks.denoising import DenoisingTask
 from safetensors.torch import load_file
 from torch import Tensor
 
-from fairseq_vae.hf_tokenizer import (
+from fairseq_vae.models.bart_vae import bart_vae_architecture, bart_vae_large_architecture
+from fairseq_vae.text.hf_tokenizer import (
     HFImportError,
     gpt2_bpe_files,
     mask_id,
     read_json,
     read_tokenizer,
 )
-from fairseq_vae.models.bart_vae import bart_vae_architecture, bart_vae_large_architecture
 
 TRAIN_FLAGS_FILE = "train_flags.txt"
 SUPPORTED_ARCHITECTURES = {"BartForConditionalGeneration", "BartModel"}

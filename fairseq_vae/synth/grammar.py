@@ -1,4 +1,4 @@
-"""An exact recogniser for the shipped corpus's grammar (``fairseq_vae.synth_corpus``, the
+"""An exact recogniser for the shipped corpus's grammar (``fairseq_vae.synth.corpus``, the
 tables and generator of scripts/make_corpus.py): whether the grammar can generate a sentence,
 and from which factors (topic, sentiment, tense, number).
 
@@ -16,8 +16,8 @@ import re
 from functools import lru_cache
 from typing import Dict, Iterable, List, Optional
 
-from fairseq_vae import synth_corpus as corpus
-from fairseq_vae.synth_corpus import FACTOR_NAMES
+from fairseq_vae.synth import corpus
+from fairseq_vae.synth.corpus import FACTOR_NAMES
 
 # ----------------------------------------------------------------------------------------------
 # The realisers of synth_corpus, as regular expressions over "token token ... . "

@@ -8,7 +8,7 @@ inside a line is refused, because any reader with Python's universal newlines (o
 would make two sentences of it and shift every later line against its labels.
 scripts/prepare_data.sh runs this first (as a plain script: it needs neither fairseq nor torch)::
 
-    python fairseq_vae/check_text.py raw/train.txt raw/valid.txt raw/test.txt
+    python fairseq_vae/text/check_text.py raw/train.txt raw/valid.txt raw/test.txt
 
 and it exits with status 1 and one error line per file, naming the first bad lines.
 """
@@ -18,7 +18,7 @@ import logging
 import sys
 from typing import List
 
-logger = logging.getLogger("fairseq_vae.check_text")
+logger = logging.getLogger("fairseq_vae.text.check_text")
 
 SHOWN = 5  # line numbers named per kind of problem
 

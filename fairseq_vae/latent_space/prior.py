@@ -24,7 +24,7 @@ Two fitted priors:
   The flow sees z standardised by the training samples' mean and spread (NSF's splines act
   on [-5, 5]); the affine map's log-determinant is part of ``log_prob``.
 
-Saving and loading, and which model a prior belongs to: ``fairseq_vae.prior_file``.
+Saving and loading, and which model a prior belongs to: ``fairseq_vae.latent_space.prior_file``.
 """
 
 import copy

@@ -1,5 +1,5 @@
 """The report of ``fairseq-vae-eval``: its metrics as functions of the per-sentence columns that
-the pass over a split collects (``fairseq_vae.evaluate``), and the table the command prints.
+the pass over a split collects (``fairseq_vae.cli.evaluate``), and the table the command prints.
 
 Pure functions of CPU tensors and strings: a later evaluation (prior samples, transfer) adds a
 function here and a step in ``evaluate()``.
@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import Tensor
 
-from fairseq_vae.estimators import active_units, mutual_information
+from fairseq_vae.metrics.estimators import active_units, mutual_information
 
 
 @dataclass

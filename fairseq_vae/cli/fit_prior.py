@@ -1,9 +1,10 @@
 """Fits a prior to a trained VAE's aggregate posterior (``fairseq-vae-fit-prior``).
 
 The training split is encoded with the model's posterior and ``--samples-per-sentence`` draws
-z ~ q(z|x) per sentence are the training data of the density (``fairseq_vae.prior``); the
-valid split's draws choose the mixture's number of components, or stop the flow's training.
-The test split is never read. The prior is written beside the checkpoint by default::
+z ~ q(z|x) per sentence are the training data of the density
+(``fairseq_vae.latent_space.prior``); the valid split's draws choose the mixture's number of
+components, or stop the flow's training. The test split is never read. The prior is written
+beside the checkpoint by default::
 
     fairseq-vae-fit-prior data-bin/synth --path checkpoints/demo/checkpoint_last.pt \\
         --prior-model gmm --components 1,2,4,8,16
@@ -23,14 +24,14 @@ from dataclasses import fields
 import torch
 from fairseq import options
 
-from fairseq_vae.evaluate import (
+from fairseq_vae.cli.evaluate import (
     DEFAULT_MAX_TOKENS,
     cli_logging,
     load_checkpoint,
     parse_model_overrides,
     posterior_means,
 )
-from fairseq_vae.prior import (
+from fairseq_vae.latent_space.prior import (
     FLOW_TRANSFORMS,
     GMM_COMPONENTS,
     GMM_MAX_POINTS,
@@ -41,9 +42,9 @@ from fairseq_vae.prior import (
     mean_log_likelihood,
     posterior_samples,
 )
-from fairseq_vae.prior_file import default_prior_path, prior_meta, save_prior
+from fairseq_vae.latent_space.prior_file import default_prior_path, prior_meta, save_prior
 
-logger = logging.getLogger("fairseq_vae.fit_prior")
+logger = logging.getLogger("fairseq_vae.cli.fit_prior")
 
 
 def int_list(text: str, option: str):

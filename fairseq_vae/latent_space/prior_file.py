@@ -15,9 +15,9 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from fairseq_vae.prior import Prior, build_prior
+from fairseq_vae.latent_space.prior import Prior, build_prior
 
-PRIOR_FORMAT = "fairseq_vae.prior"
+PRIOR_FORMAT = "fairseq_vae.prior"  # a file format's name, not a module path
 PRIOR_FORMAT_VERSION = 1
 
 

@@ -10,7 +10,7 @@ Step by step, each a function below:
    and greedily, with fairseq's own search (the eval's generation options, such as
    ``--max-len-b``, apply; fairseq never emits an empty sentence, min_len 1);
 3. ``text_measures``: for the samples and for N real sentences of the evaluated split (a seeded
-   choice), the measures of ``fairseq_vae.sample_quality``: distinct-1/2/3 (corpus-level),
+   choice), the measures of ``fairseq_vae.metrics.sample_quality``: distinct-1/2/3 (corpus-level),
    self-BLEU-4, the share that copies a training sentence and, with ``--sample-grammar synth``,
    the share the shipped corpus's grammar generates and each factor's total variation from the
    training split's distribution;
@@ -33,11 +33,11 @@ from fairseq import utils
 from fairseq.data import data_utils
 from omegaconf import open_dict
 
-from fairseq_vae import sample_quality as sq
+from fairseq_vae.latent_space.prior import Prior, StandardNormalPrior
+from fairseq_vae.metrics import sample_quality as sq
 from fairseq_vae.models.hub_interface import generate_from_latents
-from fairseq_vae.prior import Prior, StandardNormalPrior
 
-logger = logging.getLogger("fairseq_vae.prior_samples")
+logger = logging.getLogger("fairseq_vae.metrics.prior_samples")
 
 DECODINGS = {
     "ancestral": "ancestral sampling (temperature 1, no top-k or top-p)",
@@ -132,7 +132,7 @@ def text_measures(
     out["memorised"] = sq.memorised(sentences, training)
     out["grammatical"] = out["factor_tv"] = None
     if grammar_reference is not None:
-        from fairseq_vae import synth_grammar
+        from fairseq_vae.synth import grammar as synth_grammar
 
         out["grammatical"] = synth_grammar.grammatical_share(list(sentences))
         counts = synth_grammar.factor_distribution(sentences)
@@ -163,7 +163,7 @@ def evaluate_prior_samples(
     training = [detok(r) for r in read_split_rows(data, "train", dictionary)]
     grammar_reference = None
     if args.sample_grammar == "synth":
-        from fairseq_vae import synth_grammar
+        from fairseq_vae.synth import grammar as synth_grammar
 
         grammar_reference = synth_grammar.factor_distribution(training)
     lm = None

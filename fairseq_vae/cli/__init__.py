@@ -1,0 +1,1 @@
+"""The console commands: fairseq-vae-eval, -fit-prior, -import-hf."""

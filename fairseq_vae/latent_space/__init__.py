@@ -1,0 +1,1 @@
+"""What acts on z: fitted priors and their file, steering, the latents generation decodes."""

@@ -1,0 +1,1 @@
+"""What evaluation measures: estimators, sample and transfer quality, the report."""

@@ -1,0 +1,1 @@
+"""The shipped corpus's grammar and its recogniser."""

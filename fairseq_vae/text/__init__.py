@@ -1,0 +1,1 @@
+"""Text plumbing: segmentation, detokenising, input checks, the Hugging Face tokenizer."""
