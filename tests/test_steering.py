@@ -362,3 +362,44 @@ def test_few_label_accuracy_on_a_latent_that_holds_the_label():
     row = few_label_accuracy(mu, texts, labels, test_mu, test_texts, test_labels, n=10, draws=3)
     assert row["labels"] == 10 and row["latent"] == 1.0
     assert 0.4 < row["ngram"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "n, labels, named",
+    [
+        (1, ["a", "b"] * 5, "n=1"),
+        (11, ["a", "b"] * 5, "10 training sentences"),
+        (4, ["a"] * 10, "one class {'a': 10}"),
+    ],
+)
+def test_few_label_accuracy_refuses_a_draw_that_cannot_hold_two_classes(n, labels, named):
+    import signal
+
+    from fairseq_vae.metrics.transfer_quality import few_label_accuracy
+
+    def hung(*_):
+        raise AssertionError("few_label_accuracy drew again and again")
+
+    # the old code resampled forever here: fail in a second rather than hang the suite
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        mu = np.arange(len(labels), dtype=float)[:, None]
+        texts = [f"w{i} w{i}" for i in range(len(labels))]
+        with pytest.raises(ValueError, match=re.escape(named)):
+            few_label_accuracy(mu, texts, labels, mu, texts, labels, n=n, draws=1)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_few_label_accuracy_gives_up_on_a_class_it_cannot_draw(monkeypatch):
+    from fairseq_vae.metrics import transfer_quality
+
+    # one "b" in 1000: a draw of 2 holds it once in 500, never in 3 tries
+    monkeypatch.setattr(transfer_quality, "FEW_LABEL_REDRAWS", 3)
+    labels = ["a"] * 999 + ["b"]
+    mu = np.zeros((1000, 1))
+    texts = ["w"] * 1000
+    with pytest.raises(ValueError, match=r"3 draws of n=2 .* one class \(classes \{'a': 999"):
+        transfer_quality.few_label_accuracy(mu, texts, labels, mu, texts, labels, n=2, draws=1)

@@ -94,6 +94,41 @@ def grammar_transfer(
     }
 
 
+# a draw of n that holds two classes can still be rare (one sentence of a class in thousands):
+# give up with the class counts rather than loop on
+FEW_LABEL_REDRAWS = 1000
+
+
+def check_few_label_draw(train_labels: Sequence[str], n: int) -> None:
+    """Refuses a draw of n training labels that can never hold two classes."""
+    counts = {label: list(train_labels).count(label) for label in sorted(set(train_labels))}
+    if n < 2:
+        raise ValueError(f"few labels: n={n} sentences cannot hold two classes (n must be >= 2)")
+    if n > len(train_labels):
+        raise ValueError(
+            f"few labels: n={n} is more than the {len(train_labels)} training sentences"
+        )
+    if len(counts) < 2:
+        raise ValueError(
+            f"few labels: the {len(train_labels)} training sentences hold one class {counts}; "
+            "the probes need two"
+        )
+
+
+def two_class_draw(rng, train_labels: Sequence[str], n: int) -> List[int]:
+    """n distinct training indices whose labels hold at least two classes, drawn again until
+    they do (the draws the benchmarks' tables were made with), at most FEW_LABEL_REDRAWS times."""
+    for _ in range(FEW_LABEL_REDRAWS):
+        chosen = rng.sample(range(len(train_labels)), n)
+        if len({train_labels[i] for i in chosen}) >= 2:
+            return chosen
+    counts = {label: list(train_labels).count(label) for label in sorted(set(train_labels))}
+    raise ValueError(
+        f"few labels: {FEW_LABEL_REDRAWS} draws of n={n} of the {len(train_labels)} training "
+        f"sentences all held one class (classes {counts})"
+    )
+
+
 def few_label_accuracy(
     train_mu,
     train_text,
@@ -107,18 +142,20 @@ def few_label_accuracy(
 ) -> Dict[str, float]:
     """Test accuracy of a logistic regression on the posterior means and of the n-gram judge,
     each trained on the same n labelled training sentences, averaged over ``draws`` seeded
-    draws (a draw with a single class is drawn again)."""
+    draws (a draw with a single class is drawn again, at most ``FEW_LABEL_REDRAWS`` times).
+
+    Raises ValueError when no draw can hold two classes: n under 2, n over the number of
+    training sentences, or training labels of a single class."""
     import random
 
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
+    check_few_label_draw(train_labels, n)
     rng = random.Random(seed)
     latent, ngram = [], []
     for _ in range(draws):
-        chosen = rng.sample(range(len(train_labels)), n)
-        while len({train_labels[i] for i in chosen}) < 2:
-            chosen = rng.sample(range(len(train_labels)), n)
+        chosen = two_class_draw(rng, train_labels, n)
         y = [train_labels[i] for i in chosen]
         probe = LogisticRegression(max_iter=5000, random_state=seed)
         probe.fit(np.asarray(train_mu)[chosen], y)
