@@ -268,3 +268,25 @@ def test_a_split_of_empty_lines_only_is_a_clear_error(checkpoint, dict_dir, tmp_
     data = make_data_bin(str(tmp_path / "bin"), dict_dir, {"test": ["", ""]})
     with pytest.raises(ValueError, match="bin/test: every sentence is empty"):
         eval_main(data, path, "--no-bleu")
+
+
+def test_prior_samples_on_a_one_sentence_split_with_short_samples_report_undefined_measures(
+    checkpoint, data, tmp_path, capsys
+):
+    # one real sentence has no other to score its self-BLEU against; samples of at most two
+    # tokens hold no 3-gram: both undefined, after the IW pass, never an error
+    model, path = checkpoint
+    results = tmp_path / "results.json"
+    eval_main(
+        data, path, "--prior-samples", 2, "--max-len-b", 2, "--no-bleu", "--results-json", results
+    )
+    section = json.loads(results.read_text())["prior_samples"]
+    real = section["real"]
+    assert real["n"] == 1 and real["self_bleu4"] is None and real["distinct_3"] is not None
+    for row in section["rows"]:
+        assert max(len(s.split()) for s in row["samples"]) <= 2, row["samples"]
+        assert row["distinct_3"] is None and row["self_bleu4"] is not None
+    out = capsys.readouterr().out
+    real_line = next(line for line in out.splitlines() if line.startswith("real "))
+    assert real_line.split()[7] == "n/a", real_line  # the self-BLEU column
+    assert "n/a: undefined (self-BLEU of one sentence" in out

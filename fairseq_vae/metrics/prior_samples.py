@@ -46,6 +46,7 @@ DECODINGS = {
 GRAMMARS = ("synth",)
 DISTINCT_ORDERS = (1, 2, 3)
 EXAMPLES = 5
+UNDEFINED = "n/a"
 
 
 def draw_latents(prior: Prior, n: int, seed: int) -> torch.Tensor:
@@ -115,20 +116,37 @@ def read_split_rows(data: str, split: str, dictionary) -> List[torch.Tensor]:
     return [dataset[i].long() for i in range(len(dataset))]
 
 
+def distinct_or_none(sentences: Sequence[str], n: int) -> Optional[float]:
+    """distinct-n, None (undefined) when no sentence has n tokens: short samples (a small
+    --max-len-b) or a short split are reported, not an error after the whole IW pass."""
+    if not any(len(s.split()) >= n for s in sentences):
+        return None
+    return sq.distinct_n(sentences, n)
+
+
+def self_bleu_or_none(sentences: Sequence[str]) -> Optional[float]:
+    """Self-BLEU-4, None (undefined) for a single sentence, which has no others to score it
+    against (a one-sentence split gives one real sentence)."""
+    if len(sentences) < 2:
+        return None
+    return sq.self_bleu(sentences)
+
+
 def text_measures(
     sentences: Sequence[str],
     training: Sequence[str],
     grammar_reference: Optional[Dict[str, Dict[str, int]]] = None,
 ) -> dict:
     """The text measures of a set of sentences: distinct-n, self-BLEU-4, memorised, mean length
-    and, given the training split's factor counts, grammatical share and factor TV."""
+    and, given the training split's factor counts, grammatical share and factor TV. A measure
+    undefined on these sentences is None (``distinct_or_none``, ``self_bleu_or_none``)."""
     out = {
         "n": len(sentences),
         "mean_words": sum(len(s.split()) for s in sentences) / len(sentences),
     }
     for n in DISTINCT_ORDERS:
-        out[f"distinct_{n}"] = sq.distinct_n(sentences, n)
-    out["self_bleu4"] = sq.self_bleu(sentences)
+        out[f"distinct_{n}"] = distinct_or_none(sentences, n)
+    out["self_bleu4"] = self_bleu_or_none(sentences)
     out["memorised"] = sq.memorised(sentences, training)
     out["grammatical"] = out["factor_tv"] = None
     if grammar_reference is not None:
@@ -221,6 +239,10 @@ def format_prior_samples(section: dict) -> List[str]:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
+    def defined(value, spec):
+        # distinct-n and self-BLEU are never left out, only undefined on too few tokens
+        return UNDEFINED if value is None else format(value, spec)
+
     lines = [
         f"prior samples | {section['n']} per prior and decoding, seed {section['seed']}; "
         f"distinct-n {section['distinct']}; self-BLEU-4 over up to {sq.SELF_BLEU_SENTENCES}; "
@@ -240,13 +262,19 @@ def format_prior_samples(section: dict) -> List[str]:
         lines.append(
             f"{prior:<10}{decoding:<11}{fmt(r['lm_ppl'], '.2f'):>9}"
             f"{fmt(r['lm_ppl_ratio'], '.3f'):>8}"
-            f"{r['distinct_1']:>8.3f}{r['distinct_2']:>8.3f}{r['distinct_3']:>8.3f}"
-            f"{r['self_bleu4']:>10.2f}{100 * r['memorised']:>9.1f}%{r['mean_words']:>7.1f}"
+            f"{defined(r['distinct_1'], '.3f'):>8}{defined(r['distinct_2'], '.3f'):>8}"
+            f"{defined(r['distinct_3'], '.3f'):>8}{defined(r['self_bleu4'], '.2f'):>10}"
+            f"{100 * r['memorised']:>9.1f}%{r['mean_words']:>7.1f}"
             f"{fmt(None if r['grammatical'] is None else 100 * r['grammatical'], '.1f'):>11}%"
         )
         if r.get("factor_tv"):
             tv = ", ".join(f"{k} {v:.3f}" for k, v in r["factor_tv"].items())
             lines.append(f"{'':<21}factor TV from train: {tv}")
+    measures = ("distinct_1", "distinct_2", "distinct_3", "self_bleu4")
+    if any(r[k] is None for _, _, r in entries for k in measures):
+        lines.append(
+            f"{UNDEFINED}: undefined (self-BLEU of one sentence, distinct-n without an n-gram)"
+        )
     for r in section["rows"]:
         for s in r["samples"][:EXAMPLES]:
             lines.append(f"sample | {r['prior']} {r['decoding']} | {s}")
