@@ -324,3 +324,21 @@ def test_sentence_log_probs_refuses_rows_without_eos(tiny_lm, spm_data):
     model, _ = load_lm(tiny_lm, data=spm_data[1])
     with pytest.raises(ValueError, match="row 1 does not end in </s>"):
         sentence_log_probs(model, [rows[0], rows[1][:-1]])
+
+
+def test_sentence_log_probs_truncates_rows_over_the_lm_positions(tiny_lm, spm_data, caplog):
+    _, rows, dictionary, _ = split_of(*spm_data, "test")
+    model, _ = load_lm(tiny_lm, data=spm_data[1], dictionary=dictionary)
+    limit = model.max_positions()
+    # a sample as long as a large --max-len-b: sentences run together, one </s> at the end
+    long = torch.cat([r[:-1] for r in rows] + [rows[0][-1:]])
+    at_limit = long[-limit:]
+    assert long.numel() > limit and at_limit.numel() == limit
+    with caplog.at_level("WARNING", logger="fairseq_vae.metrics.sample_quality"):
+        got = sentence_log_probs(model, [rows[0], long, at_limit])
+    eos = dictionary.eos()
+    expected = [loop_log_prob(model, r, eos) for r in (rows[0], long[:limit], at_limit)]
+    assert got == pytest.approx(expected, rel=1e-5)
+    warning = f"1 of 3 sentences are longer than the language model's {limit} positions"
+    assert [r.message for r in caplog.records if warning in r.message], caplog.text
+    assert f"the longest {long.numel()} tokens" in caplog.text

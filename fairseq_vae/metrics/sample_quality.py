@@ -212,6 +212,21 @@ def encode_sentences(sentences: Sequence[str], dictionary, bpe=None) -> List[Ten
     return rows
 
 
+def truncated_rows(rows: Sequence[Tensor], limit: Optional[int]) -> List[Tensor]:
+    """Each row cut to its first ``limit`` tokens (None: no limit), with a warning that counts
+    the rows cut."""
+    if limit is None:
+        return list(rows)
+    longer = [i for i, row in enumerate(rows) if row.numel() > limit]
+    if longer:
+        logger.warning(
+            f"{len(longer)} of {len(rows)} sentences are longer than the language model's "
+            f"{limit} positions (the longest {max(rows[i].numel() for i in longer)} tokens): "
+            f"each is scored on its first {limit} tokens only"
+        )
+    return [row[:limit] for row in rows]
+
+
 @torch.no_grad()
 def sentence_log_probs(model, rows: Sequence[Tensor], max_tokens: int = 4096) -> List[float]:
     """log p(row) in nats under the language model, one per row (in the given order).
@@ -221,18 +236,19 @@ def sentence_log_probs(model, rows: Sequence[Tensor], max_tokens: int = 4096) ->
     ``fairseq-eval-lm --sample-break-mode eos`` scores (it counts the same tokens). Rows are
     sorted by length and batched up to ``max_tokens`` tokens, right-padded (a causal model does
     not see the padding of its own row).
+
+    A row longer than the model's ``max_positions()`` (an ancestral sample can reach
+    ``--max-len-b`` + 1 tokens) is truncated: its log p is that of its first max_positions()
+    tokens, the most the model reads, and a warning counts such rows. Its later tokens add no
+    nats, so a perplexity over all its words is lower than the row's own would be; the rows are
+    kept rather than left out so that every caller's word count stays that of all its rows.
     """
     dictionary = model.decoder.dictionary
     eos, pad = dictionary.eos(), dictionary.pad()
-    limit = model.max_positions()
     for i, row in enumerate(rows):
         if row.numel() == 0 or int(row[-1]) != eos:
             raise ValueError(f"sentence_log_probs: row {i} does not end in </s>")
-        if limit is not None and row.numel() > limit:
-            raise ValueError(
-                f"sentence_log_probs: row {i} has {row.numel()} tokens, more than the "
-                f"language model's {limit} positions"
-            )
+    rows = truncated_rows(rows, model.max_positions())
     device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: rows[i].numel())
     out = [0.0] * len(rows)
