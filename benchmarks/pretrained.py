@@ -35,100 +35,17 @@ import argparse
 import datetime
 import json
 import os
-import random
 import re
 import sys
-from typing import List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import ptb  # noqa: E402  (the corpus preparation, the job queue and the models' settings)
-
-from fairseq_vae.denoising import denoising_pretraining_args  # noqa: E402
+import harness  # noqa: E402  (settings, job builders, the queue, corpus preparation)
 
 DATA_SIZES = {"full": 1.0, "10%": 0.1}
-SUBSET_SEED = 1
 # the issue's targets: on 10% of the data the fine-tuned model's IW-PPL at most 0.85 x the
 # from-scratch model's, on all of it at most 1.0 x, and in both no posterior collapse
 PPL_RATIO = {"10%": 0.85, "full": 1.0}
 FLOOR = {"kl": 5.0, "mi": 3.0, "au": 16}
-
-
-def pretrain_length(
-    hours: float, updates: Optional[int] = None, epochs: Optional[int] = None
-) -> Tuple[List[str], str]:
-    """How long the pretraining runs: `updates` updates, or `epochs` passes over the training
-    text, or else `hours` of training; the fairseq-train options that say it (beside a
-    --max-update of `updates`, see pretrain_cmd), and the label the report gives it."""
-    if updates is not None:
-        return [], f"--pretrain-updates {updates}"
-    if epochs is not None:
-        return ["--max-epoch", str(epochs)], f"--pretrain-epochs {epochs}"
-    return ["--stop-time-hours", str(hours)], f"--stop-time-hours {hours}"
-
-
-def pretrain_cmd(
-    data: str,
-    b: dict,
-    save_dir: str,
-    hours: float,
-    updates: Optional[int] = None,
-    epochs: Optional[int] = None,
-    keep_every: Optional[int] = None,
-) -> list:
-    """BART's text-infilling objective (Lewis et al. 2020) with fairseq's denoising task, at the
-    VAE's (bart_vae_small's) dimensions, for the length pretrain_length says. `keep_every` also
-    keeps checkpoint_<epoch>_<updates>.pt every that many updates: each is exactly a shorter
-    pretraining, as inverse_sqrt's learning rate does not depend on the total."""
-    length, _ = pretrain_length(hours, updates, epochs)
-    keep = [] if keep_every is None else ["--save-interval-updates", str(keep_every)]
-    return (
-        [
-            os.path.join(ptb.BIN, "fairseq-train"),
-            data,
-            *denoising_pretraining_args(b["dim"], b["ffn"], b["layers"], b["heads"]),
-        ]
-        + ptb.common_train_args(b, updates or 100000, save_dir)
-        + length
-        + keep
-    )
-
-
-def subset_corpus(data_dir: str, out: str, fraction: float) -> str:
-    """A fixed random `fraction` of the training sentences (in their order), with the full
-    validation and test text: out/subset-<percent>/{train,valid,test}.txt."""
-    with open(os.path.join(data_dir, "train.txt"), encoding="utf-8") as f:
-        count = round(fraction * sum(1 for _ in f))
-    return slice_corpus(data_dir, os.path.join(out, f"subset-{round(100 * fraction)}pct"), count)
-
-
-def slice_corpus(data_dir: str, dest: str, train: int, valid: Optional[int] = None) -> str:
-    """dest/{train,valid,test}.txt: a fixed random `train` training sentences (in their order,
-    seed SUBSET_SEED), the first `valid` validation sentences (all of them if None) and the
-    whole test split, the splits kept whole linked rather than copied."""
-    os.makedirs(dest, exist_ok=True)
-    for split, count, pick in (("train", train, "random"), ("valid", valid, "first")):
-        path = os.path.join(data_dir, f"{split}.txt")
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-        if count is not None and count > len(lines):
-            raise ValueError(f"{path} has {len(lines)} sentences, fewer than the {count} asked for")
-        if count is None:
-            link(path, os.path.join(dest, f"{split}.txt"))
-            continue
-        rows = (
-            range(count)
-            if pick == "first"
-            else random.Random(SUBSET_SEED).sample(range(len(lines)), count)
-        )
-        with open(os.path.join(dest, f"{split}.txt"), "w", encoding="utf-8") as f:
-            f.writelines(lines[i] for i in sorted(rows))
-    link(os.path.join(data_dir, "test.txt"), os.path.join(dest, "test.txt"))
-    return dest
-
-
-def link(source: str, dest: str):
-    if not os.path.islink(dest):
-        os.symlink(os.path.abspath(source), dest)
 
 
 def last_valid_loss(logfile: str):
@@ -141,10 +58,6 @@ def best_update(logfile: str):
     """The update at which fairseq last saved checkpoint_best.pt (lowest validation loss)."""
     saved = re.findall(r"checkpoint_best\.pt \(epoch \d+ @ (\d+) updates", open(logfile).read())
     return int(saved[-1]) if saved else None
-
-
-def fmt(value, spec: str) -> str:
-    return "" if value is None else format(value, spec)
 
 
 def checks(rows: list) -> list:
@@ -178,12 +91,14 @@ def checks(rows: list) -> list:
 
 def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
     name = corpus["name"]
-    _, length = pretrain_length(args.pretrain_hours, args.pretrain_updates, args.pretrain_epochs)
+    _, length = harness.pretrain_length(
+        args.pretrain_hours, args.pretrain_updates, args.pretrain_epochs
+    )
     lines = [
         f"# {name}: bart_vae fine-tuned from a BART pretrained here, against from scratch",
         "",
         f"Written by `benchmarks/pretrained.sh {' '.join(sys.argv[1:])}` on {started}.",
-        f"Machine: {ptb.machine()}.",
+        f"Machine: {harness.machine()}.",
         "",
         f"Corpus `{name}` (`{args.data}`): "
         + ", ".join(
@@ -203,9 +118,9 @@ def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
         lines.append(
             f"| {r['setting']} | {r['init']} | {r['data']} | {r['iw_samples']} "
             f"| {r['ppl_word']:.2f} | {r['iw_nll']:.2f} | {r['neg_elbo']:.2f} | {r['kl']:.2f} "
-            f"| {r['mi']:.2f} | {r['au']}/{ptb.LATENT_DIM} | {r['recon_bleu']:.2f} "
-            f"| {r['updates']} | {fmt(r['best_update'], 'd')} | {r['train_min']:.1f} "
-            f"| {fmt(lm.get(r['data'], {}).get('ppl_word'), '.2f')} |"
+            f"| {r['mi']:.2f} | {r['au']}/{harness.LATENT_DIM} | {r['recon_bleu']:.2f} "
+            f"| {r['updates']} | {harness.fmt(r['best_update'], 'd')} | {r['train_min']:.1f} "
+            f"| {harness.fmt(lm.get(r['data'], {}).get('ppl_word'), '.2f')} |"
         )
     lines += ["", '"best at": the update of checkpoint_best.pt, the one evaluated.', "", "Targets:"]
     lines += [
@@ -224,22 +139,23 @@ def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
             "permutation, no rotation; all of the training text; "
             f"{pretrain['updates']} updates in {pretrain['minutes']:.1f} min of training "
             f"({length}, one thread); last validation loss "
-            f"{fmt(pretrain['valid_loss'], '.3f')} bits per token.",
+            f"{harness.fmt(pretrain['valid_loss'], '.3f')} bits per token.",
             f"- VAE, both inits: `--arch {b['vae_arch']}`, with the settings (KL remedies) of "
             "benchmarks/ptb.py below; fine-tuned: the same command with `--finetune-from-model` "
             "the pretrained checkpoint.",
         ]
         + [
             f"  - {name}{' (main setting: both data sizes)' if name == args.setting else ''}: "
-            f"`{' '.join(ptb.setting_args(ptb.SETTINGS[name]))}`"
+            f"`{' '.join(harness.setting_args(harness.SETTINGS[name]))}`"
             for name in dict.fromkeys([args.setting] + [r["setting"] for r in rows])
         ]
         + [
             f"- Training, every model: Adam (0.9, 0.98), lr {b['lr']}, inverse_sqrt with "
             f"{b['warmup']} warm-up updates, --max-tokens {b['max_tokens']}, dropout 0.1, seed "
-            f"{ptb.SEED}; {args.full_updates} updates on all the data, {args.subset_updates} on "
-            "the 10% slice (its text binarised with the full text's dictionary); two jobs at a "
-            "time with one thread each. checkpoint_best.pt (lowest validation loss, validating "
+            f"{harness.SEED}; {args.full_updates} updates on all the data, "
+            f"{args.subset_updates} on the 10% slice (its text binarised with the full text's "
+            "dictionary); two jobs at a time with one thread each. checkpoint_best.pt (lowest "
+            "validation loss, validating "
             f"from update {b['warmup']}, the end of the warm-up: `--validate-after-updates`) is "
             "evaluated.",
             "- LM PPL: benchmarks/ptb.py's transformer_lm (the VAE decoder's size) trained on the "
@@ -252,13 +168,13 @@ def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
 
 def main():
     # the settings that start from scratch (ptb.py's "BART init" ones already fine-tune)
-    fine_tunable = [n for n, s in ptb.SETTINGS.items() if not s.get("bart_init")]
+    fine_tunable = [n for n, s in harness.SETTINGS.items() if not s.get("bart_init")]
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--budget", choices=sorted(ptb.BUDGETS), default="cpu")
+    p.add_argument("--budget", choices=sorted(harness.BUDGETS), default="cpu")
     p.add_argument(
         "--data",
         default=os.path.join("..", "shared", "data", "ptb"),
@@ -268,12 +184,12 @@ def main():
     p.add_argument("--out", help="working folder (default benchmarks/runs/pretrained-<budget>)")
     p.add_argument(
         "--results",
-        default=os.path.join(ptb.REPO, "benchmarks", "results", "pretrained.md"),
+        default=os.path.join(harness.REPO, "benchmarks", "results", "pretrained.md"),
         help="the table (Markdown); the .json of the same name goes beside it",
     )
     p.add_argument(
         "--setting",
-        default=ptb.DEFAULT_SETTING,
+        default=harness.DEFAULT_SETTING,
         choices=fine_tunable,
         help="the VAE's KL remedy, a setting of benchmarks/ptb.py",
     )
@@ -349,11 +265,11 @@ def main():
         )
     if not args.results.endswith(".md"):
         p.error(f"--results must name a .md file, got {args.results}")
-    b = dict(ptb.BUDGETS[args.budget])
+    b = dict(harness.BUDGETS[args.budget])
     args.full_updates = args.full_updates or b["max_update"]
     args.subset_updates = args.subset_updates or args.full_updates // 2
     out = os.path.abspath(
-        args.out or os.path.join(ptb.REPO, "benchmarks", "runs", f"pretrained-{args.budget}")
+        args.out or os.path.join(harness.REPO, "benchmarks", "runs", f"pretrained-{args.budget}")
     )
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     if not os.path.isdir(args.data):
@@ -361,12 +277,12 @@ def main():
     corpus = {
         "name": os.path.basename(os.path.abspath(args.data)),
         "data": args.data,
-        "splits": ptb.corpus_stats(args.data),
+        "splits": harness.corpus_stats(args.data),
     }
-    data = {"full": ptb.prepare(args.data, out)}
-    subset = subset_corpus(args.data, out, DATA_SIZES["10%"])
-    corpus["subset_sentences"] = ptb.corpus_stats(subset)["train"]["sentences"]
-    data["10%"] = ptb.prepare(
+    data = {"full": harness.prepare(args.data, out)}
+    subset = harness.subset_corpus(args.data, out, DATA_SIZES["10%"])
+    corpus["subset_sentences"] = harness.corpus_stats(subset)["train"]["sentences"]
+    data["10%"] = harness.prepare(
         subset, out, "data-bin-10pct", srcdict=os.path.join(data["full"], "dict.txt")
     )
 
@@ -377,9 +293,9 @@ def main():
     # the next one starts training, so a session that ends early leaves finished rows
     # models: (setting, init, size) -> (folder, its evaluation's job); the LM's setting is None
     jobs, models = {}, {}
-    jobs["pretrain"] = ptb.train_job(
+    jobs["pretrain"] = harness.train_job(
         [
-            pretrain_cmd(
+            harness.pretrain_cmd(
                 data["full"],
                 b,
                 pre_dir,
@@ -408,46 +324,46 @@ def main():
             name, d = f"transformer_lm {size}", os.path.join(out, f"lm-{tag}")
         else:
             # the main setting's folders keep their plain names
-            suffix = "" if setting == args.setting else "-" + ptb.setting_dir(setting)
+            suffix = "" if setting == args.setting else "-" + harness.setting_dir(setting)
             name = f"bart_vae {init} {size}" + (f", {setting}" if suffix else "")
             d = os.path.join(out, f"vae-{init}-{tag}{suffix}")
         ckpt = os.path.join(d, "checkpoint_best.pt")
         if init == "lm":
-            cmds = [ptb.lm_train_cmd(data[size], b, updates, d)]
-            evaluation = ptb.lm_eval_job(
+            cmds = [harness.lm_train_cmd(data[size], b, updates, d)]
+            evaluation = harness.lm_eval_job(
                 data[size], ckpt, os.path.join(d, "test.log"), b, after=[name]
             )
         else:
-            cmds = ptb.vae_train_cmds(data[size], b, ptb.SETTINGS[setting], updates, d)
-            evaluation = ptb.vae_eval_job(
+            cmds = harness.vae_train_cmds(data[size], b, harness.SETTINGS[setting], updates, d)
+            evaluation = harness.vae_eval_job(
                 data[size], ckpt, "test", k, os.path.join(d, f"test-K{k}.json"), b, after=[name]
             )
-        if init == "lm":  # the VAE's selection starts after the warm-up (ptb.valid_selection)
+        if init == "lm":  # the VAE's selection starts after the warm-up (harness.valid_selection)
             cmds[-1] = cmds[-1] + ["--validate-after-updates", str(b["warmup"])]
         if init == "pretrained":
             cmds[0] = cmds[0] + ["--finetune-from-model", pretrained]
-        jobs[name] = ptb.train_job(
+        jobs[name] = harness.train_job(
             cmds, os.path.join(d, "train.log"), after=["pretrain"] if init == "pretrained" else []
         )
         jobs[f"eval {name}"] = evaluation
         models[(setting, init, size)] = (d, evaluation)
     if args.pretrain_only:
-        ptb.run_queue({"pretrain": jobs["pretrain"]}, slots=1)
-        ptb.log(f"pretrained BART: {pretrained}")
+        harness.run_queue({"pretrain": jobs["pretrain"]}, slots=1)
+        harness.log(f"pretrained BART: {pretrained}")
         return
     if not args.report:
-        ptb.run_queue(jobs, slots=2 if b["parallel"] else 1)
+        harness.run_queue(jobs, slots=2 if b["parallel"] else 1)
     pending = [n for n, j in jobs.items() if not os.path.isfile(j["done"])]
 
-    pre_summary = ptb.train_summary(os.path.join(pre_dir, "train.log"))
+    pre_summary = harness.train_summary(os.path.join(pre_dir, "train.log"))
     pretrain = {**pre_summary, "valid_loss": last_valid_loss(os.path.join(pre_dir, "train.log"))}
     rows, lm_rows = [], []
     for (setting, init, size), (d, evaluation) in models.items():
         if not os.path.isfile(evaluation["done"]):
             continue
-        trained = ptb.train_summary(os.path.join(d, "train.log"))
+        trained = harness.train_summary(os.path.join(d, "train.log"))
         if init == "lm":
-            lm = ptb.lm_result(evaluation["log"])
+            lm = harness.lm_result(evaluation["log"])
             lm_rows.append(
                 {
                     "model": "transformer_lm",
@@ -464,7 +380,7 @@ def main():
                     "init": init,
                     "data": size,
                     "setting": setting,
-                    **ptb.vae_metrics(report, trained),
+                    **harness.vae_metrics(report, trained),
                     "best_update": best_update(os.path.join(d, "train.log")),
                 }
             )
@@ -501,7 +417,7 @@ def main():
             indent=1,
         )
     print(table)
-    ptb.log(f"wrote {args.results} and {stem}.json")
+    harness.log(f"wrote {args.results} and {stem}.json")
 
 
 if __name__ == "__main__":

@@ -40,19 +40,17 @@ import json
 import os
 import re
 import sys
-from typing import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import ptb  # noqa: E402  (the shared trainings, queue and machine description)
+import harness  # noqa: E402  (the shared trainings, queue and machine description)
 
-REPO = ptb.REPO
-BIN = ptb.BIN
+REPO = harness.REPO
+BIN = harness.BIN
 PRIOR_KINDS = ("gmm", "flow")
 # the training texts of the reverse-PPL LMs: each prior's ancestral samples, the LM's own, and
 # as many real training sentences
 REVERSE_SOURCES = ("standard", *PRIOR_KINDS, "lm", "real")
 REVERSE_VALIDATE = 25
-SYNTH_UPDATES = 1200  # scripts/demo.py's default, for its LM too
 POINTS = {
     "synth": dict(corpus="synth", setting="BART init (the demo)"),
     "ptb, BART init, fb 0.5": dict(corpus="ptb", setting="BART init, fb 0.5"),
@@ -62,64 +60,8 @@ POINTS = {
 }
 
 
-def synth_jobs(out: str, b: dict, demo_args: Sequence[str] = ()) -> dict:
-    """The shipped corpus's VAE (scripts/demo.py, with `demo_args` if any) and reference LM."""
-    data = os.path.join(REPO, "data-bin", "synth")
-    d = os.path.join(out, "synth")
-    vae = os.path.join(d, "vae")
-    demo = [sys.executable, os.path.join(REPO, "scripts", "demo.py"), "--save-dir", vae]
-    demo += list(demo_args)
-    lm_cmd = ptb.lm_train_cmd(data, b, SYNTH_UPDATES, os.path.join(d, "lm"))
-    return {
-        "data": data,
-        "checkpoint": os.path.join(vae, "checkpoint_last.pt"),
-        "lm": os.path.join(d, "lm", "checkpoint_last.pt"),
-        "train_log": os.path.join(vae, "train.log"),
-        "grammar": "synth",
-        "jobs": {
-            "train synth": ptb.train_job([demo], os.path.join(vae, "train.log")),
-            "train synth lm": ptb.train_job([lm_cmd], os.path.join(d, "lm", "train.log")),
-        },
-        "train_job": "train synth",
-        "lm_job": "train synth lm",
-    }
-
-
-def ptb_jobs(setting: str, args, b: dict) -> dict:
-    """A PTB setting of benchmarks/ptb.py and its LM, in ptb.py's working folder."""
-    out = os.path.abspath(args.ptb_out)
-    data = ptb.prepare(args.ptb, out)
-    s = ptb.SETTINGS[setting]
-    bart = None
-    if s.get("bart_init"):
-        if not args.pretrained_bart:
-            sys.exit(f"prior.py: {setting!r} fine-tunes a pretrained BART: give --pretrained-bart")
-        bart = ptb.bart_pretraining(os.path.abspath(args.pretrained_bart), data)["checkpoint"]
-    d = os.path.join(out, "vae", ptb.setting_dir(setting))
-    lm_log = os.path.join(out, "lm", "train.log")
-    return {
-        "data": data,
-        "checkpoint": os.path.join(d, "checkpoint_last.pt"),
-        "lm": os.path.join(out, "lm", "checkpoint_last.pt"),
-        "train_log": os.path.join(d, "train.log"),
-        "grammar": None,
-        "jobs": {
-            f"train {setting}": ptb.train_job(
-                ptb.vae_train_cmds(data, b, s, b["max_update"], d, bart),
-                os.path.join(d, "train.log"),
-            ),
-            "train ptb lm": ptb.train_job(
-                [ptb.lm_train_cmd(data, b, b["max_update"], os.path.join(out, "lm"))], lm_log
-            ),
-        },
-        "train_job": f"train {setting}",
-        "lm_job": "train ptb lm",
-    }
-
-
 def yelp_jobs(setting: str, args, b: dict) -> dict:
     """The Yelp VAE of benchmarks/control.py (its pretraining, VAE and LM, in its folder)."""
-    import control
 
     options = argparse.Namespace(
         yelp=args.yelp,
@@ -128,7 +70,7 @@ def yelp_jobs(setting: str, args, b: dict) -> dict:
         pretrain_hours=0.75,
         iw_samples=args.iw_samples,
     )
-    jobs, paths = control.yelp_jobs(options, b)
+    jobs, paths = harness.yelp_jobs(options, b)
     return {
         "data": paths["data"],
         "checkpoint": os.path.join(paths["vae"], "checkpoint_last.pt"),
@@ -151,7 +93,7 @@ def eval_path(point: dict, kind: str, args) -> str:
 
 
 def fit_job(point: dict, kind: str, b: dict) -> dict:
-    return ptb.fit_prior_job(
+    return harness.fit_prior_job(
         point["data"], point["checkpoint"], kind, prior_path(point, kind), b, [point["train_job"]]
     )
 
@@ -161,7 +103,7 @@ def eval_job(point: dict, kind: str, args, b: dict) -> dict:
     extra += ["--prior-samples", str(args.prior_samples)]
     if point["grammar"]:
         extra += ["--sample-grammar", point["grammar"]]
-    return ptb.vae_eval_job(
+    return harness.vae_eval_job(
         point["data"],
         point["checkpoint"],
         "test",
@@ -180,7 +122,7 @@ def lm_test_log(point: dict) -> str:
 
 def lm_test_job(point: dict, b: dict) -> dict:
     """The reference LM's own test PPL (fairseq-eval-lm), the "lm" row's ppl_word."""
-    return ptb.lm_eval_job(
+    return harness.lm_eval_job(
         point["data"], point["lm"], lm_test_log(point), b, after=[point["lm_job"]]
     )
 
@@ -200,7 +142,7 @@ def reverse_jobs(point: dict, args, b: dict) -> dict:
         d = reverse_dir(point, source, args)
         text, data = os.path.join(d, "train.txt"), os.path.join(d, "data-bin")
         if source == "real":
-            write = [*tool, "real", point["data"], str(args.prior_samples), str(ptb.SEED)]
+            write = [*tool, "real", point["data"], str(args.prior_samples), str(harness.SEED)]
             after = []
         else:
             kind = source if source in PRIOR_KINDS else PRIOR_KINDS[0]
@@ -215,18 +157,18 @@ def reverse_jobs(point: dict, args, b: dict) -> dict:
             for ext in ("bin", "idx")
         ]
         lm = os.path.join(d, "lm")
-        train = ptb.lm_train_cmd(data, b, args.reverse_updates, lm)
+        train = harness.lm_train_cmd(data, b, args.reverse_updates, lm)
         every = str(REVERSE_VALIDATE)
         train += ["--validate-interval-updates", every, "--save-interval-updates", every]
         # validated every REVERSE_VALIDATE updates only: an epoch is a few updates here
         train += ["--keep-interval-updates", "1", "--validate-interval", "1000000"]
         train += ["--save-interval", "1000000"]
         name = f"reverse {source} {point['name']}"
-        jobs[name] = ptb.train_job(
+        jobs[name] = harness.train_job(
             [[*write, text], binarise, *links, train], os.path.join(lm, "train.log"), after
         )
         best = os.path.join(lm, "checkpoint_best.pt")
-        jobs[f"eval {name}"] = ptb.lm_eval_job(
+        jobs[f"eval {name}"] = harness.lm_eval_job(
             data, best, os.path.join(d, "test.log"), b, after=[name]
         )
     return jobs
@@ -239,7 +181,7 @@ def reverse_ppl(point: dict, args) -> dict:
     logs = {s: os.path.join(reverse_dir(point, s, args), "test.log") for s in REVERSE_SOURCES}
     # (with --report, the runs not finished yet are left out)
     return {
-        s: ptb.lm_result(log)["ppl"] for s, log in logs.items() if os.path.isfile(log + ".done")
+        s: harness.lm_result(log)["ppl"] for s, log in logs.items() if os.path.isfile(log + ".done")
     }
 
 
@@ -268,9 +210,9 @@ def sample_fields(row: dict, real: dict, reverse: dict) -> dict:
 
 
 def training_seconds(logfile: str):
-    """A training's seconds: fairseq's wall clock in its log (ptb.train_summary), or, for the
+    """A training's seconds: fairseq's wall clock in its log (harness.train_summary), or, for the
     demo (which echoes only part of each line), the sum of its "done training in" lines."""
-    minutes = ptb.train_summary(logfile)["minutes"]
+    minutes = harness.train_summary(logfile)["minutes"]
     if minutes:
         return 60 * minutes
     done = re.findall(r"done training in ([\d.]+) seconds", open(logfile).read())
@@ -314,7 +256,7 @@ def point_rows(point: dict, args) -> list:
                 if r["prior"] == prior:
                     add(prior, report, r, ppl, kl, m["mi"], seconds)
     report = json.load(open(eval_path(point, PRIOR_KINDS[0], args)))
-    lm_ppl = ptb.lm_result(lm_test_log(point))["ppl"]
+    lm_ppl = harness.lm_result(lm_test_log(point))["ppl"]
     for r in report["prior_samples"]["rows"]:
         if r["prior"] == "lm":
             add("lm", report, r, lm_ppl, None, None, None)
@@ -336,7 +278,7 @@ def kept_rows(path: str) -> list:
 
 
 def fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    return harness.fmt(value, spec, missing="-")
 
 
 def point_name(row: dict) -> str:
@@ -351,7 +293,7 @@ def results_markdown(args, rows: list) -> str:
         "Made by (each point's rows by one run; a rerun with --keep-other-points replaces the "
         "rows of its own points and keeps the others):",
         "",
-        *ptb.made_lines(rows, point_name),
+        *harness.made_lines(rows, point_name),
         "",
         f"IW-PPL per word on the test split with K={args.iw_samples} "
         "importance samples; KL to the prior per sentence (Monte Carlo for a fitted prior); "
@@ -496,17 +438,17 @@ def main():
     unknown = [n for n in names if n not in POINTS]
     if unknown:
         p.error(f"--points: unknown {unknown}; choose from {list(POINTS)}")
-    b = dict(ptb.BUDGETS["cpu"])
-    made = ptb.made_by("benchmarks/prior.py")
+    b = dict(harness.BUDGETS["cpu"])
+    made = harness.made_by("benchmarks/prior.py")
     points, jobs = [], {}
     for name in names:
         info = POINTS[name]
         if info["corpus"] == "synth":
-            point = synth_jobs(os.path.abspath(args.out), b)
+            point = harness.synth_jobs(os.path.abspath(args.out), b)
         elif info["corpus"] == "yelp":
             point = yelp_jobs(info["setting"], args, b)
         else:
-            point = ptb_jobs(info["setting"], args, b)
+            point = harness.ptb_jobs(info["setting"], args, b)
         point.update(name=name, **info)
         jobs.update(point.pop("jobs"))
         for kind in PRIOR_KINDS:
@@ -518,14 +460,14 @@ def main():
             jobs.update(reverse_jobs(point, args, b))
         points.append(point)
     if not args.report:
-        ptb.run_queue(jobs, 2)
+        harness.run_queue(jobs, 2)
     else:  # the points whose evaluations have finished
         finished = [
             p for p in points if all(os.path.isfile(eval_path(p, k, args)) for k in PRIOR_KINDS)
         ]
         for point in points:
             if point not in finished:
-                ptb.log(f"--report: {point['name']} is not evaluated yet: left out")
+                harness.log(f"--report: {point['name']} is not evaluated yet: left out")
         points = finished
 
     rows = [dict(r, made=made) for point in points for r in point_rows(point, args)]
@@ -540,7 +482,7 @@ def main():
         json.dump({"rows": rows}, f, indent=1)
     plot(stem + ".png", rows)
     print(open(args.results).read())
-    ptb.log(f"wrote {args.results}, {stem}.json and {stem}.png")
+    harness.log(f"wrote {args.results}, {stem}.json and {stem}.png")
 
 
 if __name__ == "__main__":

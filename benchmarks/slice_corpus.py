@@ -14,7 +14,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import pretrained  # noqa: E402
+import harness  # noqa: E402
 
 
 def main():
@@ -28,7 +28,7 @@ def main():
         if not os.path.isfile(os.path.join(args.data, f"{split}.txt")):
             p.error(f"--data {args.data}: no {split}.txt there")
     try:
-        dest = pretrained.slice_corpus(args.data, args.out, args.train, args.valid)
+        dest = harness.slice_corpus(args.data, args.out, args.train, args.valid)
     except ValueError as e:
         p.error(str(e))
     print(dest)

@@ -86,7 +86,7 @@ RECIPES = {
     # a BART pretrained on the corpus with fairseq's denoising task (text infilling, at
     # bart_vae_small's dimensions), then fine-tuned as the VAE with cyclical annealing and free
     # bits 0.25: the pretrained encoder already separates sentences, so the same KL buys more
-    # information (benchmarks/ptb.py's "BART init" settings; README "Results")
+    # information (the "BART init" settings of benchmarks/harness.py; README "Results")
     "bart-init": [
         (
             "BART's denoising pretraining (fairseq's denoising task)",

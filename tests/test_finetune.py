@@ -199,7 +199,7 @@ def test_a_kept_pretraining_checkpoint_is_the_shorter_pretraining(tmp_path):
     pretraining, as the rate does not depend on the total, and benchmarks/ptb.py reports its own
     update count, not its folder's."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import ptb
+    import harness
 
     schedule = ["--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10"]
     longer = pretrain_bart(
@@ -209,5 +209,5 @@ def test_a_kept_pretraining_checkpoint_is_the_shorter_pretraining(tmp_path):
     short = pretrain_bart(SYNTH, str(tmp_path / "short"), 32, 30, *schedule)
     for name, value in load(short).items():
         torch.testing.assert_close(load(kept)[name], value, rtol=0, atol=0, msg=name)
-    assert ptb.bart_pretraining(kept, SYNTH)["updates"] == 30
-    assert ptb.bart_pretraining(longer, SYNTH)["updates"] == 60
+    assert harness.bart_pretraining(kept, SYNTH)["updates"] == 30
+    assert harness.bart_pretraining(longer, SYNTH)["updates"] == 60

@@ -247,3 +247,25 @@ def test_no_module_of_the_package_is_over_500_lines():
                 path = os.path.join(folder, name)
                 sizes[os.path.relpath(path, ROOT)] = sum(1 for _ in open(path, encoding="utf-8"))
     assert not {path: n for path, n in sizes.items() if n > 500}
+
+
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+
+
+def test_each_benchmark_study_imports_the_harness_and_no_other_study():
+    """benchmarks/harness.py holds what the studies share; a study imports it and, where it has
+    one, its own report module (<study>_report.py), never another study, and stays short."""
+    modules = {name[: -len(".py")] for name in os.listdir(BENCHMARKS) if name.endswith(".py")}
+    studies = modules - {"harness"} - {m for m in modules if m.endswith("_report")}
+    assert {"ptb", "pretrained", "prior", "control", "overhead"} <= studies
+    for study in sorted(studies):
+        path = os.path.join(BENCHMARKS, f"{study}.py")
+        local = imported_modules(path) & modules
+        allowed = {"harness", f"{study}_report"}
+        assert local <= allowed, f"benchmarks/{study}.py imports {sorted(local - allowed)}"
+        lines = sum(1 for _ in open(path, encoding="utf-8"))
+        assert lines <= 500, f"benchmarks/{study}.py has {lines} lines (at most 500)"
+    for report in modules - studies - {"harness"}:
+        local = imported_modules(os.path.join(BENCHMARKS, f"{report}.py")) & modules
+        assert local <= {"harness"}, f"benchmarks/{report}.py imports {sorted(local)}"
+    assert imported_modules(os.path.join(BENCHMARKS, "harness.py")) & modules == set()
