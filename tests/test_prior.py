@@ -116,6 +116,15 @@ def test_mixture_samples_have_the_mixture_moments():
     assert not torch.equal(first, prior.sample(5, generator=torch.Generator().manual_seed(8)))
 
 
+def test_every_prior_draws_no_latents_as_an_empty_tensor():
+    from fairseq_vae.latent_space.prior import FlowPrior
+
+    mixture, _ = known_mixture()
+    for prior in (StandardNormalPrior(2), mixture, FlowPrior(2, hidden_features=(4,))):
+        z = prior.sample(0, generator=torch.Generator().manual_seed(1))
+        assert z.shape == (0, 2) and z.dtype == torch.float32, prior.kind
+
+
 def test_the_number_of_components_is_chosen_on_valid_not_train():
     # 40 points of one Gaussian: 8 components fit the training points better and the
     # valid points worse
@@ -260,6 +269,21 @@ def test_flow_density_integrates_to_one_and_its_samples_follow_it(transform):
     if transform == "nsf":  # the spline flow learns the two modes: better than any Gaussian
         gaussian, _ = fit_gmm(two_clusters(2000, 0), two_clusters(400, 1), components=(1,))
         assert info["valid_ll"] > mean_log_likelihood(two_clusters(400, 1), gaussian) + 0.3
+
+
+def test_a_flow_refuses_one_training_row_and_a_dimension_without_spread():
+    config = FlowConfig(hidden_features=(4,), transforms=1, max_steps=2, eval_interval=1)
+    valid = two_clusters(10, 1)
+    # one row has no spread to standardise by (its std is NaN): refused before training,
+    # not reported as a never-finite likelihood
+    with pytest.raises(ValueError, match="at least 2 training samples of z to standardise them"):
+        fit_flow(two_clusters(2, 0)[:1], valid, config)
+    flat = two_clusters(20, 0)
+    flat[:, 1] = 0.5
+    with pytest.raises(ValueError, match=r"a single value in dimension\(s\) \[1\]"):
+        fit_flow(flat, valid, config)
+    with pytest.raises(ValueError, match="at least 1 valid sample"):
+        fit_flow(two_clusters(20, 0), valid[:0], config)
 
 
 def test_flow_training_stops_early_and_keeps_its_best_weights():

@@ -378,6 +378,12 @@ def test_hub_sample_refuses_a_prior_of_another_model(setup, hub):
     assert len(hub.sample(2, seed=1, prior=StandardNormalPrior(LATENT))) == 2
 
 
+def test_hub_samples_no_sentences_from_a_fitted_prior(setup, hub):
+    _, _, _, _, files = setup
+    assert hub.sample(0, seed=1, prior=files["gmm"]) == []
+    assert hub.sample(0, seed=1) == []
+
+
 def test_sample_script_draws_from_the_prior_file(setup, hub):
     _, _, checkpoint, data, files = setup
     script = [sys.executable, os.path.join(ROOT, "scripts", "sample.py"), "--checkpoint-dir",

@@ -102,6 +102,28 @@ def test_guided_move_reaches_the_confidence_scikit_learn_reads(sizes):
     assert torch.equal(guided_latents(sure, d, target, 0.5), sure)
 
 
+def test_a_guided_move_short_of_its_confidence_says_so(monkeypatch, caplog):
+    from fairseq_vae.latent_space import steering
+
+    x, labels = clusters((30, 40, 50), seed=3)
+    d = fit_directions(torch.from_numpy(x), labels, "f")
+    z = torch.from_numpy(x[:30])
+    with caplog.at_level("WARNING", logger="fairseq_vae.latent_space.steering"):
+        guided_latents(z, d, "v2", confidence=0.9)
+    assert not caplog.records, caplog.text
+    # three steps of a twentieth of the means' spread cannot cross from v0 to v2
+    monkeypatch.setattr(steering, "GUIDED_STEPS", 3)
+    with caplog.at_level("WARNING", logger="fairseq_vae.latent_space.steering"):
+        moved = guided_latents(z, d, "v2", confidence=0.9)
+    reached = torch.softmax(d.logits(moved), -1)[:, 2]
+    short = int((reached < 0.9).sum())
+    assert short > 0
+    assert (
+        f"guided move to f=v2: {short} of 30 latents stopped after 3 steps at p(v2) "
+        f"{reached.min().item():.3f} (the lowest), short of the asked confidence 0.9"
+    ) in caplog.text
+
+
 def test_bad_labels_and_values_are_named():
     x, labels = clusters((10, 10))
     with pytest.raises(ValueError, match="factor 'f': 19 labels for 20 sentences"):

@@ -184,6 +184,8 @@ class GaussianMixturePrior(Prior):
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         device = self.means.device
+        if n == 0:  # torch.multinomial refuses to draw none; N(0, I) returns 0 x D
+            return torch.zeros(0, self.latent_dim, device=device)
         component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(
             n, self.latent_dim, generator=generator, device=device, dtype=torch.float64
@@ -423,6 +425,25 @@ def fit_gmm(
     }
 
 
+def check_flow_rows(train_z: Tensor, valid_z: Tensor):
+    """A ValueError unless the flow's standardisation is defined: at least 2 training rows
+    (one row's spread is NaN, and the flow would diverge) with a spread in every dimension,
+    and at least one valid row to choose the weights on."""
+    if train_z.dim() != 2 or train_z.size(0) < 2:
+        raise ValueError(
+            f"a flow needs at least 2 training samples of z to standardise them, got "
+            f"{train_z.size(0) if train_z.dim() else 0}"
+        )
+    flat = (train_z.detach().float().std(dim=0) == 0).nonzero().flatten().tolist()
+    if flat:
+        raise ValueError(
+            f"the training samples of z take a single value in dimension(s) {flat[:10]}: a flow "
+            "cannot standardise a dimension without spread"
+        )
+    if valid_z.size(0) < 1:
+        raise ValueError("a flow needs at least 1 valid sample of z to choose its weights on")
+
+
 def fit_flow(
     train_z: Tensor, valid_z: Tensor, config: Optional[FlowConfig] = None, seed: int = 1
 ) -> Tuple[FlowPrior, dict]:
@@ -434,6 +455,7 @@ def fit_flow(
     config = config or FlowConfig()
     if config.eval_interval < 1 or config.max_steps < 1 or config.batch_size < 1:
         raise ValueError(f"flow training needs positive step counts and batch size: {config}")
+    check_flow_rows(train_z, valid_z)
     device = train_z.device
     train, valid = train_z.detach().float(), valid_z.detach().float().to(device)
     with torch.random.fork_rng(devices=[]):  # the flow's initialisation, not the caller's stream

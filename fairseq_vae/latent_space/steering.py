@@ -13,7 +13,8 @@ sentence is moved from the value the classifier reads in its z (``source``) to t
 * ``guided_latents``: the smallest move that makes the classifier give the target value a
   chosen probability: in closed form for a factor of two values (the point on the line
   z + t u where the logit reaches log(c / (1 - c))), by gradient steps on log p(to | z)
-  otherwise, stopping as soon as the probability is reached.
+  otherwise, stopping as soon as the probability is reached or after ``GUIDED_STEPS`` steps
+  (a warning then names the probability reached).
 
 A sentence the classifier already reads as the target value does not move. The directions save
 to a file of tensors and plain values (``torch.load(weights_only=True)`` reads it) that names
@@ -21,6 +22,7 @@ the model it was fitted to, as a prior file does, so transfer does not refit and
 another model is refused.
 """
 
+import logging
 import math
 from typing import List, Optional, Sequence
 
@@ -34,6 +36,8 @@ from fairseq_vae.latent_space.prior_file import (
     read_payload,
     write_payload,
 )
+
+logger = logging.getLogger(__name__)
 
 DIRECTIONS_FORMAT = "fairseq_vae.directions"
 DIRECTIONS_FORMAT_VERSION = 1
@@ -153,7 +157,16 @@ def guided_latents(z: Tensor, directions: Directions, to: str, confidence: float
             (grad,) = torch.autograd.grad(log_p.sum(), x)
             unit = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-300)
             x = x + step * unit * todo[:, None]
-    return x.detach().to(z.dtype)
+    x = x.detach()
+    reached = torch.softmax(directions.logits(x), -1)[:, target]
+    short = reached < confidence
+    if short.any():
+        logger.warning(
+            f"guided move to {directions.factor}={to}: {int(short.sum())} of {len(x)} latents "
+            f"stopped after {GUIDED_STEPS} steps at p({to}) {reached.min().item():.3f} (the "
+            f"lowest), short of the asked confidence {confidence}"
+        )
+    return x.to(z.dtype)
 
 
 def move_latents(
