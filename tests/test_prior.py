@@ -335,10 +335,10 @@ def test_a_saved_prior_loads_with_weights_only_and_gives_the_same_density(kind, 
 def test_a_prior_file_holding_a_pickled_object_is_refused(tmp_path):
     path = tmp_path / "bad.pt"
     torch.save({"format": "fairseq_vae.prior", "config": FlowConfig()}, path)
-    with pytest.raises(ValueError, match="not a readable prior file"):
+    with pytest.raises(ValueError, match="bad.pt is not a prior file fairseq_vae wrote"):
         load_prior(str(path))
     torch.save({"something": torch.zeros(1)}, path)
-    with pytest.raises(ValueError, match="not a fairseq_vae prior file"):
+    with pytest.raises(ValueError, match="bad.pt is not a prior file fairseq_vae wrote"):
         load_prior(str(path))
     with pytest.raises(ValueError, match="must be JSON-able"):
         save_prior(str(tmp_path / "p.pt"), StandardNormalPrior(2), {"config": FlowConfig()})
@@ -346,6 +346,33 @@ def test_a_prior_file_holding_a_pickled_object_is_refused(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # The model a prior belongs to
+
+
+class RunsOnLoad:
+    """Pickles as a call of os.getcwd: a global that weights_only refuses."""
+
+    def __reduce__(self):
+        return os.getcwd, ()
+
+
+@pytest.mark.parametrize("what", ["prior", "directions"])
+@pytest.mark.parametrize("content", ["random bytes", "disallowed global"])
+def test_a_corrupt_file_is_refused_without_torchs_advice(what, content, tmp_path):
+    from fairseq_vae.latent_space.steering import load_directions
+
+    path = tmp_path / "file.pt"
+    if content == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    else:
+        torch.save({"format": f"fairseq_vae.{what}", "config": RunsOnLoad()}, path)
+    load = load_prior if what == "prior" else load_directions
+    with pytest.raises(ValueError) as error:
+        load(str(path))
+    made_by = "fairseq-vae-fit-prior" if what == "prior" else "scripts/transfer.py --fit"
+    # one line naming the file, and nothing of torch's advice (weights_only=False would run it)
+    assert str(error.value) == (
+        f"{path} is not a {what} file fairseq_vae wrote ({made_by} writes one)"
+    )
 
 
 def test_a_prior_is_refused_for_another_model_or_latent_size(dict_dir, tmp_path):

@@ -101,12 +101,18 @@ def read_payload(path: str, file_format: str, version: int, what: str, made_by: 
     file, another format or another version is a ValueError naming the file."""
     if not os.path.isfile(path):
         raise ValueError(f"{what} file {path} does not exist ({made_by} writes one)")
+    not_ours = f"{path} is not a {what} file fairseq_vae wrote ({made_by} writes one)"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated file, or one holding pickled classes
-        raise ValueError(f"{path} is not a readable {what} file: {error}") from None
+    except OSError as error:
+        raise ValueError(f"cannot read {what} file {path}: {error}") from None
+    except Exception:
+        # a damaged file, or a pickle naming a global off the allow-list: torch's message
+        # advises weights_only=False, which would run what the pickle asks for, and reporting
+        # the file to torch; neither helps with a file this tool did not write
+        raise ValueError(not_ours) from None
     if not isinstance(payload, dict) or payload.get("format") != file_format:
-        raise ValueError(f"{path} is not a fairseq_vae {what} file ({made_by})")
+        raise ValueError(not_ours)
     if payload.get("version") != version:
         raise ValueError(
             f"{what} file {path} has format version {payload.get('version')}; this fairseq_vae "
