@@ -406,7 +406,7 @@ def main():
     args = p.parse_args()
     stem = args.results[: -len(".md")]
     if args.report:
-        control_report.write_results(args.results, control_report.read_measurements(stem))
+        control_report.write_results(args.results, harness.read_results_json(stem)["measurements"])
         return
     corpora = [c.strip() for c in args.corpora.split(";") if c.strip()]
     if set(corpora) - {"yelp", "synth"}:
@@ -435,7 +435,7 @@ def main():
     measurements = [measure(args, c, paths, synth_point, made) for c in corpora]
     if args.keep_other_models and os.path.isfile(stem + ".json"):
         ours = {(m["corpus"], m["model"]) for m in measurements}
-        earlier = control_report.read_measurements(stem)
+        earlier = harness.read_results_json(stem)["measurements"]
         measurements = [m for m in earlier if (m["corpus"], m["model"]) not in ours] + measurements
     control_report.write_results(args.results, measurements)
 

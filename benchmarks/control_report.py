@@ -4,7 +4,6 @@ all written from the measurements alone, so that `control.py --report` rewrites 
 running anything. Part of the control study: only control.py imports it.
 """
 
-import json
 import os
 import sys
 
@@ -221,46 +220,14 @@ def control_json(measurements: list) -> dict:
     }
 
 
-def split_examples(measurements: list) -> tuple:
-    """(the measurements without their rows' decoded examples, the examples apart: a record per
-    measurement naming it, with the examples of each "transfer" and "analogies" row in order)."""
-    numbers, examples = [], []
-    for m in measurements:
-        kept, apart = dict(m), {"corpus": m["corpus"], "model": m["model"]}
-        for key in ("transfer", "analogies"):
-            if key in m:
-                apart[key] = [r.get("examples") for r in m[key]]
-                kept[key] = [{k: v for k, v in r.items() if k != "examples"} for r in m[key]]
-        numbers.append(kept)
-        examples.append(apart)
-    return numbers, examples
-
-
-def read_measurements(stem: str) -> list:
-    """The measurements of stem.json, with their examples from stem-examples.json put back."""
-    measurements = json.load(open(stem + ".json"))["measurements"]
-    path = stem + "-examples.json"
-    examples = json.load(open(path))["measurements"] if os.path.isfile(path) else []
-    by_name = {(e["corpus"], e["model"]): e for e in examples}
-    for m in measurements:
-        apart = by_name.get((m["corpus"], m["model"]), {})
-        for key, rows in apart.items():
-            if key in ("transfer", "analogies"):
-                for row, found in zip(m[key], rows):
-                    if found is not None:
-                        row["examples"] = found
-    return measurements
-
-
 def write_results(path: str, measurements: list):
-    """The markdown table, the JSON with the same numbers and Yelp's trade-off plot."""
+    """The markdown table, the JSON with the same numbers (the decoded examples apart) and
+    Yelp's trade-off plot."""
     measurements = sorted(measurements, key=lambda m: m["corpus"] != "yelp")
     with open(path, "w") as f:
         f.write(markdown(measurements))
     stem = path[: -len(".md")]
-    numbers, examples = split_examples(measurements)
-    json.dump(control_json(numbers), open(stem + ".json", "w"), indent=1)
-    json.dump({"measurements": examples}, open(stem + "-examples.json", "w"), indent=1)
+    harness.write_results_json(stem, control_json(measurements))
     yelp = [m for m in measurements if m["corpus"] == "yelp"]
     if yelp:
         plot(stem + ".png", yelp)

@@ -805,6 +805,51 @@ def rel(path: Optional[str]) -> Optional[str]:
     return None if path is None else os.path.relpath(os.path.abspath(path), REPO)
 
 
+def split_examples(data, path: str = "") -> tuple:
+    """(data without its "examples" entries, {where: examples}): a results JSON keeps the
+    numbers, and the decoded examples go to a file of their own; `where` is the entry's path of
+    keys and list indices ("rows/3/samples"), by which join_examples puts it back."""
+    if isinstance(data, dict):
+        kept, apart = {}, {}
+        for key, value in data.items():
+            if key == "examples":
+                apart[path] = value
+                continue
+            kept[key], more = split_examples(value, f"{path}/{key}" if path else str(key))
+            apart.update(more)
+        return kept, apart
+    if isinstance(data, list):
+        kept, apart = [], {}
+        for i, value in enumerate(data):
+            item, more = split_examples(value, f"{path}/{i}" if path else str(i))
+            kept.append(item)
+            apart.update(more)
+        return kept, apart
+    return data, {}
+
+
+def write_results_json(stem: str, data):
+    """stem.json (the numbers) and stem-examples.json (the decoded examples, if any)."""
+    numbers, examples = split_examples(data)
+    with open(stem + ".json", "w") as f:
+        json.dump(numbers, f, indent=1)
+    if examples:
+        with open(stem + "-examples.json", "w") as f:
+            json.dump(examples, f, indent=1)
+
+
+def read_results_json(stem: str):
+    """What write_results_json wrote, with the examples put back where they were."""
+    data = json.load(open(stem + ".json"))
+    path = stem + "-examples.json"
+    for where, examples in (json.load(open(path)) if os.path.isfile(path) else {}).items():
+        node = data
+        for step in where.split("/") if where else []:
+            node = node[int(step)] if isinstance(node, list) else node[step]
+        node["examples"] = examples
+    return data
+
+
 SUBSET_SEED = 1
 
 

@@ -268,7 +268,7 @@ def point_rows(point: dict, args) -> list:
 def kept_rows(path: str) -> list:
     """The rows of an earlier table's JSON; rows written before each row named its run get the
     file's own start and machine."""
-    earlier = json.load(open(path))
+    earlier = harness.read_results_json(path[: -len(".json")])
     default = {
         "command": earlier.get("command", "benchmarks/prior.py (an earlier run)"),
         "started": earlier.get("started"),
@@ -478,8 +478,7 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     with open(args.results, "w") as f:
         f.write(results_markdown(args, rows))
-    with open(stem + ".json", "w") as f:
-        json.dump({"rows": rows}, f, indent=1)
+    harness.write_results_json(stem, {"rows": rows})
     plot(stem + ".png", rows)
     print(open(args.results).read())
     harness.log(f"wrote {args.results}, {stem}.json and {stem}.png")
