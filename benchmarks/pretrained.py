@@ -100,7 +100,7 @@ def markdown(args, b, corpus, pretrain, rows, lm_rows, started) -> str:
         f"Written by `benchmarks/pretrained.sh {' '.join(sys.argv[1:])}` on {started}.",
         f"Machine: {harness.machine()}.",
         "",
-        f"Corpus `{name}` (`{args.data}`): "
+        f"Corpus `{name}` (`{harness.rel(args.data)}`): "
         + ", ".join(
             f"{s} {c['sentences']} sentences / {c['tokens']} tokens"
             for s, c in corpus["splits"].items()
@@ -276,7 +276,7 @@ def main():
         p.error(f"--data {args.data}: no such folder")
     corpus = {
         "name": os.path.basename(os.path.abspath(args.data)),
-        "data": args.data,
+        "data": harness.rel(args.data),
         "splits": harness.corpus_stats(args.data),
     }
     data = {"full": harness.prepare(args.data, out)}
