@@ -93,6 +93,17 @@ class Prior(nn.Module):
             )
 
 
+def cpu_normal(
+    n: int, dim: int, generator: Optional[torch.Generator], dtype=torch.float32
+) -> Tensor:
+    """n x dim standard normal draws made on the CPU: a seeded CPU generator gives the same
+    stream wherever the prior lives, so fairseq-generate, the hub and fairseq-vae-eval decode
+    the same z for one --seed on a GPU as on the CPU (a CUDA generator's stream differs)."""
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError("priors draw on the CPU: pass torch.Generator() (a CPU generator)")
+    return torch.randn(n, dim, generator=generator, dtype=dtype)
+
+
 class StandardNormalPrior(Prior):
     """N(0, I), the prior the VAE was trained with."""
 
@@ -104,8 +115,7 @@ class StandardNormalPrior(Prior):
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
-        device = generator.device if generator is not None else self.device()
-        return torch.randn(n, self.latent_dim, generator=generator, device=device)
+        return cpu_normal(n, self.latent_dim, generator).to(self.device())
 
 
 class GaussianMixturePrior(Prior):
@@ -186,10 +196,10 @@ class GaussianMixturePrior(Prior):
         device = self.means.device
         if n == 0:  # torch.multinomial refuses to draw none; N(0, I) returns 0 x D
             return torch.zeros(0, self.latent_dim, device=device)
-        component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        eps = torch.randn(
-            n, self.latent_dim, generator=generator, device=device, dtype=torch.float64
-        )
+        weights = self.weights.cpu()  # drawn on the CPU, whatever the device (cpu_normal)
+        component = torch.multinomial(weights, n, replacement=True, generator=generator)
+        eps = cpu_normal(n, self.latent_dim, generator, torch.float64).to(device)
+        component = component.to(device)
         z = self.means[component] + (self.scale_tril[component] @ eps[:, :, None]).squeeze(-1)
         return z.float()
 
@@ -286,7 +296,7 @@ class FlowPrior(Prior):
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         dist = self.flow()
-        eps = torch.randn(n, self.latent_dim, generator=generator, device=self.loc.device)
+        eps = cpu_normal(n, self.latent_dim, generator).to(self.loc.device)
         x = dist.transform.inv(dist.base.mean + dist.base.stddev * eps)
         return self.loc + self.scale * x
 

@@ -51,7 +51,7 @@ UNDEFINED = "n/a"
 
 def draw_latents(prior: Prior, n: int, seed: int) -> torch.Tensor:
     """z_1..z_n from the prior, fixed by the seed alone (the hub's and fairseq-generate's)."""
-    return prior.sample(n, generator=torch.Generator(device=prior.device()).manual_seed(seed))
+    return prior.sample(n, generator=torch.Generator().manual_seed(seed))  # CPU: cpu_normal
 
 
 def decoding_config(generation_cfg, decoding: str):

@@ -317,7 +317,7 @@ class BARTVAEHubInterface(nn.Module):
             self.check_prior(prior)
         generator = None
         if seed is not None:
-            generator = torch.Generator(device=prior.device()).manual_seed(seed)
+            generator = torch.Generator().manual_seed(seed)  # priors draw on the CPU
         z = prior.sample(n, generator=generator)
         return self.decode(z, seed=seed, **generation_options)
 
