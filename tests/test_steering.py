@@ -256,6 +256,22 @@ def test_generate_refuses_bad_direction_options(steer, extra, message):
     assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--direction-to", "Long"], "--direction-to 'Long'"),  # the values are lower-case
+        (["--direction-to", "long", "--direction-file", "missing.pt"], "missing.pt"),
+    ],
+)  # fmt: skip
+def test_interactive_refuses_bad_direction_options_before_the_first_line(steer, extra, message):
+    """No line is typed: the old check, on the first sentence, never ran and the tool ended 0."""
+    _, checkpoint, data, path, _ = steer
+    result = run("fairseq-interactive", data, "--user-dir", USER_DIR, "--task", "text_vae",
+                 "--path", checkpoint, "--cpu", "--direction-file", path, *extra, input="",
+                 check=False)  # fmt: skip
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+
+
 def test_transfer_script_fits_then_moves_lines(steer, tmp_path):
     hub, checkpoint, data, _, _ = steer
     sentences, labels = tmp_path / "s.txt", tmp_path / "labels.tsv"

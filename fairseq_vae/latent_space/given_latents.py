@@ -85,14 +85,22 @@ class SteeredMeans:
             )
         self.path, self.to, self.strength = path, to, strength
         self.method, self.confidence = method, confidence
-        self.directions = None
+        # read and checked at start-up, before fairseq-interactive's first prompt: a missing
+        # file or a value the factor never takes (--direction-to is case-sensitive) is refused
+        # now; whether they were fitted to the model is checked when the model is known
+        self.directions = load_directions(path)
+        try:
+            self.directions.index(to)
+        except ValueError as e:
+            raise ValueError(f"--direction-to {to!r} ({path}): {e}") from None
+        self.model_checked = False
 
     @torch.no_grad()
     def latents(self, models, sample) -> torch.Tensor:
         model = single_model(models, "--direction-file", self.path)
-        if self.directions is None:
+        if not self.model_checked:
             self.directions = load_directions(self.path, model)
-            self.directions.index(self.to)  # a value the factor never takes: refused now
+            self.model_checked = True
             how = (
                 f"until the classifier is {self.confidence} sure"
                 if self.confidence is not None
