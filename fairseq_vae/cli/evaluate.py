@@ -25,9 +25,7 @@ Every number follows the definitions of the reference implementation, jxhe/vae-l
 
 A perplexity beyond a double (above ~709.78 nats per unit) is reported as inf, in the table
 and in the JSON (``Infinity``, which Python's json reads back as inf). On a one-sentence split
-MI, AU and the probes are undefined: "undefined (one sentence)" in the table, null in the JSON;
-so are, with ``--prior-samples``, the real sentence's self-BLEU and any distinct-n of sentences
-too short to hold an n-gram ("n/a" in the prior-sample table, null in the JSON).
+MI, AU and the probes are undefined: "undefined (one sentence)" in the table, null in the JSON.
 
 One posterior sample per sentence serves the -ELBO and the MI: the first importance sample,
 which is a draw from q(z|x) like any other, so no extra decoding pass is needed. The estimators

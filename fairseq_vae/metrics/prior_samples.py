@@ -13,7 +13,9 @@ Step by step, each a function below:
    choice), the measures of ``fairseq_vae.metrics.sample_quality``: distinct-1/2/3 (corpus-level),
    self-BLEU-4, the share that copies a training sentence and, with ``--sample-grammar synth``,
    the share the shipped corpus's grammar generates and each factor's total variation from the
-   training split's distribution;
+   training split's distribution; self-BLEU of a single sentence (a one-sentence split's real
+   row) and distinct-n of sentences without an n-gram are undefined: "n/a" in the table,
+   null in the JSON;
 4. fluency: the per-word perplexity of the samples under a reference language model
    (``--lm-path``, a fairseq transformer_lm on the same dictionary) against its perplexity on
    the real sentences;
