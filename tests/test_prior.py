@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -276,11 +277,11 @@ def test_a_flow_refuses_one_training_row_and_a_dimension_without_spread():
     valid = two_clusters(10, 1)
     # one row has no spread to standardise by (its std is NaN): refused before training,
     # not reported as a never-finite likelihood
-    with pytest.raises(ValueError, match="at least 2 training samples of z to standardise them"):
+    with pytest.raises(ValueError, match="at least 2 training samples of z, got 1"):
         fit_flow(two_clusters(2, 0)[:1], valid, config)
     flat = two_clusters(20, 0)
     flat[:, 1] = 0.5
-    with pytest.raises(ValueError, match=r"a single value in dimension\(s\) \[1\]"):
+    with pytest.raises(ValueError, match=r"no spread in dimension\(s\) \[1\]"):
         fit_flow(flat, valid, config)
     with pytest.raises(ValueError, match="at least 1 valid sample"):
         fit_flow(two_clusters(20, 0), valid[:0], config)
@@ -399,6 +400,149 @@ def test_a_prior_is_refused_for_another_model_or_latent_size(dict_dir, tmp_path)
     _, small, _ = build_tiny(dict_dir, "--latent-dim", "4")
     with pytest.raises(ValueError, match="latent size 8 .*runs/a/checkpoint_best.pt.* size 4"):
         load_prior(path, expected_model=small)
+
+
+# ----------------------------------------------------------------------------------------------
+# Crafted and damaged prior and directions files
+
+
+def rewritten(path, **changes):
+    """The payload at ``path`` with ``changes`` (None: the key removed), written back."""
+    payload = torch.load(path, weights_only=True)
+    for key, value in changes.items():
+        if value is None:
+            payload.pop(key)
+        else:
+            payload[key] = value
+    torch.save(payload, path)
+    return path
+
+
+def saved_mixture(tmp_path, name="prior.pt"):
+    path = str(tmp_path / name)
+    save_prior(path, known_mixture()[0], {"checkpoint": "runs/checkpoint.pt"})
+    return path
+
+
+def test_an_interpolation_in_a_prior_file_is_refused_before_it_resolves(tmp_path, monkeypatch):
+    from omegaconf import DictConfig, OmegaConf
+
+    calls = []
+    OmegaConf.register_new_resolver("fvae_test_size", lambda: calls.append(1) or 2, replace=True)
+    try:
+        # a DictConfig passes torch's allow-list (fairseq checkpoints hold them); read, its
+        # interpolation would run the resolver and give a working latent size
+        config = DictConfig({"latent_dim": "${fvae_test_size:}", "components": 3})
+        path = rewritten(saved_mixture(tmp_path), config=config)
+        with pytest.raises(ValueError) as error:
+            load_prior(path)
+        assert str(error.value).startswith(f"prior file {path} holds a ")
+        assert "DictConfig at config" in str(error.value)
+        assert calls == []
+    finally:
+        OmegaConf.clear_resolver("fvae_test_size")
+    monkeypatch.setenv("FVAE_TEST_DIM", "2")
+    path = rewritten(saved_mixture(tmp_path), meta={"checkpoint": "${oc.env:FVAE_TEST_DIM}"})
+    named = "holds the interpolation '${oc.env:FVAE_TEST_DIM}' at meta.checkpoint"
+    with pytest.raises(ValueError, match=re.escape(named)):
+        load_prior(path)
+
+
+@pytest.mark.parametrize(
+    "changes, named",
+    [
+        ({"meta": None}, "is malformed: it has no 'meta'"),
+        ({"config": [2, 3]}, "is malformed: its 'config' is a list, not a dict"),
+        ({"config": {"components": 3}}, "its latent_dim None is not a positive integer"),
+        ({"config": {"latent_dim": 2, "components": "3"}}, "components '3' is not a positive"),
+        ({"config": {"latent_dim": 2, "components": 2}}, "weights is (3,) where its config makes"),
+        ({"state": {"weights": torch.ones(3)}}, "its state's means is None where its config"),
+        ({"kind": "mystery"}, "unknown prior kind 'mystery'"),
+    ],
+)
+def test_a_malformed_prior_file_is_a_value_error_naming_it(changes, named, tmp_path):
+    path = rewritten(saved_mixture(tmp_path), **changes)
+    with pytest.raises(ValueError, match=f"^prior file {re.escape(path)} .*{re.escape(named)}"):
+        load_prior(path)
+
+
+def test_a_prior_file_is_checked_before_its_sizes_are_built(dict_dir, tmp_path, monkeypatch):
+    from fairseq_vae.latent_space import prior_file
+
+    def never(*args):
+        raise AssertionError("built a prior from a crafted file's sizes")
+
+    monkeypatch.setattr(prior_file, "build_prior", never)
+    # sizes that torch.eye(d).expand(k, d, d) would make terabytes of
+    huge = {"latent_dim": 10**6, "components": 10**6}
+    path = rewritten(saved_mixture(tmp_path), config=huge)
+    with pytest.raises(ValueError, match="latent size 1000000 .* has latent size 2"):
+        load_prior(path, expected_latent_dim=2)
+    _, model, _ = build_tiny(dict_dir)
+    with pytest.raises(ValueError, match="latent size 1000000 .* has latent size 8"):
+        load_prior(path, expected_model=model)
+    named = "its state's weights is (3,) where its config makes (1000000,)"
+    with pytest.raises(ValueError, match=re.escape(named)):
+        load_prior(path)
+    config = FlowConfig(hidden_features=(4,), transforms=1, max_steps=1, eval_interval=1)
+    flow, _ = fit_flow(two_clusters(20, 0), two_clusters(10, 1), config)
+    path = str(tmp_path / "flow.pt")
+    save_prior(path, flow, {})
+    rewritten(path, config=dict(flow.config(), hidden_features=[10**5, 10**5]))
+    with pytest.raises(ValueError, match=r"makes a flow of 10000\d+ weights, the file holds \d+"):
+        load_prior(path, expected_latent_dim=2)
+
+
+@pytest.mark.parametrize(
+    "changes, named",
+    [
+        ({"bias": None}, "is malformed: it has no 'bias'"),
+        ({"values": "ab"}, "is malformed: its 'values' is a str, not a list"),
+        ({"means": torch.zeros(4)}, "is malformed: its means have shape (4,) for 2 values"),
+        ({"weight": torch.zeros(2, 3)}, "its weight has shape (2, 3) where its means make (2, 2)"),
+    ],
+)
+def test_a_malformed_directions_file_is_a_value_error_naming_it(
+    changes, named, tmp_path, monkeypatch
+):
+    from fairseq_vae.latent_space import steering
+
+    x = torch.cat([two_clusters(20, 0), two_clusters(20, 1) + 5])
+    directions = steering.fit_directions(x.double(), ["a"] * 20 + ["b"] * 20, "f")
+    path = str(tmp_path / "directions.pt")
+    # no model to describe: a meta naming the checkpoint only
+    monkeypatch.setattr(
+        steering, "prior_meta", lambda model, checkpoint: {"checkpoint": checkpoint}
+    )
+    steering.save_directions(path, directions, None, "c.pt")
+    rewritten(path, **changes)
+    with pytest.raises(
+        ValueError, match=f"^directions file {re.escape(path)} .*{re.escape(named)}"
+    ):
+        steering.load_directions(path)
+
+
+def test_a_failed_save_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
+    path = saved_mixture(tmp_path)
+    before = open(path, "rb").read()
+    save = torch.save
+
+    def disk_full(payload, f):
+        f.write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_prior(path, StandardNormalPrior(2), {})
+    assert os.listdir(tmp_path) == ["prior.pt"] and open(path, "rb").read() == before
+    # a save that works: the data reaches the disk before the rename names it
+    monkeypatch.setattr(torch, "save", save)
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda *a: events.append("replace") or replace(*a))
+    save_prior(path, StandardNormalPrior(2), {})
+    assert events[:2] == ["fsync", "replace"] and load_prior(path).kind == "standard"
 
 
 # ----------------------------------------------------------------------------------------------

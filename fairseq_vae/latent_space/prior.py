@@ -436,20 +436,13 @@ def fit_gmm(
 
 
 def check_flow_rows(train_z: Tensor, valid_z: Tensor):
-    """A ValueError unless the flow's standardisation is defined: at least 2 training rows
-    (one row's spread is NaN, and the flow would diverge) with a spread in every dimension,
-    and at least one valid row to choose the weights on."""
+    """A ValueError unless the flow's standardisation is defined (2 training rows or more,
+    each dimension with a spread: one row's is NaN) and a valid row can choose its weights."""
     if train_z.dim() != 2 or train_z.size(0) < 2:
-        raise ValueError(
-            f"a flow needs at least 2 training samples of z to standardise them, got "
-            f"{train_z.size(0) if train_z.dim() else 0}"
-        )
+        raise ValueError(f"a flow needs at least 2 training samples of z, got {len(train_z)}")
     flat = (train_z.detach().float().std(dim=0) == 0).nonzero().flatten().tolist()
     if flat:
-        raise ValueError(
-            f"the training samples of z take a single value in dimension(s) {flat[:10]}: a flow "
-            "cannot standardise a dimension without spread"
-        )
+        raise ValueError(f"the training z have no spread in dimension(s) {flat[:10]} to scale")
     if valid_z.size(0) < 1:
         raise ValueError("a flow needs at least 1 valid sample of z to choose its weights on")
 

@@ -5,6 +5,12 @@ the file holds tensors, str, int, float, list and dict only, so ``torch.load(wei
 reads it and no scikit-learn or zuko object is pickled. ``prior_meta`` names the checkpoint,
 a SHA-256 of the model's weights (``model_sha256``) and of its dictionary, and the latent size:
 ``load_prior`` refuses a prior of another latent size or another model with both named.
+
+A file is read as untrusted: anything but plain values (torch's allow-list also admits the
+omegaconf containers of fairseq checkpoints, whose ``${...}`` would run a resolver when read)
+or a string with ``${`` is refused, a missing key or a value of the wrong type is a ValueError
+naming the file, and the model and sizes are checked before a prior is built from the sizes
+the file gives, which must be those of its tensors (``config_size_problem``).
 """
 
 import hashlib
@@ -87,13 +93,87 @@ def save_prior(path: str, prior: Prior, meta: Optional[dict] = None):
 
 
 def write_payload(path: str, payload: dict, what: str):
-    """torch.save of a dict of tensors and plain values, atomically (a temporary file renamed)."""
+    """torch.save of a dict of tensors and plain values, atomically: to a temporary file in the
+    same folder, flushed to disk, then renamed over ``path`` (the way
+    ``fairseq_vae.shims.checkpoint_safety.atomic_copy`` writes checkpoints); a failed save
+    leaves no temporary file and ``path`` as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"cannot write {what} {path}: folder {folder} does not exist")
     partial = path + ".partial"
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            # the rename must not reach the disk before the data it names
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
+    sync_folder(folder)
+
+
+def sync_folder(folder: str):
+    """Makes a rename in ``folder`` durable (checkpoint_safety.fsync_folder's steps: that module
+    is in a layer above this one); a no-op where folders cannot be opened or synced."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+PLAIN_VALUES = (str, int, float, bool, type(None), torch.Tensor)
+
+
+def payload_problem(value, key: str = "") -> Optional[str]:
+    """What in ``value`` is more than the plain values ``write_payload`` writes, or None: an
+    object of another class (an omegaconf DictConfig, which the checkpoint allow-list lets
+    torch load and which evaluates ``${...}`` interpolations, resolvers included, when read),
+    or a string holding an interpolation ``${``."""
+    where = key or "the top level"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"a key {k!r} that is not a string at {where}"
+            found = payload_problem(v, f"{key}.{k}" if key else k)
+            if found:
+                return found
+        return None
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = payload_problem(v, f"{key}[{i}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, str):
+        return f"the interpolation {value!r} at {where}" if "${" in value else None
+    if isinstance(value, PLAIN_VALUES):
+        return None
+    return f"a {type(value).__module__}.{type(value).__name__} at {where}"
+
+
+def payload_fields(payload: dict, path: str, what: str, fields: dict) -> list:
+    """The payload's values of ``fields`` ({key: type}), in order; a missing key or a value of
+    another type is a ValueError naming the file."""
+    values = []
+    for key, kind in fields.items():
+        if key not in payload:
+            raise ValueError(f"{what} file {path} is malformed: it has no {key!r}")
+        if not isinstance(payload[key], kind):
+            raise ValueError(
+                f"{what} file {path} is malformed: its {key!r} is a "
+                f"{type(payload[key]).__name__}, not a {kind.__name__}"
+            )
+        values.append(payload[key])
+    return values
 
 
 def read_payload(path: str, file_format: str, version: int, what: str, made_by: str) -> dict:
@@ -113,6 +193,12 @@ def read_payload(path: str, file_format: str, version: int, what: str, made_by: 
         raise ValueError(not_ours) from None
     if not isinstance(payload, dict) or payload.get("format") != file_format:
         raise ValueError(not_ours)
+    problem = payload_problem(payload)
+    if problem:
+        raise ValueError(
+            f"{what} file {path} holds {problem}, not only the plain values fairseq_vae "
+            "writes: refusing to read it"
+        )
     if payload.get("version") != version:
         raise ValueError(
             f"{what} file {path} has format version {payload.get('version')}; this fairseq_vae "
@@ -141,30 +227,87 @@ def load_prior(
     payload = read_payload(
         path, PRIOR_FORMAT, PRIOR_FORMAT_VERSION, "prior", "fairseq-vae-fit-prior"
     )
-    try:
-        prior = build_prior(payload["kind"], payload["config"])
-        prior.load_state_dict(payload["state"])
-    except (KeyError, RuntimeError, ValueError) as error:
-        raise ValueError(f"prior file {path} does not rebuild its prior: {error}") from None
-    prior.meta = payload["meta"]
-    prior.eval()
+    kind, config, state, meta = payload_fields(payload, path, "prior", PRIOR_FIELDS)
 
+    # which model it fits, before anything is built from the sizes the file gives
     if expected_model is not None and not hasattr(expected_model, "encoder"):
         expected_model = getattr(expected_model, "model", expected_model)  # a hub interface
-    meta = prior.meta
     fitted_to = meta.get("checkpoint", "an unnamed checkpoint")
     if isinstance(expected_model, nn.Module) and expected_latent_dim is None:
         expected_latent_dim = int(expected_model.encoder.latent_dim)
-    if expected_latent_dim is not None and prior.latent_dim != int(expected_latent_dim):
+    latent_dim = config.get("latent_dim")
+    if expected_latent_dim is not None and latent_dim != int(expected_latent_dim):
         model = expected_checkpoint or "the model"
         raise ValueError(
-            f"prior {path} has latent size {prior.latent_dim} (fitted to {fitted_to}) but "
+            f"prior {path} has latent size {latent_dim} (fitted to {fitted_to}) but "
             f"{model} has latent size {expected_latent_dim}: fit a prior to this model "
             "(fairseq-vae-fit-prior)"
         )
     if expected_model is not None:
         check_model(path, meta, expected_model, expected_checkpoint)
+
+    problem = config_size_problem(kind, config, state)
+    if problem:
+        raise ValueError(f"prior file {path} does not rebuild its prior: {problem}")
+    try:
+        prior = build_prior(kind, config)
+        prior.load_state_dict(state)
+    except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as error:
+        raise ValueError(f"prior file {path} does not rebuild its prior: {error}") from None
+    prior.meta = meta
+    prior.eval()
     return prior
+
+
+PRIOR_FIELDS = {"kind": str, "config": dict, "state": dict, "meta": dict}
+
+
+def is_size(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def flow_parameters(
+    latent_dim: int, transform: str, transforms: int, hidden_features, bins: int
+) -> int:
+    """The weights and biases of ``prior.build_flow``'s flow, from its sizes alone: per
+    transformation, zuko's MADE maps D through the hidden layers to D x (2 for maf's shift and
+    scale, 3 bins - 1 for nsf's spline)."""
+    per_dim = 3 * bins - 1 if transform == "nsf" else 2
+    sizes = [latent_dim, *hidden_features, latent_dim * per_dim]
+    return transforms * sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+
+
+def config_size_problem(kind: str, config: dict, state: dict) -> Optional[str]:
+    """Why ``config`` does not describe the prior whose tensors are ``state``, or None: a prior
+    is built from its config's sizes, so they must be those of the tensors the file holds (a
+    crafted file must not make the build allocate more than the file itself)."""
+    dim = config.get("latent_dim")
+    if not is_size(dim):
+        return f"its latent_dim {dim!r} is not a positive integer"
+    shapes = {}
+    if kind == "gmm":
+        k = config.get("components")
+        if not is_size(k):
+            return f"its components {k!r} is not a positive integer"
+        shapes = {"weights": (k,), "means": (k, dim), "scale_tril": (k, dim, dim)}
+    elif kind == "flow":
+        shapes = {"loc": (dim,), "scale": (dim,)}
+        keys = ("hidden_features", "transforms", "bins")
+        hidden, transforms, bins = (config.get(k) for k in keys)
+        if not (isinstance(hidden, list) and all(is_size(h) for h in hidden)):
+            return f"its hidden_features {hidden!r} is not a list of positive integers"
+        if not (is_size(transforms) and is_size(bins)):
+            return f"its transforms {transforms!r} and bins {bins!r} must be positive integers"
+        built = flow_parameters(dim, config.get("transform"), transforms, hidden, bins)
+        held = sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+        if built > 2 * held:  # the state also holds each layer's mask: about twice the weights
+            return f"its config makes a flow of {built} weights, the file holds {held} numbers"
+    for name, shape in shapes.items():
+        tensor = state.get(name)
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
+            found = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else tensor
+            return f"its state's {name} is {found!r} where its config makes {shape}"
+    return None
 
 
 def check_model(
@@ -180,7 +323,7 @@ def check_model(
     prior, or steering directions) in ``path`` was fitted to (by ``model_sha256``)."""
     theirs = meta.get("model_sha256")
     fitted_to = meta.get("checkpoint", "an unnamed checkpoint")
-    if theirs is None:
+    if not isinstance(theirs, str):
         raise ValueError(f"{what} {path} does not say which model it was fitted to: fit again")
     ours = model if isinstance(model, str) else model_sha256(model)
     if ours == theirs:

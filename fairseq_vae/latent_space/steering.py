@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from fairseq_vae.latent_space.prior_file import (
     check_model,
     json_plain,
+    payload_fields,
     prior_meta,
     read_payload,
     write_payload,
@@ -222,22 +223,53 @@ def load_directions(path: str, model=None, checkpoint: Optional[str] = None) -> 
         "directions",
         "scripts/transfer.py --fit",
     )
-    keys = ("factor", "values", "means", "counts", "weight", "bias", "meta")
-    directions = Directions(*(payload[k] for k in keys))
+    fields = payload_fields(payload, path, "directions", DIRECTIONS_FIELDS)
+    factor, values, means, counts, weight, bias, meta = fields
+    problem = directions_shape_problem(values, means, counts, weight, bias)
+    if problem:
+        raise ValueError(f"directions file {path} is malformed: {problem}")
     if model is not None:
         model = model if hasattr(model, "encoder") else model.model  # a hub interface
-        if int(model.encoder.latent_dim) != directions.latent_dim:
+        if int(model.encoder.latent_dim) != means.size(1):
             raise ValueError(
-                f"directions {path} have latent size {directions.latent_dim} (fitted to "
-                f"{directions.meta.get('checkpoint')}) but {checkpoint or 'the model'} has "
+                f"directions {path} have latent size {means.size(1)} (fitted to "
+                f"{meta.get('checkpoint')}) but {checkpoint or 'the model'} has "
                 f"latent size {model.encoder.latent_dim}"
             )
         check_model(
             path,
-            directions.meta,
+            meta,
             model,
             checkpoint,
             what="directions",
             remedy="fit them to this checkpoint: scripts/transfer.py --fit",
         )
-    return directions
+    return Directions(*fields)
+
+
+DIRECTIONS_FIELDS = {
+    "factor": str,
+    "values": list,
+    "means": Tensor,
+    "counts": Tensor,
+    "weight": Tensor,
+    "bias": Tensor,
+    "meta": dict,
+}
+
+
+def directions_shape_problem(values, means, counts, weight, bias) -> Optional[str]:
+    """Why the tensors are not C values' means, counts and classifier in z (None if they are)."""
+    if len(values) < 2 or not all(isinstance(v, str) for v in values):
+        return f"its values {values!r} are not two or more strings"
+    if means.dim() != 2 or means.size(0) != len(values):
+        return f"its means have shape {tuple(means.shape)} for {len(values)} values"
+    c, d = means.shape
+    for name, tensor, shape in (
+        ("counts", counts, (c,)),
+        ("weight", weight, (c, d)),
+        ("bias", bias, (c,)),
+    ):
+        if tuple(tensor.shape) != shape:
+            return f"its {name} has shape {tuple(tensor.shape)} where its means make {shape}"
+    return None
