@@ -1,6 +1,8 @@
-"""Options shared by scripts/sample.py and scripts/interpolate.py: which model, how to decode."""
+"""What scripts/sample.py, interpolate.py and transfer.py share: which model, how to decode, and
+which input lines it can read."""
 
 import os
+import sys
 
 import torch
 
@@ -36,3 +38,20 @@ def generation_options(args):
         "sampling_topp": args.sampling_topp,
         "max_len_b": args.max_len_b,
     }
+
+
+def lines_that_fit(vae, lines, name: str) -> list:
+    """The lines the model can encode: one longer than its positions is skipped with a warning
+    naming it, as fairseq-interactive skips it (cutting it would decode another sentence)."""
+    limit, kept = vae.max_tokens(), []
+    for number, line in enumerate(lines, 1):
+        tokens = len(vae.to_tokens(line))
+        if tokens > limit:
+            print(
+                f"warning: skipping {name} line {number}: {tokens} tokens, longer than the "
+                f"model's {limit} positions; nothing is generated for it",
+                file=sys.stderr,
+            )
+        else:
+            kept.append(line)
+    return kept

@@ -5,13 +5,14 @@ python scripts/sample.py -n 10 --seed 1                 # 10 sentences from z ~ 
 python scripts/sample.py -n 10 --seed 1 --prior-file checkpoints/demo/prior-gmm.pt
                                                         # ... from a fitted prior
 python scripts/sample.py --reconstruct < sentences.txt  # each line from its posterior mean
+                      # (empty lines left out, over-long ones skipped with a warning)
 """
 
 import argparse
 import sys
 
 import torch
-from hub_args import add_model_args, generation_options, load_model
+from hub_args import add_model_args, generation_options, lines_that_fit, load_model
 
 
 def main():
@@ -35,6 +36,9 @@ def main():
     options = generation_options(args)
     if args.reconstruct:
         lines = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if not lines:
+            parser.exit(1, f"{parser.prog}: error: --reconstruct: stdin holds no sentence\n")
+        lines = lines_that_fit(vae, lines, "stdin")
         for source, output in zip(lines, vae.reconstruct(lines, **options)):
             print(f"{source}\t{output}")
         return

@@ -11,14 +11,15 @@ python scripts/transfer.py --analogy < triples.tsv   # a<TAB>b<TAB>c lines -> d 
 python scripts/transfer.py --analogy --strength 2 < triples.tsv   # d = c + 2 (b - a)
 
 Transfer writes one output line per input line; empty input lines are an error naming the
-line. See fairseq_vae/latent_space/steering.py for what each method does.
+line, and a line longer than the model's positions is skipped with a warning naming it.
+See fairseq_vae/latent_space/steering.py for what each method does.
 """
 
 import argparse
 import os
 import sys
 
-from hub_args import add_model_args, generation_options, load_model
+from hub_args import add_model_args, generation_options, lines_that_fit, load_model
 
 from fairseq_vae.latent_space.steering import METHODS, save_directions
 
@@ -83,7 +84,7 @@ def main():
                     raise ValueError(f"stdin:{i}: {len(triples[-1])} fields; a line is a, b, c")
             print("\n".join(vae.analogy(*zip(*triples), strength=args.strength, **options)))
         else:
-            lines = read_lines(sys.stdin, "stdin")
+            lines = lines_that_fit(vae, read_lines(sys.stdin, "stdin"), "stdin")
             outputs = vae.transfer(
                 lines,
                 args.directions,

@@ -500,17 +500,18 @@ def test_checkpoint_trained_in_half_precision_generates_in_half_precision(
 # --- the hub's edges ------------------------------------------------------------------------
 
 
-def test_hub_truncates_a_sentence_longer_than_the_positions_with_a_warning(hub, caplog):
+def test_hub_refuses_a_sentence_longer_than_the_positions_naming_it(hub):
+    """fairseq-interactive skips such a line, naming it; the hub names the sentence rather than
+    encode a cut one (the old behaviour decoded a sentence the caller never gave)."""
     limit = hub.model.encoder.max_positions()
     words = (SENTENCES[0].split() * limit)[: limit + 40]
-    with caplog.at_level("WARNING"):
-        mu, _ = hub.encode([" ".join(words)])
-    assert f"{limit + 41} tokens is longer than the model's {limit} positions" in caplog.text
-    # the first limit - 1 words and </s>: what encoding the cut sentence gives
-    cut = " ".join(words[: limit - 1])
-    torch.testing.assert_close(mu, posterior_by_hand(hub, [cut])[0], atol=1e-5, rtol=1e-5)
-    expected = greedy_by_hand(hub, posterior_by_hand(hub, [cut])[0][0])
-    assert hub.reconstruct([" ".join(words)]) == [text_of(hub, expected)]
+    with pytest.raises(ValueError, match=f"sentence 1 has {limit + 41} tokens, more than"):
+        hub.encode([SENTENCES[1], " ".join(words)])
+    with pytest.raises(ValueError, match=f"model's {limit} positions"):
+        hub.reconstruct([" ".join(words)])
+    # limit - 1 words and </s> fit: encoded as the whole sentence
+    fits = " ".join(words[: limit - 1])
+    torch.testing.assert_close(hub.encode([fits])[0], posterior_by_hand(hub, [fits])[0])
 
 
 def test_hub_empty_inputs_give_empty_results(hub):

@@ -48,7 +48,7 @@ import logging
 import os
 import sys
 import time
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 from fairseq import checkpoint_utils, options, utils
@@ -226,16 +226,14 @@ def evaluable_ids(dataset) -> List[int]:
 
 
 @torch.no_grad()
-def posterior_means(model, task, split: str, **iterator_args) -> Tuple[Tensor, Tensor, Tensor]:
-    """(mu, logvar, ids) of a split's sentences in corpus order, on the CPU.
-
-    mu and logvar are N x D; ids (N) are the sentences' line numbers - 1, which differ from
-    0..N-1 only when the task skipped empty or over-long sentences.
-    """
+def posterior_means(model, task, split: str, progress=None, **iterator_args):
+    """(mu, logvar, ids) of a split's sentences in corpus order, on the CPU. mu and logvar are
+    N x D; ids (N) are the sentences' line numbers - 1, which differ from 0..N-1 only when the
+    task skipped empty or over-long sentences. ``progress`` wraps the batches (a progress bar)."""
     use_cuda = next(model.parameters()).is_cuda
     dataset, itr = batch_iterator(task, model, split, **iterator_args)
     ids, mus, logvars = [], [], []
-    for sample in itr:
+    for sample in progress(itr) if progress else itr:
         sample = utils.move_to_cuda(sample) if use_cuda else sample
         if not sample:
             continue

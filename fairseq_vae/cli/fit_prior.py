@@ -23,6 +23,7 @@ from dataclasses import fields
 
 import torch
 from fairseq import options
+from fairseq.logging import progress_bar
 
 from fairseq_vae.cli.evaluate import (
     DEFAULT_MAX_TOKENS,
@@ -145,6 +146,15 @@ def encode_split(model, task, saved_cfg, args, split: str, generator):
         model,
         task,
         split,
+        # as fairseq-vae-eval shows its pass: a bar on a terminal, else a line every
+        # --log-interval batches
+        progress=lambda itr: progress_bar.progress_bar(
+            itr,
+            log_format=args.log_format,
+            log_interval=args.log_interval,
+            prefix=f"fit-prior: encoding '{split}'",
+            default_log_format="simple" if args.no_progress_bar else "tqdm",
+        ),
         max_tokens=args.max_tokens,
         batch_size=args.batch_size,
         seed=args.seed,

@@ -13,9 +13,10 @@
 Subword segmentation (the corpus's sentencepiece model, or GPT-2 BPE for BART data) is applied
 and removed for the caller. Generation options are fairseq's (``beam``, ``sampling``,
 ``sampling_topk``, ``sampling_topp``, ``max_len_b``, ``nbest``...), passed as keywords; a name
-fairseq's generation config lacks is an error. Sentences longer than the model's positions are
-truncated with a warning, as fairseq's BART hub does; an empty sentence is an error naming
-its index. ``seed=`` makes the prior draw and ``sampling=True``'s word draws reproducible
+fairseq's generation config lacks is an error. A sentence longer than the model's positions, or
+an empty one, is an error naming its index (fairseq-interactive and the scripts skip such an
+input line, naming it; cutting it would decode another sentence). ``seed=`` makes the prior
+draw and ``sampling=True``'s word draws reproducible
 without touching the global random state.
 """
 
@@ -165,7 +166,7 @@ class BARTVAEHubInterface(nn.Module):
 
     # --- text <-> tokens -------------------------------------------------------------------
     def to_tokens(self, sentence: str) -> Tensor:
-        """The sentence's token ids with </s>, cut to the encoder's positions if longer."""
+        """The sentence's token ids with </s> (tokens_of checks them against the model)."""
         raw = sentence
         if self.tokenizer is not None:
             sentence = self.tokenizer.encode(sentence)
@@ -175,26 +176,29 @@ class BARTVAEHubInterface(nn.Module):
         share = unknown_share(tokens, self.dictionary.unk(), self.dictionary.eos())
         if share > UNKNOWN_WARNING_SHARE:
             logger.warning(unknown_warning(f"sentence {raw!r}", share))
-        limit = self.model.encoder.max_positions()
-        if len(tokens) > limit:
-            logger.warning(
-                f"a sentence of {len(tokens)} tokens is longer than the model's {limit} "
-                f"positions: only its first {limit - 1} tokens are used"
-            )
-            tokens = torch.cat([tokens[: limit - 1], tokens[-1:]])  # keep the final </s>
         return tokens
 
     def tokens_of(self, sentences: Sequence[str]) -> List[Tensor]:
         """The token rows of the sentences; an empty one (nothing but </s>) is an error: it
         has no words for the posterior, and the training data never holds one (fairseq's
-        tools skip empty lines)."""
+        tools skip empty lines); so is one longer than the encoder's positions."""
         rows = [self.to_tokens(s) for s in sentences]
+        limit = self.max_tokens()
         for i, (sentence, row) in enumerate(zip(sentences, rows)):
             if len(row) <= 1:
                 raise ValueError(
                     f"sentence {i} is empty ({sentence!r}): give at least one word to encode"
                 )
+            if len(row) > limit:
+                raise ValueError(
+                    f"sentence {i} has {len(row)} tokens, more than the model's {limit} "
+                    "positions: shorten or split it"
+                )
         return rows
+
+    def max_tokens(self) -> int:
+        """The most tokens (with </s>) a sentence may have: the encoder's positions."""
+        return int(self.model.encoder.max_positions())
 
     def to_text(self, tokens: Tensor) -> str:
         sentence = self.dictionary.string(tokens)
