@@ -522,6 +522,33 @@ def test_a_malformed_directions_file_is_a_value_error_naming_it(
         steering.load_directions(path)
 
 
+def test_a_flow_records_its_zuko_version_and_refuses_another(tmp_path, caplog):
+    import zuko
+
+    config = FlowConfig(hidden_features=(4,), transforms=1, max_steps=1, eval_interval=1)
+    flow, _ = fit_flow(two_clusters(20, 0), two_clusters(10, 1), config)
+    path = str(tmp_path / "flow.pt")
+    save_prior(path, flow, {"checkpoint": "runs/checkpoint.pt"})
+    meta = torch.load(path, weights_only=True)["meta"]
+    assert meta["zuko_version"] == zuko.__version__
+    assert load_prior(path).meta["zuko_version"] == zuko.__version__
+    # another zuko may read the same weights as another density: refused, both versions named
+    rewritten(path, meta=dict(meta, zuko_version="0.0.1"))
+    expected = (
+        f"flow prior {path} was built with zuko 0.0.1 but zuko {zuko.__version__} is installed"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        load_prior(path)
+    # a file from before the version was recorded: loaded, with a warning that it is unchecked
+    rewritten(path, meta={"checkpoint": "runs/checkpoint.pt"})
+    with caplog.at_level(logging.WARNING, logger="fairseq_vae.latent_space.prior_file"):
+        load_prior(path)
+    assert f"flow prior {path} does not record the zuko version" in caplog.text
+    # a mixture holds no zuko object: nothing recorded
+    mixture = saved_mixture(tmp_path)
+    assert "zuko_version" not in torch.load(mixture, weights_only=True)["meta"]
+
+
 def test_a_failed_save_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
     path = saved_mixture(tmp_path)
     before = open(path, "rb").read()

@@ -15,6 +15,7 @@ the file gives, which must be those of its tensors (``config_size_problem``).
 
 import hashlib
 import json
+import logging
 import os
 from typing import Optional, Union
 
@@ -22,6 +23,8 @@ import torch
 from torch import nn
 
 from fairseq_vae.latent_space.prior import Prior, build_prior
+
+logger = logging.getLogger(__name__)
 
 PRIOR_FORMAT = "fairseq_vae.prior"  # a file format's name, not a module path
 PRIOR_FORMAT_VERSION = 1
@@ -79,17 +82,51 @@ def save_prior(path: str, prior: Prior, meta: Optional[dict] = None):
     """Writes ``prior`` (its kind, config and tensors) and ``meta`` to ``path``, atomically.
 
     The file holds tensors, str, int, float, list and dict only: ``torch.load(path,
-    weights_only=True)`` reads it.
+    weights_only=True)`` reads it. A flow's meta also records the zuko version that built it
+    (``zuko_version``; ``load_prior`` refuses it under another).
     """
+    meta = dict(meta or {})
+    if prior.kind == "flow":
+        meta["zuko_version"] = installed_zuko_version()
     payload = {
         "format": PRIOR_FORMAT,
         "version": PRIOR_FORMAT_VERSION,
         "kind": prior.kind,
         "config": json_plain(prior.config(), "config"),
         "state": {key: t.detach().cpu().clone() for key, t in prior.state_dict().items()},
-        "meta": json_plain(meta or {}, "meta"),
+        "meta": json_plain(meta, "meta"),
     }
     write_payload(path, payload, "the prior")
+
+
+def installed_zuko_version() -> str:
+    import zuko
+
+    return zuko.__version__
+
+
+def zuko_version_problem(path: str, meta: dict) -> Optional[str]:
+    """Why a flow saved at ``path`` cannot be rebuilt by the installed zuko, or None.
+
+    Refused rather than warned about: a flow's state dict is zuko's own layout, and another
+    zuko can load the same names into transforms that compute another density (feature orders,
+    spline parametrisation), which would silently change every number reported with the prior.
+    A file that records no version (written before it was recorded) is let through with a
+    warning."""
+    recorded, installed = meta.get("zuko_version"), installed_zuko_version()
+    if recorded is None:
+        logger.warning(
+            f"flow prior {path} does not record the zuko version that built it: it cannot be "
+            f"checked against the installed zuko {installed}"
+        )
+        return None
+    if recorded != installed:
+        return (
+            f"flow prior {path} was built with zuko {recorded} but zuko {installed} is "
+            "installed: fit it again (fairseq-vae-fit-prior --prior-model flow) or install "
+            f"zuko=={recorded}"
+        )
+    return None
 
 
 def write_payload(path: str, payload: dict, what: str):
@@ -249,6 +286,8 @@ def load_prior(
     problem = config_size_problem(kind, config, state)
     if problem:
         raise ValueError(f"prior file {path} does not rebuild its prior: {problem}")
+    if kind == "flow" and (problem := zuko_version_problem(path, meta)):
+        raise ValueError(problem)
     try:
         prior = build_prior(kind, config)
         prior.load_state_dict(state)
