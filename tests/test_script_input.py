@@ -31,3 +31,15 @@ def test_reconstruct_says_when_stdin_holds_no_sentence(data_bin, tiny_checkpoint
     result = script("sample.py", tiny_checkpoint, data_bin, "--reconstruct", input="\n\n")
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip().endswith("error: --reconstruct: stdin holds no sentence")
+
+
+def test_fit_prior_shows_its_encoding_pass(data_bin, tiny_checkpoint, tmp_path):
+    """It was silent for the minutes the training split takes to encode."""
+    from conftest import USER_DIR, run_tool
+
+    out = run_tool("fairseq-vae-fit-prior", data_bin, "--user-dir", USER_DIR, "--path",
+                   tiny_checkpoint, "--prior-model", "gmm", "--components", "1", "--cpu",
+                   "--out", tmp_path / "prior.pt", "--no-progress-bar",
+                   "--log-interval", "1")  # fmt: skip
+    # fairseq's simple bar logs from the second batch on: the last line counts every sentence
+    assert "fit-prior: encoding 'train':" in out and "sentences=400" in out, out

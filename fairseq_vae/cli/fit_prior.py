@@ -139,6 +139,23 @@ def flow_config(args) -> FlowConfig:
     )
 
 
+def encoding_progress(itr, args, split: str):
+    """The batches, shown as fairseq-vae-eval shows its pass: a bar, or with --no-progress-bar
+    a line of the sentences encoded so far every --log-interval batches."""
+    progress = progress_bar.progress_bar(
+        itr,
+        log_format=args.log_format,
+        log_interval=args.log_interval,
+        prefix=f"fit-prior: encoding '{split}'",
+        default_log_format="simple" if args.no_progress_bar else "tqdm",
+    )
+    done = 0
+    for step, sample in enumerate(progress):
+        yield sample
+        done += len(sample["id"]) if sample else 0
+        progress.log({"sentences": done}, step=step)
+
+
 def encode_split(model, task, saved_cfg, args, split: str, generator):
     """(z, sentences): --samples-per-sentence posterior draws of each of the split's
     sentences ((N * n) x D, on the CPU)."""
@@ -146,15 +163,7 @@ def encode_split(model, task, saved_cfg, args, split: str, generator):
         model,
         task,
         split,
-        # as fairseq-vae-eval shows its pass: a bar on a terminal, else a line every
-        # --log-interval batches
-        progress=lambda itr: progress_bar.progress_bar(
-            itr,
-            log_format=args.log_format,
-            log_interval=args.log_interval,
-            prefix=f"fit-prior: encoding '{split}'",
-            default_log_format="simple" if args.no_progress_bar else "tqdm",
-        ),
+        progress=lambda itr: encoding_progress(itr, args, split),
         max_tokens=args.max_tokens,
         batch_size=args.batch_size,
         seed=args.seed,
