@@ -450,7 +450,7 @@ def test_check_text_names_files_and_lines_of_bad_text(tmp_path):
     ]
     # as scripts/prepare_data.sh runs it: a plain script, exit status 1, one line per problem
     result = subprocess.run(
-        [sys.executable, os.path.join(USER_DIR, "check_text.py"), str(good), str(bad)],
+        [sys.executable, os.path.join(USER_DIR, "text", "check_text.py"), str(good), str(bad)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -70,3 +70,14 @@ def test_the_hook_is_installed_once_by_importing_the_plugin():
     code = "import sys, fairseq_vae, importlib; print(sys.excepthook.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "one_line_for_user_errors"
+
+
+def test_fairseq_generate_refuses_prior_sampling_over_a_split(data_bin, tiny_checkpoint):
+    """It decoded one prior draw per test sentence and scored it against that sentence."""
+    result = run("fairseq-generate", data_bin, "--user-dir", USER_DIR, "--task", "text_vae",
+                 "--path", tiny_checkpoint, "--latent-source", "prior", "--cpu")  # fmt: skip
+    assert result.returncode == 1 and "BLEU" not in result.stdout, result.stdout[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "fairseq-generate: error: --latent-source prior decodes z from the prior, not from the "
+        "sentences of 'test': give --prior-samples N to generate N"
+    )

@@ -9,14 +9,12 @@ The schedules (``--kl-schedule``) are pure functions in :mod:`fairseq_vae.schedu
 options are checked when the task is set up for training, and the length of a cycle travels in
 the checkpoint: a resumed run whose --max-update would change it is refused.
 
-Generation from a fitted prior (``--latent-source prior --prior-file F``): the prior is loaded
-and checked against the model at the first batch, and sentence i decodes the i-th draw of a
-generator seeded with --seed, whatever the batching.
+Generation from the prior (``--latent-source prior --prior-samples N``, ``--prior-file F``): a
+fitted prior is checked against the model at the first batch; sentence i decodes the i-th draw.
 
 Sentence limits: a split's over-long sentences are skipped with their line numbers, at the
 smaller of the task's --max-source/target-positions and the loaded model's own, so that
-fairseq-generate and fairseq-interactive, which build the task from their command line, skip
-what the checkpoint cannot encode instead of failing on it.
+fairseq-generate and -interactive skip what the checkpoint cannot encode instead of failing.
 """
 
 import contextlib
@@ -348,6 +346,11 @@ class TextVAETask(FairseqTask):
                 [eos] * n, [1] * n, typed_input=False
             )
             return
+        if self.cfg.latent_source == "prior" and not self.from_checkpoint:  # draws as "hypotheses"
+            raise ValueError(
+                f"--latent-source prior decodes z from the prior, not from the sentences of "
+                f"{split!r}: give --prior-samples N to generate N"
+            )
         paths = utils.split_paths(self.cfg.data)
         if split != self.cfg.train_subset:
             paths = paths[:1]  # valid and test come from the first folder, as in fairseq
