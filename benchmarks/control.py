@@ -111,7 +111,7 @@ def measure_yelp(args, paths: dict) -> dict:
         source_bleu,
     )
 
-    texts = {s: read_text(os.path.join(args.yelp, f"{s}.txt")) for s in ("train", "test")}
+    texts = {s: read_text(os.path.join(args.yelp, f"{s}.txt")) for s in ("train", "valid", "test")}
     labels = {
         s: read_labels(os.path.join(args.yelp, f"{s}.labels.tsv"), len(texts[s]))["sentiment"]
         for s in texts
@@ -136,33 +136,39 @@ def measure_yelp(args, paths: dict) -> dict:
     train_mu = hub.encode(train_text)[0].cpu()
     test_mu = hub.encode(texts["test"])[0].cpu()
     directions = fit_directions(train_mu, train_labels, "sentiment", SEED)
-    sources_ppl = sq.lm_perplexity(lm, texts["test"], hub.dictionary)
     other = {v: next(w for w in directions.values if w != v) for v in directions.values}
-    targets = [other[v] for v in labels["test"]]
 
-    rows = []
+    def sweep(split: str, mu) -> list:
+        """Every (method, strength) on a split: valid chooses the reported point, test reports."""
+        sources_ppl = sq.lm_perplexity(lm, texts[split], hub.dictionary)
+        targets = [other[v] for v in labels[split]]
+        rows = []
+        for method, strength in settings:
+            harness.log(f"transfer on {split}: {method} {strength}")
+            outputs = transfer_outputs(hub, mu, directions, targets, method, strength)
+            accuracy = judge.accuracy(outputs, targets)
+            bleu = source_bleu(outputs, texts[split])
+            ratio = sq.lm_perplexity(lm, outputs, hub.dictionary) / sources_ppl
+            rows.append(
+                {
+                    "corpus": "yelp",
+                    "factor": "sentiment",
+                    "method": method,
+                    "strength": strength,
+                    "accuracy": accuracy,
+                    "source_bleu": bleu,
+                    "lm_ppl_ratio": ratio,
+                    "others_kept": None,
+                    "g_score": g_score(accuracy, bleu),
+                    "examples": [[texts[split][i], outputs[i]] for i in range(5)],
+                }
+            )
+        return rows, sources_ppl
+
     settings = [("mean", s) for s in STRENGTHS] + [("linear", s) for s in STRENGTHS]
     settings += [("guided", c) for c in CONFIDENCES]
-    for method, strength in settings:
-        harness.log(f"transfer: {method} {strength}")
-        outputs = transfer_outputs(hub, test_mu, directions, targets, method, strength)
-        accuracy = judge.accuracy(outputs, targets)
-        bleu = source_bleu(outputs, texts["test"])
-        ratio = sq.lm_perplexity(lm, outputs, hub.dictionary) / sources_ppl
-        rows.append(
-            {
-                "corpus": "yelp",
-                "factor": "sentiment",
-                "method": method,
-                "strength": strength,
-                "accuracy": accuracy,
-                "source_bleu": bleu,
-                "lm_ppl_ratio": ratio,
-                "others_kept": None,
-                "g_score": g_score(accuracy, bleu),
-                "examples": [[texts["test"][i], outputs[i]] for i in range(5)],
-            }
-        )
+    valid_rows, _ = sweep("valid", hub.encode(texts["valid"])[0].cpu())
+    rows, sources_ppl = sweep("test", test_mu)
     reconstructed = hub.decode(test_mu, beam=1)
     few = []
     for n in (*FEW_LABELS, len(chosen)):
@@ -188,6 +194,7 @@ def measure_yelp(args, paths: dict) -> dict:
         "reconstruction_judge_keeps": judge.accuracy(reconstructed, labels["test"]),
         "direction_sentences": len(chosen),
         "transfer": rows,
+        "transfer_valid": [{k: v for k, v in r.items() if k != "examples"} for r in valid_rows],
         "few_labels": few,
         "evaluation": json.load(open(paths["report"]))["metrics"],
         "iw_samples": args.iw_samples,

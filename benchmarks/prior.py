@@ -330,8 +330,8 @@ def results_markdown(args, rows: list) -> str:
         lines.append(
             f"| {r['corpus']} | {r['setting']} | {r['prior']} | {fmt(r['ppl_word'], '.2f')} | "
             f"{fmt(r['kl_prior'], '.2f')} | {fmt(r['mi'], '.2f')} | {s['decoding'] or '-'} | "
-            f"{fmt(s['lm_ppl'], '.2f')} | {fmt(ratio, '.2f')} | {s['distinct_2']:.3f} | "
-            f"{s['self_bleu4']:.1f} | {100 * s['memorised']:.1f}% | "
+            f"{fmt(s['lm_ppl'], '.2f')} | {fmt(ratio, '.2f')} | {fmt(s['distinct_2'], '.3f')} | "
+            f"{fmt(s['self_bleu4'], '.1f')} | {100 * s['memorised']:.1f}% | "
             f"{fmt(s['reverse_ppl'], '.2f')} | {fmt(grammatical, '.1f')}% | "
             f"{fmt(tv, '.3f')} | {fit} |"
         )
