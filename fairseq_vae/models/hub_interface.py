@@ -5,7 +5,7 @@
 >>> vae.reconstruct(["the team won the match ."])             # greedy from the posterior mean
 >>> vae.sample(3, sampling=True, sampling_topp=0.9)            # from the prior N(0, I)
 >>> vae.sample(3, seed=1, prior="checkpoints/demo/prior-gmm.pt")  # from a fitted prior
->>> vae.interpolate("a sentence .", "another sentence .", steps=5, spherical=True)
+>>> vae.interpolate("our soup was dull at home .", "a dish will be wonderful at the market .")
 >>> d = vae.directions(sentences, "corpus/synth/train.labels.tsv", factor="tense")
 >>> vae.transfer(["the team won the match ."], d, to="present")  # along the class means
 >>> vae.analogy("the team won .", "the team wins .", "a man ate bread .")
