@@ -88,6 +88,7 @@ LAYERS = [
         "fairseq_vae.synth",
         "fairseq_vae.schedules",
         "fairseq_vae.denoising",
+        "fairseq_vae.atomic_files",
         "fairseq_vae.metrics.estimators",
         "fairseq_vae.metrics.eval_report",
         "fairseq_vae.metrics.sample_quality",

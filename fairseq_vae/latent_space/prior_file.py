@@ -22,6 +22,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from fairseq_vae.atomic_files import write_atomically
 from fairseq_vae.latent_space.prior import Prior, build_prior
 
 logger = logging.getLogger(__name__)
@@ -130,41 +131,12 @@ def zuko_version_problem(path: str, meta: dict) -> Optional[str]:
 
 
 def write_payload(path: str, payload: dict, what: str):
-    """torch.save of a dict of tensors and plain values, atomically: to a temporary file in the
-    same folder, flushed to disk, then renamed over ``path`` (the way
-    ``fairseq_vae.shims.checkpoint_safety.atomic_copy`` writes checkpoints); a failed save
-    leaves no temporary file and ``path`` as it was."""
+    """torch.save of a dict of tensors and plain values, atomically (write_atomically, as
+    checkpoint copies are written): a failed save leaves ``path`` as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"cannot write {what} {path}: folder {folder} does not exist")
-    partial = path + ".partial"
-    try:
-        with open(partial, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            # the rename must not reach the disk before the data it names
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
-    sync_folder(folder)
-
-
-def sync_folder(folder: str):
-    """Makes a rename in ``folder`` durable (checkpoint_safety.fsync_folder's steps: that module
-    is in a layer above this one); a no-op where folders cannot be opened or synced."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_atomically(path, lambda f: torch.save(payload, f))
 
 
 PLAIN_VALUES = (str, int, float, bool, type(None), torch.Tensor)

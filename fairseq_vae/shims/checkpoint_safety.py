@@ -55,6 +55,8 @@ from omegaconf import OmegaConf, grammar_parser
 from omegaconf.errors import GrammarParseError
 from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
 
+from ..atomic_files import write_atomically
+
 logger = logging.getLogger(__name__)
 
 
@@ -201,20 +203,6 @@ def refuse_unsafe_checkpoints(load):
     return load_checkpoint_to_cpu
 
 
-def fsync_folder(folder: str):
-    """Makes a rename in ``folder`` durable; a no-op where folders cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on a folder: the rename is still atomic
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_copy(copy):
     """Wraps PathManager.copy: a local target is written to a temporary file in its folder,
     flushed to disk, then renamed over the target, so the target is always a whole file."""
@@ -227,19 +215,8 @@ def atomic_copy(copy):
             # iopath's answer (fairseq's PathManager with iopath installed): no copy, False
             logger.error(f"Destination file {dst_path} already exists.")
             return False
-        tmp_path = dst_path + ".tmp"  # same folder, so the rename cannot cross filesystems
-        try:
-            with open(src_path, "rb") as src, open(tmp_path, "wb") as tmp:
-                shutil.copyfileobj(src, tmp)
-                tmp.flush()
-                # the rename must not reach the disk before the data it names
-                os.fsync(tmp.fileno())
-            os.replace(tmp_path, dst_path)
-        except BaseException:
-            if os.path.exists(tmp_path):
-                os.remove(tmp_path)
-            raise
-        fsync_folder(os.path.dirname(os.path.abspath(dst_path)))
+        with open(src_path, "rb") as src:
+            write_atomically(dst_path, lambda tmp: shutil.copyfileobj(src, tmp), suffix=".tmp")
         return True
 
     return copy_atomically
