@@ -32,6 +32,22 @@ def test_gaussian_kl_matches_torch_distributions():
     torch.testing.assert_close(gaussian_kl(mu, logvar), kl_divergence(q, p))
 
 
+def test_gaussian_kl_to_a_conditional_prior_matches_torch_distributions():
+    """KL(q(z|c, x) || p(z|c)) of the conditional VAE: two diagonal Gaussians."""
+    mu, logvar = random_posterior(seed=1)
+    prior_mu, prior_logvar = random_posterior(seed=2)
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    p = Normal(prior_mu, torch.exp(0.5 * prior_logvar))
+    kl = gaussian_kl(mu, logvar, prior_mu, prior_logvar)
+    torch.testing.assert_close(kl, kl_divergence(q, p))
+    assert torch.allclose(gaussian_kl(mu, logvar, mu, logvar), torch.zeros_like(mu))
+    # N(0, I) as the prior is the sentence VAE's KL
+    zeros = torch.zeros_like(mu)
+    torch.testing.assert_close(gaussian_kl(mu, logvar, zeros, zeros), gaussian_kl(mu, logvar))
+    half = gaussian_kl(*(t.to(torch.bfloat16) for t in (mu, logvar, prior_mu, prior_logvar)))
+    assert half.dtype == torch.float32
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gaussian_kl_of_half_inputs_is_the_fp32_kl_of_their_values(dtype):
     mu, logvar = random_posterior()

@@ -94,10 +94,22 @@ class ELBOConfig(LabelSmoothedCrossEntropyCriterionConfig):
     )
 
 
-def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per example and dimension (B x D), in fp32."""
+def gaussian_kl(
+    mu: Tensor,
+    logvar: Tensor,
+    prior_mu: Optional[Tensor] = None,
+    prior_logvar: Optional[Tensor] = None,
+) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(prior_mu, exp(prior_logvar))) per example and dimension
+    (B x D), in fp32; the prior is N(0, I) when not given (the sentence VAE), p(z|c) for the
+    conditional one."""
     mu, logvar = mu.float(), logvar.float()
-    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)
+    if prior_mu is None:
+        return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)
+    prior_mu, prior_logvar = prior_mu.float(), prior_logvar.float()
+    return 0.5 * (
+        prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1.0
+    )
 
 
 def free_bits_kl(kl: Tensor, free_bits: float, mode: str) -> Tensor:
@@ -233,7 +245,10 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
         smoothed_nll, nll = label_smoothed_nll_loss(
             lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=True
         )
-        kl = gaussian_kl(net_output[1]["mu"], net_output[1]["logvar"])  # B x D, fp32
+        extra = net_output[1]  # bart_cvae's prior p(z|c) has parameters; N(0, I) has none
+        kl = gaussian_kl(
+            extra["mu"], extra["logvar"], extra.get("prior_mu"), extra.get("prior_logvar")
+        )
         kl_sum = kl.sum()
 
         beta, capacity = 1.0, None

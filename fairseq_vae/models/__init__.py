@@ -1,1 +1,2 @@
+from .bart_cvae import BARTCVAEModel  # noqa: F401
 from .bart_vae import BARTVAEModel  # noqa: F401

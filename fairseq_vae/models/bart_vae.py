@@ -63,6 +63,9 @@ class VAEEncoder(TransformerEncoder):
     overrides all three: that is how the hub interface decodes chosen latents.
     """
 
+    latent_keys = LATENT_KEYS  # what the encoder-out dict carries of the latent
+    conditional = False  # a sentence VAE: no source besides the sentence itself
+
     def __init__(self, args, dictionary, embed_tokens):
         super().__init__(args, dictionary, embed_tokens)
         dim = args.encoder_embed_dim
@@ -130,9 +133,10 @@ class VAEEncoder(TransformerEncoder):
         token_embeddings: Optional[Tensor] = None,
         z: Optional[Tensor] = None,
     ):
-        if z is not None or self.latent_source == "prior":
+        if z is not None or self.latent_source in ("prior", "prior-mean"):
             if z is None:
                 z = torch.randn(src_tokens.size(0), self.latent_dim, device=src_tokens.device)
+                z = z if self.latent_source == "prior" else torch.zeros_like(z)  # N(0, I)'s mean
             z = z.float()
             # the prior's parameters: with a given z there is no posterior to report
             return self.latent_encoder_out(torch.zeros_like(z), torch.zeros_like(z), z)
@@ -162,9 +166,14 @@ class VAEEncoder(TransformerEncoder):
         reordered["encoder_out"] = [
             t.index_select(1, new_order) for t in encoder_out["encoder_out"]
         ]
-        for key in LATENT_KEYS:
+        for key in self.latent_keys:
             reordered[key] = [t.index_select(0, new_order) for t in encoder_out[key]]
         return reordered
+
+    def bow_logits(self, encoder_out) -> Tensor:
+        """--bow-loss-weight: the sentence's words predicted from z alone (B x V)."""
+        z = encoder_out["z"][0]
+        return self.latent_bow(z.to(self.latent_bow.weight.dtype))
 
 
 class VAEDecoder(TransformerDecoder):
@@ -335,7 +344,9 @@ class BARTVAEModel(BARTModel):
         features_only: bool = False,
         **kwargs,
     ):
-        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths)
+        # the conditional model's encoder also reads the target (tgt_tokens, tgt_lengths)
+        latent_inputs = {k: kwargs[k] for k in ("tgt_tokens", "tgt_lengths") if k in kwargs}
+        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, **latent_inputs)
         if self.training and self.args.word_dropout > 0:
             dictionary = self.decoder.dictionary
             prev_output_tokens = word_dropout(
@@ -348,12 +359,10 @@ class BARTVAEModel(BARTModel):
         x, extra = self.decoder(
             prev_output_tokens, encoder_out=encoder_out, features_only=features_only
         )
-        for key in LATENT_KEYS:
+        for key in self.encoder.latent_keys:
             extra[key] = encoder_out[key][0]
         if self.training and self.encoder.latent_bow is not None:
-            extra["bow_logits"] = self.encoder.latent_bow(
-                extra["z"].to(self.encoder.latent_bow.weight.dtype)
-            )  # B x V
+            extra["bow_logits"] = self.encoder.bow_logits(encoder_out)  # B x V
         return x, extra
 
     def upgrade_state_dict_named(self, state_dict, name):

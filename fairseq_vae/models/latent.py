@@ -30,6 +30,8 @@ LATENT_MODULE_OPTIONS = {
     "latent_layer_memory": "--latent-layer-memory",
     "latent_to_embed": "--latent-to-embeddings",
     "latent_bow": "--bow-loss-weight",
+    "prior_mu": "bart_cvae --cvae-prior conditional",
+    "prior_logvar": "bart_cvae --cvae-prior conditional",
 }
 LATENT_MODULES = set(LATENT_MODULE_OPTIONS)
 # latent modules that keep BART's small N(0, 0.02) init (see BARTVAEModel.__init__)

@@ -27,21 +27,14 @@ from typing import List, Optional
 import numpy as np
 import torch
 from fairseq import utils
-from fairseq.data import Dictionary, LanguagePairDataset, data_utils
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.data import Dictionary, data_utils
+from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
 from ..latent_space.given_latents import PriorDraws, SteeredMeans
 from ..latent_space.steering import METHODS
-from ..schedules import (
-    KL_SCHEDULES,
-    RAMP_SHAPES,
-    check_resumed_schedule,
-    check_schedule_options,
-    kl_beta,
-    schedule_record,
-)
+from ..schedules import check_schedule_options, kl_beta
 from ..text.subword import (
     UNKNOWN_WARNING_SHARE,
     build_bpe,
@@ -49,18 +42,37 @@ from ..text.subword import (
     unknown_share,
     unknown_warning,
 )
+from .kl_schedule import KLScheduleConfig, keep_schedule_in_iterator_state
+from .text_data import PairedDataset, SkippingLanguagePairDataset, paired_dictionary
 
 logger = logging.getLogger(__name__)
 
 # --latent-source -> the encoder's latent_source
-LATENT_SOURCES = {"posterior-mean": "mean", "posterior-sample": "sample", "prior": "prior"}
+LATENT_SOURCES = {
+    "posterior-mean": "mean",
+    "posterior-sample": "sample",
+    "prior": "prior",
+    "prior-mean": "prior-mean",
+}
 
 
 @dataclass
-class TextVAEConfig(FairseqDataclass):
+class TextVAEConfig(KLScheduleConfig):
     data: Optional[str] = field(
         default=None,
         metadata={"help": "path to a data-bin folder made by fairseq-preprocess --only-source"},
+    )
+    source_lang: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "paired data for bart_cvae: the source side's suffix, as given to "
+            "fairseq-preprocess --source-lang (scripts/prepare_data.sh --pairs: src); default: "
+            "one side, each sentence its own source and target (bart_vae)"
+        },
+    )
+    target_lang: Optional[str] = field(
+        default=None,
+        metadata={"help": "paired data: the target side's suffix (--target-lang: tgt)"},
     )
     max_source_positions: int = field(
         default=1024,
@@ -72,73 +84,12 @@ class TextVAEConfig(FairseqDataclass):
     max_target_positions: int = field(
         default=1024, metadata={"help": "max number of tokens the decoder produces"}
     )
-    kl_schedule: ChoiceEnum(KL_SCHEDULES) = field(
-        default="cyclical",
-        metadata={"help": "how beta, the KL weight, moves with the update number"},
-    )
-    kl_beta_max: float = field(
-        default=1.0, metadata={"help": "beta at the top of the ramp (and of 'constant')"}
-    )
-    kl_cycles: int = field(
-        default=4,
-        metadata={"help": "cyclical: number of cycles M over --max-update"},
-    )
-    kl_cycle_updates: int = field(
-        default=0,
-        metadata={
-            "help": "cyclical/monotonic: cycle length in updates (overrides --kl-cycles; "
-            "needed when --max-update is not set)"
-        },
-    )
-    kl_ramp_fraction: float = field(
-        default=0.5,
-        metadata={"help": "cyclical/monotonic: fraction R of a cycle over which beta ramps up"},
-    )
-    kl_zero_fraction: float = field(
-        default=0.0,
-        metadata={
-            "help": "cyclical/monotonic: fraction of a cycle held at beta = 0 before the ramp "
-            "(Fu et al.'s frange_cycle_zero_linear, used by Optimus: 0.25 with a ramp of 0.25)"
-        },
-    )
-    kl_final_hold: float = field(
-        default=0.0,
-        metadata={
-            "help": "cyclical: the last fraction H of --max-update held at --kl-beta-max, the "
-            "cycles sharing the rest; on a short run the last cycle's beta = 0 phase can blow "
-            "the KL up with too few updates left to bring it back (0: off)"
-        },
-    )
-    kl_ramp_shape: ChoiceEnum(RAMP_SHAPES) = field(
-        default="linear",
-        metadata={
-            "help": "cyclical/monotonic ramp: linear v, sigmoid 1/(1+exp(-(12v-6))), "
-            "cosine 0.5-0.5cos(pi v)"
-        },
-    )
-    sawtooth_period: int = field(
-        default=200, metadata={"help": "sawtooth: period in updates (simple_vae_bart: 200)"}
-    )
-    sawtooth_ratio: float = field(
-        default=0.99,
-        metadata={"help": "sawtooth: fraction of the period that ramps (simple_vae_bart: 0.99)"},
-    )
-    sawtooth_power: float = field(
-        default=5.0, metadata={"help": "sawtooth: exponent of the ramp (simple_vae_bart: 5)"}
-    )
-    sawtooth_scale: float = field(
-        default=0.1,
-        metadata={"help": "sawtooth: beta at the end of the ramp (simple_vae_bart: 1/10)"},
-    )
-    sawtooth_hold: float = field(
-        default=0.5, metadata={"help": "sawtooth: beta after the ramp (simple_vae_bart: 1/2)"}
-    )
     latent_source: ChoiceEnum(list(LATENT_SOURCES)) = field(
         default="posterior-mean",
         metadata={
             "help": "what z generation (fairseq-generate, -interactive, the hub) decodes from: "
-            "the posterior mean of the source, a posterior sample, or the prior (N(0, I), or "
-            "--prior-file)"
+            "the posterior mean of the source, a posterior sample, or the prior (N(0, I), "
+            "--prior-file, or bart_cvae's p(z|c) given each source), or the prior's mean"
         },
     )
     prior_file: Optional[str] = field(
@@ -183,7 +134,6 @@ class TextVAEConfig(FairseqDataclass):
         },
     )
     seed: int = II("common.seed")
-    max_update: int = II("optimization.max_update")
     train_subset: str = II("dataset.train_subset")
     dataset_impl: Optional[str] = II("dataset.dataset_impl")
 
@@ -200,49 +150,6 @@ def latent_source(models, source: str):
     finally:
         for encoder, source_before in zip(encoders, previous):
             encoder.latent_source = source_before
-
-
-def keep_schedule_in_iterator_state(iterator, cfg):
-    """Makes the train iterator's checkpointed state carry the schedule's cycle length, and
-    check it when a run resumes.
-
-    fairseq saves ``task.state_dict()`` in every checkpoint, but its trainer never loads it
-    back when a run resumes (only ``load_model_ensemble_and_task`` does); the train iterator's
-    state (``extra_state["train_iterator"]``) is what ``checkpoint_utils.load_checkpoint``
-    restores, exactly when a run continues where it stopped (not with --reset-dataloader,
-    nor for --finetune-from-model). The record is made lazily: generating from the train
-    split never needs the run's length.
-    """
-    if getattr(iterator, "keeps_kl_schedule", False):  # fairseq may hand back a cached one
-        return iterator
-    save, load = iterator.state_dict, iterator.load_state_dict
-
-    def state_dict():
-        return {**save(), "kl_schedule": schedule_record(cfg)}
-
-    def load_state_dict(state):
-        check_resumed_schedule(state.get("kl_schedule"), cfg)
-        load(state)
-
-    iterator.state_dict, iterator.load_state_dict = state_dict, load_state_dict
-    iterator.keeps_kl_schedule = True
-    return iterator
-
-
-class SkippingLanguagePairDataset(LanguagePairDataset):
-    """A LanguagePairDataset whose batches leave out the sentences marked in ``skip``.
-
-    They are dropped from ``ordered_indices`` rather than from the data, so every sample id
-    stays the sentence's line number minus one (fairseq-generate's S-/H- ids included).
-    """
-
-    def __init__(self, skip: np.ndarray, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.skip = skip
-
-    def ordered_indices(self):
-        indices = super().ordered_indices()
-        return indices[~self.skip[indices]]
 
 
 @register_task("text_vae", dataclass=TextVAEConfig)
@@ -292,6 +199,8 @@ class TextVAETask(FairseqTask):
                 "fairseq-preprocess --only-source (scripts/prepare_data.sh)"
             )
         dict_path = os.path.join(paths[0], "dict.txt")
+        if cfg.source_lang or cfg.target_lang:
+            dict_path = paired_dictionary(paths[0], cfg.source_lang, cfg.target_lang)
         if not os.path.isfile(dict_path):
             raise FileNotFoundError(
                 f"no dictionary at {dict_path}: is {paths[0]!r} a data-bin folder made by "
@@ -314,8 +223,21 @@ class TextVAETask(FairseqTask):
         logger.info(f"dictionary: {len(dictionary)} types ({dict_path})")
         return cls(cfg, dictionary, dict_path, from_checkpoint=from_checkpoint)
 
+    @property
+    def paired(self) -> bool:
+        return bool(self.cfg.source_lang)
+
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
+        conditional = getattr(model.encoder, "conditional", False)
+        if conditional != self.paired:
+            raise ValueError(
+                "bart_cvae learns a target given a source: give it paired data "
+                "(--source-lang src --target-lang tgt)"
+                if conditional
+                else "paired data (--source-lang, --target-lang) is for --arch bart_cvae; "
+                "bart_vae autoencodes the sentences of one side"
+            )
         # fairseq-generate and -interactive set the task up from their command line (1024
         # positions by default) and only then load the checkpoint's model: its limits are
         # the ones the skip of over-long sentences must use
@@ -345,6 +267,9 @@ class TextVAETask(FairseqTask):
             self.datasets[split] = self.build_dataset_for_inference(
                 [eos] * n, [1] * n, typed_input=False
             )
+            return
+        if self.paired:
+            self.datasets[split] = self.load_pairs(split, epoch, combine)
             return
         if self.cfg.latent_source == "prior" and not self.from_checkpoint:  # draws as "hypotheses"
             raise ValueError(
@@ -376,6 +301,37 @@ class TextVAETask(FairseqTask):
             left_pad_source=False,
             left_pad_target=False,
         )
+
+    def load_pairs(self, split: str, epoch: int, combine: bool) -> PairedDataset:
+        """The split's sources and targets (fairseq-preprocess --source-lang --target-lang
+        names them {split}.{src}-{tgt}.{src|tgt}), a pair skipped where either side is empty
+        or too long."""
+        src, tgt = self.cfg.source_lang, self.cfg.target_lang
+        paths = utils.split_paths(self.cfg.data)
+        data_path = paths[(epoch - 1) % len(paths)] if split == self.cfg.train_subset else paths[0]
+        prefix = os.path.join(data_path, f"{split}.{src}-{tgt}.")
+        sides = []
+        for lang in (src, tgt):
+            side = data_utils.load_indexed_dataset(
+                prefix + lang, self.dictionary, self.cfg.dataset_impl, combine=combine
+            )
+            if side is None:
+                raise FileNotFoundError(f"split {split!r}: no {prefix}{lang}.bin/.idx")
+            sides.append(side)
+        if len(sides[0]) != len(sides[1]):
+            raise ValueError(
+                f"split {split!r}: {prefix}{src} has {len(sides[0])} sentences but "
+                f"{prefix}{tgt} has {len(sides[1])}: the two sides must pair line by line"
+            )
+        logger.info(f"{prefix}{src}-{tgt}: {len(sides[0])} pairs")
+        skip = self.sentences_to_skip(sides[0].sizes, prefix + src)
+        skip |= self.sentences_to_skip(sides[1].sizes, prefix + tgt)
+        if skip.all():
+            raise ValueError(f"{prefix}{src}-{tgt}: no pair has both sides usable")
+        return PairedDataset(
+            skip, sides[0], sides[0].sizes, self.dictionary, sides[1], sides[1].sizes,
+            self.dictionary, left_pad_source=False, left_pad_target=False,
+        )  # fmt: skip
 
     def sentences_to_skip(self, sizes: np.ndarray, split_path: str) -> np.ndarray:
         """Marks empty sentences and those too long for the model, and logs how many."""

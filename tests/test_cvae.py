@@ -1,0 +1,222 @@
+"""bart_cvae: the conditional VAE's encoder, prior, posterior and memory against computations by
+hand, its KL against torch.distributions, and paired data through fairseq's own tools."""
+
+import os
+import re
+
+import pytest
+import torch
+from conftest import TINY_ARCH, USER_DIR, WORDS, encode_lines, random_sentences, run_tool
+from fairseq import options, tasks
+from fairseq.data import Dictionary
+from fairseq.models.transformer import TransformerEncoder
+from torch.distributions import Normal, kl_divergence
+
+from fairseq_vae.models.latent import masked_mean
+
+CVAE_ARCH = ["--arch", "bart_cvae_small", *TINY_ARCH[2:]]
+PAIRS = ["--source-lang", "src", "--target-lang", "tgt"]
+
+
+@pytest.fixture(scope="module")
+def pair_dict_dir(tmp_path_factory):
+    """dict.src.txt = dict.tgt.txt over WORDS, as fairseq-preprocess --joined-dictionary."""
+    folder = tmp_path_factory.mktemp("pair-dict")
+    dictionary = Dictionary()
+    for word in WORDS:
+        dictionary.add_symbol(word)
+    for lang in ("src", "tgt"):
+        dictionary.save(str(folder / f"dict.{lang}.txt"))
+    return str(folder)
+
+
+def build_cvae(data_dir, *extra):
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser,
+        [data_dir, "--user-dir", USER_DIR, "--task", "text_vae", "--criterion", "elbo",
+         "--max-update", "100", *CVAE_ARCH, *PAIRS, *extra],
+    )  # fmt: skip
+    task = tasks.setup_task(args)
+    torch.manual_seed(0)
+    model = task.build_model(args)
+    model.eval()
+    return task, model, args
+
+
+def paired_batch(dictionary, sources, targets):
+    src, src_lengths = encode_lines(dictionary, sources)
+    tgt, tgt_lengths = encode_lines(dictionary, targets)
+    prev = torch.roll(tgt.masked_fill(tgt.eq(dictionary.eos()), dictionary.pad()), 1, dims=1)
+    prev[:, 0] = dictionary.eos()
+    net_input = {"src_tokens": src, "src_lengths": src_lengths, "prev_output_tokens": prev,
+                 "tgt_tokens": tgt, "tgt_lengths": tgt_lengths}  # fmt: skip
+    return {"net_input": net_input, "target": tgt, "ntokens": int(tgt.ne(dictionary.pad()).sum())}
+
+
+SOURCES = ["the cat sat", "a big red dog ran on the mat", "the rug"]
+TARGETS = ["the cat sat on the mat", "a dog", "the small rug under a cat"]
+
+
+def states_of(encoder, tokens, lengths):
+    """BART's encoder states and padding mask for a batch, by the plain transformer encoder."""
+    out = TransformerEncoder.forward(encoder, tokens, lengths)
+    return out["encoder_out"][0], out["encoder_padding_mask"][0]
+
+
+def test_the_memory_is_z_beside_the_source_and_q_reads_source_and_target(pair_dict_dir):
+    task, model, _ = build_cvae(pair_dict_dir)
+    sample = paired_batch(task.dictionary, SOURCES, TARGETS)
+    encoder, net = model.encoder, sample["net_input"]
+    encoder.latent_source = "mean"
+    with torch.no_grad():
+        out = encoder(net["src_tokens"], net["src_lengths"], tgt_tokens=net["tgt_tokens"],
+                      tgt_lengths=net["tgt_lengths"])  # fmt: skip
+        src_states, src_mask = states_of(encoder, net["src_tokens"], net["src_lengths"])
+        tgt_states, tgt_mask = states_of(encoder, net["tgt_tokens"], net["tgt_lengths"])
+        # the means over each sentence's own positions, by a loop
+        c = torch.stack([src_states[:n, b].mean(0) for b, n in enumerate(net["src_lengths"])])
+        x = torch.stack([tgt_states[:n, b].mean(0) for b, n in enumerate(net["tgt_lengths"])])
+        mu = encoder.mlp_mu(torch.cat([c, x], dim=-1))
+        prior_mu = encoder.prior_mu(c)
+        memory = out["encoder_out"][0]
+    torch.testing.assert_close(out["mu"][0], mu)
+    torch.testing.assert_close(out["z"][0], mu)  # latent_source mean: z is q's mean
+    torch.testing.assert_close(out["prior_mu"][0], prior_mu)
+    # slot 0 is z's memory, then every source position; padding hides no slot
+    assert memory.shape == (1 + src_states.size(0), len(SOURCES), src_states.size(2))
+    torch.testing.assert_close(memory[:1], encoder.memory(mu))
+    torch.testing.assert_close(memory[1:], src_states)
+    mask = out["encoder_padding_mask"][0]
+    assert not mask[:, 0].any() and torch.equal(mask[:, 1:], src_mask)
+
+
+def test_without_a_target_z_comes_from_the_prior_given_the_source(pair_dict_dir):
+    task, model, _ = build_cvae(pair_dict_dir)
+    src, lengths = encode_lines(task.dictionary, SOURCES)
+    encoder = model.encoder
+    with torch.no_grad():
+        states, mask = states_of(encoder, src, lengths)
+        c = masked_mean(states, mask)
+        encoder.latent_source = "prior-mean"
+        out = encoder(src, lengths)
+        torch.testing.assert_close(out["z"][0], encoder.prior_mu(c))
+        encoder.latent_source = "mean"
+        with pytest.raises(ValueError, match="needs the target"):
+            encoder(src, lengths)
+
+
+def test_the_criterions_kl_is_kl_of_the_posterior_to_the_conditional_prior(pair_dict_dir):
+    task, model, args = build_cvae(pair_dict_dir)
+    criterion = task.build_criterion(args)
+    sample = paired_batch(task.dictionary, SOURCES, TARGETS)
+    with torch.no_grad():
+        _, _, logged = criterion(model, sample)
+        _, extra = model(**sample["net_input"])
+    q = Normal(extra["mu"], torch.exp(0.5 * extra["logvar"]))
+    p = Normal(extra["prior_mu"], torch.exp(0.5 * extra["prior_logvar"]))
+    torch.testing.assert_close(logged["kl"], kl_divergence(q, p).sum())
+    # the validation loss is the plain -ELBO: NLL + KL, in bits (fairseq divides by ln 2 later)
+    torch.testing.assert_close(logged["loss"], logged["nll_loss"] + logged["kl"])
+
+
+def test_a_standard_prior_is_n01_whatever_the_source(pair_dict_dir):
+    task, model, _ = build_cvae(pair_dict_dir, "--cvae-prior", "standard")
+    sample = paired_batch(task.dictionary, SOURCES, TARGETS)
+    assert not hasattr(model.encoder, "prior_mu")
+    with torch.no_grad():
+        _, extra = model(**sample["net_input"])
+    assert not extra["prior_mu"].any() and not extra["prior_logvar"].any()
+
+
+def test_models_and_data_must_match(pair_dict_dir, dict_dir):
+    with pytest.raises(ValueError, match="is for --arch bart_cvae"):
+        parser = options.get_training_parser()
+        args = options.parse_args_and_arch(
+            parser,
+            [pair_dict_dir, "--user-dir", USER_DIR, "--task", "text_vae", "--criterion", "elbo",
+             *TINY_ARCH, *PAIRS],
+        )  # fmt: skip
+        tasks.setup_task(args).build_model(args)
+    with pytest.raises(ValueError, match="give it paired data"):
+        parser = options.get_training_parser()
+        args = options.parse_args_and_arch(
+            parser,
+            [dict_dir, "--user-dir", USER_DIR, "--task", "text_vae", "--criterion", "elbo",
+             *CVAE_ARCH],
+        )  # fmt: skip
+        tasks.setup_task(args).build_model(args)
+
+
+# --- paired data through fairseq's tools ----------------------------------------------------
+
+
+def pair_corpus(n, seed):
+    """Sources and targets: each target is its source with a tail the source does not fix."""
+    sources = random_sentences(n, seed, 2, 5)
+    tails = random_sentences(n, seed + 100, 1, 3)
+    return sources, [f"{s} {t}" for s, t in zip(sources, tails)]
+
+
+@pytest.fixture(scope="module")
+def pair_bin(tmp_path_factory):
+    raw = tmp_path_factory.mktemp("pairs-raw")
+    for split, n, seed in (("train", 300, 0), ("valid", 20, 1), ("test", 12, 2)):
+        sources, targets = pair_corpus(n, seed)
+        (raw / f"{split}.src").write_text("\n".join(sources) + "\n")
+        (raw / f"{split}.tgt").write_text("\n".join(targets) + "\n")
+    dest = tmp_path_factory.mktemp("pairs-bin")
+    run_tool("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt",
+             "--joined-dictionary", "--trainpref", raw / "train", "--validpref", raw / "valid",
+             "--testpref", raw / "test", "--destdir", dest, "--workers", "1")  # fmt: skip
+    return str(dest)
+
+
+@pytest.fixture(scope="module")
+def cvae_checkpoint(pair_bin, tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("cvae-ckpt")
+    run_tool("fairseq-train", pair_bin, "--user-dir", USER_DIR, "--task", "text_vae",
+             "--criterion", "elbo", *CVAE_ARCH, *PAIRS, "--optimizer", "adam", "--lr", "0.003",
+             "--max-tokens", "2000", "--max-update", "40", "--save-dir", save_dir, "--cpu",
+             "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "10",
+             "--num-workers", "0", "--seed", "1")  # fmt: skip
+    return str(save_dir / "checkpoint_last.pt")
+
+
+def hypotheses(stdout):
+    return {int(m[1]): m[2] for m in re.finditer(r"^H-(\d+)\t\S+\t(.*)$", stdout, re.M)}
+
+
+@pytest.mark.parametrize("source, beam", [("prior", 1), ("prior-mean", 4), ("posterior-mean", 1)])
+def test_generate_decodes_every_test_pair_from_each_latent_source(pair_bin, cvae_checkpoint,
+                                                                   source, beam):  # fmt: skip
+    """Beam search reorders z, the memory and its padding mask with the hypotheses."""
+    out = run_tool("fairseq-generate", pair_bin, "--user-dir", USER_DIR, "--task", "text_vae",
+                   *PAIRS, "--path", cvae_checkpoint, "--cpu", "--beam", beam,
+                   "--latent-source", source, "--seed", "1")  # fmt: skip
+    hyps = hypotheses(out)
+    assert sorted(hyps) == list(range(12)), out[-2000:]
+    assert all(h.split() for h in hyps.values())
+
+
+def test_paired_data_with_another_count_on_one_side_is_refused(pair_bin, cvae_checkpoint,
+                                                                tmp_path):  # fmt: skip
+    """fairseq-preprocess binarises each side apart: a test split whose target file lost its
+    last line still binarises, and training must say which files disagree."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    sources, targets = pair_corpus(10, 5)
+    (raw / "test.src").write_text("\n".join(sources) + "\n")
+    (raw / "test.tgt").write_text("\n".join(targets[:-1]) + "\n")
+    dest = tmp_path / "bin"
+    run_tool("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt",
+             "--srcdict", os.path.join(pair_bin, "dict.src.txt"), "--joined-dictionary",
+             "--testpref", raw / "test", "--destdir", dest, "--workers", "1",
+             check=False)  # fmt: skip
+    if not (dest / "test.src-tgt.tgt.bin").exists():
+        pytest.skip("this fairseq-preprocess refuses sides of different lengths itself")
+    for name in ("dict.src.txt", "dict.tgt.txt"):
+        (dest / name).write_text(open(os.path.join(pair_bin, name)).read())
+    result = run_tool("fairseq-generate", dest, "--user-dir", USER_DIR, "--task", "text_vae",
+                      *PAIRS, "--path", cvae_checkpoint, "--cpu", check=False)  # fmt: skip
+    assert "has 10 sentences but" in result and "has 9" in result, result[-2000:]
