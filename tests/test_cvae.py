@@ -220,3 +220,37 @@ def test_paired_data_with_another_count_on_one_side_is_refused(pair_bin, cvae_ch
     result = run_tool("fairseq-generate", dest, "--user-dir", USER_DIR, "--task", "text_vae",
                       *PAIRS, "--path", cvae_checkpoint, "--cpu", check=False)  # fmt: skip
     assert "has 10 sentences but" in result and "has 9" in result, result[-2000:]
+
+
+def all_hypotheses(stdout):
+    """{sentence id: its hypotheses in the order printed}."""
+    found = {}
+    for m in re.finditer(r"^H-(\d+)\t\S+\t(.*)$", stdout, re.M):
+        found.setdefault(int(m[1]), []).append(m[2])
+    return found
+
+
+def test_latent_samples_are_n_draws_a_source_fixed_by_seed_and_id(pair_bin, cvae_checkpoint):
+    common = ["fairseq-generate", pair_bin, "--user-dir", USER_DIR, "--task", "text_vae",
+              *PAIRS, "--path", cvae_checkpoint, "--cpu", "--beam", "2",
+              "--latent-source", "prior", "--latent-samples", "3", "--seed", "7"]  # fmt: skip
+    together = all_hypotheses(run_tool(*common))
+    alone = all_hypotheses(run_tool(*common, "--batch-size", "1"))
+    assert sorted(together) == list(range(12)) and all(len(h) == 3 for h in together.values())
+    assert together == alone  # the k-th draw of a source does not depend on its batch
+    other_seed = all_hypotheses(run_tool(*common[:-1], "8"))
+    assert other_seed != together
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--latent-samples", "0"], "--latent-samples must be at least 1, got 0"),
+        (["--latent-samples", "2"], "would decode one z 2 times"),
+    ],
+)
+def test_latent_samples_options_are_refused_in_one_line(pair_bin, cvae_checkpoint, extra,
+                                                        message):  # fmt: skip
+    out = run_tool("fairseq-generate", pair_bin, "--user-dir", USER_DIR, "--task", "text_vae",
+                   *PAIRS, "--path", cvae_checkpoint, "--cpu", *extra, check=False)  # fmt: skip
+    assert message in out and "Traceback" not in out, out[-2000:]

@@ -48,6 +48,13 @@ CVAE_PRIORS = ("conditional", "standard")
 CVAE_LATENT_KEYS = ("mu", "logvar", "z", "prior_mu", "prior_logvar", "source_mean")
 
 
+def sample_from(mu: Tensor, logvar: Tensor, eps: Optional[Tensor]) -> Tensor:
+    """z = mu + sigma * eps with the given draws, or reparameterised from this worker's noise."""
+    if eps is None:
+        return reparameterize(mu, logvar, generator=worker_generator(mu.device))
+    return mu + torch.exp(0.5 * logvar) * eps.to(mu)
+
+
 class CVAEEncoder(VAEEncoder):
     """BART's encoder over the source, the prior p(z|c), the posterior q(z|c, x) and the memory
     [z's slots; source states].
@@ -107,7 +114,10 @@ class CVAEEncoder(VAEEncoder):
         z: Optional[Tensor] = None,
         tgt_tokens: Optional[Tensor] = None,
         tgt_lengths: Optional[Tensor] = None,
+        eps: Optional[Tensor] = None,
     ):
+        """``eps`` (B x latent): the standard normal draws of a sampled z, when the caller
+        fixes them (``latent_draws``); else they come from the random state."""
         source = TransformerEncoder.forward(self, src_tokens, src_lengths)
         mask = source["encoder_padding_mask"][0] if source["encoder_padding_mask"] else None
         source_mean = masked_mean(source["encoder_out"][0], mask)
@@ -117,7 +127,7 @@ class CVAEEncoder(VAEEncoder):
             if z is None and self.latent_source == "prior-mean":
                 z = prior_mu
             elif z is None:
-                z = reparameterize(prior_mu, prior_logvar)
+                z = sample_from(prior_mu, prior_logvar, eps)
         else:
             if tgt_tokens is None:
                 raise ValueError(
@@ -126,7 +136,7 @@ class CVAEEncoder(VAEEncoder):
                 )
             mu, logvar = self.conditional_posterior(source_mean, tgt_tokens, tgt_lengths)
             if self.latent_source == "sample":
-                z = reparameterize(mu, logvar, generator=worker_generator(mu.device))
+                z = sample_from(mu, logvar, eps)
             else:
                 z = mu
         latent = {

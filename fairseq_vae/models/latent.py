@@ -68,6 +68,18 @@ def reparameterize(
     return mu + torch.exp(0.5 * logvar) * eps
 
 
+def latent_draws(seed: int, ids: List[int], n: int, dim: int) -> Tensor:
+    """Standard normal draws, n x dim for each sentence id, fixed by (seed, id) alone: the k-th
+    latent of sentence i is the same whatever the batching, the device or the other sentences
+    (fairseq-generate --latent-samples and the conditional hub share them). (len(ids) * n) x
+    dim, sentence i's rows i*n .. i*n+n-1, on the CPU."""
+    draws = [
+        torch.randn(n, dim, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i)))
+        for i in ids
+    ]
+    return torch.cat(draws) if draws else torch.zeros(0, dim)
+
+
 def masked_mean(states: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
     """Mean of T x B x C ``states`` over the non-pad positions of each sentence -> B x C."""
     # B x T x C (never .view: that mixes sentences); summed in fp32, as an fp16 sum over a

@@ -30,10 +30,11 @@ from fairseq import utils
 from fairseq.data import Dictionary, data_utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import FairseqTask, register_task
-from omegaconf import II
+from omegaconf import II, DictConfig, open_dict
 
 from ..latent_space.given_latents import PriorDraws, SteeredMeans
 from ..latent_space.steering import METHODS
+from ..models.latent import latent_draws
 from ..schedules import check_schedule_options, kl_beta
 from ..text.subword import (
     UNKNOWN_WARNING_SHARE,
@@ -43,17 +44,10 @@ from ..text.subword import (
     unknown_warning,
 )
 from .kl_schedule import KLScheduleConfig, keep_schedule_in_iterator_state
+from .latent_sources import LATENT_SOURCES, latent_samples_problem, latent_source
 from .text_data import PairedDataset, SkippingLanguagePairDataset, paired_dictionary
 
 logger = logging.getLogger(__name__)
-
-# --latent-source -> the encoder's latent_source
-LATENT_SOURCES = {
-    "posterior-mean": "mean",
-    "posterior-sample": "sample",
-    "prior": "prior",
-    "prior-mean": "prior-mean",
-}
 
 
 @dataclass
@@ -109,6 +103,15 @@ class TextVAEConfig(KLScheduleConfig):
             "many sentences of each prior against as many real ones"
         },
     )
+    latent_samples: int = field(
+        default=1,
+        metadata={
+            "help": "bart_cvae: decode N latents per source, each by the chosen search, as the "
+            "source's N hypotheses (H lines; --nbest follows N): N draws of p(z|c) with "
+            "--latent-source prior, of q(z|c, x) with posterior-sample; the k-th draw of a "
+            "source is fixed by --seed and its id alone"
+        },
+    )
     direction_file: Optional[str] = field(
         default=None,
         metadata={
@@ -136,20 +139,6 @@ class TextVAEConfig(KLScheduleConfig):
     seed: int = II("common.seed")
     train_subset: str = II("dataset.train_subset")
     dataset_impl: Optional[str] = II("dataset.dataset_impl")
-
-
-@contextlib.contextmanager
-def latent_source(models, source: str):
-    """Temporarily make every model's encoder take z from ``source`` (mean, sample, prior)."""
-    encoders = [model.encoder for model in models if hasattr(model.encoder, "latent_source")]
-    previous = [encoder.latent_source for encoder in encoders]
-    for encoder in encoders:
-        encoder.latent_source = source
-    try:
-        yield
-    finally:
-        for encoder, source_before in zip(encoders, previous):
-            encoder.latent_source = source_before
 
 
 @register_task("text_vae", dataclass=TextVAEConfig)
@@ -214,6 +203,7 @@ class TextVAETask(FairseqTask):
                     f"--prior-file {cfg.prior_file} is a prior to sample from: generate with "
                     f"--latent-source prior (not {cfg.latent_source})"
                 )
+            latent_samples_problem(cfg)
             if cfg.direction_file and str(cfg.latent_source) != "posterior-mean":
                 raise ValueError(
                     f"--direction-file {cfg.direction_file} moves each source's posterior mean: "
@@ -412,7 +402,15 @@ class TextVAETask(FairseqTask):
         iterator = super().get_batch_iterator(dataset, **kwargs)
         return keep_schedule_in_iterator_state(iterator, self.cfg) if training else iterator
 
+    def build_generator(self, models, args, *rest, **kwargs):
+        if self.cfg.latent_samples > 1:  # fairseq-generate prints --nbest hypotheses a source
+            with open_dict(args) if isinstance(args, DictConfig) else contextlib.nullcontext():
+                args.nbest = max(args.nbest, self.cfg.latent_samples)
+        return super().build_generator(models, args, *rest, **kwargs)
+
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        if self.cfg.latent_samples > 1:
+            return self.several_latents_step(generator, models, sample, prefix_tokens)
         source = LATENT_SOURCES[str(self.cfg.latent_source)]
         z = None
         if source == "prior" and self.prior_draws is not None:
@@ -424,6 +422,22 @@ class TextVAETask(FairseqTask):
             sample = dict(sample, net_input=dict(sample["net_input"], z=z))
         with latent_source(models, source):
             return super().inference_step(generator, models, sample, prefix_tokens, constraints)
+
+    def several_latents_step(self, generator, models, sample, prefix_tokens=None):
+        """Each source decoded from --latent-samples N latents: the batch repeated N times
+        (source i's copies are rows i*N .. i*N+N-1) with the draws latent_draws fixes, and
+        each copy's best hypothesis kept, N hypotheses a source."""
+        n, ids = self.cfg.latent_samples, sample["id"].tolist()
+        net = sample["net_input"]
+        expanded = {k: v.repeat_interleave(n, dim=0) for k, v in net.items() if v is not None}
+        expanded["eps"] = latent_draws(self.cfg.seed, ids, n, models[0].encoder.latent_dim)
+        expanded["eps"] = expanded["eps"].to(net["src_tokens"].device)
+        if prefix_tokens is not None:
+            prefix_tokens = prefix_tokens.repeat_interleave(n, dim=0)
+        copies = dict(sample, net_input=expanded, id=sample["id"].repeat_interleave(n))
+        with latent_source(models, LATENT_SOURCES[str(self.cfg.latent_source)]):
+            hypos = super().inference_step(generator, models, copies, prefix_tokens)
+        return [[hypos[i * n + k][0] for k in range(n)] for i in range(len(ids))]
 
     def beta(self, update_num: int) -> float:
         return kl_beta(update_num, self.cfg)
