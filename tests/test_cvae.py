@@ -254,3 +254,60 @@ def test_latent_samples_options_are_refused_in_one_line(pair_bin, cvae_checkpoin
     out = run_tool("fairseq-generate", pair_bin, "--user-dir", USER_DIR, "--task", "text_vae",
                    *PAIRS, "--path", cvae_checkpoint, "--cpu", *extra, check=False)  # fmt: skip
     assert message in out and "Traceback" not in out, out[-2000:]
+
+
+# --- the hub ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cvae_hub(pair_bin, cvae_checkpoint):
+    from fairseq_vae.models.bart_cvae import BARTCVAEModel
+
+    return BARTCVAEModel.from_pretrained(
+        os.path.dirname(cvae_checkpoint), os.path.basename(cvae_checkpoint), pair_bin
+    )
+
+
+def test_hub_samples_the_draws_fairseq_generate_decodes(pair_bin, cvae_checkpoint, cvae_hub):
+    sources, _ = pair_corpus(12, 2)  # the test split, in its order: sentence i has id i
+    printed = all_hypotheses(
+        run_tool(
+            "fairseq-generate",
+            pair_bin,
+            "--user-dir",
+            USER_DIR,
+            "--task",
+            "text_vae",
+            *PAIRS,
+            "--path",
+            cvae_checkpoint,
+            "--cpu",
+            "--beam",
+            "1",
+            "--latent-source",
+            "prior",
+            "--latent-samples",
+            "3",
+            "--seed",
+            "5",
+        )  # fmt: skip
+    )
+    assert cvae_hub.sample(sources, n=3, seed=5) == [printed[i] for i in range(12)]
+
+
+def test_hub_reconstructs_and_transfers_from_the_posterior_mean(cvae_hub):
+    sources, targets = pair_corpus(4, 9)
+    mu, _ = cvae_hub.encode(sources, targets)
+    prior_mu, _ = cvae_hub.prior(sources)
+    assert mu.shape == prior_mu.shape == (4, cvae_hub.latent_dim)
+    # reconstruct: q's mean beside the source; transfer: the same z beside other sources
+    assert cvae_hub.reconstruct(sources, targets) == cvae_hub.decode_under(mu, sources)
+    others = sources[1:] + sources[:1]
+    assert cvae_hub.transfer(sources, targets, others) == cvae_hub.decode_under(mu, others)
+    assert cvae_hub.sample(sources, mean=True) == [
+        [t] for t in cvae_hub.decode_under(prior_mu, sources)
+    ]
+    with pytest.raises(ValueError, match="4 sources but 3 targets"):
+        cvae_hub.encode(sources, targets[:3])
+    with pytest.raises(NotImplementedError, match="depends on a source"):
+        cvae_hub.interpolate(sources[0], sources[1])

@@ -32,6 +32,7 @@ from .bart_vae import (
     bart_vae_large_architecture,
     bart_vae_small_architecture,
 )
+from .cvae_hub_interface import BARTCVAEHubInterface
 from .latent import (
     LOGVAR_MAX,
     LOGVAR_MIN,
@@ -185,6 +186,8 @@ class CVAEEncoder(VAEEncoder):
 @register_model("bart_cvae")
 class BARTCVAEModel(BARTVAEModel):
     """BART with a Gaussian latent between a source and its target: p(x|z, c) p(z|c)."""
+
+    hub_interface = BARTCVAEHubInterface
 
     @staticmethod
     def add_args(parser):

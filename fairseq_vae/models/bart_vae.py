@@ -222,6 +222,8 @@ class VAEDecoder(TransformerDecoder):
 class BARTVAEModel(BARTModel):
     """BART with a Gaussian sentence latent between its encoder and decoder."""
 
+    hub_interface = BARTVAEHubInterface  # what from_pretrained returns
+
     def __init__(self, args, encoder, decoder):
         super().__init__(args, encoder, decoder)
         self.register_buffer(DICTIONARY_CHECKSUM, dictionary_sha256(encoder.dictionary))
@@ -398,7 +400,7 @@ class BARTVAEModel(BARTModel):
         x = hub_utils.from_pretrained(
             model_name_or_path, checkpoint_file, data_name_or_path, archive_map={}, **kwargs
         )
-        return BARTVAEHubInterface(x["args"], x["task"], x["models"][0])
+        return cls.hub_interface(x["args"], x["task"], x["models"][0])
 
     def set_beam_size(self, beam):
         # BART's version swaps in a reorder that leaves the encoder output alone, for its
