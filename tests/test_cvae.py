@@ -311,3 +311,67 @@ def test_hub_reconstructs_and_transfers_from_the_posterior_mean(cvae_hub):
         cvae_hub.encode(sources, targets[:3])
     with pytest.raises(NotImplementedError, match="depends on a source"):
         cvae_hub.interpolate(sources[0], sources[1])
+
+
+# --- what loads into bart_cvae ------------------------------------------------------------------
+
+
+def rewritten_checkpoint(source, dest, edit):
+    """A copy of a checkpoint whose model weights ``edit`` changed (in place)."""
+    import fairseq_vae  # noqa: F401  (the allow-list weights_only needs for fairseq's globals)
+
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    edit(state["model"])
+    torch.save(state, dest)
+    return str(dest)
+
+
+def finetune(data, start, save_dir, *arch):
+    return run_tool("fairseq-train", data, "--user-dir", USER_DIR, "--task", "text_vae",
+                    "--criterion", "elbo", *arch, "--optimizer", "adam", "--lr", "0.001",
+                    "--max-tokens", "2000", "--max-update", "2", "--save-dir", save_dir,
+                    "--cpu", "--num-workers", "0", "--finetune-from-model", start,
+                    check=False)  # fmt: skip
+
+
+def test_a_plain_bart_fine_tunes_into_bart_cvae_with_fresh_latent_heads(pair_bin,
+                                                                       cvae_checkpoint,
+                                                                       tmp_path):  # fmt: skip
+    from fairseq_vae.models.checkpoint_compat import is_latent_parameter
+
+    def strip(weights):  # what a plain BART of these dimensions holds
+        for key in [k for k in weights if is_latent_parameter(k) or "sha256" in k]:
+            del weights[key]
+
+    plain = rewritten_checkpoint(cvae_checkpoint, tmp_path / "plain.pt", strip)
+    out = finetune(pair_bin, plain, tmp_path / "ft", *CVAE_ARCH, *PAIRS)
+    assert "| done training" in out, out[-3000:]
+    fresh = re.search(r"keep their fresh initialisation: (.*)", out)[1]
+    assert "encoder.prior_mu.0.weight" in fresh and "encoder.mlp_mu.0.weight" in fresh
+    assert "decoder.layers.0" not in fresh  # BART's own weights came from the file
+
+
+def test_a_sentence_vae_and_a_conditional_one_do_not_load_into_each_other(pair_bin,
+                                                                         cvae_checkpoint,
+                                                                         tmp_path):  # fmt: skip
+    def as_sentence_vae(weights):  # one mean into the posterior heads, no prior heads
+        for head in ("mlp_mu", "mlp_logvar"):
+            key = f"encoder.{head}.0.weight"
+            weights[key] = weights[key][:, : weights[key].size(1) // 2].clone()
+        for key in [k for k in weights if ".prior_" in k]:
+            del weights[key]
+
+    vae = rewritten_checkpoint(cvae_checkpoint, tmp_path / "vae.pt", as_sentence_vae)
+    out = finetune(pair_bin, vae, tmp_path / "a", *CVAE_ARCH, *PAIRS)
+    assert "is a bart_vae (a sentence VAE)" in out and "Traceback" not in out, out[-3000:]
+    # the other way: one side of the same corpus, binarised with its dictionary
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    sources, _ = pair_corpus(40, 3)
+    (raw / "train.txt").write_text("\n".join(sources) + "\n")
+    one_side = tmp_path / "one-side"
+    run_tool("fairseq-preprocess", "--only-source", "--srcdict",
+             os.path.join(pair_bin, "dict.src.txt"), "--trainpref", raw / "train.txt",
+             "--validpref", raw / "train.txt", "--destdir", one_side, "--workers", "1")  # fmt: skip
+    out = finetune(str(one_side), cvae_checkpoint, tmp_path / "b", *TINY_ARCH)
+    assert "is a bart_cvae (a conditional VAE)" in out and "Traceback" not in out, out[-3000:]

@@ -215,6 +215,26 @@ def check_missing_latent_modules(model, state_dict, own, prefix: str):
     )
 
 
+def check_model_kind(model, state_dict, prefix: str):
+    """A sentence VAE's checkpoint given to bart_cvae, or a conditional one to bart_vae, is
+    refused by name before any shape is compared: the posterior heads read one mean (bart_vae)
+    or a source's and a target's side by side (bart_cvae), so their widths tell them apart."""
+    theirs = state_dict.get(prefix + "encoder.mlp_mu.0.weight")
+    if theirs is None:
+        return  # a plain BART: every latent module starts afresh
+    conditional = theirs.size(1) == 2 * model.encoder.embed_tokens.embedding_dim
+    if conditional == getattr(model.encoder, "conditional", False):
+        return
+    checkpoint = getattr(state_dict, "checkpoint_file", "the checkpoint")
+    raise CheckpointMismatchError(
+        f"{checkpoint} is a bart_cvae (a conditional VAE): load it with --arch bart_cvae and "
+        "paired data (--source-lang, --target-lang)"
+        if conditional
+        else f"{checkpoint} is a bart_vae (a sentence VAE): bart_cvae's posterior reads a "
+        "source and a target; fine-tune bart_cvae from a plain BART checkpoint"
+    )
+
+
 def upgrade_vae_state_dict(model, state_dict, prefix: str):
     """Fits ``state_dict`` (keys under ``prefix``) to ``model`` or raises a
     CheckpointMismatchError (a ValueError).
@@ -230,6 +250,7 @@ def upgrade_vae_state_dict(model, state_dict, prefix: str):
     """
     own = model.state_dict()
     try:
+        check_model_kind(model, state_dict, prefix)
         check_shapes(state_dict, own, prefix, len(model.encoder.dictionary))
         check_dictionary(model, state_dict.get(prefix + DICTIONARY_CHECKSUM), state_dict)
         if model.args.reset_decoder:
