@@ -145,7 +145,7 @@ def test_resume_with_another_max_update_is_refused_unless_the_cycles_stay(data_b
     longer = ["--max-update", "12", "--kl-cycles", "2", *log]
     last = run_failing("fairseq-train", *train_args(data_bin, tmp_path, *longer))
     assert last == (
-        "ValueError: the checkpoint's cyclical KL schedule has cycles of 3 updates "
+        "fairseq-train: error: the checkpoint's cyclical KL schedule has cycles of 3 updates "
         "(--max-update 6 / --kl-cycles 2), but this run's options give 6 (--max-update 12 / "
         "--kl-cycles 2): beta would change mid-run. Resume with options that give 3 (as "
         "--max-update 6 / --kl-cycles 2 did); to train longer with the same cycles, pass "
@@ -312,28 +312,28 @@ def test_interactive_skips_an_input_line_longer_than_the_checkpoints_positions(
     [
         (
             ["--kl-schedule", "sawtooth", "--sawtooth-period", "0"],
-            "ValueError: --sawtooth-period must be a positive number of updates, got 0",
+            "fairseq-train: error: --sawtooth-period must be a positive number of updates, got 0",
         ),
         (
             ["--kl-schedule", "sawtooth", "--sawtooth-ratio", "0"],
-            "ValueError: --sawtooth-ratio must be in (0, 1], the fraction of the period that "
-            "ramps, got 0.0",
+            "fairseq-train: error: --sawtooth-ratio must be in (0, 1], the fraction of the period "
+            "that ramps, got 0.0",
         ),
         (
             ["--kl-zero-fraction", "0.5", "--kl-ramp-fraction", "0.75"],
-            "ValueError: --kl-zero-fraction 0.5 plus --kl-ramp-fraction 0.75 is above 1: beta "
-            "would never reach --kl-beta-max 1.0 within a cycle",
+            "fairseq-train: error: --kl-zero-fraction 0.5 plus --kl-ramp-fraction 0.75 is above "
+            "1: beta would never reach --kl-beta-max 1.0 within a cycle",
         ),
         (
             ["--kl-objective", "capacity", "--free-bits", "0.5"],
-            "ValueError: --free-bits 0.5 has no effect with --kl-objective capacity (it "
+            "fairseq-train: error: --free-bits 0.5 has no effect with --kl-objective capacity (it "
             "applies to the beta objective only): drop one of them",
         ),
         (
             ["--kl-objective", "capacity", "--kl-schedule", "sawtooth"],
-            "ValueError: --kl-schedule sawtooth: --kl-objective capacity does not use beta or "
-            "its schedule (its weight is --capacity-gamma, its target --capacity-max): drop "
-            "them, or use --kl-objective beta",
+            "fairseq-train: error: --kl-schedule sawtooth: --kl-objective capacity does not use "
+            "beta or its schedule (its weight is --capacity-gamma, its target --capacity-max): "
+            "drop them, or use --kl-objective beta",
         ),
     ],
 )
@@ -360,7 +360,9 @@ def test_empty_split_is_a_clear_error(bad_data_bin, tmp_path):
     )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last == f"ValueError: split 'test' is empty: {data}/test.bin holds no sentences"
+    empty = f"split 'test' is empty: {data}/test.bin holds no sentences"
+    assert last == f"fairseq-train: error: {empty}"
+    assert "Traceback" not in result.stderr  # the plugin's own error: one line
 
 
 def test_missing_data_bin_is_a_clear_error(tmp_path):
@@ -373,7 +375,7 @@ def test_missing_data_bin_is_a_clear_error(tmp_path):
     )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"FileNotFoundError: data folder '{missing}' does not exist")
+    assert last.startswith(f"fairseq-train: error: data folder '{missing}' does not exist")
 
 
 def test_dictionary_that_does_not_match_the_checkpoint_is_a_clear_error(
@@ -401,7 +403,7 @@ def test_dictionary_that_does_not_match_the_checkpoint_is_a_clear_error(
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert re.match(
-        r"fairseq_vae\.models\.checkpoint_compat\.CheckpointMismatchError: the checkpoint's "
+        r"fairseq-validate: error: the checkpoint's "
         r"dictionary has \d+ entries but this task's "
         r"has \d+ \(encoder.embed_tokens.weight\): preprocess the data with the "
         r"checkpoint's dict.txt",
