@@ -93,6 +93,7 @@ LAYERS = [
         "fairseq_vae.metrics.eval_report",
         "fairseq_vae.metrics.sample_quality",
         "fairseq_vae.metrics.transfer_quality",
+        "fairseq_vae.metrics.conditional_quality",
     ],
     ["fairseq_vae.latent_space"],
     ["fairseq_vae.models", "fairseq_vae.criterions", "fairseq_vae.tasks"],
