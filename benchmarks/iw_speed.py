@@ -56,7 +56,7 @@ def main():
 
     from fairseq import utils
 
-    from fairseq_vae.cli.evaluate import load_checkpoint
+    from fairseq_vae.cli.loading import load_checkpoint
     from fairseq_vae.metrics.estimators import iw_log_likelihood
 
     use_cuda = torch.cuda.is_available() and not args.cpu

@@ -87,7 +87,7 @@ def main(argv=None):
 
     if args.user_dir:
         utils.import_user_module(args)
-    from fairseq_vae.cli.evaluate import load_checkpoint, posterior_means
+    from fairseq_vae.cli.loading import load_checkpoint, posterior_means
     from fairseq_vae.metrics.estimators import read_labels
 
     use_cuda = torch.cuda.is_available() and not args.cpu

@@ -50,6 +50,7 @@ def test_self_bleu_is_100_when_every_latent_gives_the_same_sentence():
 def test_source_bleu_is_100_for_a_copy_and_the_groups_must_pair():
     assert cq.source_bleu([["a b c d"], ["e f g h"]], ["a b c d", "e f g h"]) == pytest.approx(100)
     assert cq.distinct([["a a", "a b"]], 1) == pytest.approx(2 / 4)
+    assert cq.distinct([["a", "b"]], 2) is None  # no output holds a 2-gram: undefined
     with pytest.raises(ValueError, match="2 sources of outputs but 1 of references"):
         cq.multi_reference_bleu(OUTPUTS, REFERENCES[:1])
     with pytest.raises(ValueError, match="source 0 has 0 outputs"):

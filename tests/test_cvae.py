@@ -1,6 +1,7 @@
 """bart_cvae: the conditional VAE's encoder, prior, posterior and memory against computations by
 hand, its KL against torch.distributions, and paired data through fairseq's own tools."""
 
+import math
 import os
 import re
 
@@ -375,3 +376,62 @@ def test_a_sentence_vae_and_a_conditional_one_do_not_load_into_each_other(pair_b
              "--validpref", raw / "train.txt", "--destdir", one_side, "--workers", "1")  # fmt: skip
     out = finetune(str(one_side), cvae_checkpoint, tmp_path / "b", *TINY_ARCH)
     assert "is a bart_cvae (a conditional VAE)" in out and "Traceback" not in out, out[-3000:]
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+def test_the_iw_bound_of_log_p_x_given_c_is_the_float64_loop(pair_dict_dir):
+    """log p(x|c) ~ logsumexp_k [log p(x|z_k, c) + log p(z_k|c) - log q(z_k|c, x)] - log K,
+    each term by hand for one pair: the decoder's token log-probabilities summed, the two
+    densities by torch.distributions."""
+    from fairseq_vae.metrics.estimators import iw_estimates
+
+    task, model, _ = build_cvae(pair_dict_dir)
+    model.double()
+    sample = paired_batch(task.dictionary, SOURCES[:1], TARGETS[:1])
+    net, encoder, k = sample["net_input"], model.encoder, 6
+    with torch.no_grad():
+        states, mask, mean = encoder.source_context(net["src_tokens"], net["src_lengths"])
+        prior_mu, prior_logvar = encoder.prior(mean)
+        mu, logvar = encoder.conditional_posterior(mean, net["tgt_tokens"], net["tgt_lengths"])
+        eps = torch.randn(1, k, encoder.latent_dim, generator=torch.Generator().manual_seed(3))
+        got = iw_estimates(model, mu, logvar, net["prev_output_tokens"], sample["target"], k,
+                           chunk=4, eps=eps, prior=(prior_mu, prior_logvar),
+                           encoder_out_of=encoder.encoder_out_for(states, mask, mean))  # fmt: skip
+        terms = []
+        q = Normal(mu[0].double(), torch.exp(0.5 * logvar[0]).double())
+        p = Normal(prior_mu[0].double(), torch.exp(0.5 * prior_logvar[0]).double())
+        for j in range(k):
+            z = mu[0].double() + torch.exp(0.5 * logvar[0]).double() * eps[0, j].double()
+            latent = {"mu": mu, "logvar": logvar, "z": z[None], "prior_mu": prior_mu,
+                      "prior_logvar": prior_logvar, "source_mean": mean}  # fmt: skip
+            out = encoder.conditional_encoder_out(states, mask, latent)
+            logits, _ = model.decoder(net["prev_output_tokens"], encoder_out=out)
+            lprobs = torch.log_softmax(logits.double(), dim=-1)[0]
+            log_px = lprobs.gather(1, sample["target"][0][:, None]).sum()
+            terms.append(log_px + p.log_prob(z).sum() - q.log_prob(z).sum())
+        expected = torch.logsumexp(torch.stack(terms), 0) - math.log(k)
+    torch.testing.assert_close(got.log_px[0].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_reports_log_p_x_given_c_and_the_measures_of_several_latents(pair_bin,
+                                                                         cvae_checkpoint,
+                                                                         tmp_path):  # fmt: skip
+    import json
+
+    report_path = tmp_path / "report.json"
+    out = run_tool("fairseq-vae-eval", pair_bin, "--user-dir", USER_DIR, "--task", "text_vae",
+                   *PAIRS, "--path", cvae_checkpoint, "--gen-subset", "test", "--cpu",
+                   "--iw-samples", "4", "--latent-samples", "3", "--results-json",
+                   report_path)  # fmt: skip
+    report = json.load(open(report_path))
+    m, c = report["metrics"], report["conditional"]
+    assert m["kl"] >= 0 and m["iw_nll"] > 0 and m["iw_nll"] <= m["neg_elbo"] + 1e-6
+    assert isinstance(m["info_beyond_source"], float) and "recon_bleu" in m
+    sources, targets = pair_corpus(12, 2)
+    assert c["sources"] == len(set(sources)) and c["latent_samples"] == 3
+    assert all(len(e["outputs"]) == 3 for e in c["examples"])
+    for key in ("multi_ref_bleu", "precision_bleu", "recall_bleu", "self_bleu", "source_bleu"):
+        assert -1e-9 <= c[key] <= 100 + 1e-9, key  # a BLEU, up to rounding
+    assert "precision / recall BLEU" in out and "IW-NLL" in out

@@ -25,7 +25,7 @@ import torch
 from fairseq import options
 from fairseq.logging import progress_bar
 
-from fairseq_vae.cli.evaluate import (
+from fairseq_vae.cli.loading import (
     DEFAULT_MAX_TOKENS,
     cli_logging,
     load_checkpoint,

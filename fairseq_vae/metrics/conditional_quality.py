@@ -18,7 +18,7 @@ sample_quality: the corpus's own tokens are the unit), BLEU-4 on a 0-100 scale.
 * ``source_bleu``: corpus BLEU of the first outputs against their sources (a copy scores 100).
 """
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import sacrebleu
 
@@ -81,6 +81,7 @@ def source_bleu(outputs: Sequence[Sequence[str]], sources: Sequence[str]) -> flo
     return sacrebleu.corpus_bleu(first, [list(sources)], tokenize="none").score
 
 
-def distinct(outputs: Sequence[Sequence[str]], n: int) -> float:
-    """Corpus-level distinct-n over every output of every source."""
-    return sq.distinct_n([o for outs in outputs for o in outs], n)
+def distinct(outputs: Sequence[Sequence[str]], n: int) -> Optional[float]:
+    """Corpus-level distinct-n over every output of every source; None (undefined) when no
+    output holds an n-gram (all shorter than n words)."""
+    return sq.distinct_or_none([o for outs in outputs for o in outs], n)

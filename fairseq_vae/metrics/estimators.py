@@ -82,23 +82,28 @@ def sequence_log_likelihood(
     return token_ll.new_zeros(target.size(0)).index_add_(0, rows, token_ll)
 
 
-def decoder_log_likelihood(model, mu, logvar, z, prev_output_tokens, target) -> Tensor:
+def decoder_log_likelihood(
+    model, mu, logvar, z, prev_output_tokens, target, encoder_out_of=None
+) -> Tensor:
     """log p(x|z) for N (sentence, z) rows: one decoder call on a batch of N.
 
     Args:
         mu, logvar, z: N x latent (mu and logvar only travel in the encoder-out dict)
         prev_output_tokens, target: N x T, the sentence shifted right (eos first) and as is
+        encoder_out_of: (mu, logvar, z) -> the decoder's encoder-out dict, when the memory
+            holds more than z (bart_cvae's source states); default the sentence VAE's
     Returns:
         N log-likelihoods in fp32
     """
-    encoder_out = model.encoder.latent_encoder_out(mu, logvar, z)
+    encoder_out_of = encoder_out_of or model.encoder.latent_encoder_out
+    encoder_out = encoder_out_of(mu, logvar, z)
     features, _ = model.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=True)
     return sequence_log_likelihood(
         features, target, model.decoder.dictionary.pad(), model.decoder.output_layer
     )
 
 
-def importance_terms(model, mu, logvar, prev_output_tokens, target, eps):
+def importance_terms(model, mu, logvar, prev_output_tokens, target, eps, encoder_out_of=None):
     """log p(x|z), log q(z|x) and z for n posterior samples of B sentences: the parts of the
     importance weights that do not depend on the prior.
 
@@ -121,6 +126,7 @@ def importance_terms(model, mu, logvar, prev_output_tokens, target, eps):
         z.reshape(bsz * n, dim),
         prev_output_tokens.repeat_interleave(n, dim=0),
         target.repeat_interleave(n, dim=0),
+        encoder_out_of,
     ).view(bsz, n)
     log_qz_x = gaussian_log_density(z, mu[:, None, :], logvar[:, None, :])  # B x n
     return log_px_z, log_qz_x, z
@@ -154,6 +160,8 @@ def iw_estimates(
     generator: Optional[torch.Generator] = None,
     eps: Optional[Tensor] = None,
     log_prior: Optional[Callable[[Tensor], Tensor]] = None,
+    prior: Optional[Tuple[Tensor, Tensor]] = None,
+    encoder_out_of=None,
 ) -> IWEstimates:
     """The importance-weighted estimate of log p(x) with K = ``num_samples`` samples, under
     N(0, I) and, given ``log_prior``, under a second prior p' from the same samples.
@@ -174,6 +182,10 @@ def iw_estimates(
         eps: optionally the B x K x D draws themselves (tests replay them)
         log_prior: log p'(z) of ... x D latents (a fitted prior's ``log_prob``, or a
             function of z), B x n results for B x n x D
+        prior: (mu, logvar), each B x D: the model's own prior is this diagonal Gaussian per
+            sentence (bart_cvae's p(z|c)) instead of N(0, I); log_px is then log p(x|c)
+        encoder_out_of: the decoder's memory of a (mu, logvar, z) batch of B * n rows, where
+            it holds more than z (decoder_log_likelihood)
     """
     if num_samples < 1 or chunk < 1:
         raise ValueError(f"need at least one sample and chunk, got K={num_samples} chunk={chunk}")
@@ -187,11 +199,15 @@ def iw_estimates(
         else:
             draws = torch.randn(bsz, n, dim, generator=generator, device=mu.device)
         log_px_z, log_qz_x, z = importance_terms(
-            model, mu, logvar, prev_output_tokens, target, draws
+            model, mu, logvar, prev_output_tokens, target, draws, encoder_out_of
         )
         if first is None:
             first = (z[:, 0], log_px_z[:, 0])
-        log_ws.append(log_px_z + standard_normal_log_density(z) - log_qz_x)
+        if prior is None:
+            log_pz = standard_normal_log_density(z)
+        else:
+            log_pz = gaussian_log_density(z, prior[0][:, None, :], prior[1][:, None, :])
+        log_ws.append(log_px_z + log_pz - log_qz_x)
         if log_prior is not None:
             log_pz = log_prior(z.float()).float().to(log_px_z.device)  # B x n
             prior_log_ws.append(log_px_z + log_pz - log_qz_x)

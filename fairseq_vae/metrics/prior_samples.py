@@ -118,14 +118,6 @@ def read_split_rows(data: str, split: str, dictionary) -> List[torch.Tensor]:
     return [dataset[i].long() for i in range(len(dataset))]
 
 
-def distinct_or_none(sentences: Sequence[str], n: int) -> Optional[float]:
-    """distinct-n, None (undefined) when no sentence has n tokens: short samples (a small
-    --max-len-b) or a short split are reported, not an error after the whole IW pass."""
-    if not any(len(s.split()) >= n for s in sentences):
-        return None
-    return sq.distinct_n(sentences, n)
-
-
 def self_bleu_or_none(sentences: Sequence[str]) -> Optional[float]:
     """Self-BLEU-4, None (undefined) for a single sentence, which has no others to score it
     against (a one-sentence split gives one real sentence)."""
@@ -141,13 +133,14 @@ def text_measures(
 ) -> dict:
     """The text measures of a set of sentences: distinct-n, self-BLEU-4, memorised, mean length
     and, given the training split's factor counts, grammatical share and factor TV. A measure
-    undefined on these sentences is None (``distinct_or_none``, ``self_bleu_or_none``)."""
+    undefined on these sentences is None (``sample_quality.distinct_or_none``,
+    ``self_bleu_or_none``)."""
     out = {
         "n": len(sentences),
         "mean_words": sum(len(s.split()) for s in sentences) / len(sentences),
     }
     for n in DISTINCT_ORDERS:
-        out[f"distinct_{n}"] = distinct_or_none(sentences, n)
+        out[f"distinct_{n}"] = sq.distinct_or_none(sentences, n)
     out["self_bleu4"] = self_bleu_or_none(sentences)
     out["memorised"] = sq.memorised(sentences, training)
     out["grammatical"] = out["factor_tv"] = None

@@ -51,6 +51,14 @@ def distinct_n(sentences: Sequence[str], n: int) -> float:
     return len(set(grams)) / len(grams)
 
 
+def distinct_or_none(sentences: Sequence[str], n: int) -> Optional[float]:
+    """distinct-n, None (undefined) when no sentence has n tokens: short samples (a small
+    --max-len-b) or a short split are reported, not an error after the whole IW pass."""
+    if not any(len(s.split()) >= n for s in sentences):
+        return None
+    return distinct_n(sentences, n)
+
+
 def self_bleu(
     sentences: Sequence[str], max_sentences: int = SELF_BLEU_SENTENCES, seed: int = 0
 ) -> float:

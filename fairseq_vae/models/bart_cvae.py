@@ -88,6 +88,32 @@ class CVAEEncoder(VAEEncoder):
         mask = out["encoder_padding_mask"][0] if out["encoder_padding_mask"] else None
         return masked_mean(out["encoder_out"][0], mask)
 
+    def source_context(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None):
+        """(states T x B x C, padding mask B x T or None, masked mean B x C in fp32)."""
+        source = TransformerEncoder.forward(self, src_tokens, src_lengths)
+        mask = source["encoder_padding_mask"][0] if source["encoder_padding_mask"] else None
+        states = source["encoder_out"][0]
+        return states, mask, masked_mean(states, mask)
+
+    def encoder_out_for(self, states: Tensor, mask: Optional[Tensor], source_mean: Tensor):
+        """A function of (mu, logvar, z) for B * n rows, sentence b's at b*n .. b*n+n-1, that
+        gives the decoder's encoder-out dict with each source repeated n times: what the
+        importance-weighted estimator decodes its samples with (estimators'
+        ``encoder_out_of``)."""
+
+        def encoder_out(mu: Tensor, logvar: Tensor, z: Tensor):
+            n = z.size(0) // states.size(1)
+            mean = source_mean.repeat_interleave(n, dim=0)
+            prior_mu, prior_logvar = self.prior(mean)
+            latent = {"mu": mu, "logvar": logvar, "z": z.float(), "prior_mu": prior_mu,
+                      "prior_logvar": prior_logvar, "source_mean": mean}  # fmt: skip
+            rows_mask = None if mask is None else mask.repeat_interleave(n, dim=0)
+            return self.conditional_encoder_out(
+                states.repeat_interleave(n, dim=1), rows_mask, latent
+            )
+
+        return encoder_out
+
     def prior(self, source_mean: Tensor):
         """(mu, logvar) of p(z|c), each B x latent in fp32; zeros for N(0, I)."""
         if self.cvae_prior == "standard":
@@ -119,9 +145,7 @@ class CVAEEncoder(VAEEncoder):
     ):
         """``eps`` (B x latent): the standard normal draws of a sampled z, when the caller
         fixes them (``latent_draws``); else they come from the random state."""
-        source = TransformerEncoder.forward(self, src_tokens, src_lengths)
-        mask = source["encoder_padding_mask"][0] if source["encoder_padding_mask"] else None
-        source_mean = masked_mean(source["encoder_out"][0], mask)
+        states, mask, source_mean = self.source_context(src_tokens, src_lengths)
         prior_mu, prior_logvar = self.prior(source_mean)
         if z is not None or self.latent_source in ("prior", "prior-mean"):
             mu, logvar = prior_mu, prior_logvar  # no target: nothing but the prior to report
@@ -148,7 +172,7 @@ class CVAEEncoder(VAEEncoder):
             "prior_logvar": prior_logvar,
             "source_mean": source_mean,
         }
-        return self.conditional_encoder_out(source["encoder_out"][0], mask, latent)
+        return self.conditional_encoder_out(states, mask, latent)
 
     def conditional_encoder_out(
         self, states: Tensor, mask: Optional[Tensor], latent: Dict[str, Tensor]
