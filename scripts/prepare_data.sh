@@ -4,8 +4,13 @@
 #
 # usage: scripts/prepare_data.sh RAW_DIR NAME [--vocab-size N] [--model-type bpe|unigram]
 #        scripts/prepare_data.sh RAW_DIR NAME --bart BART_DIR
+#        scripts/prepare_data.sh RAW_DIR NAME --pairs [--bart BART_DIR]
 #
 #   RAW_DIR      folder with train.txt, valid.txt, test.txt (one sentence per line)
+#   --pairs      paired data for bart_cvae: RAW_DIR holds {train,valid,test}.{src,tgt}, line i
+#                of .tgt the target of line i of .src; one segmentation and one dictionary for
+#                both sides (--joined-dictionary), binarised as --source-lang src --target-lang
+#                tgt (train with --task text_vae --source-lang src --target-lang tgt)
 #   NAME         output goes to $DATA_BIN/NAME (DATA_BIN defaults to data-bin, relative to
 #                the current directory); an existing $DATA_BIN/NAME is replaced
 #   --vocab-size sentencepiece vocabulary size (default 1000); a soft limit, so a small corpus
@@ -23,7 +28,8 @@
 #   WORKERS      fairseq-preprocess workers (default: 2)
 #
 # Output in $DATA_BIN/NAME: dict.txt, {train,valid,test}.{bin,idx} (what fairseq's
-# --only-source mode writes, no language suffix), and spm.model / spm.vocab for decoding, e.g.
+# --only-source mode writes, no language suffix; with --pairs dict.{src,tgt}.txt, one content,
+# and {split}.src-tgt.{src,tgt}.{bin,idx}), and spm.model / spm.vocab for decoding, e.g.
 #   python scripts/spm_encode.py --model $DATA_BIN/NAME/spm.model --decode < pieces.txt
 set -euo pipefail
 
@@ -37,12 +43,13 @@ die() {
 }
 
 usage() {
-    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 VOCAB_SIZE=1000
 MODEL_TYPE=bpe
 BART_DIR=
+PAIRS=
 POSITIONAL=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -66,6 +73,10 @@ while [ $# -gt 0 ]; do
             ;;
         --model-type=*)
             MODEL_TYPE="${1#*=}"
+            shift
+            ;;
+        --pairs)
+            PAIRS=1
             shift
             ;;
         --bart)
@@ -95,10 +106,22 @@ case "$MODEL_TYPE" in unigram | bpe) ;; *) die "--model-type must be bpe or unig
     die "NAME must be a single folder name (letters, digits, . _ -), got '$NAME'"
 
 [ -d "$RAW_DIR" ] || die "raw folder '$RAW_DIR' does not exist"
+# the raw files, and the names their pieces get: one side, or a source and a target a split
+SIDES=(txt)
+[ -n "$PAIRS" ] && SIDES=(src tgt)
 for split in "${SPLITS[@]}"; do
-    f="$RAW_DIR/$split.txt"
-    [ -f "$f" ] || die "missing $f (need train.txt, valid.txt and test.txt in $RAW_DIR)"
-    grep -q '[^[:space:]]' "$f" || die "$f is empty"
+    for side in "${SIDES[@]}"; do
+        f="$RAW_DIR/$split.$side"
+        [ -f "$f" ] || die "missing $f (need {train,valid,test}.{${SIDES[*]// /,}} in $RAW_DIR)"
+        grep -q '[^[:space:]]' "$f" || die "$f is empty"
+    done
+    if [ -n "$PAIRS" ]; then
+        n_src=$(wc -l <"$RAW_DIR/$split.src")
+        n_tgt=$(wc -l <"$RAW_DIR/$split.tgt")
+        [ "$n_src" -eq "$n_tgt" ] ||
+            die "$RAW_DIR/$split.src has $n_src lines but $RAW_DIR/$split.tgt has $n_tgt:" \
+                "the sides pair line by line"
+    fi
 done
 
 if [ -n "$BART_DIR" ]; then
@@ -124,7 +147,9 @@ PYTHON_PATH="$(command -v "$PYTHON")" || die "python interpreter '$PYTHON' not f
 # line would become an empty sentence: name the files and lines instead
 RAW_FILES=()
 for split in "${SPLITS[@]}"; do
-    RAW_FILES+=("$RAW_DIR/$split.txt")
+    for side in "${SIDES[@]}"; do
+        RAW_FILES+=("$RAW_DIR/$split.$side")
+    done
 done
 "$PYTHON_PATH" "$REPO_ROOT/fairseq_vae/text/check_text.py" "${RAW_FILES[@]}" ||
     die "fix the lines above: the raw text must be UTF-8, one non-empty sentence per line"
@@ -146,11 +171,17 @@ WORK="$(mktemp -d "$DATA_BIN/.$NAME.tmp.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/pieces" "$WORK/out"
 
-INPUTS=()
+INPUTS=("${RAW_FILES[@]}")
 OUTPUTS=()
 for split in "${SPLITS[@]}"; do
-    INPUTS+=("$RAW_DIR/$split.txt")
-    OUTPUTS+=("$WORK/pieces/$split")
+    for side in "${SIDES[@]}"; do
+        # fairseq-preprocess reads PREFIX.src and PREFIX.tgt for pairs, PREFIX alone otherwise
+        if [ -n "$PAIRS" ]; then
+            OUTPUTS+=("$WORK/pieces/$split.$side")
+        else
+            OUTPUTS+=("$WORK/pieces/$split")
+        fi
+    done
 done
 if [ -n "$BART_DIR" ]; then
     echo "== GPT-2 BPE with $BART_DIR/encoder.json and vocab.bpe"
@@ -159,12 +190,12 @@ if [ -n "$BART_DIR" ]; then
     cp "$BART_DIR/encoder.json" "$BART_DIR/vocab.bpe" "$WORK/out/"
     SRCDICT=(--srcdict "$BART_DIR/dict.txt")
 else
-    echo "== training sentencepiece ($MODEL_TYPE, vocab $VOCAB_SIZE) on $RAW_DIR/train.txt"
+    echo "== training sentencepiece ($MODEL_TYPE, vocab $VOCAB_SIZE) on the training text"
     # bos/eos/pad are disabled and unk is an ordinary id 0 so that encoded text holds only
     # ordinary pieces: fairseq's dictionary adds its own <s>, <pad>, </s> and <unk>.
     # The model records its input and output paths, so training runs inside the scratch folder on
     # fixed relative names, and on one thread, to keep spm.model byte-identical from run to run.
-    cp "$RAW_DIR/train.txt" "$WORK/train.txt"
+    for side in "${SIDES[@]}"; do cat "$RAW_DIR/train.$side"; done >"$WORK/train.txt"
     (cd "$WORK" && "$PYTHON_PATH" - train.txt spm "$VOCAB_SIZE" "$MODEL_TYPE") <<'EOF'
 import sys
 
@@ -194,14 +225,15 @@ EOF
         --inputs "${INPUTS[@]}" --outputs "${OUTPUTS[@]}"
     SRCDICT=()
 fi
-for split in "${SPLITS[@]}"; do
-    awk -v s="$split" \
-        '{n += NF} END {printf "   %-5s %7d lines, %.2f pieces/line\n", s, NR, n / NR}' \
-        "$WORK/pieces/$split"
+for piece in "${OUTPUTS[@]}"; do
+    awk -v s="$(basename "$piece")" \
+        '{n += NF} END {printf "   %-9s %7d lines, %.2f pieces/line\n", s, NR, n / NR}' "$piece"
 done
 
 echo "== fairseq-preprocess ($PREPROCESS)"
-"$PREPROCESS" --only-source \
+LAYOUT=(--only-source)
+[ -n "$PAIRS" ] && LAYOUT=(--source-lang src --target-lang tgt --joined-dictionary)
+"$PREPROCESS" "${LAYOUT[@]}" \
     --trainpref "$WORK/pieces/train" \
     --validpref "$WORK/pieces/valid" \
     --testpref "$WORK/pieces/test" \
@@ -214,4 +246,6 @@ rm -rf "$DEST"
 mv "$WORK/out" "$DEST"
 echo "== wrote $DEST:"
 ls -l "$DEST"
-echo "   fairseq dict.txt entries: $(wc -l <"$DEST/dict.txt")"
+DICT="$DEST/dict.txt"
+[ -n "$PAIRS" ] && DICT="$DEST/dict.src.txt"
+echo "   fairseq dictionary entries: $(wc -l <"$DICT")"

@@ -122,3 +122,40 @@ def test_a_carriage_return_inside_a_line_neither_splits_it_nor_passes_silently(t
         result.stderr
     )
     assert not (tmp_path / "bin" / "cr").exists()
+
+
+def write_pairs(folder, sizes=(("train", 200), ("valid", 20), ("test", 20))):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (split, n) in enumerate(sizes):
+        (folder / f"{split}.src").write_text("\n".join(random_sentences(n, seed=i)) + "\n")
+        targets = random_sentences(n, seed=100 + i)
+        (folder / f"{split}.tgt").write_text("\n".join(targets) + "\n")
+
+
+def test_pairs_mode_writes_both_sides_with_one_dictionary_and_segmentation(tmp_path):
+    import sentencepiece
+
+    write_pairs(tmp_path / "raw")
+    result = prepare(tmp_path / "raw", "pairs", tmp_path / "bin", "--pairs", "--vocab-size", "60")
+    assert result.returncode == 0, result.stderr
+    dest = tmp_path / "bin" / "pairs"
+    assert (dest / "dict.src.txt").read_text() == (dest / "dict.tgt.txt").read_text()
+    dictionary = Dictionary.load(str(dest / "dict.src.txt"))
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(dest / "spm.model"))
+    for side in ("src", "tgt"):
+        data = data_utils.load_indexed_dataset(str(dest / f"test.src-tgt.{side}"), dictionary)
+        decoded = [sp.decode(dictionary.string(data[i]).split()) for i in range(len(data))]
+        assert decoded == (tmp_path / "raw" / f"test.{side}").read_text().splitlines()
+
+
+def test_pairs_mode_refuses_sides_of_different_lengths_naming_both(tmp_path):
+    write_pairs(tmp_path / "raw")
+    raw = tmp_path / "raw"
+    (raw / "valid.tgt").write_text("\n".join(random_sentences(19, seed=5)) + "\n")
+    result = prepare(raw, "pairs", tmp_path / "bin", "--pairs")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"prepare_data.sh: error: {raw}/valid.src has 20 lines but {raw}/valid.tgt has 19: "
+        "the sides pair line by line"
+    )
+    assert not (tmp_path / "bin" / "pairs").exists()
