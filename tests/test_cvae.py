@@ -381,10 +381,30 @@ def test_a_sentence_vae_and_a_conditional_one_do_not_load_into_each_other(pair_b
 # --- evaluation ---------------------------------------------------------------------------------
 
 
+def log_p_x_given_c_by_hand(model, sample, eps) -> torch.Tensor:
+    """log p(x|c) ~ logsumexp_k [log p(x|z_k, c) + log p(z_k|c) - log q(z_k|c, x)] - log K for
+    a one-pair batch, each term by hand in float64: the decoder's token log-probabilities
+    summed, the two densities by torch.distributions; eps: 1 x K x D."""
+    net, encoder = sample["net_input"], model.encoder
+    states, mask, mean = encoder.source_context(net["src_tokens"], net["src_lengths"])
+    prior_mu, prior_logvar = encoder.prior(mean)
+    mu, logvar = encoder.conditional_posterior(mean, net["tgt_tokens"], net["tgt_lengths"])
+    q = Normal(mu[0].double(), torch.exp(0.5 * logvar[0]).double())
+    p = Normal(prior_mu[0].double(), torch.exp(0.5 * prior_logvar[0]).double())
+    terms = []
+    for j in range(eps.size(1)):
+        z = mu[0].double() + torch.exp(0.5 * logvar[0]).double() * eps[0, j].double()
+        latent = {"mu": mu, "logvar": logvar, "z": z[None], "prior_mu": prior_mu,
+                  "prior_logvar": prior_logvar, "source_mean": mean}  # fmt: skip
+        out = encoder.conditional_encoder_out(states, mask, latent)
+        logits, _ = model.decoder(net["prev_output_tokens"], encoder_out=out)
+        lprobs = torch.log_softmax(logits.double(), dim=-1)[0]
+        log_px = lprobs.gather(1, sample["target"][0][:, None]).sum()
+        terms.append(log_px + p.log_prob(z).sum() - q.log_prob(z).sum())
+    return torch.logsumexp(torch.stack(terms), 0) - math.log(eps.size(1))
+
+
 def test_the_iw_bound_of_log_p_x_given_c_is_the_float64_loop(pair_dict_dir):
-    """log p(x|c) ~ logsumexp_k [log p(x|z_k, c) + log p(z_k|c) - log q(z_k|c, x)] - log K,
-    each term by hand for one pair: the decoder's token log-probabilities summed, the two
-    densities by torch.distributions."""
     from fairseq_vae.metrics.estimators import iw_estimates
 
     task, model, _ = build_cvae(pair_dict_dir)
@@ -399,20 +419,26 @@ def test_the_iw_bound_of_log_p_x_given_c_is_the_float64_loop(pair_dict_dir):
         got = iw_estimates(model, mu, logvar, net["prev_output_tokens"], sample["target"], k,
                            chunk=4, eps=eps, prior=(prior_mu, prior_logvar),
                            encoder_out_of=encoder.encoder_out_for(states, mask, mean))  # fmt: skip
-        terms = []
-        q = Normal(mu[0].double(), torch.exp(0.5 * logvar[0]).double())
-        p = Normal(prior_mu[0].double(), torch.exp(0.5 * prior_logvar[0]).double())
-        for j in range(k):
-            z = mu[0].double() + torch.exp(0.5 * logvar[0]).double() * eps[0, j].double()
-            latent = {"mu": mu, "logvar": logvar, "z": z[None], "prior_mu": prior_mu,
-                      "prior_logvar": prior_logvar, "source_mean": mean}  # fmt: skip
-            out = encoder.conditional_encoder_out(states, mask, latent)
-            logits, _ = model.decoder(net["prev_output_tokens"], encoder_out=out)
-            lprobs = torch.log_softmax(logits.double(), dim=-1)[0]
-            log_px = lprobs.gather(1, sample["target"][0][:, None]).sum()
-            terms.append(log_px + p.log_prob(z).sum() - q.log_prob(z).sum())
-        expected = torch.logsumexp(torch.stack(terms), 0) - math.log(k)
+        expected = log_p_x_given_c_by_hand(model, sample, eps)
     torch.testing.assert_close(got.log_px[0].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_validation_iw_nll_of_bart_cvae_is_log_p_x_given_c(pair_dict_dir):
+    """--valid-iw-samples: the criterion's iw_nll (nats, summed) is -log p(x|c) with the draws
+    of a generator seeded by the batch's first id + 1."""
+    k = 5
+    task, model, args = build_cvae(pair_dict_dir, "--valid-iw-samples", str(k))
+    model.double()
+    criterion = task.build_criterion(args)
+    sample = paired_batch(task.dictionary, SOURCES[1:2], TARGETS[1:2])
+    sample["id"] = torch.tensor([4])
+    with torch.no_grad():
+        _, _, logged = criterion(model, sample)
+        eps = torch.randn(
+            1, k, model.encoder.latent_dim, generator=torch.Generator().manual_seed(5)
+        )
+        expected = log_p_x_given_c_by_hand(model, sample, eps)
+    torch.testing.assert_close(logged["iw_nll"].double(), -expected, rtol=1e-5, atol=1e-5)
 
 
 def test_eval_reports_log_p_x_given_c_and_the_measures_of_several_latents(pair_bin,

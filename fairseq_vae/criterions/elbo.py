@@ -36,7 +36,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 from torch import Tensor
 
-from fairseq_vae.metrics.estimators import IW_CHUNK, iw_log_likelihood
+from fairseq_vae.metrics.estimators import IW_CHUNK, iw_estimates
 
 # a latent dimension whose batch-mean KL is above this many nats counts as in use
 ACTIVE_DIM_KL = 0.01
@@ -312,7 +312,15 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
         mu, logvar = extra["mu"], extra["logvar"]
         draws = torch.Generator(device=mu.device)
         draws.manual_seed(int(sample["id"][0]) + 1)
-        log_px, _, _ = iw_log_likelihood(
+        conditional = {}
+        if getattr(model.encoder, "conditional", False):  # log p(x|c): p(z|c), c in the memory
+            net = sample["net_input"]
+            states, mask, mean = model.encoder.source_context(net["src_tokens"], net["src_lengths"])
+            conditional = {
+                "prior": (extra["prior_mu"], extra["prior_logvar"]),
+                "encoder_out_of": model.encoder.encoder_out_for(states, mask, mean),
+            }
+        estimates = iw_estimates(
             model,
             mu,
             logvar,
@@ -321,8 +329,9 @@ class ELBOCriterion(LabelSmoothedCrossEntropyCriterion):
             self.valid_iw_samples,
             chunk=min(self.valid_iw_samples, IW_CHUNK),
             generator=draws,
+            **conditional,
         )
-        return -log_px.sum()
+        return -estimates.log_px.sum()
 
     def non_finite_message(self, loss, nll, kl, beta, capacity, bow=None) -> str:
         """Names the term of a non-finite training loss, for the FloatingPointError."""
