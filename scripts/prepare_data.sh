@@ -4,7 +4,7 @@
 #
 # usage: scripts/prepare_data.sh RAW_DIR NAME [--vocab-size N] [--model-type bpe|unigram]
 #        scripts/prepare_data.sh RAW_DIR NAME --bart BART_DIR
-#        scripts/prepare_data.sh RAW_DIR NAME --pairs [--bart BART_DIR]
+#        scripts/prepare_data.sh RAW_DIR NAME --pairs [--bart BART_DIR | --like DATA_DIR]
 #
 #   RAW_DIR      folder with train.txt, valid.txt, test.txt (one sentence per line)
 #   --pairs      paired data for bart_cvae: RAW_DIR holds {train,valid,test}.{src,tgt}, line i
@@ -20,6 +20,9 @@
 #   --bart DIR   BART mode, to fine-tune a pretrained BART checkpoint: instead of training
 #                sentencepiece, apply GPT-2 BPE with DIR/encoder.json and DIR/vocab.bpe (local
 #                files, nothing is downloaded) and binarise with the checkpoint's DIR/dict.txt
+#   --like DIR   the segmentation and dictionary of an existing data-bin folder (DIR/spm.model,
+#                DIR/dict.txt) instead of new ones: to fine-tune a model trained on DIR's data
+#                (e.g. --pairs --like data-bin/synth, for the shipped BART)
 #
 # environment:
 #   PYTHON       interpreter with sentencepiece and fairseq (default: .venv/bin/python of this
@@ -43,12 +46,13 @@ die() {
 }
 
 usage() {
-    sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 VOCAB_SIZE=1000
 MODEL_TYPE=bpe
 BART_DIR=
+LIKE_DIR=
 PAIRS=
 POSITIONAL=()
 while [ $# -gt 0 ]; do
@@ -78,6 +82,11 @@ while [ $# -gt 0 ]; do
         --pairs)
             PAIRS=1
             shift
+            ;;
+        --like)
+            [ $# -ge 2 ] || die "--like needs a data-bin folder with spm.model and dict.txt"
+            LIKE_DIR="$2"
+            shift 2
             ;;
         --bart)
             [ $# -ge 2 ] || die "--bart needs the folder with encoder.json, vocab.bpe, dict.txt"
@@ -124,6 +133,13 @@ for split in "${SPLITS[@]}"; do
     fi
 done
 
+[ -z "$BART_DIR" ] || [ -z "$LIKE_DIR" ] ||
+    die "--bart and --like both give a segmentation: choose one"
+if [ -n "$LIKE_DIR" ]; then
+    for f in spm.model dict.txt; do
+        [ -f "$LIKE_DIR/$f" ] || die "--like $LIKE_DIR: missing $LIKE_DIR/$f"
+    done
+fi
 if [ -n "$BART_DIR" ]; then
     for f in encoder.json vocab.bpe dict.txt; do
         [ -f "$BART_DIR/$f" ] || die "--bart $BART_DIR: missing $BART_DIR/$f"
@@ -189,6 +205,13 @@ if [ -n "$BART_DIR" ]; then
         --vocab-bpe "$BART_DIR/vocab.bpe" --inputs "${INPUTS[@]}" --outputs "${OUTPUTS[@]}"
     cp "$BART_DIR/encoder.json" "$BART_DIR/vocab.bpe" "$WORK/out/"
     SRCDICT=(--srcdict "$BART_DIR/dict.txt")
+elif [ -n "$LIKE_DIR" ]; then
+    echo "== sentencepiece with $LIKE_DIR/spm.model and its dict.txt"
+    cp "$LIKE_DIR/spm.model" "$WORK/out/"
+    [ ! -f "$LIKE_DIR/spm.vocab" ] || cp "$LIKE_DIR/spm.vocab" "$WORK/out/"
+    "$PYTHON_PATH" "$SCRIPT_DIR/spm_encode.py" --model "$WORK/out/spm.model" \
+        --inputs "${INPUTS[@]}" --outputs "${OUTPUTS[@]}"
+    SRCDICT=(--srcdict "$LIKE_DIR/dict.txt")
 else
     echo "== training sentencepiece ($MODEL_TYPE, vocab $VOCAB_SIZE) on the training text"
     # bos/eos/pad are disabled and unk is an ordinary id 0 so that encoded text holds only
