@@ -375,3 +375,22 @@ def test_small_grammar_ambiguous_sentences(small_grammar):
     counts = sg.factor_distribution([sentence, "the match is great in the cafe ."], rec)
     assert counts["topic"] == {"sports": 0, "food": 1}
     assert counts["number"] == {"singular": 2, "plural": 0}
+
+
+def test_paraphrase_targets_keep_topic_and_tense_and_draw_the_rest():
+    """synth.paraphrases: the recogniser reads every target with its source's topic and tense,
+    and the free factors take all their values across targets."""
+    import random
+
+    from fairseq_vae.synth.paraphrases import FREE, KEPT, paraphrase_groups
+
+    groups = paraphrase_groups(60, 4, random.Random(0))
+    seen = {f: set() for f in FREE}
+    for group in groups:
+        assert sg.recognise(group["source"]) == group["factors"]
+        for target, factors in group["targets"]:
+            assert sg.recognise(target) == factors
+            assert all(factors[k] == group["factors"][k] for k in KEPT)
+            for f in FREE:
+                seen[f].add(factors[f])
+    assert seen == {"sentiment": set(sc.SENTIMENTS), "number": set(sc.NUMBERS)}
