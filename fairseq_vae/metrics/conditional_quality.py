@@ -26,6 +26,8 @@ from . import sample_quality as sq
 
 
 def check_groups(outputs: Sequence[Sequence[str]], references: Sequence[Sequence[str]]):
+    if not outputs:
+        raise ValueError("no source to score: every group of outputs is missing")
     if len(outputs) != len(references):
         raise ValueError(f"{len(outputs)} sources of outputs but {len(references)} of references")
     for s, (outs, refs) in enumerate(zip(outputs, references)):

@@ -1,0 +1,485 @@
+#!/usr/bin/env python3
+"""The conditional VAE on the shipped grammar's paraphrases, where the answer is known:
+bart_cvae against the same BART fine-tuned as a plain seq2seq.
+
+    benchmarks/cvae.py                      # trains what is missing, then measures (resumable)
+    benchmarks/cvae.py --report             # the table again from the finished runs
+
+Data (scripts/make_pairs.py, in --out): a source fixes topic and tense, a target is another
+sentence of the grammar with them kept and sentiment, number, template and words drawn; test
+sources come with --references targets each, their references. Both models are fine-tuned from
+the shipped BART (pretrained/bart-synth.pt, data-bin/synth's segmentation) for --updates
+updates with the same batches, optimiser and seed: bart_cvae_small with SETTING, and fairseq's
+`bart` (bart_base at the shipped BART's size) on the translation task.
+
+Decodings of the test sources: the CVAE with --latent-samples z ~ p(z|c) each greedy
+(prior-greedy) and beam 5 from the prior mean (prior-mean-beam5); the seq2seq with beam 5,
+top-p 0.9 sampling (--latent-samples a source) and diverse beam search (as many groups). Each is
+scored by metrics/conditional_quality against the source's references, and by the grammar:
+grammatical share, topic and tense kept, each free factor's total variation from the grammar's
+uniform draw. A "human" row scores --latent-samples targets the grammar itself draws for each
+source. The CVAE's IW-PPL of p(x|c) (fairseq-vae-eval) and the seq2seq's PPL (fairseq-validate)
+are per word of the test targets.
+
+Everything is written under --out (default benchmarks/runs/cvae-cpu, ignored by git); the table
+goes to --results (.md, .json with the same rows, .png: self-BLEU against multi-reference BLEU).
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+REPO = harness.REPO
+SHIPPED_BART = os.path.join(REPO, "pretrained", "bart-synth.pt")
+SHIPPED_DATA = os.path.join(REPO, "data-bin", "synth")
+# the recommended recipe of the sentence VAE, with the conditional prior
+SETTING = ["--latent-dim", "32", "--free-bits", "0.15", "--word-dropout", "0.2"]
+SETTING += harness.SCHEDULES["cyclical"]
+PAIRS = ["--source-lang", "src", "--target-lang", "tgt"]
+SHAPE = (  # the shipped BART's dimensions (bart_base's options)
+    "--encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 "
+    "--decoder-ffn-embed-dim 512 --encoder-layers 2 --decoder-layers 2 --encoder-attention-heads "
+    "4 --decoder-attention-heads 4 --max-source-positions 256 --max-target-positions 256"
+).split()
+MAX_LEN_B = 40
+TARGETS = {"grammatical": 0.95, "kept": 0.95, "free_tv": 0.10, "self_bleu_over_human": 10.0}
+
+
+def data_jobs(args) -> dict:
+    raw, bins = os.path.join(args.out, "raw"), os.path.join(args.out, "data-bin")
+    make = [
+        sys.executable,
+        os.path.join(REPO, "scripts", "make_pairs.py"),
+        "--out",
+        raw,
+        "--test",
+        str(args.test_sources),
+        "--references",
+        str(args.references),
+    ]
+    prepare = [
+        "env",
+        f"DATA_BIN={bins}",
+        "bash",
+        os.path.join(REPO, "scripts", "prepare_data.sh"),
+        raw,
+        "pairs",
+        "--pairs",
+        "--like",
+        SHIPPED_DATA,
+    ]
+    return {"pairs": harness.train_job([make, prepare], os.path.join(args.out, "data.log"))}
+
+
+def train_cmd(args, b, model: str, save_dir: str) -> list:
+    data = os.path.join(args.out, "data-bin", "pairs")
+    common = harness.common_train_args(b, args.updates, save_dir)
+    start = ["--finetune-from-model", SHIPPED_BART]
+    if model == "bart_cvae":
+        return [
+            os.path.join(harness.BIN, "fairseq-train"),
+            data,
+            "--task",
+            "text_vae",
+            *PAIRS,
+            "--arch",
+            "bart_cvae_small",
+            "--criterion",
+            "elbo",
+            *SETTING,
+            *start,
+            *common,
+        ]
+    return [
+        os.path.join(harness.BIN, "fairseq-train"),
+        data,
+        "--task",
+        "translation",
+        *PAIRS,
+        "--arch",
+        "bart_base",
+        *SHAPE,
+        "--share-all-embeddings",
+        "--criterion",
+        "cross_entropy",
+        *start,
+        *common,
+    ]
+
+
+DECODINGS = {
+    "bart_cvae": {
+        "prior-greedy": lambda n: [
+            "--latent-source",
+            "prior",
+            "--latent-samples",
+            str(n),
+            "--beam",
+            "1",
+        ],
+        "prior-mean-beam5": lambda n: ["--latent-source", "prior-mean", "--beam", "5"],
+    },
+    "seq2seq": {
+        "beam5": lambda n: ["--beam", "5"],
+        "top-p": lambda n: [
+            "--sampling",
+            "--sampling-topp",
+            "0.9",
+            "--beam",
+            str(n),
+            "--nbest",
+            str(n),
+        ],
+        "diverse-beam": lambda n: [
+            "--beam",
+            str(n),
+            "--nbest",
+            str(n),
+            "--diverse-beam-groups",
+            str(n),
+        ],
+    },
+}
+
+
+def generate_job(args, model: str, decoding: str) -> dict:
+    d = os.path.join(args.out, model)
+    # the translation task does not read the data folder's spm.model by itself
+    spm = [
+        "--bpe",
+        "sentencepiece",
+        "--sentencepiece-model",
+        os.path.join(SHIPPED_DATA, "spm.model"),
+    ]
+    task = ["--task", "text_vae"] if model == "bart_cvae" else ["--task", "translation", *spm]
+    cmd = [
+        os.path.join(harness.BIN, "fairseq-generate"),
+        os.path.join(args.out, "data-bin", "pairs"),
+        "--user-dir",
+        os.path.join(REPO, "fairseq_vae"),
+        *task,
+        *PAIRS,
+        "--path",
+        os.path.join(d, "checkpoint_last.pt"),
+        "--gen-subset",
+        "test",
+        "--cpu",
+        "--max-tokens",
+        "4096",
+        "--max-len-b",
+        str(MAX_LEN_B),
+        "--seed",
+        str(harness.SEED),
+        *DECODINGS[model][decoding](args.samples),
+    ]
+    out = os.path.join(d, f"generate-{decoding}.txt")
+    return {
+        "cmds": [cmd, ["touch", out + ".done"]],
+        "log": out,
+        "done": out + ".done",
+        "after": [f"train {model}"],
+    }
+
+
+def score_jobs(args) -> dict:
+    data = os.path.join(args.out, "data-bin", "pairs")
+    cvae = os.path.join(args.out, "bart_cvae")
+    report = os.path.join(cvae, "test-eval.json")
+    cvae_eval = [
+        os.path.join(harness.BIN, "fairseq-vae-eval"),
+        data,
+        "--user-dir",
+        os.path.join(REPO, "fairseq_vae"),
+        "--task",
+        "text_vae",
+        *PAIRS,
+        "--path",
+        os.path.join(cvae, "checkpoint_last.pt"),
+        "--gen-subset",
+        "test",
+        "--cpu",
+        "--iw-samples",
+        str(args.iw_samples),
+        "--max-len-b",
+        str(MAX_LEN_B),
+        "--results-json",
+        report + ".partial",
+    ]
+    seq = os.path.join(args.out, "seq2seq")
+    validate = [
+        os.path.join(harness.BIN, "fairseq-validate"),
+        data,
+        "--user-dir",  # its safe loading of checkpoints (weights_only with the allow-list)
+        os.path.join(REPO, "fairseq_vae"),
+        "--task",
+        "translation",
+        *PAIRS,
+        "--path",
+        os.path.join(seq, "checkpoint_last.pt"),
+        "--valid-subset",
+        "test",
+        "--cpu",
+        "--max-tokens",
+        "4096",
+    ]
+    return {
+        "eval bart_cvae": {
+            "cmds": [cvae_eval, ["mv", report + ".partial", report]],
+            "log": os.path.join(cvae, "test-eval.log"),
+            "done": report,
+            "after": ["train bart_cvae"],
+        },
+        "validate seq2seq": harness.train_job(
+            [validate], os.path.join(seq, "validate", "train.log"), after=["train seq2seq"]
+        ),
+    }
+
+
+def parse_generate(path: str) -> dict:
+    """{sentence id: (source, [hypotheses in order])} of a fairseq-generate log: its last run
+    (run_logged appends, and starts each command with a "$ command" line)."""
+    sources, hyps = {}, {}
+    runs = re.split(r"^\$ ", open(path, encoding="utf-8").read(), flags=re.M)
+    last = [run for run in runs if "fairseq-generate" in run.split("\n", 1)[0]][-1]
+    for line in last.splitlines():
+        m = re.match(r"^([SD])-(\d+)\t(.*)$", line)  # D: the detokenised hypothesis
+        if not m:
+            continue
+        kind, i, rest = m[1], int(m[2]), m[3]
+        if kind == "S":
+            sources[i] = rest
+        else:
+            hyps.setdefault(i, []).append(rest.split("\t", 1)[1] if "\t" in rest else "")
+    return {i: (sources[i], hyps.get(i, [])) for i in sorted(sources)}
+
+
+def test_references(args) -> dict:
+    """{source text: its references}, the test split as make_pairs wrote it."""
+    raw = os.path.join(args.out, "raw")
+    sources = open(os.path.join(raw, "test.src"), encoding="utf-8").read().splitlines()
+    targets = open(os.path.join(raw, "test.tgt"), encoding="utf-8").read().splitlines()
+    grouped = {}
+    for s, t in zip(sources, targets):
+        grouped.setdefault(s, []).append(t)
+    return grouped
+
+
+def grammar_measures(sources: list, outputs: list) -> dict:
+    """Grammatical share; topic and tense kept (of all outputs); each free factor's total
+    variation from the grammar's uniform draw (over the grammatical outputs)."""
+    from fairseq_vae.metrics import sample_quality as sq
+    from fairseq_vae.synth import corpus as synth_corpus
+    from fairseq_vae.synth import grammar as synth_grammar
+    from fairseq_vae.synth.paraphrases import FREE, KEPT
+
+    read = [[synth_grammar.recognise(o) for o in outs] for outs in outputs]
+    flat = [(synth_grammar.recognise(s), r) for s, rs in zip(sources, read) for r in rs]
+    kept = {
+        k: sum(r is not None and src is not None and r[k] == src[k] for src, r in flat) / len(flat)
+        for k in KEPT
+    }
+    values = {"sentiment": synth_corpus.SENTIMENTS, "number": synth_corpus.NUMBERS}
+    tv = {}
+    for f in FREE:
+        counts = {}
+        for _, r in flat:
+            if r is not None and r.get(f) is not None:
+                counts[r[f]] = counts.get(r[f], 0) + 1
+        tv[f] = sq.total_variation(counts, {v: 1 for v in values[f]}) if counts else None
+    grammatical = sum(r is not None for _, r in flat) / len(flat)
+    return {"grammatical": grammatical, "kept": kept, "free_factor_tv": tv}
+
+
+def text_row(model, decoding, setting, sources, outputs, references) -> dict:
+    from fairseq_vae.metrics import conditional_quality as cq
+
+    pr = cq.precision_recall_bleu(outputs, references)
+    n = max(len(o) for o in outputs)
+    return {
+        "corpus": "synth",
+        "model": model,
+        "setting": setting,
+        "decoding": decoding,
+        "samples_per_source": n,
+        "ppl_word": None,
+        "kl": None,
+        "au": None,
+        "multi_ref_bleu": cq.multi_reference_bleu(outputs, references),
+        "precision_bleu": pr["precision"],
+        "recall_bleu": pr["recall"],
+        "self_bleu": cq.mean_self_bleu(outputs) if n > 1 else None,
+        "distinct_2": cq.distinct(outputs, 2),
+        "source_bleu": cq.source_bleu(outputs, sources),
+        **grammar_measures(sources, outputs),
+        "judge_accuracy": None,
+    }
+
+
+def human_row(args, references: dict) -> dict:
+    """--samples targets the grammar draws for each test source, scored as a system's."""
+    from fairseq_vae.synth import grammar as synth_grammar
+    from fairseq_vae.synth.paraphrases import paraphrase_targets
+
+    rng = random.Random(f"{harness.SEED}:human")
+    sources = list(references)
+    outputs = [
+        [t for t, _ in paraphrase_targets(synth_grammar.recognise(s), args.samples, rng)]
+        for s in sources
+    ]
+    return text_row(
+        "human",
+        "reference",
+        "the grammar's own draws",
+        sources,
+        outputs,
+        [references[s] for s in sources],
+    )
+
+
+def rows(args) -> list:
+    references = test_references(args)
+    found = [human_row(args, references)]
+    for model, decodings in DECODINGS.items():
+        for decoding in decodings:
+            parsed = parse_generate(os.path.join(args.out, model, f"generate-{decoding}.txt"))
+            firsts = {}
+            for source, hyps in parsed.values():  # one entry per source text
+                firsts.setdefault(source, hyps)
+            sources = [s for s in references if s in firsts]
+            row = text_row(
+                model,
+                decoding,
+                "BART init, fb 0.15, word dropout 0.2"
+                if model == "bart_cvae"
+                else "fairseq bart, translation",
+                sources,
+                [firsts[s] for s in sources],
+                [references[s] for s in sources],
+            )
+            found.append(row)
+    report = json.load(open(os.path.join(args.out, "bart_cvae", "test-eval.json")))["metrics"]
+    seq_ppl = validate_ppl_word(args)
+    for row in found:
+        if row["model"] == "bart_cvae":
+            row.update(ppl_word=report["iw_ppl_word"], kl=report["kl"], au=report["au"])
+        elif row["model"] == "seq2seq":
+            row["ppl_word"] = seq_ppl
+    return found
+
+
+def validate_ppl_word(args) -> float:
+    """fairseq-validate's test loss (bits a sentencepiece token, </s> included) as a perplexity
+    per word (+1 a sentence), fairseq-vae-eval's unit: the same total NLL over other units."""
+    import sentencepiece
+
+    log = open(os.path.join(args.out, "seq2seq", "validate", "train.log")).read()
+    loss = float(re.findall(r"valid on 'test' subset \| loss ([0-9.]+)", log)[-1])
+    sp = sentencepiece.SentencePieceProcessor(model_file=os.path.join(SHIPPED_DATA, "spm.model"))
+    targets = open(os.path.join(args.out, "raw", "test.tgt"), encoding="utf-8").read().splitlines()
+    tokens = sum(len(sp.encode(t)) + 1 for t in targets)
+    words = sum(len(t.split()) + 1 for t in targets)
+    return math.exp(loss * math.log(2) * tokens / words)
+
+
+def markdown(args, table: list, made: dict) -> str:
+    fmt = harness.fmt
+    lines = [
+        "# The conditional VAE on the shipped grammar's paraphrases",
+        "",
+        f"Written by `{made['command']}`, started {made['started']}, on {made['machine']}.",
+        f"{args.test_sources} test sources with {args.references} references each; "
+        f"{args.samples} outputs a source for the sampling decodings; {args.updates} updates "
+        "each from the shipped BART. PPL: per word (+1 a sentence) of the test targets, IW-PPL "
+        f"of p(x|c) with K={args.iw_samples} for bart_cvae. BLEU-4 on 0-100.",
+        "",
+        "| model | decoding | N | PPL | KL | AU | multi-ref BLEU | precision / recall BLEU | "
+        "self-BLEU | distinct-2 | BLEU to source | grammatical | topic / tense kept | "
+        "TV sentiment / number |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        tv = r["free_factor_tv"]
+        lines.append(
+            f"| {r['model']} | {r['decoding']} | {r['samples_per_source']} | "
+            f"{fmt(r['ppl_word'], '.3f')} | {fmt(r['kl'], '.2f')} | {fmt(r['au'], 'd')} | "
+            f"{r['multi_ref_bleu']:.1f} | {r['precision_bleu']:.1f} / {r['recall_bleu']:.1f} | "
+            f"{fmt(r['self_bleu'], '.1f')} | {fmt(r['distinct_2'], '.3f')} | "
+            f"{r['source_bleu']:.1f} | {r['grammatical']:.3f} | {r['kept']['topic']:.3f} / "
+            f"{r['kept']['tense']:.3f} | {fmt(tv['sentiment'], '.3f')} / "
+            f"{fmt(tv['number'], '.3f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: str, table: list):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for r in table:
+        if r["self_bleu"] is not None:
+            ax.scatter(r["self_bleu"], r["multi_ref_bleu"], label=f"{r['model']}, {r['decoding']}")
+    ax.set(
+        xlabel="self-BLEU among a source's outputs (lower: more diverse)",
+        ylabel="multi-reference BLEU",
+        title="shipped grammar's paraphrases",
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "runs", "cvae-cpu"))
+    p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", "cvae.md"))
+    p.add_argument("--updates", type=int, default=1600)
+    p.add_argument("--samples", type=int, default=10, help="outputs a source (z, samples, groups)")
+    p.add_argument("--test-sources", type=int, default=200)
+    p.add_argument("--references", type=int, default=4)
+    p.add_argument("--iw-samples", type=int, default=100)
+    p.add_argument("--report", action="store_true", help="the table from finished runs only")
+    args = p.parse_args()
+    args.out = os.path.abspath(args.out)
+    b = dict(harness.BUDGETS["cpu"])
+    if not args.report:
+        jobs = data_jobs(args)
+        for model in ("bart_cvae", "seq2seq"):
+            d = os.path.join(args.out, model)
+            jobs[f"train {model}"] = harness.train_job(
+                [train_cmd(args, b, model, d)], os.path.join(d, "train.log"), after=["pairs"]
+            )
+        for model, decodings in DECODINGS.items():
+            for decoding in decodings:
+                jobs[f"generate {model} {decoding}"] = generate_job(args, model, decoding)
+        jobs.update(score_jobs(args))
+        harness.run_queue(jobs, 2)
+    made = harness.made_by("benchmarks/cvae.py")
+    table = rows(args)
+    for r in table:
+        r["made"] = made
+    stem = args.results[: -len(".md")]
+    with open(args.results, "w") as f:
+        f.write(markdown(args, table, made))
+    harness.write_results_json(stem, {"rows": table, "targets": TARGETS})
+    plot(stem + ".png", table)
+    print(open(args.results).read())
+    harness.log(f"wrote {args.results}, {stem}.json and {stem}.png")
+
+
+if __name__ == "__main__":
+    main()
