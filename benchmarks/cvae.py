@@ -82,69 +82,24 @@ def train_cmd(args, b, model: str, save_dir: str) -> list:
     data = os.path.join(args.out, "data-bin", "pairs")
     common = harness.common_train_args(b, args.updates, save_dir)
     start = ["--finetune-from-model", SHIPPED_BART]
+    train = [os.path.join(harness.BIN, "fairseq-train"), data, *PAIRS]
     if model == "bart_cvae":
-        return [
-            os.path.join(harness.BIN, "fairseq-train"),
-            data,
-            "--task",
-            "text_vae",
-            *PAIRS,
-            "--arch",
-            "bart_cvae_small",
-            "--criterion",
-            "elbo",
-            *SETTING,
-            *start,
-            *common,
-        ]
-    return [
-        os.path.join(harness.BIN, "fairseq-train"),
-        data,
-        "--task",
-        "translation",
-        *PAIRS,
-        "--arch",
-        "bart_base",
-        *SHAPE,
-        "--share-all-embeddings",
-        "--criterion",
-        "cross_entropy",
-        *start,
-        *common,
-    ]
+        recipe = "--task text_vae --arch bart_cvae_small --criterion elbo".split() + SETTING
+    else:
+        recipe = "--task translation --arch bart_base --criterion cross_entropy".split()
+        recipe += [*SHAPE, "--share-all-embeddings"]
+    return train + recipe + start + common
 
 
-DECODINGS = {
+DECODINGS = {  # {model: {decoding: its fairseq-generate options for n outputs a source}}
     "bart_cvae": {
-        "prior-greedy": lambda n: [
-            "--latent-source",
-            "prior",
-            "--latent-samples",
-            str(n),
-            "--beam",
-            "1",
-        ],
-        "prior-mean-beam5": lambda n: ["--latent-source", "prior-mean", "--beam", "5"],
+        "prior-greedy": lambda n: f"--latent-source prior --latent-samples {n} --beam 1".split(),
+        "prior-mean-beam5": lambda n: "--latent-source prior-mean --beam 5".split(),
     },
     "seq2seq": {
-        "beam5": lambda n: ["--beam", "5"],
-        "top-p": lambda n: [
-            "--sampling",
-            "--sampling-topp",
-            "0.9",
-            "--beam",
-            str(n),
-            "--nbest",
-            str(n),
-        ],
-        "diverse-beam": lambda n: [
-            "--beam",
-            str(n),
-            "--nbest",
-            str(n),
-            "--diverse-beam-groups",
-            str(n),
-        ],
+        "beam5": lambda n: "--beam 5".split(),
+        "top-p": lambda n: f"--sampling --sampling-topp 0.9 --beam {n} --nbest {n}".split(),
+        "diverse-beam": lambda n: f"--beam {n} --nbest {n} --diverse-beam-groups {n}".split(),
     },
 }
 
@@ -240,6 +195,27 @@ def score_jobs(args) -> dict:
             [validate], os.path.join(seq, "validate", "train.log"), after=["train seq2seq"]
         ),
     }
+
+
+def cost_job(args, after: list) -> dict:
+    """benchmarks/overhead.py --pairs on this data, alone (after every other job: timings)."""
+    data = os.path.join(args.out, "data-bin", "pairs")
+    log = os.path.join(args.out, "cost", "overhead.log")
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "overhead.py"), "--pairs", "--data",
+           data, "--updates", "40"]  # fmt: skip
+    return {"cmds": [cmd, ["touch", log + ".done"]], "log": log, "done": log + ".done",
+            "after": after}  # fmt: skip
+
+
+def read_cost(args) -> dict:
+    """The ratios of overhead.py's table (bart_cvae over BART): update time, generation speed
+    (sentences a second at a fixed length), peak training memory."""
+    text = open(os.path.join(args.out, "cost", "overhead.log")).read()
+    ratio = {}
+    for key, label in (("update_ratio", "ms per update"), ("memory_ratio", "peak training"),
+                       ("generation_ratio", "sent/s, fixed length")):  # fmt: skip
+        ratio[key] = float(re.findall(rf"^{re.escape(label)}.* ([0-9.]+)$", text, re.M)[-1])
+    return ratio
 
 
 def parse_generate(path: str) -> dict:
@@ -415,6 +391,14 @@ def markdown(args, table: list, made: dict) -> str:
             f"{r['kept']['tense']:.3f} | {fmt(tv['sentiment'], '.3f')} / "
             f"{fmt(tv['number'], '.3f')} |"
         )
+    cost = read_cost(args)
+    lines += [
+        "",
+        "Cost (benchmarks/overhead.py --pairs: the same batches, alternating, 40 timed updates): "
+        f"a bart_cvae update {cost['update_ratio']:.2f}x a seq2seq update, generation from the "
+        f"prior {cost['generation_ratio']:.2f}x the seq2seq's greedy speed, peak training "
+        f"memory {cost['memory_ratio']:.2f}x.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -467,6 +451,7 @@ def main():
             for decoding in decodings:
                 jobs[f"generate {model} {decoding}"] = generate_job(args, model, decoding)
         jobs.update(score_jobs(args))
+        jobs["cost"] = cost_job(args, after=list(jobs))
         harness.run_queue(jobs, 2)
     made = harness.made_by("benchmarks/cvae.py")
     table = rows(args)
@@ -475,7 +460,7 @@ def main():
     stem = args.results[: -len(".md")]
     with open(args.results, "w") as f:
         f.write(markdown(args, table, made))
-    harness.write_results_json(stem, {"rows": table, "targets": TARGETS})
+    harness.write_results_json(stem, {"rows": table, "cost": read_cost(args), "targets": TARGETS})
     plot(stem + ".png", table)
     print(open(args.results).read())
     harness.log(f"wrote {args.results}, {stem}.json and {stem}.png")

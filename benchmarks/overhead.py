@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The cost of the latent: bart_vae against plain BART of the same dimensions.
+"""The cost of the latent: bart_vae against plain BART of the same dimensions (with --pairs,
+bart_cvae against BART as a seq2seq, on a paired data-bin: scripts/prepare_data.sh --pairs).
 
 Both models are trained as autoencoders (source = target) on the same batches of a data-bin
 corpus, in one process, alternating update by update after a warm-up, so machine noise hits
@@ -17,6 +18,11 @@ reconstructing the same number of sentences with the same greedy search:
   python benchmarks/overhead.py --shape small --train-updates 300   # bart_vae_small sizes
   python benchmarks/overhead.py --shape base --updates 20
   python benchmarks/overhead.py --shape base --bf16                 # on a GPU
+  python benchmarks/overhead.py --pairs --data benchmarks/runs/cvae-cpu/data-bin/pairs
+
+With --pairs both models read the same paired batches (BART without the target in its encoder
+input), and generation compares bart_cvae decoding z ~ p(z|c) beside each source with BART's
+greedy search from the same sources.
 """
 
 import argparse
@@ -56,7 +62,10 @@ SHAPES = {  # the VAE architecture and BART's architecture of the same dimension
 }
 
 
-def build(arch, criterion, data, extra):
+PAIRS = ["--source-lang", "src", "--target-lang", "tgt"]
+
+
+def build(arch, criterion, data, extra, task_name="text_vae"):
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(
         parser,
@@ -65,15 +74,14 @@ def build(arch, criterion, data, extra):
             "--user-dir",
             os.path.join(ROOT, "fairseq_vae"),
             "--task",
-            "text_vae",
+            task_name,
             "--arch",
             arch,
             "--criterion",
             criterion,
             "--max-update",
             "1000",
-            "--kl-schedule",
-            "constant",
+            *(["--kl-schedule", "constant"] if task_name == "text_vae" else []),
             *extra,
         ],
     )
@@ -92,7 +100,16 @@ def batches(task, split, max_tokens, n):
     return [b for _, b in zip(range(n), itr)]
 
 
+def for_model(model, sample):
+    """The batch as the model reads it: only the conditional encoder takes the target."""
+    if getattr(model.encoder, "conditional", False):
+        return sample
+    net_input = {k: v for k, v in sample["net_input"].items() if not k.startswith("tgt_")}
+    return dict(sample, net_input=net_input)
+
+
 def train_update(model, criterion, optimizer, sample, device, dtype):
+    sample = for_model(model, sample)
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         loss, sample_size, _ = criterion(model, sample)
@@ -130,6 +147,7 @@ def cpu_peak_training_memory(args, name) -> float:
             str(args.max_tokens),
             "--peak-memory-of",
             name,
+            *(["--pairs"] if args.pairs else []),
         ],
         check=True,
         capture_output=True,
@@ -142,12 +160,24 @@ def build_models(args, names=("bart_vae", "bart")):
     """The task and {name: (model, criterion)}, the two models of one shape."""
     vae_arch, bart_arch, dims = SHAPES[args.shape]
     common = [*dims, "--dropout", "0.1"]
-    recipes = {"bart_vae": (vae_arch, "elbo"), "bart": (bart_arch, "label_smoothed_cross_entropy")}
-    models = {}
+    if args.pairs:  # the conditional model on text_vae's pairs, BART on fairseq's translation
+        vae_arch = vae_arch.replace("bart_vae", "bart_cvae")
+        recipes = {
+            "bart_vae": (vae_arch, "elbo", args.data, [*common, *PAIRS]),
+            "bart": (bart_arch, "label_smoothed_cross_entropy", args.data, [*common, *PAIRS],
+                     "translation"),
+        }  # fmt: skip
+    else:
+        recipes = {
+            "bart_vae": (vae_arch, "elbo", args.data, common),
+            "bart": (bart_arch, "label_smoothed_cross_entropy", args.data, common),
+        }
+    models, vae_task = {}, None
     for name in names:
-        task, model, crit, _ = build(*recipes[name], args.data, common)
+        task, model, crit, _ = build(*recipes[name])
         models[name] = (model, crit)
-    return task, models
+        vae_task = task if name == "bart_vae" or vae_task is None else vae_task
+    return vae_task, models
 
 
 def generation_speed(task, models, args, device, fixed_len):
@@ -168,6 +198,7 @@ def generation_speed(task, models, args, device, fixed_len):
         if name == "bart_vae":
             model.encoder.latent_source = "prior"
         sample = {"id": sentences["id"][: args.generate], "net_input": net_input}
+        sample = for_model(model, sample)
         if device.type == "cuda":
             sample = iterators.utils.move_to_cuda(sample)
         with torch.no_grad():
@@ -203,6 +234,11 @@ def main():
         "generation; 0 skips it",
     )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    parser.add_argument(
+        "--pairs",
+        action="store_true",
+        help="--data is a paired data-bin (src, tgt): bart_cvae against BART as a seq2seq",
+    )
     parser.add_argument("--peak-memory-of", choices=["bart_vae", "bart"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -263,7 +299,8 @@ def main():
         f"{args.max_tokens} tokens after {args.warmup} warm-up, alternating; "
         f"{args.generate} sentences generated greedily"
     )
-    print(f"{'':<34}{'bart_vae':>10}{'bart':>10}{'ratio':>8}")
+    vae_name = "bart_cvae" if args.pairs else "bart_vae"
+    print(f"{'':<34}{vae_name:>10}{'bart':>10}{'ratio':>8}")
     rows = [
         ("ms per update (median)", vae_ms, bart_ms),
         ("peak training memory, MiB", peak["bart_vae"], peak["bart"]),
