@@ -461,3 +461,24 @@ def test_eval_reports_log_p_x_given_c_and_the_measures_of_several_latents(pair_b
     for key in ("multi_ref_bleu", "precision_bleu", "recall_bleu", "self_bleu", "source_bleu"):
         assert -1e-9 <= c[key] <= 100 + 1e-9, key  # a BLEU, up to rounding
     assert "precision / recall BLEU" in out and "IW-NLL" in out
+
+
+def test_interactive_decodes_n_latents_a_typed_source_as_the_hub_does(pair_bin, cvae_checkpoint,
+                                                                      cvae_hub):  # fmt: skip
+    """Typed sources have no sentence ids: the i-th typed source draws as the hub's i-th."""
+    import subprocess
+
+    sources, _ = pair_corpus(3, 11)
+    command = [os.path.join(os.path.dirname(__import__("sys").executable), "fairseq-interactive"),
+               pair_bin, "--user-dir", USER_DIR, "--task", "text_vae", *PAIRS, "--path",
+               cvae_checkpoint, "--cpu", "--latent-source", "prior", "--latent-samples", "2",
+               "--beam", "1", "--seed", "4", "--buffer-size", "2"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run(command, input="\n".join(sources) + "\n", capture_output=True,
+                         text=True, timeout=300, env=env)  # fmt: skip
+    printed = {}
+    for m in re.finditer(r"^D-(\d+)\t\S+\t(.*)$", out.stdout, re.M):
+        printed.setdefault(int(m[1]), []).append(m[2])
+    assert [printed[i] for i in range(3)] == cvae_hub.sample(sources, n=2, seed=4), out.stderr[
+        -2000:
+    ]

@@ -163,6 +163,7 @@ class TextVAETask(FairseqTask):
         # (source, target) positions of the models built so far (build_model)
         self.model_max_positions = None
         self.input_lines_read = 0  # fairseq-interactive's lines so far, for messages
+        self.typed_sources = 0  # and the sources decoded so far, for their latent draws
         self.first_input_line = 1
         # the z generation decodes when the encoder does not choose it
         # (fairseq_vae.latent_space.given_latents)
@@ -427,14 +428,21 @@ class TextVAETask(FairseqTask):
         """Each source decoded from --latent-samples N latents: the batch repeated N times
         (source i's copies are rows i*N .. i*N+N-1) with the draws latent_draws fixes, and
         each copy's best hypothesis kept, N hypotheses a source."""
-        n, ids = self.cfg.latent_samples, sample["id"].tolist()
-        net = sample["net_input"]
+        n, net = self.cfg.latent_samples, sample["net_input"]
+        if "id" in sample:
+            ids = sample["id"].tolist()
+        else:  # fairseq-interactive's batches have no ids: the typed sources' count is theirs
+            start, self.typed_sources = (
+                self.typed_sources,
+                self.typed_sources + len(net["src_tokens"]),
+            )
+            ids = list(range(start, self.typed_sources))
         expanded = {k: v.repeat_interleave(n, dim=0) for k, v in net.items() if v is not None}
         expanded["eps"] = latent_draws(self.cfg.seed, ids, n, models[0].encoder.latent_dim)
         expanded["eps"] = expanded["eps"].to(net["src_tokens"].device)
         if prefix_tokens is not None:
             prefix_tokens = prefix_tokens.repeat_interleave(n, dim=0)
-        copies = dict(sample, net_input=expanded, id=sample["id"].repeat_interleave(n))
+        copies = dict(sample, net_input=expanded, id=torch.tensor(ids).repeat_interleave(n))
         with latent_source(models, LATENT_SOURCES[str(self.cfg.latent_source)]):
             hypos = super().inference_step(generator, models, copies, prefix_tokens)
         return [[hypos[i * n + k][0] for k in range(n)] for i in range(len(ids))]
