@@ -432,10 +432,8 @@ class TextVAETask(FairseqTask):
         if "id" in sample:
             ids = sample["id"].tolist()
         else:  # fairseq-interactive's batches have no ids: the typed sources' count is theirs
-            start, self.typed_sources = (
-                self.typed_sources,
-                self.typed_sources + len(net["src_tokens"]),
-            )
+            start = self.typed_sources
+            self.typed_sources += len(net["src_tokens"])
             ids = list(range(start, self.typed_sources))
         expanded = {k: v.repeat_interleave(n, dim=0) for k, v in net.items() if v is not None}
         expanded["eps"] = latent_draws(self.cfg.seed, ids, n, models[0].encoder.latent_dim)
