@@ -80,6 +80,7 @@ from fairseq_vae.metrics.estimators import (
 )
 from fairseq_vae.metrics.eval_report import (
     Columns,
+    batch_columns,
     format_report,
     latent_metrics,
     prior_file_metrics,
@@ -229,18 +230,8 @@ def iw_pass(model, progress, args, detok, generator, seed: int, prior=None) -> L
                 generator=draws,
                 log_prior=None if prior is None else prior.log_prob,
             )
-            batch = {
-                "id": sample["id"].cpu(),
-                "mu": mu.cpu(),
-                "logvar": logvar.cpu(),
-                "z": iw.z1.float().cpu(),
-                "log_px": iw.log_px.cpu(),
-                "log_px_z": iw.log_px_z1.cpu(),
-                "kl": gaussian_kl(mu, logvar).sum(dim=-1).cpu(),
-                "tokens": sample["target"].ne(pad).sum(dim=-1).cpu(),
-                "refs": [detok(tokens) for tokens in net["src_tokens"]],
-                "hyps": None,
-            }
+            batch = batch_columns(sample, mu, logvar, iw, gaussian_kl(mu, logvar), pad)
+            batch.update(refs=[detok(tokens) for tokens in net["src_tokens"]], hyps=None)
             if prior is not None:
                 batch["prior_log_px"], batch["prior_kl"] = iw.prior_log_px.cpu(), iw.prior_kl.cpu()
             if args.mi_pool == "batch":

@@ -26,6 +26,7 @@ from fairseq import utils
 from fairseq_vae.criterions.elbo import gaussian_kl
 from fairseq_vae.metrics import conditional_quality as cq
 from fairseq_vae.metrics.estimators import decoder_log_likelihood, iw_estimates, mutual_information
+from fairseq_vae.metrics.eval_report import batch_columns
 from fairseq_vae.models.latent import latent_draws
 
 
@@ -64,19 +65,13 @@ def conditional_iw_pass(model, progress, args, detok, generator, seed: int) -> L
                 model, prior_mu, prior_logvar, z_prior, net["prev_output_tokens"],
                 sample["target"], memory_of,
             )  # fmt: skip
-            batch = {
-                "id": sample["id"].cpu(),
-                "mu": mu.cpu(),
-                "logvar": logvar.cpu(),
-                "z": iw.z1.float().cpu(),
-                "log_px": iw.log_px.cpu(),
-                "log_px_z": iw.log_px_z1.cpu(),
-                "log_px_prior_z": log_px_prior_z.cpu(),
-                "kl": gaussian_kl(mu, logvar, prior_mu, prior_logvar).sum(dim=-1).cpu(),
-                "tokens": sample["target"].ne(pad).sum(dim=-1).cpu(),
-                "refs": [detok(tokens) for tokens in sample["target"]],
-                "hyps": None,
-            }
+            kl = gaussian_kl(mu, logvar, prior_mu, prior_logvar)
+            batch = batch_columns(sample, mu, logvar, iw, kl, pad)
+            batch.update(
+                log_px_prior_z=log_px_prior_z.cpu(),
+                refs=[detok(tokens) for tokens in sample["target"]],
+                hyps=None,
+            )
             if args.mi_pool == "batch":
                 batch["mi"] = mutual_information(mu, logvar, iw.z1)
             if generator is not None:  # the posterior mean beside the source (latent "mean")

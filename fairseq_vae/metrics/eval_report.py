@@ -35,6 +35,21 @@ class Columns:
         return len(self.ids)
 
 
+def batch_columns(sample, mu: Tensor, logvar: Tensor, iw, kl: Tensor, pad: int) -> dict:
+    """One batch's share of ``Columns.tensors`` (CPU), and its ``id``, from the pass's parts:
+    the posterior, the IW estimates (``estimators.IWEstimates``) and the KL per sentence."""
+    return {
+        "id": sample["id"].cpu(),
+        "mu": mu.cpu(),
+        "logvar": logvar.cpu(),
+        "z": iw.z1.float().cpu(),
+        "log_px": iw.log_px.cpu(),
+        "log_px_z": iw.log_px_z1.cpu(),
+        "kl": kl.sum(dim=-1).cpu(),
+        "tokens": sample["target"].ne(pad).sum(dim=-1).cpu(),
+    }
+
+
 def perplexity(nats: float, units: int) -> float:
     """exp(nats / units); inf above what a double holds (~709.78 nats per unit), as fairseq's
     logging reports it, so an untrained or diverged model still gets its report."""
