@@ -482,3 +482,17 @@ def test_interactive_decodes_n_latents_a_typed_source_as_the_hub_does(pair_bin, 
     assert [printed[i] for i in range(3)] == cvae_hub.sample(sources, n=2, seed=4), out.stderr[
         -2000:
     ]
+
+
+def test_a_paired_folder_missing_one_side_is_refused_naming_the_file(pair_bin, cvae_checkpoint,
+                                                                     tmp_path):  # fmt: skip
+    import shutil
+
+    copy = tmp_path / "pairs"
+    shutil.copytree(pair_bin, copy)
+    for ext in ("bin", "idx"):
+        (copy / f"test.src-tgt.tgt.{ext}").unlink()
+    out = run_tool("fairseq-generate", copy, "--user-dir", USER_DIR, "--task", "text_vae",
+                   *PAIRS, "--path", cvae_checkpoint, "--cpu", check=False)  # fmt: skip
+    assert f"split 'test': no {copy}/test.src-tgt.tgt.bin/.idx" in out, out[-2000:]
+    assert "Traceback" not in out
