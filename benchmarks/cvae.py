@@ -99,7 +99,11 @@ DECODINGS = {  # {model: {decoding: its fairseq-generate options for n outputs a
     "seq2seq": {
         "beam5": lambda n: "--beam 5".split(),
         "top-p": lambda n: f"--sampling --sampling-topp 0.9 --beam {n} --nbest {n}".split(),
-        "diverse-beam": lambda n: f"--beam {n} --nbest {n} --diverse-beam-groups {n}".split(),
+        # fairseq 0.12's diverse beam search sizes its group-overlap buffer by the first batch:
+        # a later, larger batch indexes past it, so every batch gets the same size
+        "diverse-beam": lambda n: (
+            f"--beam {n} --nbest {n} --diverse-beam-groups {n} --batch-size 16".split()
+        ),
     },
 }
 
