@@ -99,11 +99,12 @@ DECODINGS = {  # {model: {decoding: its fairseq-generate options for n outputs a
     "seq2seq": {
         "beam5": lambda n: "--beam 5".split(),
         "top-p": lambda n: f"--sampling --sampling-topp 0.9 --beam {n} --nbest {n}".split(),
-        # fairseq 0.12's diverse beam search sizes its group-overlap buffer by the first batch:
-        # a later, larger batch indexes past it, so every batch gets the same size
+        # fairseq-fixed's diverse beam search indexes its group-overlap buffer (sized by the
+        # batch) by sentence id: it works only with the whole split in one batch
         "diverse-beam": lambda n: (
-            f"--beam {n} --nbest {n} --diverse-beam-groups {n} --batch-size 16".split()
-        ),
+            f"--beam {n} --nbest {n} --diverse-beam-groups {n} --batch-size 100000 "
+            "--max-tokens 1000000"
+        ).split(),
     },
 }
 
