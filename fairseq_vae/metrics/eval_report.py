@@ -215,6 +215,8 @@ def format_report(report: dict) -> str:
             (f"-ELBO, {p['kind']} prior", f"{p['neg_elbo']:.3f}"),
             (f"  KL, {p['kind']} prior", f"{p['kl_mc']:.3f}  (Monte Carlo, K={s['iw_samples']})"),
         ]
+    if "info_beyond_source" in m:  # bart_cvae (cli/evaluate_pairs.py)
+        rows.append(("log p(x|z_q,c) - log p(x|z_p,c)", f"{m['info_beyond_source']:.3f}"))
     rows += [
         ("MI", mi),
         ("AU", undefined if m["au"] is None else f"{m['au']} / {s['latent_dim']}"),
