@@ -163,10 +163,7 @@ def synth_section(m: dict) -> list:
 
 def plot(path: str, measurements: list):
     """Yelp's trade-off curves, accuracy against source BLEU, one per model and method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = harness.pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for m in measurements:

@@ -3,26 +3,19 @@
 bart_cvae against the same BART fine-tuned as a plain seq2seq.
 
     benchmarks/cvae.py                      # trains what is missing, then measures (resumable)
-    benchmarks/cvae.py --report             # the table again from the finished runs
+    benchmarks/cvae.py --cvae-args "--bow-loss-weight 1.0" --out DIR --keep-other-settings
 
-Data (scripts/make_pairs.py, in --out): a source fixes topic and tense, a target is another
-sentence of the grammar with them kept and sentiment, number, template and words drawn; test
-sources come with --references targets each, their references. Both models are fine-tuned from
-the shipped BART (pretrained/bart-synth.pt, data-bin/synth's segmentation) for --updates
+Data (scripts/make_pairs.py, in --out): a source fixes topic and tense, a target draws the rest;
+test sources have --references targets. Both models start from the shipped BART for --updates
 updates with the same batches, optimiser and seed: bart_cvae_small with SETTING, and fairseq's
-`bart` (bart_base at the shipped BART's size) on the translation task.
-
-Decodings of the test sources: the CVAE with --latent-samples z ~ p(z|c) each greedy
-(prior-greedy) and beam 5 from the prior mean (prior-mean-beam5); the seq2seq with beam 5,
-top-p 0.9 sampling (--latent-samples a source) and diverse beam search (as many groups). Each is
-scored by metrics/conditional_quality against the source's references, and by the grammar:
-grammatical share, topic and tense kept, each free factor's total variation from the grammar's
-uniform draw. A "human" row scores --latent-samples targets the grammar itself draws for each
-source. The CVAE's IW-PPL of p(x|c) (fairseq-vae-eval) and the seq2seq's PPL (fairseq-validate)
-are per word of the test targets.
-
-Everything is written under --out (default benchmarks/runs/cvae-cpu, ignored by git); the table
-goes to --results (.md, .json with the same rows, .png: self-BLEU against multi-reference BLEU).
+`bart` at that size on the translation task. Decodings: the CVAE's --samples z ~ p(z|c) each
+greedy, and beam 5 from the prior mean; the seq2seq's beam 5, top-p 0.9 (--samples a source)
+and diverse beam search (--samples groups). Each is scored by metrics/conditional_quality
+against the source's references and by the grammar (grammatical, topic and tense kept, each
+free factor's total variation from the grammar's even draw); a "human" row scores --samples
+targets the grammar draws. PPL: the CVAE's IW-PPL of p(x|c), the seq2seq's, per word.
+Runs go under --out (ignored by git); the table to --results (.md, .json, .png: self-BLEU
+against multi-reference BLEU), with the cost ratios of benchmarks/overhead.py --pairs.
 """
 
 import argparse
@@ -375,26 +368,35 @@ def validate_ppl_word(args) -> float:
     return math.exp(loss * math.log(2) * tokens / words)
 
 
-def markdown(args, table: list, made: dict) -> str:
+def row_name(r: dict) -> str:
+    return f"{r['model']}, {r['setting']}"
+
+
+def row_key(r: dict) -> tuple:
+    return r["model"], r["setting"], r["decoding"]
+
+
+def markdown(args, table: list) -> str:
     fmt = harness.fmt
     lines = [
         "# The conditional VAE on the shipped grammar's paraphrases",
         "",
-        f"Written by `{made['command']}`, started {made['started']}, on {made['machine']}.",
+        *harness.made_lines(table, row_name),
+        "",
         f"{args.test_sources} test sources with {args.references} references each; "
         f"{args.samples} outputs a source for the sampling decodings; {args.updates} updates "
         "each from the shipped BART. PPL: per word (+1 a sentence) of the test targets, IW-PPL "
         f"of p(x|c) with K={args.iw_samples} for bart_cvae. BLEU-4 on 0-100.",
         "",
-        "| model | decoding | N | PPL | KL | AU | multi-ref BLEU | precision / recall BLEU | "
-        "self-BLEU | distinct-2 | BLEU to source | grammatical | topic / tense kept | "
-        "TV sentiment / number |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | setting | decoding | N | PPL | KL | AU | multi-ref BLEU | precision / recall "
+        "BLEU | self-BLEU | distinct-2 | BLEU to source | grammatical | topic / tense kept | TV "
+        "sentiment / number |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         tv = r["free_factor_tv"]
         lines.append(
-            f"| {r['model']} | {r['decoding']} | {r['samples_per_source']} | "
+            f"| {r['model']} | {r['setting']} | {r['decoding']} | {r['samples_per_source']} | "
             f"{fmt(r['ppl_word'], '.3f')} | {fmt(r['kl'], '.2f')} | {fmt(r['au'], 'd')} | "
             f"{r['multi_ref_bleu']:.1f} | {r['precision_bleu']:.1f} / {r['recall_bleu']:.1f} | "
             f"{fmt(r['self_bleu'], '.1f')} | {fmt(r['distinct_2'], '.3f')} | "
@@ -414,11 +416,7 @@ def markdown(args, table: list, made: dict) -> str:
 
 
 def plot(path: str, table: list):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for r in table:
         if r["self_bleu"] is not None:
@@ -453,7 +451,13 @@ def main():
     p.add_argument("--test-sources", type=int, default=200)
     p.add_argument("--references", type=int, default=4)
     p.add_argument("--iw-samples", type=int, default=100)
-    p.add_argument("--report", action="store_true", help="the table from finished runs only")
+    p.add_argument("--report", action="store_true", help="rewrite the table from its JSON")
+    p.add_argument(
+        "--keep-other-settings",
+        action="store_true",
+        help="keep the rows of other bart_cvae settings from the existing --results JSON (each "
+        "row names the run that made it), so settings run apart share one table",
+    )
     args = p.parse_args()
     args.out = os.path.abspath(args.out)
     b = dict(harness.BUDGETS["cpu"])
@@ -470,13 +474,19 @@ def main():
         jobs.update(score_jobs(args))
         jobs["cost"] = cost_job(args, after=list(jobs))
         harness.run_queue(jobs, 2)
-    made = harness.made_by("benchmarks/cvae.py")
-    table = rows(args)
-    for r in table:
-        r["made"] = made
     stem = args.results[: -len(".md")]
+    if args.report:  # the rows as the runs that made them wrote them
+        table = harness.read_results_json(stem)["rows"]
+    else:
+        made = harness.made_by("benchmarks/cvae.py")
+        table = [dict(r, made=made) for r in rows(args)]
+    if args.keep_other_settings and os.path.isfile(stem + ".json"):
+        ours = {row_key(r) for r in table}
+        table = [
+            r for r in harness.read_results_json(stem)["rows"] if row_key(r) not in ours
+        ] + table
     with open(args.results, "w") as f:
-        f.write(markdown(args, table, made))
+        f.write(markdown(args, table))
     harness.write_results_json(stem, {"rows": table, "cost": read_cost(args), "targets": TARGETS})
     plot(stem + ".png", table)
     print(open(args.results).read())

@@ -799,6 +799,20 @@ def fmt(value, spec: str, missing: str = "") -> str:
     return missing if value is None else format(value, spec)
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, its debug logging off (fairseq sets the root
+    logger to DEBUG, and matplotlib would log every font it considers)."""
+    import logging
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before its import logs
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def rel(path: Optional[str]) -> Optional[str]:
     """A path as a table records it: relative to the repository, so that no machine's folders
     are written into benchmarks/results."""
