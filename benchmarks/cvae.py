@@ -481,10 +481,12 @@ def main():
         made = harness.made_by("benchmarks/cvae.py")
         table = [dict(r, made=made) for r in rows(args)]
     if args.keep_other_settings and os.path.isfile(stem + ".json"):
-        ours = {row_key(r) for r in table}
-        table = [
-            r for r in harness.read_results_json(stem)["rows"] if row_key(r) not in ours
-        ] + table
+        # this run adds its bart_cvae rows; the rows of the shared models stay the earlier run's
+        earlier = harness.read_results_json(stem)["rows"]
+        new = [
+            r for r in table if r["model"] == "bart_cvae" or row_key(r) not in map(row_key, earlier)
+        ]
+        table = [r for r in earlier if row_key(r) not in {row_key(o) for o in new}] + new
     with open(args.results, "w") as f:
         f.write(markdown(args, table))
     harness.write_results_json(stem, {"rows": table, "cost": read_cost(args), "targets": TARGETS})
