@@ -16,7 +16,6 @@ given, and from the prior otherwise (``--latent-source prior``). The ELBO criter
 KL(q(z|c, x) || p(z|c)) in closed form (``gaussian_kl`` with the prior's parameters).
 """
 
-import logging
 from typing import Dict, List, Optional
 
 import torch
@@ -41,8 +40,6 @@ from .latent import (
     reparameterize,
     worker_generator,
 )
-
-logger = logging.getLogger(__name__)
 
 CVAE_PRIORS = ("conditional", "standard")
 # what the encoder-out dict carries of the latent, each B x latent (reordered with the beam)
