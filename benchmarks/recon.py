@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""How fast the path through z learns: reconstruction BLEU against minutes of training, on Yelp.
+
+    benchmarks/recon.sh                                   # every candidate, both KLs, scratch
+    benchmarks/recon.sh --candidates "baseline;batch 1024" --kl ae --init "scratch;bart"
+    benchmarks/recon.sh --report                          # the table again from its JSON
+
+Each run (a candidate, a KL, an initialisation) trains bart_vae_small on Yelp (word-level, as
+benchmarks/control.py prepares it) with one thread, in steps of --every minutes of fairseq's own
+training clock (--stop-time-hours; the next step resumes from checkpoint_last.pt, so a stopped
+benchmark goes on where it was), up to --minutes. After each step the checkpoint is copied to
+checkpoint_<m>min.pt and the first --sentences test sentences are reconstructed greedily from
+their posterior means: BLEU-4 against the sentences themselves (sacrebleu, tokenised text) and
+the share reconstructed exactly, kept in point-<m>min.json (a rerun skips it). Validation is off,
+so the clock counts training only.
+
+KLs: "ae", beta = 0 throughout (a plain autoencoder, the posterior still sampled); "fb0.5",
+beta = 1 throughout with free bits 0.5 per dimension (16 nats over the 32 dimensions): the two
+points of the GRU yardstick of issue #40 (BLEU 17.6 and 11.3 after 15 minutes). Inits: "scratch",
+or "bart", fine-tuned from the Yelp BART that benchmarks/control.py fine-tunes (the denoising
+pretraining in its --yelp-out folder, run here if missing).
+
+Candidates (CANDIDATES) are what the model or its training does differently from the
+project's Yelp VAE; the table and benchmarks/results/recon.{md,json,png} show every finished
+point (the PNG: BLEU against minutes, a panel per KL and init, a line per candidate).
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+from argparse import Namespace
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402  (corpus preparation, the Yelp pretraining, the job queue)
+
+REPO = harness.REPO
+KLS = {
+    "ae": ["--kl-schedule", "constant", "--kl-beta-max", "0"],
+    "fb0.5": ["--kl-schedule", "constant", "--kl-beta-max", "1", "--free-bits", "0.5"],
+}
+INITS = ("scratch", "bart")
+# name -> the fairseq-train options it adds, and the budget entries it changes (BUDGETS["cpu"])
+CANDIDATES = {
+    "baseline": {"args": [], "budget": {}},
+    # 4096 tokens are about 370 Yelp sentences: a tenth of the GRU yardstick's updates a minute
+    "batch 1024": {"args": [], "budget": {"max_tokens": 1024}},
+    "lr 3e-3": {"args": [], "budget": {"lr": 3e-3}},
+}
+YARDSTICK = {"ae": 17.6, "fb0.5": 11.3}  # the GRU autoencoder's BLEU after 15 minutes
+
+
+def run_dir(out: str, candidate: str, kl: str, init: str) -> str:
+    return os.path.join(out, "runs", f"{harness.setting_dir(candidate)}-{kl}-{init}")
+
+
+def train_cmd(data: str, candidate: str, kl: str, bart, save_dir: str, minutes: float) -> list:
+    b = dict(harness.BUDGETS["cpu"], **CANDIDATES[candidate]["budget"])
+    cmd = [
+        os.path.join(harness.BIN, "fairseq-train"),
+        data,
+        "--task",
+        "text_vae",
+        "--arch",
+        b["vae_arch"],
+        "--criterion",
+        "elbo",
+        "--latent-dim",
+        str(harness.LATENT_DIM),
+        *KLS[kl],
+        *CANDIDATES[candidate]["args"],
+    ]
+    if bart:
+        cmd += ["--finetune-from-model", bart]
+    # the clock, not an update count, ends each step; no validation, so it counts training only
+    return (
+        cmd
+        + harness.common_train_args(b, 1000000, save_dir)
+        + ["--stop-time-hours", f"{minutes / 60:.6f}", "--disable-validation"]
+    )
+
+
+def run_job(data: str, out: str, candidate: str, kl: str, init: str, bart, args) -> dict:
+    """One run's steps as one queued job: train to each mark, copy, measure."""
+    d = run_dir(out, candidate, kl, init)
+    cmds = []
+    for m in marks(args):
+        point = os.path.join(d, f"point-{m}min.json")
+        snapshot = os.path.join(d, f"checkpoint_{m}min.pt")
+        if os.path.isfile(point):
+            continue
+        if not os.path.isfile(snapshot):
+            cmds.append(train_cmd(data, candidate, kl, bart, d, m))
+            cmds.append(["cp", os.path.join(d, "checkpoint_last.pt"), snapshot])
+        cmds.append(
+            [sys.executable, os.path.abspath(__file__), "--measure", snapshot]
+            + ["--data", data, "--yelp", args.yelp, "--sentences", str(args.sentences)]
+        )
+    done = os.path.join(d, f"done-{args.minutes}-{args.every}")
+    return {
+        "cmds": cmds + [["touch", done]],
+        "log": os.path.join(d, "train.log"),
+        "done": done,
+        "after": ["pretrain yelp"] if bart else [],
+    }
+
+
+def marks(args) -> list:
+    return list(range(args.every, args.minutes + 1, args.every))
+
+
+def measure(snapshot: str, data: str, yelp: str, sentences: int):
+    """point-<m>min.json beside the snapshot: BLEU and exact share of greedy reconstructions
+    from the posterior means, the updates and minutes the snapshot records."""
+    import torch
+
+    from fairseq_vae.metrics.transfer_quality import source_bleu
+    from fairseq_vae.models.bart_vae import BARTVAEModel
+
+    torch.set_num_threads(1)
+    state = torch.load(snapshot, map_location="cpu", weights_only=True)
+    with open(os.path.join(yelp, "test.txt"), encoding="utf-8") as f:
+        texts = [" ".join(line.split()) for line in f][:sentences]
+    folder, name = os.path.split(snapshot)
+    hub = BARTVAEModel.from_pretrained(folder, name, data).eval()
+    with torch.no_grad():
+        outputs = hub.decode(hub.encode(texts)[0], beam=1)
+    m = int(re.search(r"_(\d+)min\.pt$", name).group(1))
+    point = {
+        "mark": m,
+        "minutes": state["extra_state"]["previous_training_time"] / 60,
+        "updates": state["optimizer_history"][-1]["num_updates"],
+        "bleu": source_bleu(outputs, texts),
+        "exact": sum(o == t for o, t in zip(outputs, texts)) / len(texts),
+        "sentences": len(texts),
+        "examples": [{"source": t, "output": o} for t, o in list(zip(texts, outputs))[:5]],
+    }
+    path = os.path.join(folder, f"point-{m}min.json")
+    with open(path + ".partial", "w") as f:
+        json.dump(point, f, indent=1)
+    os.replace(path + ".partial", path)
+    print(f"{snapshot}: BLEU {point['bleu']:.1f}, exact {point['exact']:.3f}", flush=True)
+
+
+def collect(out: str) -> list:
+    """Every finished point of every run under out/runs, as the JSON's rows."""
+    points = []
+    for path in sorted(glob.glob(os.path.join(out, "runs", "*", "point-*min.json"))):
+        d = os.path.dirname(path)
+        info = json.load(open(os.path.join(d, "run.json")))
+        p = json.load(open(path))
+        points.append(
+            {
+                **info,
+                **{k: p[k] for k in ("minutes", "updates", "bleu", "exact")},
+                "mark": p["mark"],
+                "run": harness.rel(d),
+                "examples": p["examples"],
+            }
+        )
+    return points
+
+
+def write_results(results: str, points: list):
+    stem = results[: -len(".md")]
+    harness.write_results_json(stem, {"points": points})
+    lines = [
+        "# Reconstruction against training time: the path through z on Yelp",
+        "",
+        "Reconstruction of the first 1,000 Yelp test sentences, greedy from the posterior mean,",
+        "by `bart_vae_small` (32-dimensional z) after each 5 minutes of one-thread training",
+        "(fairseq's training clock, validation off): BLEU-4 against the sentence itself, and in",
+        "brackets the updates done. `ae`: beta = 0; `fb0.5`: beta = 1, free bits 0.5 per",
+        "dimension. The GRU yardstick of issue #40 after 15 minutes: BLEU 17.6 (ae), 11.3 (fb0.5).",
+        "Made by `benchmarks/recon.py` (docs/results.md has what the runs show).",
+        "",
+    ]
+    lines += harness.made_lines(points, lambda r: f"{r['candidate']} ({r['kl']}, {r['init']})")
+    all_marks = sorted({p["mark"] for p in points})
+    lines += [
+        "",
+        "| candidate | KL | init | "
+        + " | ".join(f"{m} min" for m in all_marks)
+        + " | exact (last) |",
+        "|---|---|---|" + "---:|" * (len(all_marks) + 1),
+    ]
+    runs = {}
+    for p in points:
+        runs.setdefault((p["candidate"], p["kl"], p["init"]), {})[p["mark"]] = p
+    for (candidate, kl, init), by_mark in runs.items():
+        cells = [
+            f"{by_mark[m]['bleu']:.1f} ({by_mark[m]['updates']})" if m in by_mark else ""
+            for m in all_marks
+        ]
+        last = by_mark[max(by_mark)]
+        lines.append(
+            f"| {candidate} | {kl} | {init} | " + " | ".join(cells) + f" | {last['exact']:.3f} |"
+        )
+    lines += ["", "Runs: " + ", ".join(sorted({f"`{p['run']}`" for p in points})) + "."]
+    with open(results, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot(stem + ".png", runs)
+
+
+def plot(path: str, runs: dict):
+    plt = harness.pyplot()
+    panels = sorted({(kl, init) for _, kl, init in runs})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (kl, init) in zip(axes[0], panels):
+        for (candidate, k, i), by_mark in runs.items():
+            if (k, i) != (kl, init):
+                continue
+            ms = sorted(by_mark)
+            ax.plot(
+                [by_mark[m]["minutes"] for m in ms],
+                [by_mark[m]["bleu"] for m in ms],
+                marker="o",
+                label=candidate,
+            )
+        ax.axhline(YARDSTICK[kl], color="grey", linestyle="--", label="GRU yardstick, 15 min")
+        ax.set_title(f"{kl}, {init}")
+        ax.set_xlabel("minutes of one-thread training")
+        ax.set_ylabel("reconstruction BLEU")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--yelp", default=os.path.join("..", "shared", "data", "yelp"))
+    p.add_argument(
+        "--yelp-out",
+        default=os.path.join(REPO, "benchmarks", "runs", "yelp-cpu"),
+        help="benchmarks/control.py's Yelp folder: its BART pretraining is reused",
+    )
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "runs", "recon-cpu"))
+    p.add_argument("--candidates", default=";".join(CANDIDATES))
+    p.add_argument("--kl", default="ae;fb0.5")
+    p.add_argument("--init", default="scratch")
+    p.add_argument("--minutes", type=int, default=30)
+    p.add_argument("--every", type=int, default=5)
+    p.add_argument("--sentences", type=int, default=1000)
+    p.add_argument("--pretrain-hours", type=float, default=0.75)
+    p.add_argument("--slots", type=int, default=2)
+    p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", "recon.md"))
+    p.add_argument("--report", action="store_true", help="rewrite the table from the JSON")
+    p.add_argument("--measure", metavar="CHECKPOINT", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.measure:
+        return measure(args.measure, args.data, args.yelp, args.sentences)
+    stem = args.results[: -len(".md")]
+    if args.report:
+        return write_results(args.results, harness.read_results_json(stem)["points"])
+    pick = {
+        "candidates": [c.strip() for c in args.candidates.split(";") if c.strip()],
+        "kl": [k.strip() for k in args.kl.split(";") if k.strip()],
+        "init": [i.strip() for i in args.init.split(";") if i.strip()],
+    }
+    for option, known in (("candidates", CANDIDATES), ("kl", KLS), ("init", INITS)):
+        if set(pick[option]) - set(known):
+            p.error(f"--{option}: unknown {sorted(set(pick[option]) - set(known))}")
+    b = dict(harness.BUDGETS["cpu"])
+    made = harness.made_by("benchmarks/recon.py")
+    yelp = Namespace(
+        yelp=args.yelp,
+        yelp_out=args.yelp_out,
+        setting="BART init, fb 0.5",
+        iw_samples=100,
+        pretrain_hours=args.pretrain_hours,
+    )
+    yelp_jobs, paths = harness.yelp_jobs(yelp, b)
+    data = paths["data"]
+    bart = os.path.join(os.path.abspath(args.yelp_out), "bart", "checkpoint_last.pt")
+    jobs = {}
+    if "bart" in pick["init"]:
+        jobs["pretrain yelp"] = yelp_jobs["pretrain yelp"]
+    for init in pick["init"]:
+        for kl in pick["kl"]:
+            for candidate in pick["candidates"]:
+                d = run_dir(args.out, candidate, kl, init)
+                os.makedirs(d, exist_ok=True)
+                if not os.path.isfile(os.path.join(d, "run.json")):  # the run that started it
+                    with open(os.path.join(d, "run.json"), "w") as f:
+                        info = {"candidate": candidate, "kl": kl, "init": init, "made": made}
+                        json.dump(info, f)
+                jobs[f"{candidate}, {kl}, {init}"] = run_job(
+                    data, args.out, candidate, kl, init, bart if init == "bart" else None, args
+                )
+    harness.run_queue(jobs, args.slots)
+    write_results(args.results, collect(args.out))
+
+
+if __name__ == "__main__":
+    main()
