@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402  (corpus preparation, the Yelp pretraining, the job queue)
 
 REPO = harness.REPO
+sys.path.insert(0, REPO)  # this checkout's fairseq_vae, as --user-dir gives fairseq-train
 KLS = {
     "ae": ["--kl-schedule", "constant", "--kl-beta-max", "0"],
     "fb0.5": ["--kl-schedule", "constant", "--kl-beta-max", "1", "--free-bits", "0.5"],
