@@ -49,6 +49,12 @@ CANDIDATES = {
     # 4096 tokens are about 370 Yelp sentences: a tenth of the GRU yardstick's updates a minute
     "batch 1024": {"args": [], "budget": {"max_tokens": 1024}},
     "lr 3e-3": {"args": [], "budget": {"lr": 3e-3}},
+    # z reaches the decoder through out_proj(v_proj(memory)) of each layer's cross-attention
+    "xavier cross-attention": {"args": ["--cross-attention-init", "fairseq"], "budget": {}},
+    "xavier cross-attention, batch 1024": {
+        "args": ["--cross-attention-init", "fairseq"],
+        "budget": {"max_tokens": 1024},
+    },
 }
 YARDSTICK = {"ae": 17.6, "fb0.5": 11.3}  # the GRU autoencoder's BLEU after 15 minutes
 

@@ -352,3 +352,25 @@ def test_vae_checkpoint_lacking_a_latent_module_is_refused_naming_the_keys(
     assert path in str(refused.value)  # the file, the keys and the option are named
     option = "--" + next(iter(override)).replace("_", "-")
     assert option in str(refused.value)
+
+
+# --- --cross-attention-init: how strongly z reaches the decoder at the start ----------------
+
+
+def test_fairseq_cross_attention_init_is_xavier_and_touches_nothing_else(dict_dir):
+    _, bart_init, _ = build_tiny(dict_dir)
+    _, xavier, _ = build_tiny(dict_dir, "--cross-attention-init", "fairseq")
+    for layer in xavier.decoder.layers:
+        for name, gain in (("v_proj", 2**-0.5), ("out_proj", 1.0)):
+            weight = getattr(layer.encoder_attn, name).weight
+            fan_out, fan_in = weight.shape
+            # xavier_uniform's bound; its standard deviation is bound / sqrt(3)
+            bound = gain * (6 / (fan_in + fan_out)) ** 0.5
+            assert weight.abs().max() <= bound + 1e-6
+            assert abs(weight.std().item() - bound / 3**0.5) < 0.15 * bound / 3**0.5
+    for layer in bart_init.decoder.layers:  # BART's N(0, 0.02)
+        assert abs(layer.encoder_attn.v_proj.weight.std().item() - 0.02) < 0.003
+    # everything outside the decoder's cross-attention is the default model's, seed for seed
+    for (key, a), (_, b) in zip(bart_init.state_dict().items(), xavier.state_dict().items()):
+        if ".encoder_attn." not in key:
+            assert torch.equal(a, b), key

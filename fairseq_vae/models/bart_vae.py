@@ -239,6 +239,12 @@ class BARTVAEModel(BARTModel):
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear) and pytorch_init.intersection(name.split(".")):
                 module.reset_parameters()
+        if args.cross_attention_init == "fairseq":
+            # the one path from z into the decoder passes two of these layers (v_proj and
+            # out_proj): at N(0, 0.02) it carries z at about 1/20 of the residual's scale,
+            # with fairseq's own (Xavier) init about 14 times more (docs/design.md)
+            for layer in self.decoder.layers:
+                layer.encoder_attn.reset_parameters()
         if args.reset_decoder:
             self.register_buffer(DECODER_RESET_MARKER, torch.ones(()))
 
@@ -312,6 +318,15 @@ class BARTVAEModel(BARTModel):
             "make words that can stand in each other's place nearly equal "
             "('great' and 'horrible'), and the encoder then can hardly tell them "
             "apart (the decoder's input and output embeddings stay tied)",
+        )
+        parser.add_argument(
+            "--cross-attention-init",
+            choices=["bart", "fairseq"],
+            help="how the decoder's cross-attention, z's way into the decoder, is initialised "
+            "in a model trained from scratch: BART's N(0, 0.02) ('bart'), or fairseq's "
+            "MultiheadAttention init ('fairseq', Xavier), which lets z reach the decoder at "
+            "full scale from the first update; a --finetune-from-model checkpoint's own "
+            "weights replace either (default: bart)",
         )
         parser.add_argument(
             "--reset-decoder",
@@ -445,6 +460,7 @@ def vae_defaults(args):
     args.bn_vae_gamma = getattr(args, "bn_vae_gamma", 0.0)
     args.bow_loss_weight = getattr(args, "bow_loss_weight", 0.0)
     args.reset_decoder = getattr(args, "reset_decoder", False)
+    args.cross_attention_init = getattr(args, "cross_attention_init", None) or "bart"
     args.untie_encoder_embeddings = getattr(args, "untie_encoder_embeddings", False)
     if args.untie_encoder_embeddings:
         # the decoder keeps its input embeddings tied to its output layer
