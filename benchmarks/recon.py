@@ -51,6 +51,13 @@ CANDIDATES = {
     "lr 3e-3": {"args": [], "budget": {"lr": 3e-3}},
     # z reaches the decoder through out_proj(v_proj(memory)) of each layer's cross-attention
     "xavier cross-attention": {"args": ["--cross-attention-init", "fairseq"], "budget": {}},
+    # Park & Lee 2021: the (pretrained) decoder fixed while z is still noise
+    "decoder frozen 200": {"args": ["--freeze-decoder-updates", "200"], "budget": {}},
+    # a memory the pretrained cross-attention can attend over, as over a source's positions
+    "8 memory slots": {
+        "args": ["--latent-fusion", "memory", "--latent-memory-slots", "8"],
+        "budget": {},
+    },
     "xavier cross-attention, batch 1024": {
         "args": ["--cross-attention-init", "fairseq"],
         "budget": {"max_tokens": 1024},

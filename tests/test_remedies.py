@@ -369,3 +369,44 @@ def test_untied_encoder_embeddings_train_apart_from_the_decoders(
     model = load_model(tmp_path / "checkpoint_last.pt")
     assert model.encoder.embed_tokens.weight is not model.decoder.embed_tokens.weight
     torch.testing.assert_close(model.encoder.embed_tokens.weight, encoder)
+
+
+@pytest.mark.parametrize("frozen_for", [3, 1])
+def test_freeze_decoder_updates_keeps_the_decoder_fixed_while_the_rest_learns(
+    data_bin, tmp_path, frozen_for
+):
+    # a start with every module of the run (the z projection into the decoder's inputs too)
+    start = tmp_path / "start"
+    run_tool(
+        "fairseq-train",
+        *train_args(data_bin, start, "--max-update", "1", "--latent-to-embeddings"),
+    )
+    # Park & Lee's first phase: 3 updates with the decoder fixed, or 1 of the 3
+    out = run_tool(
+        "fairseq-train",
+        *train_args(
+            data_bin,
+            tmp_path,
+            "--max-update",
+            "3",
+            "--freeze-decoder-updates",
+            str(frozen_for),
+            "--latent-to-embeddings",
+            "--finetune-from-model",
+            start / "checkpoint_last.pt",
+        ),
+    )
+    assert "done training" in out
+    before = torch.load(start / "checkpoint_last.pt", map_location="cpu")["model"]
+    after = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")["model"]
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    # the latent modules, the decoder's z projection among them, learn throughout
+    assert {"encoder.mlp_mu.0.weight", "decoder.embed_positions.latent_to_embed.weight"} <= moved
+    assert "encoder.layers.0.fc1.weight" in moved
+    decoder = {k for k in moved if k.startswith("decoder.") and "latent_to_embed" not in k}
+    if frozen_for == 3:
+        assert decoder == set(), sorted(decoder)
+        # its embeddings are the encoder's too (BART's one table)
+        assert "encoder.embed_tokens.weight" not in moved
+    else:
+        assert "decoder.layers.0.fc1.weight" in decoder

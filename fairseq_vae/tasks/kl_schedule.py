@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
+from ..models.latent import LATENT_MODULES
 from ..schedules import KL_SCHEDULES, RAMP_SHAPES, check_resumed_schedule, schedule_record
 
 
@@ -73,7 +74,25 @@ class KLScheduleConfig(FairseqDataclass):
     sawtooth_hold: float = field(
         default=0.5, metadata={"help": "sawtooth: beta after the ramp (simple_vae_bart: 1/2)"}
     )
+    freeze_decoder_updates: int = field(
+        default=0,
+        metadata={
+            "help": "train with the decoder fixed for this many updates first (Park & Lee "
+            "2021): only the encoder and the latent modules learn, so the pretrained decoder "
+            "cannot learn to do without z while z is still noise (its embeddings, shared "
+            "with the encoder in BART, stay fixed too) (0: off)"
+        },
+    )
     max_update: int = II("optimization.max_update")
+
+
+def freeze_decoder_grads(model):
+    """Zeroes the gradient of every decoder parameter outside the latent modules: with Adam's
+    moments still zero, such a parameter does not move (a zero gradient, not None, keeps every
+    worker's gradient buffers and fairseq's clipping and fp16 copies as they are)."""
+    for name, param in model.decoder.named_parameters():
+        if param.grad is not None and not LATENT_MODULES.intersection(name.split(".")):
+            param.grad.zero_()
 
 
 def keep_schedule_in_iterator_state(iterator, cfg):

@@ -43,7 +43,7 @@ from ..text.subword import (
     unknown_share,
     unknown_warning,
 )
-from .kl_schedule import KLScheduleConfig, keep_schedule_in_iterator_state
+from .kl_schedule import KLScheduleConfig, freeze_decoder_grads, keep_schedule_in_iterator_state
 from .latent_sources import LATENT_SOURCES, latent_samples_problem, latent_source
 from .text_data import PairedDataset, SkippingLanguagePairDataset, paired_dictionary
 
@@ -452,7 +452,10 @@ class TextVAETask(FairseqTask):
         if hasattr(criterion, "set_schedule_state"):
             loss_scaling = getattr(optimizer, "scaler", None) is not None  # --fp16
             criterion.set_schedule_state(update_num, self.beta(update_num), not loss_scaling)
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        out = super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        if update_num < self.cfg.freeze_decoder_updates:
+            freeze_decoder_grads(model)
+        return out
 
     def max_positions(self):
         limits = (self.cfg.max_source_positions, self.cfg.max_target_positions)
