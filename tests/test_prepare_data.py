@@ -159,3 +159,66 @@ def test_pairs_mode_refuses_sides_of_different_lengths_naming_both(tmp_path):
         "the sides pair line by line"
     )
     assert not (tmp_path / "bin" / "pairs").exists()
+
+
+# --- scripts/make_caption_pairs.py: paraphrase pairs from several captions per image --------
+
+
+def run_caption_pairs(data, out):
+    script = os.path.join(ROOT, "scripts", "make_caption_pairs.py")
+    cmd = [sys.executable, script, "--data", str(data), "--out", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def write_captions(folder, images=3, k=5):
+    folder.mkdir(exist_ok=True)
+    for split in ("train", "valid", "test"):
+        for c in range(1, k + 1):
+            lines = [f"{split} image {i} caption {c}" for i in range(images)]
+            (folder / f"{split}.{c}.txt").write_text("".join(x + "\n" for x in lines))
+
+
+def test_caption_pairs_are_every_ordered_pair_and_rotating_sources_with_their_references(
+    tmp_path,
+):
+    data, out = tmp_path / "captions", tmp_path / "pairs"
+    write_captions(data)
+    # an image whose captions 2 and 4 are the same sentence: it counts once (4 * 3 pairs)
+    (data / "train.4.txt").write_text(
+        "train image 0 caption 2\n" + "".join(f"train image {i} caption 4\n" for i in (1, 2))
+    )
+    assert run_caption_pairs(data, out).returncode == 0
+    src = (out / "train.src").read_text().splitlines()
+    tgt = (out / "train.tgt").read_text().splitlines()
+    pairs = list(zip(src, tgt))
+    assert len(pairs) == 2 * 20 + 4 * 3 and len(set(pairs)) == len(pairs)
+    assert all(a != b and a.split()[:3] == b.split()[:3] for a, b in pairs)  # same image
+    src = (out / "test.src").read_text().splitlines()
+    tgt = (out / "test.tgt").read_text().splitlines()
+    assert len(src) == len(tgt) == 3 * 4
+    for i in range(3):  # image i: caption i + 1 is the source, the other four its references
+        group = range(4 * i, 4 * i + 4)
+        assert {src[j] for j in group} == {f"test image {i} caption {i + 1}"}
+        expected = {f"test image {i} caption {c}" for c in range(1, 6) if c != i + 1}
+        assert {tgt[j] for j in group} == expected
+    # the pretraining text: every distinct caption of a split once
+    text = (out / "text" / "train.txt").read_text().splitlines()
+    assert len(text) == 3 * 5 - 1 and len(set(text)) == len(text)
+
+
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (lambda d: (d / "valid.3.txt").write_text("a\n\nb\n"), "valid.3.txt:2: empty caption"),
+        (lambda d: (d / "test.2.txt").write_text("a\n"), "the test files differ in line count"),
+        (lambda d: [(d / f"train.{c}.txt").unlink() for c in range(2, 6)], "train.2.txt"),
+    ],
+)
+def test_caption_pairs_refuse_bad_input_in_one_line(tmp_path, break_it, message):
+    data = tmp_path / "captions"
+    write_captions(data)
+    break_it(data)
+    result = run_caption_pairs(data, tmp_path / "pairs")
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
