@@ -10,11 +10,12 @@ share (--pairs --like).
   with five captions (a caption written twice for one image counts once). All pairs rather than a
   fresh random pairing each epoch: fairseq shuffles them every epoch anyway, and a fixed set
   is what a rerun, a resumed run and a second worker all read alike.
-* valid, test: one caption of each image as the source and the others as its references, on
-  consecutive lines (the layout fairseq-vae-eval --latent-samples groups by source). The
-  source caption rotates with the image (image i: caption i mod K): the files are sorted by
-  length (file 1 the longest), so always taking one file would teach the model to lengthen or
-  shorten.
+* valid, test: one caption of each image as the source, the next one as its target (one pair
+  an image: generation and the IW bound then do each source once), and in {split}.refs the
+  source's references, every other caption of the image, tab-separated on the source's line.
+  The source caption rotates with the image (image i: caption i mod K): the files are sorted
+  by length (file 1 the longest), so always taking one file would teach the model to lengthen
+  or shorten.
 Lines are kept as they are (the corpus is tokenised and lower-cased); an empty caption stops
 with its file and line.
 """
@@ -55,11 +56,12 @@ def train_pairs(images: list) -> list:
 
 
 def reference_groups(images: list) -> list:
-    """(source, [references]) for each image, the source caption rotating with the image."""
+    """(source, [references]) for each image, the source caption rotating with the image and
+    its references the captions after it, in the files' order from there."""
     groups = []
     for n, captions in enumerate(images):
         s = n % len(captions)
-        groups.append((captions[s], captions[:s] + captions[s + 1 :]))
+        groups.append((captions[s], captions[s + 1 :] + captions[:s]))
     return groups
 
 
@@ -84,8 +86,11 @@ def main(argv=None):
     print(f"train: {len(splits['train'])} images, {len(pairs)} pairs")
     for split in ("valid", "test"):
         groups = reference_groups(splits[split])
-        write(args.out, split, [(s, r) for s, refs in groups for r in refs])
-        print(f"{split}: {len(groups)} sources, {sum(len(r) for _, r in groups)} pairs")
+        write(args.out, split, [(s, refs[0]) for s, refs in groups])
+        path = os.path.join(args.out, f"{split}.refs")
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            f.writelines("\t".join(refs) + "\n" for _, refs in groups)
+        print(f"{split}: {len(groups)} sources, {len(groups[0][1])} references each")
     os.makedirs(os.path.join(args.out, "text"), exist_ok=True)
     for split, images in splits.items():
         seen = dict.fromkeys(c for captions in images for c in captions)

@@ -195,12 +195,13 @@ def test_caption_pairs_are_every_ordered_pair_and_rotating_sources_with_their_re
     assert all(a != b and a.split()[:3] == b.split()[:3] for a, b in pairs)  # same image
     src = (out / "test.src").read_text().splitlines()
     tgt = (out / "test.tgt").read_text().splitlines()
-    assert len(src) == len(tgt) == 3 * 4
+    refs = [line.split("\t") for line in (out / "test.refs").read_text().splitlines()]
+    assert len(src) == len(tgt) == len(refs) == 3
     for i in range(3):  # image i: caption i + 1 is the source, the other four its references
-        group = range(4 * i, 4 * i + 4)
-        assert {src[j] for j in group} == {f"test image {i} caption {i + 1}"}
+        assert src[i] == f"test image {i} caption {i + 1}"
         expected = {f"test image {i} caption {c}" for c in range(1, 6) if c != i + 1}
-        assert {tgt[j] for j in group} == expected
+        assert len(refs[i]) == 4 and set(refs[i]) == expected
+        assert tgt[i] == refs[i][0]
     # the pretraining text: every distinct caption of a split once
     text = (out / "text" / "train.txt").read_text().splitlines()
     assert len(text) == 3 * 5 - 1 and len(set(text)) == len(text)
