@@ -1,21 +1,28 @@
 #!/usr/bin/env python3
-"""The conditional VAE on the shipped grammar's paraphrases, where the answer is known:
-bart_cvae against the same BART fine-tuned as a plain seq2seq.
+"""The conditional VAE against the same BART fine-tuned as a plain seq2seq, on paraphrases: the
+shipped grammar's, where the answer is known (--corpus synth), and Multi30k's captions
+(--corpus multi30k).
 
     benchmarks/cvae.py                      # trains what is missing, then measures (resumable)
     benchmarks/cvae.py --cvae-args "--bow-loss-weight 1.0" --out DIR --keep-other-settings
+    benchmarks/cvae.py --corpus multi30k    # ../shared/data/multi30k (--multi30k)
 
-Data (scripts/make_pairs.py, in --out): a source fixes topic and tense, a target draws the rest;
-test sources have --references targets. Both models start from the shipped BART for --updates
-updates with the same batches, optimiser and seed: bart_cvae_small with SETTING, and fairseq's
-`bart` at that size on the translation task. Decodings: the CVAE's --samples z ~ p(z|c) each
-greedy, and beam 5 from the prior mean; the seq2seq's beam 5, top-p 0.9 (--samples a source)
-and diverse beam search (--samples groups). Each is scored by metrics/conditional_quality
-against the source's references and by the grammar (grammatical, topic and tense kept, each
-free factor's total variation from the grammar's even draw); a "human" row scores --samples
-targets the grammar draws. PPL: the CVAE's IW-PPL of p(x|c), the seq2seq's, per word.
-Runs go under --out (ignored by git); the table to --results (.md, .json, .png: self-BLEU
-against multi-reference BLEU), with the cost ratios of benchmarks/overhead.py --pairs.
+Data, in --out: synth, scripts/make_pairs.py (a source fixes topic and tense, a target draws the
+rest; test sources have --references targets) in the shipped corpus's segmentation; multi30k,
+scripts/make_caption_pairs.py (every ordered pair of two captions of a training image; a test
+image's source caption rotating, the other four its references), sentencepiece trained on the
+training captions. Start: synth, the shipped BART; multi30k, a BART denoising-pretrained on the
+training captions here (--pretrain-hours). Both models train from it for --updates updates with
+the same batches, optimiser and seed: bart_cvae_small with SETTING, and fairseq's `bart` at that
+size on the translation task. Decodings: the CVAE's --samples z ~ p(z|c) each greedy, and beam 5
+from the prior mean; the seq2seq's beam 5, top-p 0.9 (--samples a source) and diverse beam search
+(--samples groups). Each is scored by cvae_report.text_row against the source's references (and
+on synth by the grammar: grammatical, topic and tense kept, each free factor's total variation
+from the grammar's even draw); a "human" row scores --samples targets the grammar draws (synth)
+or each test image's last reference against the other three (multi30k). PPL: the CVAE's IW-PPL
+of p(x|c), the seq2seq's, per word. Runs go under --out (ignored by git); the table to --results
+(cvae_report: a section a corpus, the other corpora's rows kept), with the cost ratios of
+benchmarks/overhead.py --pairs (on synth).
 """
 
 import argparse
@@ -28,7 +35,9 @@ import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cvae_report  # noqa: E402  (the table: this study's own report)
 import harness  # noqa: E402
+from cvae_report import parse_generate, row_key, text_row  # noqa: E402
 
 REPO = harness.REPO
 SHIPPED_BART = os.path.join(REPO, "pretrained", "bart-synth.pt")
@@ -42,34 +51,45 @@ SHAPE = (  # the shipped BART's dimensions (bart_base's options)
     "--decoder-ffn-embed-dim 512 --encoder-layers 2 --decoder-layers 2 --encoder-attention-heads "
     "4 --decoder-attention-heads 4 --max-source-positions 256 --max-target-positions 256"
 ).split()
-MAX_LEN_B = 40
-TARGETS = {"grammatical": 0.95, "kept": 0.95, "free_tv": 0.10, "self_bleu_over_human": 10.0}
+MAX_LEN_B = {"synth": 40, "multi30k": 100}  # tokens an output at most (the shortest words)
+CAPTION_VOCAB = 8000  # sentencepiece pieces for Multi30k's captions (about 10,000 word types)
 
 
-def data_jobs(args) -> dict:
+def spm_model(args) -> str:
+    """The segmentation both sides of the pairs use."""
+    if args.corpus == "synth":
+        return os.path.join(SHIPPED_DATA, "spm.model")
+    return os.path.join(args.out, "data-bin", "text", "spm.model")
+
+
+def start_bart(args) -> str:
+    if args.corpus == "synth":
+        return SHIPPED_BART
+    return os.path.join(args.out, "bart", "checkpoint_last.pt")
+
+
+def data_jobs(args, b: dict) -> dict:
+    """The pairs in out/data-bin/pairs (and, for multi30k, the captions' own BART first)."""
     raw, bins = os.path.join(args.out, "raw"), os.path.join(args.out, "data-bin")
-    make = [
-        sys.executable,
-        os.path.join(REPO, "scripts", "make_pairs.py"),
-        "--out",
-        raw,
-        "--test",
-        str(args.test_sources),
-        "--references",
-        str(args.references),
-    ]
-    prepare = [
-        "env",
-        f"DATA_BIN={bins}",
-        "bash",
-        os.path.join(REPO, "scripts", "prepare_data.sh"),
-        raw,
-        "pairs",
-        "--pairs",
-        "--like",
-        SHIPPED_DATA,
-    ]
-    return {"pairs": harness.train_job([make, prepare], os.path.join(args.out, "data.log"))}
+    prepare = ["env", f"DATA_BIN={bins}", "bash", os.path.join(REPO, "scripts", "prepare_data.sh")]
+    log = os.path.join(args.out, "data.log")
+    if args.corpus == "synth":
+        make = [sys.executable, os.path.join(REPO, "scripts", "make_pairs.py"), "--out", raw,
+                "--test", str(args.test_sources), "--references", str(args.references)]  # fmt: skip
+        pairs = prepare + [raw, "pairs", "--pairs", "--like", SHIPPED_DATA]
+        return {"pairs": harness.train_job([make, pairs], log)}
+    script = os.path.join(REPO, "scripts", "make_caption_pairs.py")
+    make = [sys.executable, script, "--data", args.multi30k, "--out", raw]
+    text = prepare + [os.path.join(raw, "text"), "text", "--vocab-size", str(CAPTION_VOCAB)]
+    pairs = prepare + [raw, "pairs", "--pairs", "--like", os.path.join(bins, "text")]
+    bart_dir = os.path.join(args.out, "bart")
+    pretrain = harness.pretrain_cmd(os.path.join(bins, "text"), b, bart_dir, args.pretrain_hours)
+    return {
+        "pairs": harness.train_job([make, text, pairs], log),
+        "pretrain": harness.train_job(
+            [pretrain], os.path.join(bart_dir, "train.log"), after=["pairs"]
+        ),
+    }
 
 
 def setting_label(args) -> str:
@@ -81,7 +101,7 @@ def setting_label(args) -> str:
 def train_cmd(args, b, model: str, save_dir: str) -> list:
     data = os.path.join(args.out, "data-bin", "pairs")
     common = harness.common_train_args(b, args.updates, save_dir)
-    start = ["--finetune-from-model", SHIPPED_BART]
+    start = ["--finetune-from-model", start_bart(args)]
     train = [os.path.join(harness.BIN, "fairseq-train"), data, *PAIRS]
     if model == "bart_cvae":
         recipe = "--task text_vae --arch bart_cvae_small --criterion elbo".split() + SETTING
@@ -117,7 +137,7 @@ def generate_job(args, model: str, decoding: str) -> dict:
         "--bpe",
         "sentencepiece",
         "--sentencepiece-model",
-        os.path.join(SHIPPED_DATA, "spm.model"),
+        spm_model(args),
     ]
     task = ["--task", "text_vae"] if model == "bart_cvae" else ["--task", "translation", *spm]
     cmd = [
@@ -135,7 +155,7 @@ def generate_job(args, model: str, decoding: str) -> dict:
         "--max-tokens",
         "4096",
         "--max-len-b",
-        str(MAX_LEN_B),
+        str(MAX_LEN_B[args.corpus]),
         "--seed",
         str(harness.SEED),
         *DECODINGS[model][decoding](args.samples),
@@ -169,7 +189,7 @@ def score_jobs(args) -> dict:
         "--iw-samples",
         str(args.iw_samples),
         "--max-len-b",
-        str(MAX_LEN_B),
+        str(MAX_LEN_B[args.corpus]),
         "--results-json",
         report + ".partial",
     ]
@@ -224,28 +244,14 @@ def read_cost(args) -> dict:
     return ratio
 
 
-def parse_generate(path: str) -> dict:
-    """{sentence id: (source, [hypotheses in order])} of a fairseq-generate log: its last run
-    (run_logged appends, and starts each command with a "$ command" line)."""
-    sources, hyps = {}, {}
-    runs = re.split(r"^\$ ", open(path, encoding="utf-8").read(), flags=re.M)
-    last = [run for run in runs if "fairseq-generate" in run.split("\n", 1)[0]][-1]
-    for line in last.splitlines():
-        m = re.match(r"^([SD])-(\d+)\t(.*)$", line)  # D: the detokenised hypothesis
-        if not m:
-            continue
-        kind, i, rest = m[1], int(m[2]), m[3]
-        if kind == "S":
-            sources[i] = rest
-        else:
-            hyps.setdefault(i, []).append(rest.split("\t", 1)[1] if "\t" in rest else "")
-    return {i: (sources[i], hyps.get(i, [])) for i in sorted(sources)}
-
-
 def test_references(args) -> dict:
-    """{source text: its references}, the test split as make_pairs wrote it."""
+    """{source text: its references}: synth's test split as make_pairs wrote it (each source on
+    consecutive lines with its targets), multi30k's test.src with test.refs."""
     raw = os.path.join(args.out, "raw")
     sources = open(os.path.join(raw, "test.src"), encoding="utf-8").read().splitlines()
+    if args.corpus == "multi30k":
+        refs = open(os.path.join(raw, "test.refs"), encoding="utf-8").read().splitlines()
+        return {s: r.split("\t") for s, r in zip(sources, refs)}
     targets = open(os.path.join(raw, "test.tgt"), encoding="utf-8").read().splitlines()
     grouped = {}
     for s, t in zip(sources, targets):
@@ -279,50 +285,29 @@ def grammar_measures(sources: list, outputs: list) -> dict:
     return {"grammatical": grammatical, "kept": kept, "free_factor_tv": tv}
 
 
-def text_row(model, decoding, setting, sources, outputs, references) -> dict:
-    from fairseq_vae.metrics import conditional_quality as cq
-
-    pr = cq.precision_recall_bleu(outputs, references)
-    n = max(len(o) for o in outputs)
-    return {
-        "corpus": "synth",
-        "model": model,
-        "setting": setting,
-        "decoding": decoding,
-        "samples_per_source": n,
-        "ppl_word": None,
-        "kl": None,
-        "au": None,
-        "multi_ref_bleu": cq.multi_reference_bleu(outputs, references),
-        "precision_bleu": pr["precision"],
-        "recall_bleu": pr["recall"],
-        "self_bleu": cq.mean_self_bleu(outputs) if n > 1 else None,
-        "distinct_2": cq.distinct(outputs, 2),
-        "source_bleu": cq.source_bleu(outputs, sources),
-        **grammar_measures(sources, outputs),
-        "judge_accuracy": None,
-    }
+def scored_row(args, model, decoding, setting, sources, outputs, references) -> dict:
+    more = grammar_measures(sources, outputs) if args.corpus == "synth" else None
+    return text_row(args.corpus, model, decoding, setting, sources, outputs, references, more)
 
 
 def human_row(args, references: dict) -> dict:
-    """--samples targets the grammar draws for each test source, scored as a system's."""
+    """synth: --samples targets the grammar draws for each test source, scored as a system's;
+    multi30k: each test image's last reference, scored against the other three."""
+    sources = list(references)
+    if args.corpus == "multi30k":
+        outputs = [[references[s][-1]] for s in sources]
+        held_out = [references[s][:-1] for s in sources]
+        return scored_row(args, "human", "reference", "a fifth caption", sources, outputs, held_out)
     from fairseq_vae.synth import grammar as synth_grammar
     from fairseq_vae.synth.paraphrases import paraphrase_targets
 
     rng = random.Random(f"{harness.SEED}:human")
-    sources = list(references)
     outputs = [
         [t for t, _ in paraphrase_targets(synth_grammar.recognise(s), args.samples, rng)]
         for s in sources
     ]
-    return text_row(
-        "human",
-        "reference",
-        "the grammar's own draws",
-        sources,
-        outputs,
-        [references[s] for s in sources],
-    )
+    refs = [references[s] for s in sources]
+    return scored_row(args, "human", "reference", "the grammar's own draws", sources, outputs, refs)
 
 
 def rows(args) -> list:
@@ -335,7 +320,8 @@ def rows(args) -> list:
             for source, hyps in parsed.values():  # one entry per source text
                 firsts.setdefault(source, hyps)
             sources = [s for s in references if s in firsts]
-            row = text_row(
+            row = scored_row(
+                args,
                 model,
                 decoding,
                 setting_label(args) if model == "bart_cvae" else "fairseq bart, translation",
@@ -361,75 +347,49 @@ def validate_ppl_word(args) -> float:
 
     log = open(os.path.join(args.out, "seq2seq", "validate", "train.log")).read()
     loss = float(re.findall(r"valid on 'test' subset \| loss ([0-9.]+)", log)[-1])
-    sp = sentencepiece.SentencePieceProcessor(model_file=os.path.join(SHIPPED_DATA, "spm.model"))
+    sp = sentencepiece.SentencePieceProcessor(model_file=spm_model(args))
     targets = open(os.path.join(args.out, "raw", "test.tgt"), encoding="utf-8").read().splitlines()
     tokens = sum(len(sp.encode(t)) + 1 for t in targets)
     words = sum(len(t.split()) + 1 for t in targets)
     return math.exp(loss * math.log(2) * tokens / words)
 
 
-def row_name(r: dict) -> str:
-    return f"{r['model']}, {r['setting']}"
-
-
-def row_key(r: dict) -> tuple:
-    return r["model"], r["setting"], r["decoding"]
-
-
-def markdown(args, table: list) -> str:
-    fmt = harness.fmt
-    lines = [
-        "# The conditional VAE on the shipped grammar's paraphrases",
-        "",
-        *harness.made_lines(table, row_name),
-        "",
-        f"{args.test_sources} test sources with {args.references} references each; "
-        f"{args.samples} outputs a source for the sampling decodings; {args.updates} updates "
-        "each from the shipped BART. PPL: per word (+1 a sentence) of the test targets, IW-PPL "
-        f"of p(x|c) with K={args.iw_samples} for bart_cvae. BLEU-4 on 0-100.",
-        "",
-        "| model | setting | decoding | N | PPL | KL | AU | multi-ref BLEU | precision / recall "
-        "BLEU | self-BLEU | distinct-2 | BLEU to source | grammatical | topic / tense kept | TV "
-        "sentiment / number |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in table:
-        tv = r["free_factor_tv"]
-        lines.append(
-            f"| {r['model']} | {r['setting']} | {r['decoding']} | {r['samples_per_source']} | "
-            f"{fmt(r['ppl_word'], '.3f')} | {fmt(r['kl'], '.2f')} | {fmt(r['au'], 'd')} | "
-            f"{r['multi_ref_bleu']:.1f} | {r['precision_bleu']:.1f} / {r['recall_bleu']:.1f} | "
-            f"{fmt(r['self_bleu'], '.1f')} | {fmt(r['distinct_2'], '.3f')} | "
-            f"{r['source_bleu']:.1f} | {r['grammatical']:.3f} | {r['kept']['topic']:.3f} / "
-            f"{r['kept']['tense']:.3f} | {fmt(tv['sentiment'], '.3f')} / "
-            f"{fmt(tv['number'], '.3f')} |"
-        )
-    cost = read_cost(args)
-    lines += [
-        "",
-        "Cost (benchmarks/overhead.py --pairs: the same batches, alternating, 40 timed updates): "
-        f"a bart_cvae update {cost['update_ratio']:.2f}x a seq2seq update, generation from the "
-        f"prior {cost['generation_ratio']:.2f}x the seq2seq's greedy speed, peak training "
-        f"memory {cost['memory_ratio']:.2f}x.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def plot(path: str, table: list):
-    plt = harness.pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for r in table:
-        if r["self_bleu"] is not None:
-            ax.scatter(r["self_bleu"], r["multi_ref_bleu"], label=f"{r['model']}, {r['decoding']}")
-    ax.set(
-        xlabel="self-BLEU among a source's outputs (lower: more diverse)",
-        ylabel="multi-reference BLEU",
-        title="shipped grammar's paraphrases",
+def description(args) -> str:
+    """What the corpus's section says of its settings."""
+    common = (
+        f"{args.samples} outputs a source for the sampling decodings. PPL: per word (+1 a "
+        f"sentence) of the test targets, IW-PPL of p(x|c) with K={args.iw_samples} for "
+        "bart_cvae. BLEU-4 on 0-100."
     )
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    if args.corpus == "synth":
+        return (
+            f"{args.test_sources} test sources with {args.references} references each; "
+            + common.replace(" PPL:", f" {args.updates} updates each from the shipped BART. PPL:")
+        )
+    return (
+        "1,000 test images, one caption the source (rotating with the image), the other four "
+        f"its references; {args.updates} updates each from a BART denoising-pretrained on the "
+        f"training captions (`--stop-time-hours {args.pretrain_hours}`); the human row: each "
+        f"image's last reference against the other three. {common}"
+    )
+
+
+def merged(args, stem: str, table: list) -> dict:
+    """This run's rows in the results JSON: other corpora's rows, settings and cost kept; with
+    --keep-other-settings also this corpus's other bart_cvae settings (the rows of the shared
+    models stay the earlier run's)."""
+    earlier = harness.read_results_json(stem) if os.path.isfile(stem + ".json") else {"rows": []}
+    old = earlier["rows"]
+    if args.keep_other_settings:
+        new = [r for r in table if r["model"] == "bart_cvae" or row_key(r) not in map(row_key, old)]
+        table = [r for r in old if row_key(r) not in {row_key(o) for o in new}] + new
+    else:
+        table = [r for r in old if r.get("corpus", "synth") != args.corpus] + table
+    settings = dict(
+        earlier.get("settings", {}), **{args.corpus: {"description": description(args)}}
+    )
+    cost = read_cost(args) if args.corpus == "synth" else earlier.get("cost")
+    return {"rows": table, "cost": cost, "settings": settings}
 
 
 def main():
@@ -438,7 +398,10 @@ def main():
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "runs", "cvae-cpu"))
+    p.add_argument("--corpus", choices=["synth", "multi30k"], default="synth")
+    p.add_argument("--multi30k", default=os.path.join("..", "shared", "data", "multi30k"))
+    p.add_argument("--pretrain-hours", type=float, default=0.75, help="multi30k's BART")
+    p.add_argument("--out", help="default: benchmarks/runs/cvae-cpu (synth), cvae-multi30k")
     p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", "cvae.md"))
     p.add_argument("--updates", type=int, default=1600)
     p.add_argument(
@@ -448,8 +411,8 @@ def main():
         "the decoder leaves unused: '--bow-loss-weight 1.0 --free-bits 0.5'",
     )
     p.add_argument("--samples", type=int, default=10, help="outputs a source (z, samples, groups)")
-    p.add_argument("--test-sources", type=int, default=200)
-    p.add_argument("--references", type=int, default=4)
+    p.add_argument("--test-sources", type=int, default=200, help="synth")
+    p.add_argument("--references", type=int, default=4, help="synth")
     p.add_argument("--iw-samples", type=int, default=100)
     p.add_argument("--report", action="store_true", help="rewrite the table from its JSON")
     p.add_argument(
@@ -459,38 +422,31 @@ def main():
         "row names the run that made it), so settings run apart share one table",
     )
     args = p.parse_args()
-    args.out = os.path.abspath(args.out)
-    b = dict(harness.BUDGETS["cpu"])
-    if not args.report:
-        jobs = data_jobs(args)
-        for model in ("bart_cvae", "seq2seq"):
-            d = os.path.join(args.out, model)
-            jobs[f"train {model}"] = harness.train_job(
-                [train_cmd(args, b, model, d)], os.path.join(d, "train.log"), after=["pairs"]
-            )
-        for model, decodings in DECODINGS.items():
-            for decoding in decodings:
-                jobs[f"generate {model} {decoding}"] = generate_job(args, model, decoding)
-        jobs.update(score_jobs(args))
-        jobs["cost"] = cost_job(args, after=list(jobs))
-        harness.run_queue(jobs, 2)
     stem = args.results[: -len(".md")]
     if args.report:  # the rows as the runs that made them wrote them
-        table = harness.read_results_json(stem)["rows"]
-    else:
-        made = harness.made_by("benchmarks/cvae.py")
-        table = [dict(r, made=made) for r in rows(args)]
-    if args.keep_other_settings and os.path.isfile(stem + ".json"):
-        # this run adds its bart_cvae rows; the rows of the shared models stay the earlier run's
-        earlier = harness.read_results_json(stem)["rows"]
-        new = [
-            r for r in table if r["model"] == "bart_cvae" or row_key(r) not in map(row_key, earlier)
-        ]
-        table = [r for r in earlier if row_key(r) not in {row_key(o) for o in new}] + new
-    with open(args.results, "w") as f:
-        f.write(markdown(args, table))
-    harness.write_results_json(stem, {"rows": table, "cost": read_cost(args), "targets": TARGETS})
-    plot(stem + ".png", table)
+        cvae_report.write_results(args.results, harness.read_results_json(stem))
+        return
+    folder = "cvae-cpu" if args.corpus == "synth" else f"cvae-{args.corpus}"
+    args.out = os.path.abspath(args.out or os.path.join(REPO, "benchmarks", "runs", folder))
+    args.multi30k = os.path.abspath(args.multi30k)  # the jobs run in the repository's root
+    b = dict(harness.BUDGETS["cpu"])
+    jobs = data_jobs(args, b)
+    start = "pairs" if args.corpus == "synth" else "pretrain"
+    for model in ("bart_cvae", "seq2seq"):
+        d = os.path.join(args.out, model)
+        jobs[f"train {model}"] = harness.train_job(
+            [train_cmd(args, b, model, d)], os.path.join(d, "train.log"), after=[start]
+        )
+    for model, decodings in DECODINGS.items():
+        for decoding in decodings:
+            jobs[f"generate {model} {decoding}"] = generate_job(args, model, decoding)
+    jobs.update(score_jobs(args))
+    if args.corpus == "synth":  # the cost of a model of this size, measured once
+        jobs["cost"] = cost_job(args, after=list(jobs))
+    harness.run_queue(jobs, 2)
+    made = harness.made_by("benchmarks/cvae.py")
+    table = [dict(r, made=made) for r in rows(args)]
+    cvae_report.write_results(args.results, merged(args, stem, table))
     print(open(args.results).read())
     harness.log(f"wrote {args.results}, {stem}.json and {stem}.png")
 
