@@ -36,6 +36,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cvae_report  # noqa: E402  (the table: this study's own report)
+import cvae_yelp  # noqa: E402  (the Yelp corpus: sentences under their sentiment)
 import harness  # noqa: E402
 from cvae_report import parse_generate, row_key, text_row  # noqa: E402
 
@@ -51,7 +52,11 @@ SHAPE = (  # the shipped BART's dimensions (bart_base's options)
     "--decoder-ffn-embed-dim 512 --encoder-layers 2 --decoder-layers 2 --encoder-attention-heads "
     "4 --decoder-attention-heads 4 --max-source-positions 256 --max-target-positions 256"
 ).split()
-MAX_LEN_B = {"synth": 40, "multi30k": 100}  # tokens an output at most (the shortest words)
+MAX_LEN_B = {
+    "synth": 40,
+    "multi30k": 100,
+    "yelp": 40,
+}  # tokens an output at most (the shortest words)
 CAPTION_VOCAB = 8000  # sentencepiece pieces for Multi30k's captions (about 10,000 word types)
 
 
@@ -65,6 +70,8 @@ def spm_model(args) -> str:
 def start_bart(args) -> str:
     if args.corpus == "synth":
         return SHIPPED_BART
+    if args.corpus == "yelp":
+        return cvae_yelp.start_bart(args)
     return os.path.join(args.out, "bart", "checkpoint_last.pt")
 
 
@@ -73,6 +80,8 @@ def data_jobs(args, b: dict) -> dict:
     raw, bins = os.path.join(args.out, "raw"), os.path.join(args.out, "data-bin")
     prepare = ["env", f"DATA_BIN={bins}", "bash", os.path.join(REPO, "scripts", "prepare_data.sh")]
     log = os.path.join(args.out, "data.log")
+    if args.corpus == "yelp":
+        return cvae_yelp.data_jobs(args, b)
     if args.corpus == "synth":
         make = [sys.executable, os.path.join(REPO, "scripts", "make_pairs.py"), "--out", raw,
                 "--test", str(args.test_sources), "--references", str(args.references)]  # fmt: skip
@@ -310,7 +319,11 @@ def human_row(args, references: dict) -> dict:
     return scored_row(args, "human", "reference", "the grammar's own draws", sources, outputs, refs)
 
 
-def rows(args) -> list:
+def rows(args, b: dict) -> tuple:
+    """The table's rows of this corpus, and its transfer points and comparisons (yelp)."""
+    report = json.load(open(os.path.join(args.out, "bart_cvae", "test-eval.json")))["metrics"]
+    if args.corpus == "yelp":
+        return cvae_yelp.measure(args, b, report, setting_label(args))
     references = test_references(args)
     found = [human_row(args, references)]
     for model, decodings in DECODINGS.items():
@@ -330,14 +343,13 @@ def rows(args) -> list:
                 [references[s] for s in sources],
             )
             found.append(row)
-    report = json.load(open(os.path.join(args.out, "bart_cvae", "test-eval.json")))["metrics"]
     seq_ppl = validate_ppl_word(args)
     for row in found:
         if row["model"] == "bart_cvae":
             row.update(ppl_word=report["iw_ppl_word"], kl=report["kl"], au=report["au"])
         elif row["model"] == "seq2seq":
             row["ppl_word"] = seq_ppl
-    return found
+    return found, [], None
 
 
 def validate_ppl_word(args) -> float:
@@ -361,6 +373,14 @@ def description(args) -> str:
         f"sentence) of the test targets, IW-PPL of p(x|c) with K={args.iw_samples} for "
         "bart_cvae. BLEU-4 on 0-100."
     )
+    if args.corpus == "yelp":
+        return (
+            f"Yelp's test split: {args.label_samples} samples a label from z ~ p(z|c), each "
+            "greedy, beside the test sentences themselves (the human row); each test sentence "
+            f"encoded with its own label and decoded under the other. {args.updates} updates "
+            "from benchmarks/control.py's Yelp BART; the judge, reference LM and unconditional "
+            f"VAE are control.py's. IW-PPL of p(x|label) per word with K={args.iw_samples}."
+        )
     if args.corpus == "synth":
         return (
             f"{args.test_sources} test sources with {args.references} references each; "
@@ -374,7 +394,7 @@ def description(args) -> str:
     )
 
 
-def merged(args, stem: str, table: list) -> dict:
+def merged(args, stem: str, table: list, transfer: list, compared) -> dict:
     """This run's rows in the results JSON: other corpora's rows, settings and cost kept; with
     --keep-other-settings also this corpus's other bart_cvae settings (the rows of the shared
     models stay the earlier run's)."""
@@ -385,11 +405,14 @@ def merged(args, stem: str, table: list) -> dict:
         table = [r for r in old if row_key(r) not in {row_key(o) for o in new}] + new
     else:
         table = [r for r in old if r.get("corpus", "synth") != args.corpus] + table
-    settings = dict(
-        earlier.get("settings", {}), **{args.corpus: {"description": description(args)}}
-    )
+    ours = {"description": description(args), **({"compared": compared} if compared else {})}
+    settings = dict(earlier.get("settings", {}), **{args.corpus: ours})
     cost = read_cost(args) if args.corpus == "synth" else earlier.get("cost")
-    return {"rows": table, "cost": cost, "settings": settings}
+    # one point a corpus and method: this run's replaces an earlier one
+    keys = {(t["corpus"], t["method"]) for t in transfer}
+    kept = [t for t in earlier.get("transfer", []) if (t["corpus"], t["method"]) not in keys]
+    transfer = kept + transfer
+    return {"rows": table, "cost": cost, "settings": settings, "transfer": transfer}
 
 
 def main():
@@ -398,9 +421,16 @@ def main():
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--corpus", choices=["synth", "multi30k"], default="synth")
+    p.add_argument("--corpus", choices=["synth", "multi30k", "yelp"], default="synth")
     p.add_argument("--multi30k", default=os.path.join("..", "shared", "data", "multi30k"))
-    p.add_argument("--pretrain-hours", type=float, default=0.75, help="multi30k's BART")
+    p.add_argument("--yelp", default=os.path.join("..", "shared", "data", "yelp"))
+    p.add_argument(
+        "--yelp-out",
+        default=os.path.join(REPO, "benchmarks", "runs", "yelp-cpu"),
+        help="benchmarks/control.py's Yelp folder: its BART, LM and data are reused",
+    )
+    p.add_argument("--label-samples", type=int, default=1000, help="yelp: samples a label")
+    p.add_argument("--pretrain-hours", type=float, default=0.75, help="multi30k's, yelp's BART")
     p.add_argument("--out", help="default: benchmarks/runs/cvae-cpu (synth), cvae-multi30k")
     p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results", "cvae.md"))
     p.add_argument("--updates", type=int, default=1600)
@@ -428,25 +458,29 @@ def main():
         return
     folder = "cvae-cpu" if args.corpus == "synth" else f"cvae-{args.corpus}"
     args.out = os.path.abspath(args.out or os.path.join(REPO, "benchmarks", "runs", folder))
-    args.multi30k = os.path.abspath(args.multi30k)  # the jobs run in the repository's root
+    # the jobs run in the repository's root
+    args.multi30k, args.yelp = os.path.abspath(args.multi30k), os.path.abspath(args.yelp)
     b = dict(harness.BUDGETS["cpu"])
     jobs = data_jobs(args, b)
-    start = "pairs" if args.corpus == "synth" else "pretrain"
-    for model in ("bart_cvae", "seq2seq"):
+    start = ["pairs"] if args.corpus == "synth" else ["pairs", "pretrain"]
+    # on Yelp the label is the source: no seq2seq to compare, the hub measures the samples
+    models = ["bart_cvae"] if args.corpus == "yelp" else ["bart_cvae", "seq2seq"]
+    for model in models:
         d = os.path.join(args.out, model)
         jobs[f"train {model}"] = harness.train_job(
-            [train_cmd(args, b, model, d)], os.path.join(d, "train.log"), after=[start]
+            [train_cmd(args, b, model, d)], os.path.join(d, "train.log"), after=start
         )
-    for model, decodings in DECODINGS.items():
-        for decoding in decodings:
+        for decoding in DECODINGS[model] if args.corpus != "yelp" else ():
             jobs[f"generate {model} {decoding}"] = generate_job(args, model, decoding)
-    jobs.update(score_jobs(args))
+    jobs.update({k: v for k, v in score_jobs(args).items() if k.split()[1] in models})
     if args.corpus == "synth":  # the cost of a model of this size, measured once
         jobs["cost"] = cost_job(args, after=list(jobs))
     harness.run_queue(jobs, 2)
     made = harness.made_by("benchmarks/cvae.py")
-    table = [dict(r, made=made) for r in rows(args)]
-    cvae_report.write_results(args.results, merged(args, stem, table))
+    table, transfer, compared = rows(args, b)
+    table = [dict(r, made=made) for r in table]
+    transfer = [dict(t, made=made) for t in transfer]
+    cvae_report.write_results(args.results, merged(args, stem, table, transfer, compared))
     print(open(args.results).read())
     harness.log(f"wrote {args.results}, {stem}.json and {stem}.png")
 

@@ -15,10 +15,20 @@ import harness  # noqa: E402  (the run record, the plot backend)
 TITLES = {
     "synth": "The shipped grammar's paraphrases",
     "multi30k": "Paraphrases of Multi30k captions",
+    "yelp": "Yelp sentences under their sentiment",
 }
 TARGETS = {
     "synth": {"grammatical": 0.95, "kept": 0.95, "free_tv": 0.10, "self_bleu_over_human": 10.0},
     "multi30k": {"source_bleu_over_human": 10.0, "kl": 3.0, "au": 8},
+    "yelp": {
+        "judge_accuracy": 0.95,
+        "lm_ppl_ratio": 1.25,
+        "distinct_2_within": 0.10,
+        "transfer_accuracy": 0.90,
+        "transfer_bleu_over_unconditional": 2.0,
+        "kl": 3.0,
+        "au": 8,
+    },
 }
 
 
@@ -123,6 +133,59 @@ def section(corpus: str, rows: list, settings: dict, cost) -> list:
     return lines
 
 
+def yelp_section(rows: list, transfer: list, settings: dict) -> list:
+    """The label-conditioned model: its samples beside the test sentences, and transfer by
+    swapping the label beside the unconditional VAE's moves (control.json)."""
+    fmt = harness.fmt
+    lines = [
+        f"## {TITLES['yelp']}",
+        "",
+        *harness.made_lines(rows, row_name),
+        "",
+        settings.get("description", ""),
+        "",
+        "| model | setting | decoding | N | IW-PPL | KL | AU | judge: the asked label | LM PPL "
+        "(x the test sentences') | self-BLEU | distinct-2 | copies of training sentences |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['setting']} | {r['decoding']} | {r['samples_per_source']} | "
+            f"{fmt(r['ppl_word'], '.2f')} | {fmt(r['kl'], '.2f')} | {fmt(r['au'], 'd')} | "
+            f"{r['judge_accuracy']:.3f} | {r['lm_ppl']:.1f} ({r['lm_ppl_ratio']:.2f}x) | "
+            f"{r['self_bleu']:.1f} | {r['distinct_2']:.3f} | {fmt(r['copies'], '.3f')} |"
+        )
+    compared = settings.get("compared", {})
+    vae, lm = compared.get("vae", {}), compared.get("lm", {})
+    lines += [
+        "",
+        "Transfer: each test sentence's z from (its label, itself), decoded under the other "
+        "label; beside it the unconditional VAE's moves along the sentiment direction "
+        "(benchmarks/results/control.json, test split).",
+        "",
+        "| model | method | strength | accuracy | BLEU to the source | LM PPL ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in transfer:
+        lines.append(
+            f"| bart_cvae | {t['method']} | | {t['accuracy']:.3f} | {t['source_bleu']:.1f} | "
+            f"{t['lm_ppl_ratio']:.2f} |"
+        )
+    for t in vae.get("transfer", []):
+        lines.append(
+            f"| bart_vae | {t['method']} | {t['strength']} | {t['accuracy']:.3f} | "
+            f"{t['source_bleu']:.1f} | {t['lm_ppl_ratio']:.2f} |"
+        )
+    ours = next((r["ppl_word"] for r in rows if r["model"] == "bart_cvae"), None)
+    lines += [
+        "",
+        f"Test PPL per word: bart_cvae's IW-PPL of p(x|label) {fmt(ours, '.2f', '-')}, the "
+        f"unconditional VAE's IW-PPL {fmt(vae.get('iw_ppl_word'), '.2f', '-')}, the same-size "
+        f"LM's {fmt(lm.get('ppl'), '.2f', '-')}.",
+    ]
+    return lines
+
+
 def markdown(data: dict) -> str:
     rows, settings = data["rows"], data.get("settings", {})
     corpora = list(dict.fromkeys(r.get("corpus", "synth") for r in rows))
@@ -135,17 +198,25 @@ def markdown(data: dict) -> str:
     ]
     for corpus in corpora:
         ours = [r for r in rows if r.get("corpus", "synth") == corpus]
+        if corpus == "yelp":
+            points = [t for t in data.get("transfer", []) if t["corpus"] == "yelp"]
+            lines += ["", *yelp_section(ours, points, settings.get(corpus, {}))]
+            continue
         lines += ["", *section(corpus, ours, settings.get(corpus, {}), data.get("cost"))]
     return "\n".join(lines) + "\n"
 
 
 def plot(path: str, rows: list):
     plt = harness.pyplot()
-    corpora = list(dict.fromkeys(r.get("corpus", "synth") for r in rows))
+
+    def plotted(r):
+        return None not in (r["self_bleu"], r["multi_ref_bleu"])
+
+    corpora = list(dict.fromkeys(r.get("corpus", "synth") for r in rows if plotted(r)))
     fig, axes = plt.subplots(1, len(corpora), figsize=(6 * len(corpora), 4.5), squeeze=False)
     for ax, corpus in zip(axes[0], corpora):
         for r in rows:
-            if r.get("corpus", "synth") == corpus and r["self_bleu"] is not None:
+            if r.get("corpus", "synth") == corpus and plotted(r):
                 label = f"{r['model']}, {r['decoding']}"
                 ax.scatter(r["self_bleu"], r["multi_ref_bleu"], label=label)
         ax.set(

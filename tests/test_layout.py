@@ -256,18 +256,20 @@ BENCHMARKS = os.path.join(ROOT, "benchmarks")
 
 def test_each_benchmark_study_imports_the_harness_and_no_other_study():
     """benchmarks/harness.py holds what the studies share; a study imports it and, where it has
-    one, its own report module (<study>_report.py), never another study, and stays short."""
+    them, its own parts (<study>_<part>.py: its report, a corpus of its own), never another
+    study, and stays short."""
     modules = {name[: -len(".py")] for name in os.listdir(BENCHMARKS) if name.endswith(".py")}
-    studies = modules - {"harness"} - {m for m in modules if m.endswith("_report")}
+    parts = {m for m in modules if m.rsplit("_", 1)[0] in modules - {m}}
+    studies = modules - {"harness"} - parts
     assert {"ptb", "pretrained", "prior", "control", "overhead"} <= studies
     for study in sorted(studies):
         path = os.path.join(BENCHMARKS, f"{study}.py")
         local = imported_modules(path) & modules
-        allowed = {"harness", f"{study}_report"}
+        allowed = {"harness"} | {m for m in parts if m.startswith(f"{study}_")}
         assert local <= allowed, f"benchmarks/{study}.py imports {sorted(local - allowed)}"
         lines = sum(1 for _ in open(path, encoding="utf-8"))
         assert lines <= 500, f"benchmarks/{study}.py has {lines} lines (at most 500)"
-    for report in modules - studies - {"harness"}:
-        local = imported_modules(os.path.join(BENCHMARKS, f"{report}.py")) & modules
-        assert local <= {"harness"}, f"benchmarks/{report}.py imports {sorted(local)}"
+    for part in parts:
+        local = imported_modules(os.path.join(BENCHMARKS, f"{part}.py")) & modules
+        assert local <= {"harness"}, f"benchmarks/{part}.py imports {sorted(local)}"
     assert imported_modules(os.path.join(BENCHMARKS, "harness.py")) & modules == set()
