@@ -85,15 +85,18 @@ def start_bart(args) -> str:
     return os.path.join(os.path.abspath(args.yelp_out), "bart", "checkpoint_last.pt")
 
 
+UNCONDITIONAL = "BART init, fb 0.5"  # control.py's Yelp setting
+
+
 def unconditional(args) -> dict:
-    """The unconditional Yelp VAE of benchmarks/results/control.json: its test IW-PPL, and its
-    transfer points (accuracy, BLEU to the source, LM PPL ratio) on test."""
+    """The unconditional Yelp VAE of benchmarks/results/control.json (control.py's setting): its
+    test IW-PPL, and its transfer points (accuracy, BLEU to the source, LM PPL ratio) on test."""
     path = os.path.join(harness.REPO, "benchmarks", "results", "control.json")
-    found = {"iw_ppl_word": None, "transfer": []}
+    found = {"model": UNCONDITIONAL, "iw_ppl_word": None, "transfer": []}
     if not os.path.isfile(path):
         return found
     for m in json.load(open(path))["measurements"]:
-        if m.get("corpus") == "yelp":
+        if (m.get("corpus"), m.get("model")) == ("yelp", UNCONDITIONAL):
             found["iw_ppl_word"] = m.get("evaluation", {}).get("iw_ppl_word")
             keys = ("method", "strength", "accuracy", "source_bleu", "lm_ppl_ratio")
             found["transfer"] = [{k: r[k] for k in keys} for r in m["transfer"]]
