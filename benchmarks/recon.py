@@ -51,6 +51,9 @@ CANDIDATES = {
     "lr 3e-3": {"args": [], "budget": {"lr": 3e-3}},
     # z reaches the decoder through out_proj(v_proj(memory)) of each layer's cross-attention
     "xavier cross-attention": {"args": ["--cross-attention-init", "fairseq"], "budget": {}},
+    # Optimus / the GRU's concatenation: z at every decoder input as well as in the memory
+    "z in the embeddings": {"args": ["--latent-to-embeddings"], "budget": {}},
+    "batch 512": {"args": [], "budget": {"max_tokens": 512}},
     # Park & Lee 2021: the (pretrained) decoder fixed while z is still noise
     "decoder frozen 200": {"args": ["--freeze-decoder-updates", "200"], "budget": {}},
     # a memory the pretrained cross-attention can attend over, as over a source's positions
