@@ -76,6 +76,18 @@ def run_dir(out: str, candidate: str, kl: str, init: str) -> str:
     return os.path.join(out, "runs", f"{harness.setting_dir(candidate)}-{kl}-{init}")
 
 
+def inherited_minutes(bart) -> float:
+    """The training minutes a --finetune-from-model checkpoint hands its run: fairseq starts the
+    fine-tuning's clock at the BART's own (its checkpoint's previous_training_time), so each
+    step's --stop-time-hours adds them and each point's minutes leave them out."""
+    if not bart:
+        return 0.0
+    import torch
+
+    state = torch.load(bart, map_location="cpu", weights_only=True)
+    return state["extra_state"]["previous_training_time"] / 60
+
+
 def train_cmd(data: str, candidate: str, kl: str, bart, save_dir: str, minutes: float) -> list:
     b = dict(harness.BUDGETS["cpu"], **CANDIDATES[candidate]["budget"])
     cmd = [
@@ -105,6 +117,7 @@ def train_cmd(data: str, candidate: str, kl: str, bart, save_dir: str, minutes: 
 def run_job(data: str, out: str, candidate: str, kl: str, init: str, bart, args) -> dict:
     """One run's steps as one queued job: train to each mark, copy, measure."""
     d = run_dir(out, candidate, kl, init)
+    offset = inherited_minutes(bart)
     cmds = []
     for m in marks(args):
         point = os.path.join(d, f"point-{m}min.json")
@@ -112,18 +125,19 @@ def run_job(data: str, out: str, candidate: str, kl: str, init: str, bart, args)
         if os.path.isfile(point):
             continue
         if not os.path.isfile(snapshot):
-            cmds.append(train_cmd(data, candidate, kl, bart, d, m))
+            cmds.append(train_cmd(data, candidate, kl, bart, d, m + offset))
             cmds.append(["cp", os.path.join(d, "checkpoint_last.pt"), snapshot])
         cmds.append(
             [sys.executable, os.path.abspath(__file__), "--measure", snapshot]
             + ["--data", data, "--yelp", args.yelp, "--sentences", str(args.sentences)]
+            + ["--offset-minutes", str(offset)]
         )
     done = os.path.join(d, f"done-{args.minutes}-{args.every}")
     return {
         "cmds": cmds + [["touch", done]],
         "log": os.path.join(d, "train.log"),
         "done": done,
-        "after": ["pretrain yelp"] if bart else [],
+        "after": [],
     }
 
 
@@ -131,7 +145,7 @@ def marks(args) -> list:
     return list(range(args.every, args.minutes + 1, args.every))
 
 
-def measure(snapshot: str, data: str, yelp: str, sentences: int):
+def measure(snapshot: str, data: str, yelp: str, sentences: int, offset: float):
     """point-<m>min.json beside the snapshot: BLEU and exact share of greedy reconstructions
     from the posterior means, the updates and minutes the snapshot records."""
     import torch
@@ -150,7 +164,7 @@ def measure(snapshot: str, data: str, yelp: str, sentences: int):
     m = int(re.search(r"_(\d+)min\.pt$", name).group(1))
     point = {
         "mark": m,
-        "minutes": state["extra_state"]["previous_training_time"] / 60,
+        "minutes": state["extra_state"]["previous_training_time"] / 60 - offset,
         "updates": state["optimizer_history"][-1]["num_updates"],
         "bleu": source_bleu(outputs, texts),
         "exact": sum(o == t for o, t in zip(outputs, texts)) / len(texts),
@@ -269,9 +283,10 @@ def main():
     p.add_argument("--report", action="store_true", help="rewrite the table from the JSON")
     p.add_argument("--measure", metavar="CHECKPOINT", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--offset-minutes", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:
-        return measure(args.measure, args.data, args.yelp, args.sentences)
+        return measure(args.measure, args.data, args.yelp, args.sentences, args.offset_minutes)
     stem = args.results[: -len(".md")]
     if args.report:
         return write_results(args.results, harness.read_results_json(stem)["points"])
@@ -295,9 +310,9 @@ def main():
     yelp_jobs, paths = harness.yelp_jobs(yelp, b)
     data = paths["data"]
     bart = os.path.join(os.path.abspath(args.yelp_out), "bart", "checkpoint_last.pt")
+    if "bart" in pick["init"]:  # first: each step's clock starts from the BART's own
+        harness.run_queue({"pretrain yelp": yelp_jobs["pretrain yelp"]}, 1)
     jobs = {}
-    if "bart" in pick["init"]:
-        jobs["pretrain yelp"] = yelp_jobs["pretrain yelp"]
     for init in pick["init"]:
         for kl in pick["kl"]:
             for candidate in pick["candidates"]:
