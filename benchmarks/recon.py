@@ -43,7 +43,8 @@ KLS = {
     "fb0.5": ["--kl-schedule", "constant", "--kl-beta-max", "1", "--free-bits", "0.5"],
 }
 INITS = ("scratch", "bart")
-# name -> the fairseq-train options it adds, and the budget entries it changes (BUDGETS["cpu"])
+# name -> the fairseq-train options it adds, and the budget entries it changes (BUDGETS["cpu"]);
+# "A, B" is A and B together (candidate_options)
 CANDIDATES = {
     "baseline": {"args": [], "budget": {}},
     # 4096 tokens are about 370 Yelp sentences: a tenth of the GRU yardstick's updates a minute
@@ -59,17 +60,27 @@ CANDIDATES = {
     "untied encoder embeddings": {"args": ["--untie-encoder-embeddings"], "budget": {}},
     # Park & Lee 2021: the (pretrained) decoder fixed while z is still noise
     "decoder frozen 200": {"args": ["--freeze-decoder-updates", "200"], "budget": {}},
-    # a memory the pretrained cross-attention can attend over, as over a source's positions
+    # a memory the cross-attention can attend over, as over a source's positions: one slot gives
+    # every attention weight 1, so no query can pick what it reads
     "8 memory slots": {
         "args": ["--latent-fusion", "memory", "--latent-memory-slots", "8"],
         "budget": {},
     },
-    "xavier cross-attention, batch 1024": {
-        "args": ["--cross-attention-init", "fairseq"],
-        "budget": {"max_tokens": 1024},
-    },
 }
 YARDSTICK = {"ae": 17.6, "fb0.5": 11.3}  # the GRU autoencoder's BLEU after 15 minutes
+
+
+def candidate_options(name: str) -> dict:
+    """A candidate's options and budget: one of CANDIDATES, or several joined by ", "."""
+    parts = [p.strip() for p in name.split(", ")]
+    unknown = [p for p in parts if p not in CANDIDATES]
+    if unknown:
+        raise ValueError(f"unknown candidate {unknown[0]!r} (known: {', '.join(CANDIDATES)})")
+    found = {"args": [], "budget": {}}
+    for p in parts:
+        found["args"] += CANDIDATES[p]["args"]
+        found["budget"].update(CANDIDATES[p]["budget"])
+    return found
 
 
 def run_dir(out: str, candidate: str, kl: str, init: str) -> str:
@@ -88,8 +99,8 @@ def inherited_minutes(bart) -> float:
     return state["extra_state"]["previous_training_time"] / 60
 
 
-def train_cmd(data: str, candidate: str, kl: str, bart, save_dir: str, minutes: float) -> list:
-    b = dict(harness.BUDGETS["cpu"], **CANDIDATES[candidate]["budget"])
+def train_cmd(data: str, name: str, kl: str, bart, save_dir: str, minutes: float) -> list:
+    b = dict(harness.BUDGETS["cpu"], **candidate_options(name)["budget"])
     cmd = [
         os.path.join(harness.BIN, "fairseq-train"),
         data,
@@ -102,7 +113,7 @@ def train_cmd(data: str, candidate: str, kl: str, bart, save_dir: str, minutes: 
         "--latent-dim",
         str(harness.LATENT_DIM),
         *KLS[kl],
-        *CANDIDATES[candidate]["args"],
+        *candidate_options(name)["args"],
     ]
     if bart:
         cmd += ["--finetune-from-model", bart]
@@ -295,7 +306,12 @@ def main():
         "kl": [k.strip() for k in args.kl.split(";") if k.strip()],
         "init": [i.strip() for i in args.init.split(";") if i.strip()],
     }
-    for option, known in (("candidates", CANDIDATES), ("kl", KLS), ("init", INITS)):
+    for name in pick["candidates"]:
+        try:
+            candidate_options(name)
+        except ValueError as e:
+            p.error(f"--candidates: {e}")
+    for option, known in (("kl", KLS), ("init", INITS)):
         if set(pick[option]) - set(known):
             p.error(f"--{option}: unknown {sorted(set(pick[option]) - set(known))}")
     b = dict(harness.BUDGETS["cpu"])
