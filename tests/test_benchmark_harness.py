@@ -41,3 +41,54 @@ def test_the_yelp_operating_point_is_chosen_on_valid_and_reported_on_test():
     assert (best, split) == (test[1], "valid")  # test's own best would have been mean 2.0
     best, split = control_report.best_yelp({"transfer": test})  # measured before valid rows
     assert (best, split) == (test[0], "test")
+
+
+def test_the_cvae_table_has_a_section_a_corpus_and_keeps_each_corpus_measures(tmp_path):
+    import cvae_report
+    import sacrebleu
+
+    made = {"command": "benchmarks/cvae.py", "started": "2026-12-06 20:00", "machine": "m"}
+    sources = ["a man rides a red bike .", "two dogs play in the snow ."]
+    references = [
+        ["a man is riding a bike .", "a person on a red bicycle ."],
+        ["dogs are playing in snow .", "two dogs run in the snow ."],
+    ]
+    outputs = [["a man is riding a red bike .", "a man rides ."], ["dogs play in snow .", "x"]]
+    multi30k = cvae_report.text_row(
+        "multi30k", "bart_cvae", "prior-greedy", "recipe", sources, outputs, references
+    )
+    # multi-reference BLEU: each source's first output against all its references (sacrebleu)
+    firsts = [o[0] for o in outputs]
+    streams = [list(r) for r in zip(*references)]
+    expected = sacrebleu.corpus_bleu(firsts, streams, tokenize="none").score
+    assert multi30k["multi_ref_bleu"] == expected > 0
+    yelp = {**multi30k, "corpus": "yelp", "multi_ref_bleu": None, "precision_bleu": None,
+            "recall_bleu": None, "source_bleu": None, "judge_accuracy": 0.97, "lm_ppl": 60.0,
+            "lm_ppl_ratio": 1.1, "copies": 0.02, "ppl_word": 70.0}  # fmt: skip
+    transfer = [{"corpus": "yelp", "method": "swap-condition", "accuracy": 0.91,
+                 "source_bleu": 12.5, "lm_ppl_ratio": 1.2, "made": made}]  # fmt: skip
+    vae = {"iw_ppl_word": 65.4, "transfer": [
+        {"method": "mean", "strength": 2.0, "accuracy": 0.93, "source_bleu": 2.6,
+         "lm_ppl_ratio": 0.9}]}  # fmt: skip
+    data = {
+        "rows": [dict(multi30k, made=made), dict(yelp, made=made)],
+        "cost": None,
+        "settings": {
+            "yelp": {
+                "description": "Yelp's test split",
+                "compared": {"vae": vae, "lm": {"ppl": 56.1}},
+            }
+        },  # fmt: skip
+        "transfer": transfer,
+    }
+    results = str(tmp_path / "cvae.md")
+    cvae_report.write_results(results, data)
+    text = open(results).read()
+    assert "## Paraphrases of Multi30k captions" in text and "## Yelp sentences" in text
+    assert "| bart_cvae | swap-condition | | 0.910 | 12.5 | 1.20 |" in text
+    assert "| bart_vae | mean | 2.0 | 0.930 | 2.6 | 0.90 |" in text
+    assert "IW-PPL of p(x|label) 70.00, the unconditional VAE's IW-PPL 65.40" in text
+    assert os.path.isfile(tmp_path / "cvae.png")
+    saved = json.load(open(tmp_path / "cvae.json"))
+    assert [r["corpus"] for r in saved["rows"]] == ["multi30k", "yelp"]
+    assert saved["transfer"][0]["accuracy"] == 0.91
