@@ -14,7 +14,6 @@ the conditional model's.
 import json
 import os
 import sys
-from argparse import Namespace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -38,14 +37,7 @@ def read_split(yelp: str, split: str) -> tuple:
 
 def yelp_paths(args, b: dict) -> tuple:
     """control.py's Yelp jobs (pretraining, LM, VAE, their evaluations) and folders."""
-    yelp = Namespace(
-        yelp=args.yelp,
-        yelp_out=args.yelp_out,
-        setting="BART init, fb 0.5",
-        iw_samples=100,
-        pretrain_hours=args.pretrain_hours,
-    )
-    return harness.yelp_jobs(yelp, b)
+    return harness.control_yelp_jobs(args.yelp, args.yelp_out, args.pretrain_hours, b)
 
 
 def write_pairs(args, raw: str):
@@ -82,10 +74,10 @@ def data_jobs(args, b: dict) -> dict:
 
 
 def start_bart(args) -> str:
-    return os.path.join(os.path.abspath(args.yelp_out), "bart", "checkpoint_last.pt")
+    return harness.yelp_bart(args.yelp_out)
 
 
-UNCONDITIONAL = "BART init, fb 0.5"  # control.py's Yelp setting
+UNCONDITIONAL = harness.CONTROL_YELP_SETTING
 
 
 def unconditional(args) -> dict:

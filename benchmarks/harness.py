@@ -8,6 +8,7 @@ A study (ptb.py, pretrained.py, prior.py, control.py, overhead.py, ...) imports 
 never another study.
 """
 
+import argparse
 import datetime
 import importlib
 import json
@@ -290,22 +291,27 @@ def common_train_args(
     )
 
 
+def vae_train_base(data: str, arch: str) -> List[str]:
+    """fairseq-train's start for a bart_vae on data: the task, architecture and criterion."""
+    return [
+        os.path.join(BIN, "fairseq-train"),
+        data,
+        "--task",
+        "text_vae",
+        "--arch",
+        arch,
+        "--criterion",
+        "elbo",
+    ]
+
+
 def vae_train_cmds(
     data: str, b: dict, setting: dict, max_update: int, save_dir: str, bart: Optional[str] = None
 ):
     """The fairseq-train commands of a setting, run one after the other; the last one writes
     save_dir/checkpoint_last.pt. Li et al.'s recipe splits the updates and the time in two; a
     "bart_init" setting fine-tunes the pretrained BART checkpoint `bart`."""
-    base = [
-        os.path.join(BIN, "fairseq-train"),
-        data,
-        "--task",
-        "text_vae",
-        "--arch",
-        b["vae_arch"],
-        "--criterion",
-        "elbo",
-    ]
+    base = vae_train_base(data, b["vae_arch"])
     if setting.get("bart_init"):
         if not bart:
             raise ValueError("a BART-init setting needs --pretrained-bart")
@@ -978,7 +984,7 @@ def yelp_jobs(args, b: dict) -> dict:
     out = os.path.abspath(args.yelp_out)
     data = prepare(args.yelp, out)
     bart_dir = os.path.join(out, "bart")
-    bart = os.path.join(bart_dir, "checkpoint_last.pt")
+    bart = yelp_bart(out)
     vae = os.path.join(out, "vae", setting_dir(args.setting))
     lm = os.path.join(out, "lm")
     k = args.iw_samples
@@ -1014,6 +1020,28 @@ def yelp_jobs(args, b: dict) -> dict:
     )
     paths = {"data": data, "vae": vae, "lm": lm, "report": os.path.join(vae, f"test-K{k}.json")}
     return jobs, paths
+
+
+# benchmarks/control.py's Yelp VAE setting, which other studies compare with or start from
+CONTROL_YELP_SETTING = "BART init, fb 0.5"
+
+
+def control_yelp_jobs(yelp: str, yelp_out: str, pretrain_hours: float, b: dict) -> tuple:
+    """yelp_jobs as benchmarks/control.py runs them by default (its setting, K = 100), for the
+    studies that reuse its Yelp folder: its BART, LM and data."""
+    args = argparse.Namespace(
+        yelp=yelp,
+        yelp_out=yelp_out,
+        setting=CONTROL_YELP_SETTING,
+        iw_samples=100,
+        pretrain_hours=pretrain_hours,
+    )
+    return yelp_jobs(args, b)
+
+
+def yelp_bart(yelp_out: str) -> str:
+    """The Yelp BART that yelp_jobs pretrains in yelp_out."""
+    return os.path.join(os.path.abspath(yelp_out), "bart", "checkpoint_last.pt")
 
 
 def ptb_jobs(setting: str, args, b: dict) -> dict:

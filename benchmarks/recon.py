@@ -31,7 +31,6 @@ import json
 import os
 import re
 import sys
-from argparse import Namespace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402  (corpus preparation, the Yelp pretraining, the job queue)
@@ -101,15 +100,7 @@ def inherited_minutes(bart) -> float:
 
 def train_cmd(data: str, name: str, kl: str, bart, save_dir: str, minutes: float) -> list:
     b = dict(harness.BUDGETS["cpu"], **candidate_options(name)["budget"])
-    cmd = [
-        os.path.join(harness.BIN, "fairseq-train"),
-        data,
-        "--task",
-        "text_vae",
-        "--arch",
-        b["vae_arch"],
-        "--criterion",
-        "elbo",
+    cmd = harness.vae_train_base(data, b["vae_arch"]) + [
         "--latent-dim",
         str(harness.LATENT_DIM),
         *KLS[kl],
@@ -316,16 +307,9 @@ def main():
             p.error(f"--{option}: unknown {sorted(set(pick[option]) - set(known))}")
     b = dict(harness.BUDGETS["cpu"])
     made = harness.made_by("benchmarks/recon.py")
-    yelp = Namespace(
-        yelp=args.yelp,
-        yelp_out=args.yelp_out,
-        setting="BART init, fb 0.5",
-        iw_samples=100,
-        pretrain_hours=args.pretrain_hours,
-    )
-    yelp_jobs, paths = harness.yelp_jobs(yelp, b)
+    yelp_jobs, paths = harness.control_yelp_jobs(args.yelp, args.yelp_out, args.pretrain_hours, b)
     data = paths["data"]
-    bart = os.path.join(os.path.abspath(args.yelp_out), "bart", "checkpoint_last.pt")
+    bart = harness.yelp_bart(args.yelp_out)
     if "bart" in pick["init"]:  # first: each step's clock starts from the BART's own
         harness.run_queue({"pretrain yelp": yelp_jobs["pretrain yelp"]}, 1)
     jobs = {}
