@@ -386,9 +386,11 @@ def description(args) -> str:
             f"{args.test_sources} test sources with {args.references} references each; "
             + common.replace(" PPL:", f" {args.updates} updates each from the shipped BART. PPL:")
         )
+    with open(os.path.join(args.out, "raw", "test.src"), encoding="utf-8") as f:
+        images = sum(1 for _ in f)
     return (
-        "1,000 test images, one caption the source (rotating with the image), the other four "
-        f"its references; {args.updates} updates each from a BART denoising-pretrained on the "
+        f"{images:,} test images, one caption the source (rotating with the image), the other "
+        f"four its references; {args.updates} updates each from a BART denoising-pretrained on the "
         f"training captions (`--stop-time-hours {args.pretrain_hours}`); the human row: each "
         f"image's last reference against the other three. {common}"
     )
