@@ -181,7 +181,9 @@ def measure(snapshot: str, data: str, yelp: str, sentences: int, offset: float):
 
 
 def collect(out: str) -> list:
-    """Every finished point of every run under out/runs, as the JSON's rows."""
+    """Every finished point of every run under out/runs, as the JSON's rows. The decoded
+    examples stay in the run's point files: they quote Yelp's test sentences, which are not
+    ours to publish."""
     points = []
     for path in sorted(glob.glob(os.path.join(out, "runs", "*", "point-*min.json"))):
         d = os.path.dirname(path)
@@ -193,7 +195,6 @@ def collect(out: str) -> list:
                 **{k: p[k] for k in ("minutes", "updates", "bleu", "exact")},
                 "mark": p["mark"],
                 "run": harness.rel(d),
-                "examples": p["examples"],
             }
         )
     return points
