@@ -155,7 +155,6 @@ def measure(args, b: dict, report: dict, setting: str) -> tuple:
                 "lm_ppl": ppl,
                 "lm_ppl_ratio": ppl / real_ppl,
                 "copies": sq.memorised(texts, train) if model == "bart_cvae" else None,
-                "examples": [[labels[i], texts[i]] for i in range(0, len(texts), len(texts) // 6)],
             }
         )
     harness.log(f"transfer: {len(test)} test sentences under the other label")
@@ -169,9 +168,13 @@ def measure(args, b: dict, report: dict, setting: str) -> tuple:
             "accuracy": judge.accuracy(moved, [other[x] for x in test_labels]),
             "source_bleu": source_bleu(moved, test),
             "lm_ppl_ratio": sq.lm_perplexity(lm, moved, hub.dictionary) / real_ppl,
-            "examples": [[test[i], moved[i]] for i in range(5)],
         }
     ]
+    # examples stay in the run folder: they quote Yelp's sentences, which are not ours to publish
+    with open(os.path.join(args.out, "examples.json"), "w") as f:
+        step = max(1, len(flat) // 6)
+        json.dump({"samples": [[asked[i], flat[i]] for i in range(0, len(flat), step)],
+                   "transfer": [[test[i], moved[i]] for i in range(5)]}, f, indent=1)  # fmt: skip
     lm_eval = harness.lm_result(os.path.join(paths["lm"], "test.log"))
     compared = {"lm": lm_eval, "vae": unconditional(args)}
     return rows, transfer, compared
