@@ -99,12 +99,13 @@ def inherited_minutes(bart) -> float:
 
 
 def train_cmd(data: str, name: str, kl: str, bart, save_dir: str, minutes: float) -> list:
-    b = dict(harness.BUDGETS["cpu"], **candidate_options(name)["budget"])
+    options = candidate_options(name)
+    b = dict(harness.BUDGETS["cpu"], **options["budget"])
     cmd = harness.vae_train_base(data, b["vae_arch"]) + [
         "--latent-dim",
         str(harness.LATENT_DIM),
         *KLS[kl],
-        *candidate_options(name)["args"],
+        *options["args"],
     ]
     if bart:
         cmd += ["--finetune-from-model", bart]
