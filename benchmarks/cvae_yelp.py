@@ -96,9 +96,9 @@ def unconditional(args) -> dict:
 
 
 def measure(args, b: dict, report: dict, setting: str) -> tuple:
-    """(rows, transfer points) of the conditional model: --label-samples samples a label from
-    z ~ p(z|c), each greedy, against the real test sentences; every test sentence encoded
-    with its own label and decoded under the other."""
+    """(rows, transfer points, what they are compared with) of the conditional model:
+    --label-samples samples a label from z ~ p(z|c), each greedy, against the real test
+    sentences; every test sentence encoded with its own label and decoded under the other."""
     import torch
 
     from fairseq_vae.metrics import sample_quality as sq
@@ -131,7 +131,7 @@ def measure(args, b: dict, report: dict, setting: str) -> tuple:
         ("human", test, test_labels, "reference", len(test)),
         ("bart_cvae", flat, asked, "prior-greedy", args.label_samples),
     ):
-        ppl = sq.lm_perplexity(lm, texts, hub.dictionary)
+        ppl = real_ppl if model == "human" else sq.lm_perplexity(lm, texts, hub.dictionary)
         rows.append(
             {
                 "corpus": "yelp",
