@@ -107,9 +107,18 @@ def setting_label(args) -> str:
     return f"BART init, fb 0.15, word dropout 0.2{extra}"
 
 
+def batches(args, b: dict) -> tuple:
+    """(budget, updates) of the trainings: --updates of the budget's batches, or on Yelp the
+    unconditional VAE's batches for the same tokens in all."""
+    if args.corpus != "yelp":
+        return b, args.updates
+    setting = harness.SETTINGS[harness.CONTROL_YELP_SETTING]
+    return harness.setting_batches(b, setting, args.updates)
+
+
 def train_cmd(args, b, model: str, save_dir: str) -> list:
     data = os.path.join(args.out, "data-bin", "pairs")
-    common = harness.common_train_args(b, args.updates, save_dir)
+    common = harness.common_train_args(*batches(args, b), save_dir)
     start = ["--finetune-from-model", start_bart(args)]
     train = [os.path.join(harness.BIN, "fairseq-train"), data, *PAIRS]
     if model == "bart_cvae":
@@ -368,6 +377,7 @@ def validate_ppl_word(args) -> float:
 
 def description(args) -> str:
     """What the corpus's section says of its settings."""
+    b, updates = batches(args, dict(harness.BUDGETS["cpu"]))
     common = (
         f"{args.samples} outputs a source for the sampling decodings. PPL: per word (+1 a "
         f"sentence) of the test targets, IW-PPL of p(x|c) with K={args.iw_samples} for "
@@ -377,9 +387,10 @@ def description(args) -> str:
         return (
             f"Yelp's test split: {args.label_samples} samples a label from z ~ p(z|c), each "
             "greedy, beside the test sentences themselves (the human row); each test sentence "
-            f"encoded with its own label and decoded under the other. {args.updates} updates "
-            "from benchmarks/control.py's Yelp BART; the judge, reference LM and unconditional "
-            f"VAE are control.py's. IW-PPL of p(x|label) per word with K={args.iw_samples}."
+            f"encoded with its own label and decoded under the other. {updates} updates of "
+            f"{b['max_tokens']} tokens from benchmarks/control.py's Yelp BART; the judge, "
+            "reference LM and unconditional VAE are control.py's. IW-PPL of p(x|label) per word "
+            f"with K={args.iw_samples}."
         )
     if args.corpus == "synth":
         return (
@@ -446,6 +457,12 @@ def main():
     p.add_argument("--test-sources", type=int, default=200, help="synth")
     p.add_argument("--references", type=int, default=4, help="synth")
     p.add_argument("--iw-samples", type=int, default=100)
+    p.add_argument(
+        "--slots",
+        type=int,
+        default=2,
+        help="jobs at once, one thread each (1: one at a time, leaving a core to another run)",
+    )
     p.add_argument("--report", action="store_true", help="rewrite the table from its JSON")
     p.add_argument(
         "--keep-other-settings",
@@ -477,7 +494,7 @@ def main():
     jobs.update({k: v for k, v in score_jobs(args).items() if k.split()[1] in models})
     if args.corpus == "synth":  # the cost of a model of this size, measured once
         jobs["cost"] = cost_job(args, after=list(jobs))
-    harness.run_queue(jobs, 2)
+    harness.run_queue(jobs, args.slots)
     made = harness.made_by("benchmarks/cvae.py")
     table, transfer, compared = rows(args, b)
     table = [dict(r, made=made) for r in table]
