@@ -1,7 +1,7 @@
 """The steering table of benchmarks/control.py: control.md, control.json (the numbers) and
-control-examples.json (the decoded examples of each row) beside it, and Yelp's trade-off plot,
-all written from the measurements alone, so that `control.py --report` rewrites them without
-running anything. Part of the control study: only control.py imports it.
+control-examples.json (the decoded examples of each row, not committed) beside it, and Yelp's
+trade-off plot, all written from the measurements alone, so that `control.py --report` rewrites
+them without running anything. Part of the control study: only control.py imports it.
 """
 
 import os

@@ -869,7 +869,8 @@ def split_examples(data, path: str = "") -> tuple:
 
 
 def write_results_json(stem: str, data):
-    """stem.json (the numbers) and stem-examples.json (the decoded examples, if any)."""
+    """stem.json (the numbers) and stem-examples.json (the decoded examples, if any; git ignores
+    it: examples quote the shared corpora, or models trained on them)."""
     numbers, examples = split_examples(data)
     with open(stem + ".json", "w") as f:
         json.dump(numbers, f, indent=1)
