@@ -40,8 +40,6 @@ COMMON = [
     "inverse_sqrt",
     "--warmup-updates",
     "200",
-    "--max-tokens",
-    "4096",
     "--required-batch-size-multiple",
     "1",
     "--num-workers",
@@ -170,7 +168,7 @@ def run(cmd, echo_filter=None):
     return "".join(lines)
 
 
-def train(data, save_dir, recipe, max_update, user_dir):
+def train(data, save_dir, recipe, max_update, max_tokens, user_dir):
     run(
         [
             os.path.join(BIN, "fairseq-train"),
@@ -178,6 +176,8 @@ def train(data, save_dir, recipe, max_update, user_dir):
             "--user-dir",
             user_dir,
             *COMMON,
+            "--max-tokens",
+            str(max_tokens),
             *recipe,
             "--max-update",
             str(max_update),
@@ -236,6 +236,12 @@ def main():
         help="updates in all, shared among the recipe's phases",
     )
     parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=4096,
+        help="tokens a batch (default 4096)",
+    )
+    parser.add_argument(
         "--iw-samples",
         type=int,
         default=IW_SAMPLES,
@@ -289,7 +295,7 @@ def main():
             ):
                 if value is not None:
                     options = with_option(options, flag, value)
-        train(args.data, save_dir, options + finetune, updates, user_dir)
+        train(args.data, save_dir, options + finetune, updates, args.max_tokens, user_dir)
         previous, done = os.path.join(save_dir, "checkpoint_last.pt"), done + updates
     train_minutes = (time.time() - start) / 60
 
