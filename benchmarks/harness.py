@@ -659,11 +659,17 @@ def machine() -> str:
     )
 
 
+def typed_path(arg: str) -> str:
+    """A command-line argument as a table records it: an absolute path relative to the
+    repository (rel), so that no machine's folders are written into benchmarks/results."""
+    return rel(arg) if os.path.isabs(arg) else arg
+
+
 def made_by(script: str) -> dict:
     """What a benchmark's rows record of the run that made them: its command line (as typed
-    after `script`), when it started and the machine."""
+    after `script`, absolute paths made relative), when it started and the machine."""
     return {
-        "command": shlex.join([script, *sys.argv[1:]]),
+        "command": shlex.join([script, *map(typed_path, sys.argv[1:])]),
         "started": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
     }
