@@ -92,3 +92,32 @@ def test_the_cvae_table_has_a_section_a_corpus_and_keeps_each_corpus_measures(tm
     saved = json.load(open(tmp_path / "cvae.json"))
     assert [r["corpus"] for r in saved["rows"]] == ["multi30k", "yelp"]
     assert saved["transfer"][0]["accuracy"] == 0.91
+
+
+def test_a_setting_with_smaller_batches_trains_on_the_same_tokens():
+    b = dict(harness.BUDGETS["cpu"])
+    cmd = harness.vae_train_cmds(
+        "data", b, harness.SETTINGS["BART init, fb 0.5, 1024 tokens"], 1600, "out", "bart.pt"
+    )[0]
+    tokens, updates = (
+        int(cmd[cmd.index("--max-tokens") + 1]),
+        int(cmd[cmd.index("--max-update") + 1]),
+    )
+    assert tokens == 1024 and tokens * updates == b["max_tokens"] * 1600
+    # the schedule is set in fractions of the run, so its four cycles follow the longer run
+    assert cmd[cmd.index("--kl-cycles") + 1] == "4"
+    plain = harness.vae_train_cmds(
+        "data", b, harness.SETTINGS["BART init, fb 0.5"], 1600, "out", "bart.pt"
+    )[0]
+    assert plain[plain.index("--max-tokens") + 1] == "4096" and b["max_tokens"] == 4096
+
+
+def test_a_run_records_its_command_without_this_machine_s_folders(monkeypatch):
+    data = os.path.join(os.path.dirname(ROOT), "shared", "data", "yelp")
+    out = os.path.join(ROOT, "benchmarks", "runs", "x")
+    monkeypatch.setattr(sys, "argv", ["control.py", "--yelp", data, "--out", out, "--slots", "1"])
+    monkeypatch.setattr(harness, "machine", lambda: "m")
+    made = harness.made_by("benchmarks/control.py")
+    assert made["command"] == (
+        "benchmarks/control.py --yelp ../shared/data/yelp --out benchmarks/runs/x --slots 1"
+    )
