@@ -215,10 +215,14 @@ def plot(path: str, rows: list):
     corpora = list(dict.fromkeys(r.get("corpus", "synth") for r in rows if plotted(r)))
     fig, axes = plt.subplots(1, len(corpora), figsize=(6 * len(corpora), 4.5), squeeze=False)
     for ax, corpus in zip(axes[0], corpora):
-        for r in rows:
-            if r.get("corpus", "synth") == corpus and plotted(r):
-                label = f"{r['model']}, {r['decoding']}"
-                ax.scatter(r["self_bleu"], r["multi_ref_bleu"], label=label)
+        shown = [r for r in rows if r.get("corpus", "synth") == corpus and plotted(r)]
+        for r in shown:
+            label = f"{r['model']}, {r['decoding']}"
+            settings = {q["setting"] for q in shown if q["model"] == r["model"]}
+            if len(settings) > 1:  # the model's settings apart: what each adds to the shortest
+                base = min(settings, key=len)
+                label += f" ({r['setting'][len(base) :].lstrip(', ') or base})"
+            ax.scatter(r["self_bleu"], r["multi_ref_bleu"], label=label)
         ax.set(
             xlabel="self-BLEU among a source's outputs (lower: more diverse)",
             ylabel="multi-reference BLEU",
