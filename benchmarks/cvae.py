@@ -108,11 +108,8 @@ def setting_label(args) -> str:
 
 
 def batches(args, b: dict) -> tuple:
-    """(budget, updates) of the trainings: --updates of the budget's batches, or on Yelp the
-    unconditional VAE's batches for the same tokens in all."""
-    if args.corpus != "yelp":
-        return b, args.updates
-    setting = harness.SETTINGS[harness.CONTROL_YELP_SETTING]
+    """(budget, updates): --updates batches; on Yelp the same tokens in the VAE's batches."""
+    setting = harness.SETTINGS[harness.CONTROL_YELP_SETTING] if args.corpus == "yelp" else {}
     return harness.setting_batches(b, setting, args.updates)
 
 
@@ -457,12 +454,7 @@ def main():
     p.add_argument("--test-sources", type=int, default=200, help="synth")
     p.add_argument("--references", type=int, default=4, help="synth")
     p.add_argument("--iw-samples", type=int, default=100)
-    p.add_argument(
-        "--slots",
-        type=int,
-        default=2,
-        help="jobs at once, one thread each (1: one at a time, leaving a core to another run)",
-    )
+    p.add_argument("--slots", type=int, default=2, help="jobs at once, one thread each")
     p.add_argument("--report", action="store_true", help="rewrite the table from its JSON")
     p.add_argument(
         "--keep-other-settings",
