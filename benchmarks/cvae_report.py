@@ -70,6 +70,7 @@ def text_row(corpus, model, decoding, setting, sources, outputs, references, mor
         "precision_bleu": pr["precision"],
         "recall_bleu": pr["recall"],
         "self_bleu": cq.mean_self_bleu(outputs) if n > 1 else None,
+        "distinct_1": cq.distinct(outputs, 1),
         "distinct_2": cq.distinct(outputs, 2),
         "source_bleu": cq.source_bleu(outputs, sources),
         "grammatical": None,
@@ -88,12 +89,17 @@ def row_key(r: dict) -> tuple:
     return r.get("corpus", "synth"), r["model"], r["setting"], r["decoding"]
 
 
+def distinct(row: dict) -> str:
+    """distinct-1 / distinct-2 (distinct-1 blank in rows measured before it was kept)."""
+    return f"{harness.fmt(row.get('distinct_1'), '.3f')} / {row['distinct_2']:.3f}"
+
+
 def section(corpus: str, rows: list, settings: dict, cost) -> list:
     fmt = harness.fmt
     grammar = any(r["grammatical"] is not None for r in rows)
     head = (
         "| model | setting | decoding | N | PPL | KL | AU | multi-ref BLEU | precision / recall "
-        "BLEU | self-BLEU | distinct-2 | BLEU to source |"
+        "BLEU | self-BLEU | distinct-1 / 2 | BLEU to source |"
     )
     head += " grammatical | topic / tense kept | TV sentiment / number |" if grammar else ""
     lines = [
@@ -111,8 +117,7 @@ def section(corpus: str, rows: list, settings: dict, cost) -> list:
             f"| {r['model']} | {r['setting']} | {r['decoding']} | {r['samples_per_source']} | "
             f"{fmt(r['ppl_word'], '.3f')} | {fmt(r['kl'], '.2f')} | {fmt(r['au'], 'd')} | "
             f"{r['multi_ref_bleu']:.1f} | {r['precision_bleu']:.1f} / {r['recall_bleu']:.1f} | "
-            f"{fmt(r['self_bleu'], '.1f')} | {fmt(r['distinct_2'], '.3f')} | "
-            f"{r['source_bleu']:.1f} |"
+            f"{fmt(r['self_bleu'], '.1f')} | {distinct(r)} | {r['source_bleu']:.1f} |"
         )
         if grammar:
             tv = r["free_factor_tv"]
@@ -145,7 +150,7 @@ def yelp_section(rows: list, transfer: list, settings: dict) -> list:
         settings.get("description", ""),
         "",
         "| model | setting | decoding | N | IW-PPL | KL | AU | judge: the asked label | LM PPL "
-        "(x the test sentences') | self-BLEU | distinct-2 | copies of training sentences |",
+        "(x the test sentences') | self-BLEU | distinct-1 / 2 | copies of training sentences |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -153,7 +158,7 @@ def yelp_section(rows: list, transfer: list, settings: dict) -> list:
             f"| {r['model']} | {r['setting']} | {r['decoding']} | {r['samples_per_source']} | "
             f"{fmt(r['ppl_word'], '.2f')} | {fmt(r['kl'], '.2f')} | {fmt(r['au'], 'd')} | "
             f"{r['judge_accuracy']:.3f} | {r['lm_ppl']:.1f} ({r['lm_ppl_ratio']:.2f}x) | "
-            f"{r['self_bleu']:.1f} | {r['distinct_2']:.3f} | {fmt(r['copies'], '.3f')} |"
+            f"{r['self_bleu']:.1f} | {distinct(r)} | {fmt(r['copies'], '.3f')} |"
         )
     compared = settings.get("compared", {})
     vae, lm = compared.get("vae", {}), compared.get("lm", {})

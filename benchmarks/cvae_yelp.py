@@ -146,6 +146,7 @@ def measure(args, b: dict, report: dict, setting: str) -> tuple:
                 "precision_bleu": None,
                 "recall_bleu": None,
                 "self_bleu": sq.self_bleu(texts, seed=harness.SEED),
+                "distinct_1": sq.distinct_n(texts, 1),
                 "distinct_2": sq.distinct_n(texts, 2),
                 "source_bleu": None,
                 "grammatical": None,

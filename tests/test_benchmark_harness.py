@@ -62,6 +62,8 @@ def test_the_cvae_table_has_a_section_a_corpus_and_keeps_each_corpus_measures(tm
     streams = [list(r) for r in zip(*references)]
     expected = sacrebleu.corpus_bleu(firsts, streams, tokenize="none").score
     assert multi30k["multi_ref_bleu"] == expected > 0
+    words = [w for o in outputs for sentence in o for w in sentence.split()]
+    assert multi30k["distinct_1"] == len(set(words)) / len(words)  # corpus-level, all outputs
     yelp = {**multi30k, "corpus": "yelp", "multi_ref_bleu": None, "precision_bleu": None,
             "recall_bleu": None, "source_bleu": None, "judge_accuracy": 0.97, "lm_ppl": 60.0,
             "lm_ppl_ratio": 1.1, "copies": 0.02, "ppl_word": 70.0}  # fmt: skip
