@@ -65,6 +65,12 @@ CANDIDATES = {
         "args": ["--latent-fusion", "memory", "--latent-memory-slots", "8"],
         "budget": {},
     },
+    # free bits are per dimension: 64 dimensions at 0.5 nats set a floor of 32 nats, not 16
+    "latent 64": {"args": ["--latent-dim", "64"], "budget": {}},
+    # the fresh latent modules at 5 times the pretrained ones' learning rate
+    "latent lr x5": {"args": ["--latent-lr-scale", "5"], "budget": {}},
+    # every dropout of the model, the z path's among them (the cross-attention's output)
+    "dropout 0": {"args": ["--dropout", "0"], "budget": {}},
 }
 YARDSTICK = {"ae": 17.6, "fb0.5": 11.3}  # the GRU autoencoder's BLEU after 15 minutes
 
@@ -125,7 +131,7 @@ def run_job(data: str, out: str, candidate: str, kl: str, init: str, bart, args)
     for m in marks(args):
         point = os.path.join(d, f"point-{m}min.json")
         snapshot = os.path.join(d, f"checkpoint_{m}min.pt")
-        if os.path.isfile(point):
+        if os.path.isfile(point) and "kl_nats" in json.load(open(point)):
             continue
         if not os.path.isfile(snapshot):
             cmds.append(train_cmd(data, candidate, kl, bart, d, m + offset))
@@ -150,35 +156,49 @@ def marks(args) -> list:
 
 def measure(snapshot: str, data: str, yelp: str, sentences: int, offset: float):
     """point-<m>min.json beside the snapshot: BLEU and exact share of greedy reconstructions
-    from the posterior means, the updates and minutes the snapshot records."""
+    from the posterior means, the rate (mean KL to N(0, I), nats), the updates and minutes the
+    snapshot records. A point measured before the rate was kept gets only the rate added."""
     import torch
 
+    from fairseq_vae.criterions.elbo import gaussian_kl
     from fairseq_vae.metrics.transfer_quality import source_bleu
     from fairseq_vae.models.bart_vae import BARTVAEModel
 
     torch.set_num_threads(1)
+    folder, name = os.path.split(snapshot)
+    m = int(re.search(r"_(\d+)min\.pt$", name).group(1))
+    path = os.path.join(folder, f"point-{m}min.json")
     state = torch.load(snapshot, map_location="cpu", weights_only=True)
     with open(os.path.join(yelp, "test.txt"), encoding="utf-8") as f:
         texts = [" ".join(line.split()) for line in f][:sentences]
-    folder, name = os.path.split(snapshot)
     hub = BARTVAEModel.from_pretrained(folder, name, data).eval()
     with torch.no_grad():
-        outputs = hub.decode(hub.encode(texts)[0], beam=1)
-    m = int(re.search(r"_(\d+)min\.pt$", name).group(1))
-    point = {
-        "mark": m,
-        "minutes": state["extra_state"]["previous_training_time"] / 60 - offset,
-        "updates": state["optimizer_history"][-1]["num_updates"],
-        "bleu": source_bleu(outputs, texts),
-        "exact": sum(o == t for o, t in zip(outputs, texts)) / len(texts),
-        "sentences": len(texts),
-        "examples": [{"source": t, "output": o} for t, o in list(zip(texts, outputs))[:5]],
-    }
-    path = os.path.join(folder, f"point-{m}min.json")
+        mu, logvar = hub.encode(texts)
+        point = json.load(open(path)) if os.path.isfile(path) else {}
+        point["kl_nats"] = float(gaussian_kl(mu, logvar).sum(-1).mean())
+        if "bleu" not in point:
+            outputs = hub.decode(mu, beam=1)
+            point.update(
+                {
+                    "mark": m,
+                    "minutes": state["extra_state"]["previous_training_time"] / 60 - offset,
+                    "updates": state["optimizer_history"][-1]["num_updates"],
+                    "bleu": source_bleu(outputs, texts),
+                    "exact": sum(o == t for o, t in zip(outputs, texts)) / len(texts),
+                    "sentences": len(texts),
+                    "examples": [
+                        {"source": t, "output": o} for t, o in list(zip(texts, outputs))[:5]
+                    ],
+                }
+            )
     with open(path + ".partial", "w") as f:
         json.dump(point, f, indent=1)
     os.replace(path + ".partial", path)
-    print(f"{snapshot}: BLEU {point['bleu']:.1f}, exact {point['exact']:.3f}", flush=True)
+    print(
+        f"{snapshot}: BLEU {point['bleu']:.1f}, exact {point['exact']:.3f}, "
+        f"KL {point['kl_nats']:.1f} nats",
+        flush=True,
+    )
 
 
 def collect(out: str) -> list:
@@ -194,6 +214,7 @@ def collect(out: str) -> list:
             {
                 **info,
                 **{k: p[k] for k in ("minutes", "updates", "bleu", "exact")},
+                "kl_nats": p.get("kl_nats"),
                 "mark": p["mark"],
                 "run": harness.rel(d),
             }
@@ -212,6 +233,7 @@ def write_results(results: str, points: list):
         "(fairseq's training clock, validation off): BLEU-4 against the sentence itself, and in",
         "brackets the updates done. `ae`: beta = 0; `fb0.5`: beta = 1, free bits 0.5 per",
         "dimension. The GRU yardstick of issue #40 after 15 minutes: BLEU 17.6 (ae), 11.3 (fb0.5).",
+        "KL: the mean KL(q(z|x) || N(0, I)) of the same sentences, the rate z carries.",
         "Made by `benchmarks/recon.py` (docs/results.md has what the runs show).",
         "",
     ]
@@ -221,8 +243,8 @@ def write_results(results: str, points: list):
         "",
         "| candidate | KL | init | "
         + " | ".join(f"{m} min" for m in all_marks)
-        + " | exact (last) |",
-        "|---|---|---|" + "---:|" * (len(all_marks) + 1),
+        + " | exact (last) | KL, nats (last) |",
+        "|---|---|---|" + "---:|" * (len(all_marks) + 2),
     ]
     runs = {}
     for p in points:
@@ -234,7 +256,9 @@ def write_results(results: str, points: list):
         ]
         last = by_mark[max(by_mark)]
         lines.append(
-            f"| {candidate} | {kl} | {init} | " + " | ".join(cells) + f" | {last['exact']:.3f} |"
+            f"| {candidate} | {kl} | {init} | "
+            + " | ".join(cells)
+            + f" | {last['exact']:.3f} | {harness.fmt(last.get('kl_nats'), '.1f')} |"
         )
     lines += ["", "Runs: " + ", ".join(sorted({f"`{p['run']}`" for p in points})) + "."]
     with open(results, "w") as f:

@@ -158,6 +158,11 @@ def check_schedule_options(cfg) -> None:
     ):
         if value < 0:
             raise ValueError(f"{option} must be >= 0 (a weight of the KL term), got {value}")
+    lr_scale = getattr(cfg, "latent_lr_scale", 1.0)
+    if not lr_scale > 0:
+        raise ValueError(
+            f"--latent-lr-scale must be > 0, a multiple of the learning rate, got {lr_scale}"
+        )
     hold = getattr(cfg, "kl_final_hold", 0.0)  # absent from checkpoints older than it
     if not 0 <= hold < 1:
         raise ValueError(

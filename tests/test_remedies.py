@@ -410,3 +410,102 @@ def test_freeze_decoder_updates_keeps_the_decoder_fixed_while_the_rest_learns(
         assert "encoder.embed_tokens.weight" not in moved
     else:
         assert "decoder.layers.0.fc1.weight" in decoder
+
+
+def test_latent_lr_scale_is_adamw_with_a_learning_rate_group_of_its_own():
+    """Three steps of fairseq's Adam, the latent modules' steps stretched 5x, against
+    torch.optim.AdamW given those modules as a parameter group of 5 times the learning rate."""
+    from fairseq.optim.adam import Adam
+
+    from fairseq_vae.tasks.kl_schedule import latent_parameters, step_with_latent_lr_scale
+
+    torch.manual_seed(0)
+    ours = torch.nn.ModuleDict({"mlp_mu": torch.nn.Linear(4, 3), "body": torch.nn.Linear(3, 2)})
+    theirs = torch.nn.ModuleDict({"mlp_mu": torch.nn.Linear(4, 3), "body": torch.nn.Linear(3, 2)})
+    theirs.load_state_dict(ours.state_dict())
+    lr, wd = 1e-2, 0.1
+    optimizer = Adam(ours.parameters(), lr=lr, weight_decay=wd, eps=1e-8)
+    reference = torch.optim.AdamW(
+        [
+            {"params": theirs["mlp_mu"].parameters(), "lr": 5 * lr},
+            {"params": theirs["body"].parameters(), "lr": lr},
+        ],
+        weight_decay=wd,
+        eps=1e-8,
+    )
+    assert {id(p) for p in latent_parameters(ours)} == {id(p) for p in ours["mlp_mu"].parameters()}
+    start = {k: v.clone() for k, v in ours.state_dict().items()}
+    for _ in range(3):
+        x = torch.randn(8, 4)
+        for model, opt in ((ours, optimizer), (theirs, reference)):
+            opt.zero_grad()
+            model["body"](torch.tanh(model["mlp_mu"](x))).pow(2).sum().backward()
+        step_with_latent_lr_scale(optimizer, ours, 5.0)
+        reference.step()
+    for name, value in theirs.state_dict().items():
+        # fairseq's Adam adds eps to sqrt(v) before its bias correction, torch's after: 1e-6
+        torch.testing.assert_close(ours.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(value, start[name])
+
+
+def test_latent_lr_scale_refuses_an_optimizer_with_an_fp32_master_copy():
+    from fairseq_vae.tasks.kl_schedule import step_with_latent_lr_scale
+
+    class MasterCopy:  # fairseq's FP16Optimizer steps fp32_params, then copies them back
+        fp32_params = torch.zeros(3)
+
+        def step(self):
+            raise AssertionError("must not step")
+
+    with pytest.raises(ValueError, match="--memory-efficient-fp16"):
+        step_with_latent_lr_scale(MasterCopy(), torch.nn.Linear(2, 2), 3.0)
+
+
+def test_latent_lr_scale_moves_the_latent_modules_further_in_fairseq_train(
+    data_bin, tiny_checkpoint, tmp_path
+):
+    # one update from the same weights and batch, at --lr 3e-3 (fixed): Adam's first step is
+    # lr * g / (|g| + eps / sqrt(1 - beta2)): never more than lr, and lr wherever |g| >> 3e-7
+    runs = {}
+    for scale in ("1", "4"):
+        save_dir = tmp_path / f"scale-{scale}"
+        out = run_tool(
+            "fairseq-train",
+            *train_args(
+                data_bin,
+                save_dir,
+                "--max-update",
+                "1",
+                "--latent-lr-scale",
+                scale,
+                "--finetune-from-model",
+                tiny_checkpoint,
+            ),
+        )
+        assert "done training" in out
+        runs[scale] = torch.load(save_dir / "checkpoint_last.pt", map_location="cpu")["model"]
+    start = torch.load(tiny_checkpoint, map_location="cpu")["model"]
+    step = {s: {k: runs[s][k] - start[k] for k in start} for s in runs}
+    latent = "encoder.mlp_mu.0.weight"
+    moved = step["1"][latent].abs() > 1e-4  # the rest behind a ReLU that was off for the batch
+    assert moved.float().mean() > 0.25
+    size = step["1"][latent][moved].abs()
+    assert size.max() <= 3e-3 * 1.001
+    assert ((size - 3e-3).abs() < 0.05 * 3e-3).float().mean() > 0.8
+    torch.testing.assert_close(step["4"][latent], 4 * step["1"][latent], rtol=1e-4, atol=1e-7)
+    for other in ("encoder.layers.0.fc1.weight", "decoder.layers.0.fc1.weight"):
+        assert step["1"][other].abs().max() > 1e-3
+        torch.testing.assert_close(step["4"][other], step["1"][other])
+
+
+def test_latent_lr_scale_must_be_positive(data_bin, tmp_path):
+    out = run_tool(
+        "fairseq-train",
+        *train_args(data_bin, tmp_path, "--max-update", "1", "--latent-lr-scale", "0"),
+        check=False,
+    )
+    assert out.strip().splitlines()[-1] == (
+        "fairseq-train: error: --latent-lr-scale must be > 0, a multiple of the learning rate, "
+        "got 0.0"
+    )
+    assert not any(tmp_path.iterdir())

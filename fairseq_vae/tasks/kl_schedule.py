@@ -4,6 +4,7 @@ in :mod:`fairseq_vae.schedules`)."""
 
 from dataclasses import dataclass, field
 
+import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
@@ -83,7 +84,47 @@ class KLScheduleConfig(FairseqDataclass):
             "with the encoder in BART, stay fixed too) (0: off)"
         },
     )
+    latent_lr_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "the latent modules (the posterior heads, z's way into the decoder, the "
+            "bag-of-words head) learn at this many times the learning rate of the rest, which "
+            "a fine-tuning from BART has pretrained: each update moves them this many times "
+            "as far (exact for adam and sgd, whose step is proportional to the learning rate; "
+            "not with --fp16's fp32 master copy: use --memory-efficient-fp16) (1: off)"
+        },
+    )
     max_update: int = II("optimization.max_update")
+
+
+def latent_parameters(model) -> list:
+    """The trainable parameters of the model's latent modules (LATENT_MODULES)."""
+    return [
+        param
+        for name, param in model.named_parameters()
+        if param.requires_grad and LATENT_MODULES.intersection(name.split("."))
+    ]
+
+
+def step_with_latent_lr_scale(optimizer, model, scale: float):
+    """optimizer.step(), with the latent modules' step multiplied by ``scale``.
+
+    Adam's step is lr * m / (sqrt(v) + eps) (and its weight decay lr * wd * p), and its moments
+    m and v do not depend on lr: stretching the step is running those parameters at lr * scale.
+    The stretch is applied to the model's parameters, so an optimizer that steps a copy of them
+    (fairseq's FP16Optimizer, whose fp32 master copy would overwrite it) is refused.
+    """
+    if hasattr(optimizer, "fp32_params"):
+        raise ValueError(
+            "--latent-lr-scale: --fp16/--bf16 keep an fp32 master copy of the weights that the "
+            "scale cannot reach; use --memory-efficient-fp16 or --memory-efficient-bf16"
+        )
+    params = latent_parameters(model)
+    before = [p.detach().clone() for p in params]
+    optimizer.step()
+    with torch.no_grad():
+        for param, old in zip(params, before):
+            param.add_(param - old, alpha=scale - 1.0)
 
 
 def freeze_decoder_grads(model):

@@ -43,7 +43,12 @@ from ..text.subword import (
     unknown_share,
     unknown_warning,
 )
-from .kl_schedule import KLScheduleConfig, freeze_decoder_grads, keep_schedule_in_iterator_state
+from .kl_schedule import (
+    KLScheduleConfig,
+    freeze_decoder_grads,
+    keep_schedule_in_iterator_state,
+    step_with_latent_lr_scale,
+)
 from .latent_sources import LATENT_SOURCES, latent_samples_problem, latent_source
 from .text_data import PairedDataset, SkippingLanguagePairDataset, paired_dictionary
 
@@ -456,6 +461,11 @@ class TextVAETask(FairseqTask):
         if update_num < self.cfg.freeze_decoder_updates:
             freeze_decoder_grads(model)
         return out
+
+    def optimizer_step(self, optimizer, model, update_num):
+        if self.cfg.latent_lr_scale == 1.0:
+            return optimizer.step()
+        step_with_latent_lr_scale(optimizer, model, self.cfg.latent_lr_scale)
 
     def max_positions(self):
         limits = (self.cfg.max_source_positions, self.cfg.max_target_positions)
