@@ -214,6 +214,24 @@ SETTINGS = {
         bart_init=True,
         max_tokens=1024,
     ),
+    # issue #40's candidates that won on the 15-minute curves (benchmarks/results/recon.md): z
+    # added to the decoder's inputs as well, the fresh latent modules at 5x the learning rate,
+    # in batches of 512 tokens; and the same with 64 dimensions (a floor of 32 nats, not 16)
+    "BART init, fb 0.5, 512 tokens, z in the embeddings, latent lr x5": dict(
+        schedule="cyclical",
+        args=["--free-bits", "0.5", "--latent-to-embeddings", "--latent-lr-scale", "5"],
+        kl_target=16.0,
+        bart_init=True,
+        max_tokens=512,
+    ),
+    "BART init, fb 0.5, latent 64, 512 tokens, z in the embeddings, latent lr x5": dict(
+        schedule="cyclical",
+        args=["--free-bits", "0.5", "--latent-dim", "64", "--latent-to-embeddings"]
+        + ["--latent-lr-scale", "5"],
+        kl_target=32.0,
+        bart_init=True,
+        max_tokens=512,
+    ),
     # high rates for steering (benchmarks/control.py): transfer must keep a sentence's content,
     # so z must carry most of it; word dropout keeps the decoder from guessing the content
     # words from the prefix instead of reading them from z
