@@ -109,7 +109,7 @@ def setting_label(args) -> str:
 
 def batches(args, b: dict) -> tuple:
     """(budget, updates): --updates batches; on Yelp the same tokens in the VAE's batches."""
-    setting = harness.SETTINGS[harness.CONTROL_YELP_SETTING] if args.corpus == "yelp" else {}
+    setting = harness.SETTINGS[cvae_yelp.UNCONDITIONAL] if args.corpus == "yelp" else {}
     return harness.setting_batches(b, setting, args.updates)
 
 

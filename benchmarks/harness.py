@@ -1070,7 +1070,7 @@ def yelp_jobs(args, b: dict) -> dict:
 
 
 # benchmarks/control.py's Yelp VAE setting, which other studies compare with or start from
-CONTROL_YELP_SETTING = "BART init, fb 0.5, 1024 tokens"
+CONTROL_YELP_SETTING = "BART init, fb 0.5, 512 tokens, z in the embeddings, latent lr x5"
 
 
 def control_yelp_jobs(yelp: str, yelp_out: str, pretrain_hours: float, b: dict) -> tuple:
