@@ -97,13 +97,14 @@ class KLScheduleConfig(FairseqDataclass):
     max_update: int = II("optimization.max_update")
 
 
+def in_latent_module(name: str) -> bool:
+    """Whether a parameter's dotted name lies in one of the latent modules (LATENT_MODULES)."""
+    return bool(LATENT_MODULES.intersection(name.split(".")))
+
+
 def latent_parameters(model) -> list:
-    """The trainable parameters of the model's latent modules (LATENT_MODULES)."""
-    return [
-        param
-        for name, param in model.named_parameters()
-        if param.requires_grad and LATENT_MODULES.intersection(name.split("."))
-    ]
+    """The trainable parameters of the model's latent modules."""
+    return [p for name, p in model.named_parameters() if p.requires_grad and in_latent_module(name)]
 
 
 def step_with_latent_lr_scale(optimizer, model, scale: float):
@@ -132,7 +133,7 @@ def freeze_decoder_grads(model):
     moments still zero, such a parameter does not move (a zero gradient, not None, keeps every
     worker's gradient buffers and fairseq's clipping and fp16 copies as they are)."""
     for name, param in model.decoder.named_parameters():
-        if param.grad is not None and not LATENT_MODULES.intersection(name.split(".")):
+        if param.grad is not None and not in_latent_module(name):
             param.grad.zero_()
 
 
