@@ -71,6 +71,9 @@ CANDIDATES = {
     "latent lr x5": {"args": ["--latent-lr-scale", "5"], "budget": {}},
     # every dropout of the model, the z path's among them (the cross-attention's output)
     "dropout 0": {"args": ["--dropout", "0"], "budget": {}},
+    # Zhao et al.'s bag-of-words loss: z must predict the sentence's words, the part of a
+    # sentence that BLEU counts
+    "bag of words": {"args": ["--bow-loss-weight", "1.0"], "budget": {}},
 }
 YARDSTICK = {"ae": 17.6, "fb0.5": 11.3}  # the GRU autoencoder's BLEU after 15 minutes
 
