@@ -19,6 +19,7 @@ reconstructing the same number of sentences with the same greedy search:
   python benchmarks/overhead.py --shape base --updates 20
   python benchmarks/overhead.py --shape base --bf16                 # on a GPU
   python benchmarks/overhead.py --pairs --data benchmarks/runs/cvae-cpu/data-bin/pairs
+  python benchmarks/overhead.py --pairs --data ... --shape base --dictionary-size 50265
 
 With --pairs both models read the same paired batches (BART without the target in its encoder
 input), and generation compares bart_cvae decoding z ~ p(z|c) beside each source with BART's
@@ -65,7 +66,16 @@ SHAPES = {  # the VAE architecture and BART's architecture of the same dimension
 PAIRS = ["--source-lang", "src", "--target-lang", "tgt"]
 
 
-def build(arch, criterion, data, extra, task_name="text_vae"):
+def pad_dictionaries(task, size: int):
+    """Grows the task's dictionaries to ``size`` types with unused symbols, in memory: the
+    embedding table and output layer then have that size (a real BART's 50,265) whatever the
+    corpus's own dictionary, while the batches stay the corpus's."""
+    for dictionary in {id(d): d for d in (task.source_dictionary, task.target_dictionary)}.values():
+        while len(dictionary) < size:
+            dictionary.add_symbol(f"madeupword{len(dictionary):05d}")
+
+
+def build(arch, criterion, data, extra, task_name="text_vae", dictionary_size=0):
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(
         parser,
@@ -86,6 +96,8 @@ def build(arch, criterion, data, extra, task_name="text_vae"):
         ],
     )
     task = tasks.setup_task(args)
+    if dictionary_size:
+        pad_dictionaries(task, dictionary_size)
     torch.manual_seed(1)
     model = task.build_model(args)
     return task, model, criterions.build_criterion(args, task), args
@@ -148,6 +160,8 @@ def cpu_peak_training_memory(args, name) -> float:
             "--peak-memory-of",
             name,
             *(["--pairs"] if args.pairs else []),
+            "--dictionary-size",
+            str(args.dictionary_size),
         ],
         check=True,
         capture_output=True,
@@ -174,7 +188,7 @@ def build_models(args, names=("bart_vae", "bart")):
         }
     models, vae_task = {}, None
     for name in names:
-        task, model, crit, _ = build(*recipes[name])
+        task, model, crit, _ = build(*recipes[name], dictionary_size=args.dictionary_size)
         models[name] = (model, crit)
         vae_task = task if name == "bart_vae" or vae_task is None else vae_task
     return vae_task, models
@@ -239,6 +253,13 @@ def main():
         action="store_true",
         help="--data is a paired data-bin (src, tgt): bart_cvae against BART as a seq2seq",
     )
+    parser.add_argument(
+        "--dictionary-size",
+        type=int,
+        default=0,
+        help="grow both models' dictionary to this many types (50265: a real BART's embedding "
+        "table and output layer) on the corpus's batches; 0 keeps the corpus's",
+    )
     parser.add_argument("--peak-memory-of", choices=["bart_vae", "bart"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -297,7 +318,8 @@ def main():
     print(
         f"shape {args.shape} on {device.type} ({dtype}), {args.updates} timed updates of "
         f"{args.max_tokens} tokens after {args.warmup} warm-up, alternating; "
-        f"{args.generate} sentences generated greedily"
+        f"{args.generate} sentences generated greedily; dictionary of "
+        f"{len(vae_task.target_dictionary)} types"
     )
     vae_name = "bart_cvae" if args.pairs else "bart_vae"
     print(f"{'':<34}{vae_name:>10}{'bart':>10}{'ratio':>8}")
