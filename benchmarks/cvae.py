@@ -26,6 +26,7 @@ benchmarks/overhead.py --pairs (on synth).
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -187,7 +188,7 @@ def generate_job(args, model: str, decoding: str) -> dict:
 def score_jobs(args) -> dict:
     data = os.path.join(args.out, "data-bin", "pairs")
     cvae = os.path.join(args.out, "bart_cvae")
-    report = os.path.join(cvae, "test-eval.json")
+    report = os.path.join(cvae, f"test-eval-k{args.iw_samples}.json")
     cvae_eval = [
         os.path.join(harness.BIN, "fairseq-vae-eval"),
         data,
@@ -198,16 +199,9 @@ def score_jobs(args) -> dict:
         *PAIRS,
         "--path",
         os.path.join(cvae, "checkpoint_last.pt"),
-        "--gen-subset",
-        "test",
-        "--cpu",
-        "--iw-samples",
-        str(args.iw_samples),
-        "--max-len-b",
-        str(MAX_LEN_B[args.corpus]),
-        "--results-json",
-        report + ".partial",
-    ]
+        "--gen-subset", "test", "--cpu", "--iw-samples", str(args.iw_samples),
+        "--max-len-b", str(MAX_LEN_B[args.corpus]), "--results-json", report + ".partial",
+    ]  # fmt: skip
     seq = os.path.join(args.out, "seq2seq")
     validate = [
         os.path.join(harness.BIN, "fairseq-validate"),
@@ -228,7 +222,7 @@ def score_jobs(args) -> dict:
     return {
         "eval bart_cvae": {
             "cmds": [cvae_eval, ["mv", report + ".partial", report]],
-            "log": os.path.join(cvae, "test-eval.log"),
+            "log": report[: -len(".json")] + ".log",
             "done": report,
             "after": ["train bart_cvae"],
         },
@@ -275,12 +269,11 @@ def test_references(args) -> dict:
 
 
 def grammar_measures(sources: list, outputs: list) -> dict:
-    """Grammatical share; topic and tense kept (of all outputs); each free factor's total
-    variation from the grammar's uniform draw (over the grammatical outputs)."""
+    """Grammatical share; topic and tense kept (of all outputs); the total variation of each free
+    factor and the template from the grammar's own draws for the same sources."""
     from fairseq_vae.metrics import sample_quality as sq
-    from fairseq_vae.synth import corpus as synth_corpus
     from fairseq_vae.synth import grammar as synth_grammar
-    from fairseq_vae.synth.paraphrases import FREE, KEPT
+    from fairseq_vae.synth.paraphrases import KEPT, spread_counts
 
     read = [[synth_grammar.recognise(o) for o in outs] for outs in outputs]
     flat = [(synth_grammar.recognise(s), r) for s, rs in zip(sources, read) for r in rs]
@@ -288,16 +281,20 @@ def grammar_measures(sources: list, outputs: list) -> dict:
         k: sum(r is not None and src is not None and r[k] == src[k] for src, r in flat) / len(flat)
         for k in KEPT
     }
-    values = {"sentiment": synth_corpus.SENTIMENTS, "number": synth_corpus.NUMBERS}
-    tv = {}
-    for f in FREE:
-        counts = {}
-        for _, r in flat:
-            if r is not None and r.get(f) is not None:
-                counts[r[f]] = counts.get(r[f], 0) + 1
-        tv[f] = sq.total_variation(counts, {v: 1 for v in values[f]}) if counts else None
+    own, made = grammar_spread(tuple(sources)), spread_counts([o for os in outputs for o in os])
+    tv = {f: sq.total_variation(made[f], own[f]) if made[f] else None for f in own}
     grammatical = sum(r is not None for _, r in flat) / len(flat)
     return {"grammatical": grammatical, "kept": kept, "free_factor_tv": tv}
+
+
+@functools.lru_cache(maxsize=1)
+def grammar_spread(sources: tuple) -> dict:
+    """The grammar's spread over 50 targets of each source (the same draws for every row)."""
+    from fairseq_vae.synth import grammar as synth_grammar
+    from fairseq_vae.synth import paraphrases
+
+    factors = [synth_grammar.recognise(s) for s in sources]
+    return paraphrases.grammar_spread(factors, 50, random.Random(f"{harness.SEED}:spread"))
 
 
 def scored_row(args, model, decoding, setting, sources, outputs, references) -> dict:
@@ -327,7 +324,8 @@ def human_row(args, references: dict) -> dict:
 
 def rows(args, b: dict) -> tuple:
     """The table's rows of this corpus, and its transfer points and comparisons (yelp)."""
-    report = json.load(open(os.path.join(args.out, "bart_cvae", "test-eval.json")))["metrics"]
+    report = os.path.join(args.out, "bart_cvae", f"test-eval-k{args.iw_samples}.json")
+    report = json.load(open(report))["metrics"]
     if args.corpus == "yelp":
         return cvae_yelp.measure(args, b, report, setting_label(args))
     references = test_references(args)
@@ -453,7 +451,7 @@ def main():
     p.add_argument("--samples", type=int, default=10, help="outputs a source (z, samples, groups)")
     p.add_argument("--test-sources", type=int, default=200, help="synth")
     p.add_argument("--references", type=int, default=4, help="synth")
-    p.add_argument("--iw-samples", type=int, default=100)
+    p.add_argument("--iw-samples", type=int, help="IW bound's K (default: synth 1000, else 100)")
     p.add_argument("--slots", type=int, default=2, help="jobs at once, one thread each")
     p.add_argument("--report", action="store_true", help="rewrite the table from its JSON")
     p.add_argument(
@@ -469,6 +467,7 @@ def main():
         return
     folder = "cvae-cpu" if args.corpus == "synth" else f"cvae-{args.corpus}"
     args.out = os.path.abspath(args.out or os.path.join(REPO, "benchmarks", "runs", folder))
+    args.iw_samples = args.iw_samples or (1000 if args.corpus == "synth" else 100)
     # the jobs run in the repository's root
     args.multi30k, args.yelp = os.path.abspath(args.multi30k), os.path.abspath(args.yelp)
     b = dict(harness.BUDGETS["cpu"])

@@ -101,7 +101,8 @@ def section(corpus: str, rows: list, settings: dict, cost) -> list:
         "| model | setting | decoding | N | PPL | KL | AU | multi-ref BLEU | precision / recall "
         "BLEU | self-BLEU | distinct-1 / 2 | BLEU to source |"
     )
-    head += " grammatical | topic / tense kept | TV sentiment / number |" if grammar else ""
+    if grammar:
+        head += " grammatical | topic / tense kept | TV sentiment / number / template |"
     lines = [
         f"## {TITLES.get(corpus, corpus)}",
         "",
@@ -124,7 +125,7 @@ def section(corpus: str, rows: list, settings: dict, cost) -> list:
             line += (
                 f" {r['grammatical']:.3f} | {r['kept']['topic']:.3f} / "
                 f"{r['kept']['tense']:.3f} | {fmt(tv['sentiment'], '.3f')} / "
-                f"{fmt(tv['number'], '.3f')} |"
+                f"{fmt(tv['number'], '.3f')} / {fmt(tv.get('template'), '.3f')} |"
             )
         lines.append(line)
     if cost and corpus == cost.get("corpus", "synth"):

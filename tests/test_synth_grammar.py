@@ -394,3 +394,26 @@ def test_paraphrase_targets_keep_topic_and_tense_and_draw_the_rest():
             for f in FREE:
                 seen[f].add(factors[f])
     assert seen == {"sentiment": set(sc.SENTIMENTS), "number": set(sc.NUMBERS)}
+
+
+def test_template_of_and_spread_counts_read_what_the_generator_drew():
+    """synth.grammar.template_of names the template a realiser was asked for, and
+    paraphrases.spread_counts counts the factors and templates of the sentences drawn."""
+    from fairseq_vae.synth.paraphrases import SPREAD, spread_counts
+
+    rng = random.Random(1)
+    sentences, drawn = [], {name: Counter() for name in SPREAD}
+    while len(sentences) < 300:
+        factors, template = sc.sample_factors(rng), rng.choice(sc.TEMPLATES)
+        tokens = " ".join(sc.REALISERS[template](factors, rng)).split()
+        if not sc.MIN_WORDS <= sc.count_words(tokens) <= sc.MAX_WORDS:
+            continue
+        sentence = " ".join(tokens + ["."])
+        assert sg.template_of(sentence, sg.recognise(sentence)) == template, sentence
+        sentences.append(sentence)
+        for name, value in dict(factors, template=template).items():
+            if name in SPREAD:
+                drawn[name][value] += 1
+    assert sg.template_of("not a sentence .", sg.recognise("not a sentence .")) is None
+    assert spread_counts(sentences + ["not a sentence ."]) == {k: dict(v) for k, v in drawn.items()}
+    assert set(drawn["template"]) == set(sc.TEMPLATES)

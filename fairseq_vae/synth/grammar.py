@@ -276,6 +276,25 @@ def recognise(sentence: str) -> Optional[Dict[str, Optional[str]]]:
     return default_recogniser().recognise(sentence)
 
 
+@lru_cache(maxsize=None)
+def _template_patterns(topic: str, sentiment: str, tense: str, number: str):
+    return {
+        name: re.compile(make(topic, sentiment, tense, number) + _phrase("."))
+        for name, make in _PATTERNS.items()
+    }
+
+
+def template_of(sentence: str, factors: Dict[str, Optional[str]]) -> Optional[str]:
+    """The template (synth_corpus.TEMPLATES) that writes ``sentence`` from ``factors`` (as
+    ``recognise`` gives them), or None: a factor unknown, no template, or more than one."""
+    if factors is None or any(factors.get(name) is None for name in FACTOR_NAMES):
+        return None
+    text = " ".join(sentence.split()) + " "
+    patterns = _template_patterns(*(factors[name] for name in FACTOR_NAMES))
+    names = [name for name, pattern in patterns.items() if pattern.fullmatch(text)]
+    return names[0] if len(names) == 1 else None
+
+
 def grammatical_share(sentences: List[str], recogniser: Optional[Recogniser] = None) -> float:
     """The share of sentences the grammar can generate."""
     if not sentences:

@@ -7,9 +7,12 @@ over the free ones as the grammar does."""
 from typing import Dict, List, Tuple
 
 from .corpus import FACTOR_NAMES, realise, sample_factors
+from .grammar import recognise, template_of
 
 KEPT = ("topic", "tense")
 FREE = tuple(f for f in FACTOR_NAMES if f not in KEPT)
+# what a target draws besides its factors: which template writes it (its words are the rest)
+SPREAD = (*FREE, "template")
 
 
 def paraphrase_targets(source: Dict[str, str], n: int, rng) -> List[Tuple[str, Dict[str, str]]]:
@@ -35,3 +38,25 @@ def paraphrase_groups(sources: int, targets_per_source: int, rng) -> List[dict]:
             }
         )
     return groups
+
+
+def spread_counts(sentences: List[str]) -> Dict[str, Dict[str, int]]:
+    """For each of SPREAD, how many of the grammatical sentences have each value: {name: {value:
+    count}}. Ungrammatical sentences are left out, and so is a value the parses disagree on."""
+    counts = {name: {} for name in SPREAD}
+    for sentence in sentences:
+        factors = recognise(sentence)
+        if factors is None:
+            continue
+        read = dict(factors, template=template_of(sentence, factors))
+        for name, value in ((name, read[name]) for name in SPREAD):
+            if value is not None:
+                counts[name][value] = counts[name].get(value, 0) + 1
+    return counts
+
+
+def grammar_spread(sources: List[Dict[str, str]], n: int, rng) -> Dict[str, Dict[str, int]]:
+    """spread_counts of n targets the grammar draws for each source's factors: the distribution
+    a conditional model's samples should have (the templates are not drawn evenly: a draw
+    outside the length bounds is drawn again)."""
+    return spread_counts([t for f in sources for t, _ in paraphrase_targets(f, n, rng)])
