@@ -18,11 +18,11 @@ size on the translation task. Decodings: the CVAE's --samples z ~ p(z|c) each gr
 from the prior mean; the seq2seq's beam 5, top-p 0.9 (--samples a source) and diverse beam search
 (--samples groups). Each is scored by cvae_report.text_row against the source's references (and
 on synth by the grammar: grammatical, topic and tense kept, the total variation of each free
-factor and the template from the grammar's own draws); a "human" row scores --samples targets the grammar draws (synth)
-or each test image's last reference against the other three (multi30k). PPL: the CVAE's IW-PPL
-of p(x|c), the seq2seq's, per word. Runs go under --out (ignored by git); the table to --results
-(cvae_report: a section a corpus, the other corpora's rows kept), with the cost ratios of
-benchmarks/overhead.py --pairs (on synth).
+factor and the template from the grammar's own draws); a "human" row scores --samples targets
+the grammar draws (synth) or each test image's last reference against the other three
+(multi30k). PPL: the CVAE's IW-PPL of p(x|c), the seq2seq's, per word. Runs go under --out
+(ignored by git); the table to --results (cvae_report: a section a corpus, the other corpora's
+rows kept), with the cost ratios of benchmarks/overhead.py --pairs (on synth).
 """
 
 import argparse
