@@ -282,7 +282,7 @@ def grammar_measures(sources: list, outputs: list) -> dict:
         for k in KEPT
     }
     own, made = grammar_spread(tuple(sources)), spread_counts([o for os in outputs for o in os])
-    tv = {f: sq.total_variation(made[f], own[f]) if made[f] else None for f in own}
+    tv = {f: sq.total_variation(made[f], own[f]) if sum(made[f].values()) else None for f in own}
     grammatical = sum(r is not None for _, r in flat) / len(flat)
     return {"grammatical": grammatical, "kept": kept, "free_factor_tv": tv}
 

@@ -304,18 +304,23 @@ def grammatical_share(sentences: List[str], recogniser: Optional[Recogniser] = N
 
 
 def factor_distribution(
-    sentences: Iterable[str], recogniser: Optional[Recogniser] = None
+    sentences: Iterable[str], recogniser: Optional[Recogniser] = None, with_template: bool = False
 ) -> Dict[str, Dict[str, int]]:
     """For each factor, how many of the grammatical sentences have each of its values:
     {factor: {value: count}}, every value of the grammar listed (0 if unseen). Ungrammatical
     sentences are left out; so is a factor of a sentence the grammar can generate with more
-    than one value of it (``recognise`` gives None)."""
+    than one value of it (``recognise`` gives None). ``with_template``: "template" counted as a
+    factor too (``template_of``, the shipped grammar's templates)."""
     recogniser = recogniser or default_recogniser()
-    counts = {name: {value: 0 for value in recogniser.values[name]} for name in FACTOR_NAMES}
+    values = dict(recogniser.values, template=corpus.TEMPLATES)
+    names = (*FACTOR_NAMES, "template") if with_template else FACTOR_NAMES
+    counts = {name: {value: 0 for value in values[name]} for name in names}
     for sentence in sentences:
         factors = recogniser.recognise(sentence)
         if factors is None:
             continue
+        if with_template:
+            factors = dict(factors, template=template_of(sentence, factors))
         for name, value in factors.items():
             if value is not None:
                 counts[name][value] += 1

@@ -7,7 +7,7 @@ over the free ones as the grammar does."""
 from typing import Dict, List, Tuple
 
 from .corpus import FACTOR_NAMES, realise, sample_factors
-from .grammar import recognise, template_of
+from .grammar import factor_distribution
 
 KEPT = ("topic", "tense")
 FREE = tuple(f for f in FACTOR_NAMES if f not in KEPT)
@@ -41,18 +41,10 @@ def paraphrase_groups(sources: int, targets_per_source: int, rng) -> List[dict]:
 
 
 def spread_counts(sentences: List[str]) -> Dict[str, Dict[str, int]]:
-    """For each of SPREAD, how many of the grammatical sentences have each value: {name: {value:
-    count}}. Ungrammatical sentences are left out, and so is a value the parses disagree on."""
-    counts = {name: {} for name in SPREAD}
-    for sentence in sentences:
-        factors = recognise(sentence)
-        if factors is None:
-            continue
-        read = dict(factors, template=template_of(sentence, factors))
-        for name, value in ((name, read[name]) for name in SPREAD):
-            if value is not None:
-                counts[name][value] = counts[name].get(value, 0) + 1
-    return counts
+    """For each of SPREAD, how many of the grammatical sentences have each value ({name: {value:
+    count}}, ``grammar.factor_distribution`` with the template)."""
+    counts = factor_distribution(sentences, with_template=True)
+    return {name: counts[name] for name in SPREAD}
 
 
 def grammar_spread(sources: List[Dict[str, str]], n: int, rng) -> Dict[str, Dict[str, int]]:
