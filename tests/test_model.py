@@ -67,8 +67,9 @@ def test_seed_t_position_fusion_equals_one_position_memory(dict_dir):
         ["--latent-fusion", "memory", "--latent-memory-slots", "3"],
         ["--latent-to-embeddings"],
         ["--latent-layer-memory"],
+        ["--latent-to-output"],
     ],
-    ids=["attention", "memory", "to-embeddings", "layer-memory"],
+    ids=["attention", "memory", "to-embeddings", "layer-memory", "to-output"],
 )
 def test_with_z_fixed_the_decoder_ignores_the_encoder_input(dict_dir, extra):
     task, model, _ = build_tiny(dict_dir, *extra)
@@ -329,12 +330,13 @@ def test_memory_fusion_beam_search_of_a_batch_equals_each_sentence_alone(dict_di
     [
         ({"latent_to_embeddings": True}, "decoder.embed_positions.latent_to_embed.weight", ""),
         ({"latent_layer_memory": True}, "decoder.latent_layer_memory.0.weight", ""),
+        ({"latent_to_output": True}, "decoder.latent_to_output.weight", ""),
         ({"bn_vae_gamma": 0.5}, "encoder.mu_batch_norm.running_var", ""),
         ({"bow_loss_weight": 1.0}, "encoder.latent_bow.weight", ""),
         # a fine-tuning run saves its --finetune-from-model with its checkpoints
         ({"bow_loss_weight": 1.0}, "encoder.latent_bow.weight", "finetuning"),
     ],
-    ids=["to-embeddings", "layer-memory", "bn-vae", "bow", "bow-finetuned-checkpoint"],
+    ids=["to-embeddings", "layer-memory", "to-output", "bn-vae", "bow", "bow-finetuned-checkpoint"],
 )
 def test_vae_checkpoint_lacking_a_latent_module_is_refused_naming_the_keys(
     dict_dir, tmp_path, override, missing, trained_by

@@ -246,8 +246,30 @@ def test_layer_memory_appends_each_layers_own_projection_of_z(dict_dir):
     assert not torch.allclose(seen[0][1], seen[1][1])  # a separate projection per layer
 
 
+def test_latent_to_output_adds_one_projection_of_z_to_every_positions_features(dict_dir):
+    task, model, _ = build_tiny(dict_dir, "--latent-to-output")
+    d = task.source_dictionary
+    src, src_len = encode_lines(d, random_sentences(3, seed=8))
+    prev, _ = encode_lines(d, random_sentences(3, seed=9))
+    model.encoder.latent_source = "mean"
+    encoder_out = model.encoder(src, src_len)
+    with_z, _ = model.decoder(prev, encoder_out=encoder_out, features_only=True)
+    proj = model.decoder.latent_to_output
+    model.decoder.latent_to_output = None  # the same decoder without the path
+    without, _ = model.decoder(prev, encoder_out=encoder_out, features_only=True)
+    z = encoder_out["z"][0]
+    shift = (z @ proj.weight.T + proj.bias)[:, None, :].expand_as(without)
+    torch.testing.assert_close(with_z - without, shift)
+    # and the logits are the output layer of those features
+    model.decoder.latent_to_output = proj
+    logits, _ = model.decoder(prev, encoder_out=encoder_out)
+    torch.testing.assert_close(logits, model.decoder.output_layer(with_z))
+
+
 def test_layer_memory_incremental_decoding_matches_the_full_forward(dict_dir):
-    task, model, _ = build_tiny(dict_dir, "--latent-layer-memory", "--latent-to-embeddings")
+    task, model, _ = build_tiny(
+        dict_dir, "--latent-layer-memory", "--latent-to-embeddings", "--latent-to-output"
+    )
     d = task.source_dictionary
     src, src_len = encode_lines(d, random_sentences(2, seed=10))
     prev, _ = encode_lines(d, ["the cat sat on", "a dog ran under"])

@@ -178,8 +178,9 @@ class VAEEncoder(TransformerEncoder):
 
 class VAEDecoder(TransformerDecoder):
     """BART's decoder; with ``--latent-to-embeddings`` it also adds z to its input embeddings,
-    and with ``--latent-layer-memory`` every layer gets its own projection of z as one more
-    memory slot (Optimus' z in every layer)."""
+    with ``--latent-layer-memory`` every layer gets its own projection of z as one more
+    memory slot (Optimus' z in every layer), and with ``--latent-to-output`` a projection of z
+    is added to its last hidden states, the features every word is chosen from."""
 
     def __init__(self, args, dictionary, embed_tokens):
         super().__init__(args, dictionary, embed_tokens)
@@ -197,6 +198,9 @@ class VAEDecoder(TransformerDecoder):
             # appends that layer's slot without copying the loop
             for idx, layer in enumerate(self.layers):
                 layer.register_forward_pre_hook(functools.partial(self.add_layer_memory, idx))
+        self.latent_to_output = None
+        if args.latent_to_output:
+            self.latent_to_output = nn.Linear(args.latent_dim, args.decoder_embed_dim)
 
     def add_layer_memory(self, idx: int, layer, args):
         # args: (x, memory S x B x C, memory padding mask B x S or None, ...)
@@ -215,7 +219,13 @@ class VAEDecoder(TransformerDecoder):
         if self.latent_layer_memory is not None:
             z = z.to(self.latent_layer_memory[0].weight.dtype)
             self.layer_memories = [proj(z)[None] for proj in self.latent_layer_memory]  # 1 x B x C
-        return super().extract_features(prev_output_tokens, encoder_out=encoder_out, **kwargs)
+        x, extra = super().extract_features(prev_output_tokens, encoder_out=encoder_out, **kwargs)
+        if self.latent_to_output is not None:
+            # B x T x C (one step of T = 1 in incremental decoding): the same vector at every
+            # position, as beam search reorders z with the encoder output
+            z = encoder_out["z"][0].to(self.latent_to_output.weight.dtype)
+            x = x + self.latent_to_output(z)[:, None, :].to(x.dtype)
+        return x, extra
 
 
 @register_model("bart_vae")
@@ -234,7 +244,9 @@ class BARTVAEModel(BARTModel):
         # ignore z before the encoder can make it informative (posterior collapse). These
         # modules keep PyTorch's scale-preserving defaults instead. The z-to-embedding
         # projection keeps BART's small init: it is added to token embeddings of that scale,
-        # and a unit-scale vector there would drown which token the decoder is reading.
+        # and a unit-scale vector there would drown which token the decoder is reading. So
+        # does the z-to-output one: at full scale it would outweigh the features the decoder
+        # computed before it learns anything.
         pytorch_init = LATENT_MODULES - BART_INIT_MODULES
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear) and pytorch_init.intersection(name.split(".")):
@@ -276,6 +288,14 @@ class BARTVAEModel(BARTModel):
             "--latent-to-embeddings",
             action="store_true",
             help="also add a projection of z to every decoder input embedding, as Optimus does",
+        )
+        parser.add_argument(
+            "--latent-to-output",
+            action="store_true",
+            help="also add a projection of z to the decoder's last hidden states, before the "
+            "output layer: z then shifts every word choice directly, not only through "
+            "cross-attention (what a greedy decoder needs to follow z where the sentence "
+            "branches)",
         )
         parser.add_argument(
             "--latent-layer-memory",
@@ -456,6 +476,7 @@ def vae_defaults(args):
     args.latent_memory_slots = getattr(args, "latent_memory_slots", 1)
     args.latent_to_embeddings = getattr(args, "latent_to_embeddings", False)
     args.latent_layer_memory = getattr(args, "latent_layer_memory", False)
+    args.latent_to_output = getattr(args, "latent_to_output", False)
     args.word_dropout = getattr(args, "word_dropout", 0.0)
     args.bn_vae_gamma = getattr(args, "bn_vae_gamma", 0.0)
     args.bow_loss_weight = getattr(args, "bow_loss_weight", 0.0)

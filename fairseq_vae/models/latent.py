@@ -29,13 +29,14 @@ LATENT_MODULE_OPTIONS = {
     "latent_memory": "--latent-fusion memory",
     "latent_layer_memory": "--latent-layer-memory",
     "latent_to_embed": "--latent-to-embeddings",
+    "latent_to_output": "--latent-to-output",
     "latent_bow": "--bow-loss-weight",
     "prior_mu": "bart_cvae --cvae-prior conditional",
     "prior_logvar": "bart_cvae --cvae-prior conditional",
 }
 LATENT_MODULES = set(LATENT_MODULE_OPTIONS)
 # latent modules that keep BART's small N(0, 0.02) init (see BARTVAEModel.__init__)
-BART_INIT_MODULES = {"latent_to_embed"}
+BART_INIT_MODULES = {"latent_to_embed", "latent_to_output"}
 
 
 def worker_generator(device) -> Optional[torch.Generator]:
