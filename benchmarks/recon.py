@@ -74,6 +74,8 @@ CANDIDATES = {
     # Zhao et al.'s bag-of-words loss: z must predict the sentence's words, the part of a
     # sentence that BLEU counts
     "bag of words": {"args": ["--bow-loss-weight", "1.0"], "budget": {}},
+    # z added to the features the output layer reads: every word choice sees z directly
+    "z in the output": {"args": ["--latent-to-output"], "budget": {}},
 }
 YARDSTICK = {"ae": 17.6, "fb0.5": 11.3}  # the GRU autoencoder's BLEU after 15 minutes
 
