@@ -30,6 +30,7 @@ import argparse
 import functools
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -162,6 +163,8 @@ def cpu_peak_training_memory(args, name) -> float:
             *(["--pairs"] if args.pairs else []),
             "--dictionary-size",
             str(args.dictionary_size),
+            "--vae-args",
+            args.vae_args,
         ],
         check=True,
         capture_output=True,
@@ -174,16 +177,17 @@ def build_models(args, names=("bart_vae", "bart")):
     """The task and {name: (model, criterion)}, the two models of one shape."""
     vae_arch, bart_arch, dims = SHAPES[args.shape]
     common = [*dims, "--dropout", "0.1"]
+    vae_extra = shlex.split(args.vae_args)  # the VAE's own options (a recipe's remedies)
     if args.pairs:  # the conditional model on text_vae's pairs, BART on fairseq's translation
         vae_arch = vae_arch.replace("bart_vae", "bart_cvae")
         recipes = {
-            "bart_vae": (vae_arch, "elbo", args.data, [*common, *PAIRS]),
+            "bart_vae": (vae_arch, "elbo", args.data, [*common, *PAIRS, *vae_extra]),
             "bart": (bart_arch, "label_smoothed_cross_entropy", args.data, [*common, *PAIRS],
                      "translation"),
         }  # fmt: skip
     else:
         recipes = {
-            "bart_vae": (vae_arch, "elbo", args.data, common),
+            "bart_vae": (vae_arch, "elbo", args.data, [*common, *vae_extra]),
             "bart": (bart_arch, "label_smoothed_cross_entropy", args.data, common),
         }
     models, vae_task = {}, None
@@ -260,6 +264,12 @@ def main():
         help="grow both models' dictionary to this many types (50265: a real BART's embedding "
         "table and output layer) on the corpus's batches; 0 keeps the corpus's",
     )
+    parser.add_argument(
+        "--vae-args",
+        default="",
+        help="more options of the VAE model and criterion, as one string (a recipe's "
+        "'--bow-loss-weight 1.0 --latent-to-output'); the plain BART is unchanged",
+    )
     parser.add_argument("--peak-memory-of", choices=["bart_vae", "bart"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -320,6 +330,7 @@ def main():
         f"{args.max_tokens} tokens after {args.warmup} warm-up, alternating; "
         f"{args.generate} sentences generated greedily; dictionary of "
         f"{len(vae_task.target_dictionary)} types"
+        + (f"; VAE options {args.vae_args}" if args.vae_args else "")
     )
     vae_name = "bart_cvae" if args.pairs else "bart_vae"
     print(f"{'':<34}{vae_name:>10}{'bart':>10}{'ratio':>8}")
