@@ -163,8 +163,7 @@ def cpu_peak_training_memory(args, name) -> float:
             *(["--pairs"] if args.pairs else []),
             "--dictionary-size",
             str(args.dictionary_size),
-            "--vae-args",
-            args.vae_args,
+            f"--vae-args={args.vae_args}",  # "=": a value that starts with "--"
         ],
         check=True,
         capture_output=True,
@@ -267,8 +266,8 @@ def main():
     parser.add_argument(
         "--vae-args",
         default="",
-        help="more options of the VAE model and criterion, as one string (a recipe's "
-        "'--bow-loss-weight 1.0 --latent-to-output'); the plain BART is unchanged",
+        help="more options of the VAE model and criterion, as one string "
+        "(--vae-args='--bow-loss-weight 1.0 --latent-to-output'); the plain BART is unchanged",
     )
     parser.add_argument("--peak-memory-of", choices=["bart_vae", "bart"], help=argparse.SUPPRESS)
     args = parser.parse_args()
