@@ -121,10 +121,10 @@ def train_cmd(args, b, model: str, save_dir: str) -> list:
     train = [os.path.join(harness.BIN, "fairseq-train"), data, *PAIRS]
     if model == "bart_cvae":
         recipe = "--task text_vae --arch bart_cvae_small --criterion elbo".split() + SETTING
-        recipe += shlex.split(args.cvae_args)
-    else:
-        recipe = "--task translation --arch bart_base --criterion cross_entropy".split()
-        recipe += [*SHAPE, "--share-all-embeddings"]
+        # --cvae-args last, so they override the common options too (a replicate's --seed)
+        return train + recipe + start + common + shlex.split(args.cvae_args)
+    recipe = "--task translation --arch bart_base --criterion cross_entropy".split()
+    recipe += [*SHAPE, "--share-all-embeddings"]
     return train + recipe + start + common
 
 

@@ -121,6 +121,25 @@ def test_the_criterions_kl_is_kl_of_the_posterior_to_the_conditional_prior(pair_
     torch.testing.assert_close(logged["loss"], logged["nll_loss"] + logged["kl"])
 
 
+def test_the_bag_of_words_reads_z_and_the_source_mean(pair_dict_dir):
+    task, model, _ = build_cvae(pair_dict_dir, "--bow-loss-weight", "1", "--bow-head", "shared")
+    sample = paired_batch(task.dictionary, SOURCES, TARGETS)
+    net, encoder = sample["net_input"], model.encoder
+    model.train()
+    with torch.no_grad():
+        torch.manual_seed(4)
+        _, extra = model(**net)
+        torch.manual_seed(4)
+        z = encoder(net["src_tokens"], net["src_lengths"], tgt_tokens=net["tgt_tokens"],
+                    tgt_lengths=net["tgt_lengths"])["z"][0]  # fmt: skip
+        src_states, _ = states_of(encoder, net["src_tokens"], net["src_lengths"])
+        c = torch.stack([src_states[:n, b].mean(0) for b, n in enumerate(net["src_lengths"])])
+    # Zhao et al.: the words from [z; c], scored against the decoder's output embeddings
+    head, embeddings = encoder.latent_bow, model.decoder.output_projection.weight
+    expected = head.proj(torch.cat([z, c], dim=-1)) @ embeddings.t() + head.bias
+    torch.testing.assert_close(extra["bow_logits"], expected)
+
+
 def test_a_standard_prior_is_n01_whatever_the_source(pair_dict_dir):
     task, model, _ = build_cvae(pair_dict_dir, "--cvae-prior", "standard")
     sample = paired_batch(task.dictionary, SOURCES, TARGETS)

@@ -334,6 +334,33 @@ def test_bow_loss_is_added_to_the_training_loss_only(dict_dir):
         assert model.encoder.mlp_mu[0].weight.grad.abs().sum() > 0
 
 
+def test_a_shared_bow_head_scores_words_against_the_output_embeddings(dict_dir):
+    task, model, _ = build_tiny(dict_dir, "--bow-loss-weight", "1", "--bow-head", "shared")
+    bow_head, embeddings = model.encoder.latent_bow, model.decoder.output_projection.weight
+    num_words, width = embeddings.shape
+    latent = model.args.latent_dim
+    # no words x features matrix of its own: a projection to the width and a bias a word
+    assert sum(p.numel() for p in bow_head.parameters()) == latent * width + width + num_words
+    sample = autoencoder_sample(task.source_dictionary, random_sentences(4, seed=3))
+    net_input = sample["net_input"]
+    model.train()
+    torch.manual_seed(2)
+    _, extra = model(**net_input)
+    torch.manual_seed(2)
+    z = model.encoder(net_input["src_tokens"], net_input["src_lengths"])["z"][0]
+    # by hand: z to the width, one dot product with each word's output embedding, its bias
+    hidden = z @ bow_head.proj.weight.t() + bow_head.proj.bias
+    expected = hidden @ embeddings.t() + bow_head.bias
+    torch.testing.assert_close(extra["bow_logits"], expected)
+    # the loss trains the projection, and with z held fixed (z reaches the shared table
+    # through the encoder too) it still moves the output embeddings it scores against
+    model.zero_grad()
+    logits = bow_head(z.detach(), embeddings)
+    bag_of_words_nll(logits, sample["target"], task.source_dictionary.pad()).backward()
+    assert bow_head.proj.weight.grad.abs().sum() > 0
+    assert embeddings.grad.abs().sum() > 0
+
+
 def test_bow_loss_fine_tunes_a_checkpoint_without_the_head(data_bin, tiny_checkpoint, tmp_path):
     out = run_tool(
         "fairseq-train",

@@ -19,7 +19,6 @@ KL(q(z|c, x) || p(z|c)) in closed form (``gaussian_kl`` with the prior's paramet
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn as nn
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerEncoder
 from torch import Tensor
@@ -35,6 +34,7 @@ from .cvae_hub_interface import BARTCVAEHubInterface
 from .latent import (
     LOGVAR_MAX,
     LOGVAR_MIN,
+    bag_of_words_head,
     gaussian_head,
     masked_mean,
     reparameterize,
@@ -77,7 +77,7 @@ class CVAEEncoder(VAEEncoder):
             self.prior_logvar = gaussian_head(dim, self.latent_dim)
         if self.latent_bow is not None:
             # Zhao et al.: the target's words predicted from z and the source
-            self.latent_bow = nn.Linear(self.latent_dim + dim, len(dictionary))
+            self.latent_bow = bag_of_words_head(args, self.latent_dim + dim, len(dictionary))
 
     def sentence_mean(self, tokens: Tensor, lengths: Optional[Tensor]) -> Tensor:
         """The masked mean of the encoder's states over a batch of sentences: B x C, fp32."""
@@ -191,10 +191,9 @@ class CVAEEncoder(VAEEncoder):
             **{key: [value] for key, value in latent.items()},
         }
 
-    def bow_logits(self, encoder_out) -> Tensor:
-        z, source = encoder_out["z"][0], encoder_out["source_mean"][0]
-        features = torch.cat([z, source], dim=-1).to(self.latent_bow.weight.dtype)
-        return self.latent_bow(features)  # B x V
+    def bow_features(self, encoder_out) -> Tensor:
+        """Zhao et al.: the target's words are predicted from z and the source."""
+        return torch.cat([encoder_out["z"][0], encoder_out["source_mean"][0]], dim=-1)
 
     def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order):
         reordered = super().reorder_encoder_out(encoder_out, new_order)

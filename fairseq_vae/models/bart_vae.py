@@ -41,6 +41,8 @@ from .latent import (
     LOGVAR_MIN,
     LatentBatchNorm,
     LatentPlusPositions,
+    SharedEmbeddingBagOfWords,
+    bag_of_words_head,
     gaussian_head,
     masked_mean,
     reparameterize,
@@ -80,7 +82,7 @@ class VAEEncoder(TransformerEncoder):
         # --bow-loss-weight: z's prediction of the sentence's words, order-free (training only)
         self.latent_bow = None
         if args.bow_loss_weight > 0:
-            self.latent_bow = nn.Linear(self.latent_dim, len(dictionary))
+            self.latent_bow = bag_of_words_head(args, self.latent_dim, len(dictionary))
         if self.latent_fusion == "attention":
             # With z as the only key, every attention weight is 1 and the output is
             # out_proj(v_proj(z)) whatever the query: the T-position memory of the
@@ -170,10 +172,17 @@ class VAEEncoder(TransformerEncoder):
             reordered[key] = [t.index_select(0, new_order) for t in encoder_out[key]]
         return reordered
 
-    def bow_logits(self, encoder_out) -> Tensor:
-        """--bow-loss-weight: the sentence's words predicted from z alone (B x V)."""
-        z = encoder_out["z"][0]
-        return self.latent_bow(z.to(self.latent_bow.weight.dtype))
+    def bow_features(self, encoder_out) -> Tensor:
+        """What --bow-loss-weight predicts the sentence's words from: z alone."""
+        return encoder_out["z"][0]
+
+    def bow_logits(self, encoder_out, output_embeddings: Tensor) -> Tensor:
+        """--bow-loss-weight: one score a word (B x V); ``output_embeddings`` the decoder's
+        output layer, which ``--bow-head shared`` scores against."""
+        features = self.bow_features(encoder_out).to(output_embeddings.dtype)
+        if isinstance(self.latent_bow, SharedEmbeddingBagOfWords):
+            return self.latent_bow(features, output_embeddings)
+        return self.latent_bow(features)
 
 
 class VAEDecoder(TransformerDecoder):
@@ -331,6 +340,14 @@ class BARTVAEModel(BARTModel):
             "(default: 0, off)",
         )
         parser.add_argument(
+            "--bow-head",
+            choices=["linear", "shared"],
+            help="the bag-of-words loss's output layer: 'linear', a layer of its own (a "
+            "latent x V matrix, 40M parameters at BART's dictionary, paid for in every "
+            "update); 'shared', a projection to the model's width scored against the "
+            "decoder's output embeddings, nearly free (default: linear)",
+        )
+        parser.add_argument(
             "--untie-encoder-embeddings",
             action="store_true",
             help="give the encoder its own token embeddings instead of BART's "
@@ -399,7 +416,8 @@ class BARTVAEModel(BARTModel):
         for key in self.encoder.latent_keys:
             extra[key] = encoder_out[key][0]
         if self.training and self.encoder.latent_bow is not None:
-            extra["bow_logits"] = self.encoder.bow_logits(encoder_out)  # B x V
+            output_embeddings = self.decoder.output_projection.weight
+            extra["bow_logits"] = self.encoder.bow_logits(encoder_out, output_embeddings)
         return x, extra
 
     def upgrade_state_dict_named(self, state_dict, name):
@@ -480,6 +498,7 @@ def vae_defaults(args):
     args.word_dropout = getattr(args, "word_dropout", 0.0)
     args.bn_vae_gamma = getattr(args, "bn_vae_gamma", 0.0)
     args.bow_loss_weight = getattr(args, "bow_loss_weight", 0.0)
+    args.bow_head = getattr(args, "bow_head", None) or "linear"
     args.reset_decoder = getattr(args, "reset_decoder", False)
     args.cross_attention_init = getattr(args, "cross_attention_init", None) or "bart"
     args.untie_encoder_embeddings = getattr(args, "untie_encoder_embeddings", False)

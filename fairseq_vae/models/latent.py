@@ -164,6 +164,34 @@ def gaussian_head(dim: int, latent_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(), nn.Linear(dim // 2, latent_dim))
 
 
+class SharedEmbeddingBagOfWords(nn.Module):
+    """``--bow-head shared``: the bag-of-words output layer without a matrix of its own.
+
+    The features (z; for bart_cvae z and the source's mean) go to the model's width and are
+    scored against the decoder's output embeddings, plus one bias a word. A head of its own
+    is a features x V matrix: 40 million parameters at BART's 50,265 types, whose gradient
+    and Adam step every update pays (benchmarks/results/overhead.md); this one holds
+    features x width + V. The loss's gradient reaches the embeddings too: which words occur
+    together is what they are trained on anyway (on the shipped grammar this did better than
+    holding them constant for this loss: docs/results.md).
+    """
+
+    def __init__(self, in_dim: int, dim: int, num_words: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, dim)
+        self.bias = nn.Parameter(torch.zeros(num_words))
+
+    def forward(self, features: Tensor, output_embeddings: Tensor) -> Tensor:
+        return nn.functional.linear(self.proj(features), output_embeddings, self.bias)
+
+
+def bag_of_words_head(args, in_dim: int, num_words: int) -> nn.Module:
+    """--bow-loss-weight's output layer from ``in_dim`` features to one score a word."""
+    if args.bow_head == "shared":
+        return SharedEmbeddingBagOfWords(in_dim, args.decoder_embed_dim, num_words)
+    return nn.Linear(in_dim, num_words)
+
+
 def word_dropout(
     tokens: Tensor,
     p: float,
