@@ -191,9 +191,10 @@ class CVAEEncoder(VAEEncoder):
             **{key: [value] for key, value in latent.items()},
         }
 
-    def bow_features(self, encoder_out) -> Tensor:
-        """Zhao et al.: the target's words are predicted from z and the source."""
-        return torch.cat([encoder_out["z"][0], encoder_out["source_mean"][0]], dim=-1)
+    def bow_logits(self, encoder_out, output_embeddings: Tensor) -> Tensor:
+        """Zhao et al.: the target's words scored from z and the source's mean (B x V)."""
+        features = torch.cat([encoder_out["z"][0], encoder_out["source_mean"][0]], dim=-1)
+        return self.latent_bow(features.to(output_embeddings.dtype), output_embeddings)
 
     def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order):
         reordered = super().reorder_encoder_out(encoder_out, new_order)

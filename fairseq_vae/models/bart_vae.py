@@ -41,7 +41,6 @@ from .latent import (
     LOGVAR_MIN,
     LatentBatchNorm,
     LatentPlusPositions,
-    SharedEmbeddingBagOfWords,
     bag_of_words_head,
     gaussian_head,
     masked_mean,
@@ -172,17 +171,11 @@ class VAEEncoder(TransformerEncoder):
             reordered[key] = [t.index_select(0, new_order) for t in encoder_out[key]]
         return reordered
 
-    def bow_features(self, encoder_out) -> Tensor:
-        """What --bow-loss-weight predicts the sentence's words from: z alone."""
-        return encoder_out["z"][0]
-
     def bow_logits(self, encoder_out, output_embeddings: Tensor) -> Tensor:
-        """--bow-loss-weight: one score a word (B x V); ``output_embeddings`` the decoder's
-        output layer, which ``--bow-head shared`` scores against."""
-        features = self.bow_features(encoder_out).to(output_embeddings.dtype)
-        if isinstance(self.latent_bow, SharedEmbeddingBagOfWords):
-            return self.latent_bow(features, output_embeddings)
-        return self.latent_bow(features)
+        """--bow-loss-weight: the sentence's words scored from z alone (B x V); with
+        --bow-head shared against ``output_embeddings``, the decoder's output layer."""
+        z = encoder_out["z"][0].to(output_embeddings.dtype)
+        return self.latent_bow(z, output_embeddings)
 
 
 class VAEDecoder(TransformerDecoder):
@@ -342,10 +335,9 @@ class BARTVAEModel(BARTModel):
         parser.add_argument(
             "--bow-head",
             choices=["linear", "shared"],
-            help="the bag-of-words loss's output layer: 'linear', a layer of its own (a "
-            "latent x V matrix, 40M parameters at BART's dictionary, paid for in every "
-            "update); 'shared', a projection to the model's width scored against the "
-            "decoder's output embeddings, nearly free (default: linear)",
+            help="the bag-of-words loss's output layer: 'linear', one of its own (latent x V, "
+            "paid for in every update); 'shared', a projection to the width scored against "
+            "the decoder's output embeddings, nearly free (default: linear)",
         )
         parser.add_argument(
             "--untie-encoder-embeddings",

@@ -185,11 +185,20 @@ class SharedEmbeddingBagOfWords(nn.Module):
         return nn.functional.linear(self.proj(features), output_embeddings, self.bias)
 
 
+class OwnBagOfWords(nn.Linear):
+    """``--bow-head linear``: Zhao et al.'s output layer of its own, features x V (the
+    output embeddings it is handed are not used)."""
+
+    def forward(self, features: Tensor, output_embeddings: Optional[Tensor] = None) -> Tensor:
+        return super().forward(features)
+
+
 def bag_of_words_head(args, in_dim: int, num_words: int) -> nn.Module:
-    """--bow-loss-weight's output layer from ``in_dim`` features to one score a word."""
+    """--bow-loss-weight's output layer from ``in_dim`` features to one score a word, called
+    as ``head(features, output_embeddings)``."""
     if args.bow_head == "shared":
         return SharedEmbeddingBagOfWords(in_dim, args.decoder_embed_dim, num_words)
-    return nn.Linear(in_dim, num_words)
+    return OwnBagOfWords(in_dim, num_words)
 
 
 def word_dropout(
