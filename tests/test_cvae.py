@@ -400,10 +400,11 @@ def test_a_sentence_vae_and_a_conditional_one_do_not_load_into_each_other(pair_b
 # --- evaluation ---------------------------------------------------------------------------------
 
 
-def log_p_x_given_c_by_hand(model, sample, eps) -> torch.Tensor:
+def log_p_x_given_c_by_hand(model, sample, eps, log_prior=None) -> torch.Tensor:
     """log p(x|c) ~ logsumexp_k [log p(x|z_k, c) + log p(z_k|c) - log q(z_k|c, x)] - log K for
     a one-pair batch, each term by hand in float64: the decoder's token log-probabilities
-    summed, the two densities by torch.distributions; eps: 1 x K x D."""
+    summed, the two densities by torch.distributions; eps: 1 x K x D. ``log_prior(z, p)``: the
+    log-density of another prior at z (D) given p(z|c) (a Normal), instead of p(z|c)'s."""
     net, encoder = sample["net_input"], model.encoder
     states, mask, mean = encoder.source_context(net["src_tokens"], net["src_lengths"])
     prior_mu, prior_logvar = encoder.prior(mean)
@@ -419,7 +420,8 @@ def log_p_x_given_c_by_hand(model, sample, eps) -> torch.Tensor:
         logits, _ = model.decoder(net["prev_output_tokens"], encoder_out=out)
         lprobs = torch.log_softmax(logits.double(), dim=-1)[0]
         log_px = lprobs.gather(1, sample["target"][0][:, None]).sum()
-        terms.append(log_px + p.log_prob(z).sum() - q.log_prob(z).sum())
+        log_pz = p.log_prob(z).sum() if log_prior is None else log_prior(z, p)
+        terms.append(log_px + log_pz - q.log_prob(z).sum())
     return torch.logsumexp(torch.stack(terms), 0) - math.log(eps.size(1))
 
 

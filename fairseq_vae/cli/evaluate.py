@@ -318,7 +318,9 @@ def evaluate(cfg, args, model, task, saved_cfg) -> dict:
     )
     conditional = getattr(model.encoder, "conditional", False)  # bart_cvae: evaluate_pairs.py
     if conditional:
-        batches = conditional_iw_pass(model, progress, args, detok, generator, cfg.common.seed)
+        batches = conditional_iw_pass(
+            model, progress, args, detok, generator, cfg.common.seed, prior
+        )
     else:
         batches = iw_pass(model, progress, args, detok, generator, cfg.common.seed, prior)
     cols = in_corpus_order(batches, evaluable_ids(dataset), split)
@@ -336,7 +338,7 @@ def evaluate(cfg, args, model, task, saved_cfg) -> dict:
         if n > 1:
             greedy = greedy_generator(cfg, task, model)
             report["conditional"] = conditional_metrics(
-                cols, model, dataset, greedy, detok, n, cfg.common.seed
+                cols, model, dataset, greedy, detok, n, cfg.common.seed, prior
             )
     if prior is not None:
         report["metrics"]["prior_file"] = prior_file_metrics(cols, args.prior_file, prior)

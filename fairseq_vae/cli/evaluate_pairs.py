@@ -16,8 +16,14 @@ the source beside z, and what several latents per source give.
   source: every target the split pairs with the same source text (metrics/
   conditional_quality: multi-reference, precision- and recall-BLEU, self-BLEU, distinct-1/2,
   BLEU to the source).
+
+With ``--prior-file`` (a density r fitted to the standardised latent, bart_cvae.standardised):
+the IW-NLL and KL of p'(z|c) p(x|z, c) from the same samples, p'(z|c) the density of
+mu_p(c) + sigma_p(c) * eps, eps ~ r; the several latents are then drawn from r.
 """
 
+import copy
+import functools
 from typing import Dict, List
 
 import torch
@@ -27,13 +33,17 @@ from fairseq_vae.criterions.elbo import gaussian_kl
 from fairseq_vae.metrics import conditional_quality as cq
 from fairseq_vae.metrics.estimators import decoder_log_likelihood, iw_estimates, mutual_information
 from fairseq_vae.metrics.eval_report import batch_columns
+from fairseq_vae.models.bart_cvae import standardised_log_density
 from fairseq_vae.models.latent import latent_draws
 
 
 @torch.no_grad()
-def conditional_iw_pass(model, progress, args, detok, generator, seed: int) -> List[dict]:
+def conditional_iw_pass(
+    model, progress, args, detok, generator, seed: int, prior=None
+) -> List[dict]:
     """One dict per batch, as evaluate.iw_pass's (refs: the targets), with
-    ``log_px_prior_z`` (log p(x|z_p, c)) besides."""
+    ``log_px_prior_z`` (log p(x|z_p, c)) besides; with a fitted ``prior`` of the standardised
+    latent, its estimates from the same samples (``prior_log_px``, ``prior_kl``)."""
     encoder = model.encoder
     use_cuda = next(model.parameters()).is_cuda
     pad = model.decoder.dictionary.pad()
@@ -54,10 +64,16 @@ def conditional_iw_pass(model, progress, args, detok, generator, seed: int) -> L
                 source_mean, net["tgt_tokens"], net["tgt_lengths"]
             )
             memory_of = encoder.encoder_out_for(states, mask, source_mean)
+            log_prior = None
+            if prior is not None:  # log p'(z|c) of the B x n x D samples
+                log_prior = functools.partial(
+                    standardised_log_density, prior.log_prob,
+                    prior_mu=prior_mu[:, None], prior_logvar=prior_logvar[:, None],
+                )  # fmt: skip
             iw = iw_estimates(
                 model, mu, logvar, net["prev_output_tokens"], sample["target"], args.iw_samples,
                 args.iw_chunk, generator=draws, prior=(prior_mu, prior_logvar),
-                encoder_out_of=memory_of,
+                encoder_out_of=memory_of, log_prior=log_prior,
             )  # fmt: skip
             eps = torch.randn(mu.shape, generator=draws, device=mu.device)
             z_prior = prior_mu + torch.exp(0.5 * prior_logvar) * eps
@@ -67,6 +83,8 @@ def conditional_iw_pass(model, progress, args, detok, generator, seed: int) -> L
             )  # fmt: skip
             kl = gaussian_kl(mu, logvar, prior_mu, prior_logvar)
             batch = batch_columns(sample, mu, logvar, iw, kl, pad)
+            if prior is not None:
+                batch["prior_log_px"], batch["prior_kl"] = iw.prior_log_px.cpu(), iw.prior_kl.cpu()
             batch.update(
                 log_px_prior_z=log_px_prior_z.cpu(),
                 refs=[detok(tokens) for tokens in sample["target"]],
@@ -99,9 +117,10 @@ def references_by_source(sources: List[str], targets: List[str]) -> Dict[str, Li
 
 
 @torch.no_grad()
-def several_latents(model, items: List[dict], generator, detok, n: int, seed: int):
+def several_latents(model, items: List[dict], generator, detok, n: int, seed: int, prior=None):
     """For each dataset item (its "id" and "source" tokens): n targets decoded greedily from
-    n latents of p(z|c), the k-th fixed by (seed, id) as fairseq-generate's --latent-samples."""
+    n latents of p(z|c), the k-th fixed by (seed, id) as fairseq-generate's --latent-samples
+    (with a fitted ``prior``, its draws of the standardised latent)."""
     encoder = model.encoder
     device = next(model.parameters()).device
     outputs = []
@@ -110,7 +129,7 @@ def several_latents(model, items: List[dict], generator, detok, n: int, seed: in
         lengths = torch.tensor([src.size(1)], device=device)
         _, _, mean = encoder.source_context(src, lengths)
         prior_mu, prior_logvar = encoder.prior(mean)
-        eps = latent_draws(seed, [int(item["id"])], n, encoder.latent_dim).to(device)
+        eps = latent_draws(seed, [int(item["id"])], n, encoder.latent_dim, prior).to(device)
         z = prior_mu + torch.exp(0.5 * prior_logvar) * eps  # n x D
         net_input = {"src_tokens": src.repeat(n, 1), "src_lengths": lengths.repeat(n), "z": z}
         sample = {"id": torch.arange(n, device=device), "net_input": net_input}
@@ -118,16 +137,19 @@ def several_latents(model, items: List[dict], generator, detok, n: int, seed: in
     return outputs
 
 
-def conditional_metrics(cols, model, dataset, generator, detok, n: int, seed: int) -> dict:
+def conditional_metrics(
+    cols, model, dataset, generator, detok, n: int, seed: int, prior=None
+) -> dict:
     """The --latent-samples measures over the split's distinct sources (the first pair of
-    each gives its id, and so its draws)."""
+    each gives its id, and so its draws; from a fitted ``prior`` with one)."""
     sources = [detok(dataset.src[i]) for i in cols.ids]
     grouped = references_by_source(sources, cols.refs)
     first_id: Dict[str, int] = {}
     for source, i in zip(sources, cols.ids):
         first_id.setdefault(source, i)
     items = [dataset[first_id[source]] for source in grouped]
-    outputs = several_latents(model, items, generator, detok, n, seed)
+    cpu_prior = None if prior is None else copy.deepcopy(prior).cpu()  # draws on the CPU
+    outputs = several_latents(model, items, generator, detok, n, seed, cpu_prior)
     references = list(grouped.values())
     pr = cq.precision_recall_bleu(outputs, references)
     return {

@@ -10,6 +10,11 @@ beside the checkpoint by default::
         --prior-model gmm --components 1,2,4,8,16
     # -> checkpoints/demo/prior-gmm.pt
 
+For bart_cvae (paired data) the density is of the standardised latent eps = (z - mu_p(c)) /
+sigma_p(c), z ~ q(z|c, x) of the training pairs (``bart_cvae.standardised``): generation then
+draws z = mu_p(c) + sigma_p(c) * eps with eps from the fitted prior, the source still deciding
+where z lies, and fairseq-vae-eval reports log p(x|c) under it.
+
 The command is built on fairseq's generation parser: ``--path``, ``--max-tokens``,
 ``--batch-size``, ``--train-subset``, ``--valid-subset``, ``--seed``, ``--cpu``,
 ``--model-overrides`` and ``--user-dir`` work as in ``fairseq-vae-eval``.

@@ -77,7 +77,8 @@ def evaluable_ids(dataset) -> List[int]:
 def posterior_means(model, task, split: str, progress=None, **iterator_args):
     """(mu, logvar, ids) of a split's sentences in corpus order, on the CPU. mu and logvar are
     N x D; ids (N) are the sentences' line numbers - 1, which differ from 0..N-1 only when the
-    task skipped empty or over-long sentences. ``progress`` wraps the batches (a progress bar)."""
+    task skipped empty or over-long sentences. ``progress`` wraps the batches (a progress bar).
+    For bart_cvae (pairs): q(z|c, x) standardised by p(z|c), the space of its fitted priors."""
     use_cuda = next(model.parameters()).is_cuda
     dataset, itr = batch_iterator(task, model, split, **iterator_args)
     ids, mus, logvars = [], [], []
@@ -86,7 +87,12 @@ def posterior_means(model, task, split: str, progress=None, **iterator_args):
         if not sample:
             continue
         net = sample["net_input"]
-        mu, logvar = model.encoder.posterior(net["src_tokens"], net["src_lengths"])
+        if getattr(model.encoder, "conditional", False):
+            mu, logvar = model.encoder.standardised_posterior(
+                net["src_tokens"], net["src_lengths"], net["tgt_tokens"], net["tgt_lengths"]
+            )
+        else:
+            mu, logvar = model.encoder.posterior(net["src_tokens"], net["src_lengths"])
         ids.append(sample["id"].cpu())
         mus.append(mu.cpu())
         logvars.append(logvar.cpu())

@@ -1,7 +1,9 @@
 """The z that fairseq-generate and fairseq-interactive decode when it is not the encoder's own
 choice (the text_vae task's inference step passes it to the encoder, which then decodes it):
 
-* ``PriorDraws`` (--latent-source prior --prior-file F): draws from a fitted prior;
+* ``PriorDraws`` (--latent-source prior --prior-file F): draws from a fitted prior (for
+  bart_cvae, the draws of the standardised latent, by source and sample as --latent-samples
+  draws them: the task's ``several_latents_step``);
 * ``SteeredMeans`` (--direction-file F --direction-to VALUE): each source sentence's posterior
   mean moved to the factor's value VALUE along saved steering directions
   (fairseq_vae.latent_space.steering), by --direction-strength or, with --direction-confidence, the
@@ -46,15 +48,21 @@ class PriorDraws:
         self.prior = self.draws = self.generator = None
         self.rows_used = 0
 
-    def latents(self, models, sample, known_counts: Sequence[int]) -> torch.Tensor:
-        """``known_counts``: the sentence counts known so far (--prior-samples, the loaded
-        splits): the first draw covers the largest, so row i never depends on the batching."""
+    def fitted(self, models):
+        """The prior, read and checked against the model at the first call."""
         if self.prior is None:
             model = single_model(models, "--prior-file", self.path)
             self.prior = load_prior(self.path, expected_model=model)
             self.generator = torch.Generator().manual_seed(int(self.seed))
             self.draws = torch.empty(0, self.prior.latent_dim)
-            logger.info(f"sampling z from the {self.prior.kind} prior {self.path}")
+            what = "(z - mu_p(c)) / sigma_p(c)" if getattr(model.encoder, "conditional", 0) else "z"
+            logger.info(f"sampling {what} from the {self.prior.kind} prior {self.path}")
+        return self.prior
+
+    def latents(self, models, sample, known_counts: Sequence[int]) -> torch.Tensor:
+        """``known_counts``: the sentence counts known so far (--prior-samples, the loaded
+        splits): the first draw covers the largest, so row i never depends on the batching."""
+        self.fitted(models)
         if "id" in sample:
             rows = sample["id"].cpu()
         else:

@@ -14,6 +14,12 @@ Training needs the target in ``net_input`` (``tgt_tokens``, ``tgt_lengths``: the
 puts them there for paired data); generation decodes z from the posterior when the target is
 given, and from the prior otherwise (``--latent-source prior``). The ELBO criterion's KL is
 KL(q(z|c, x) || p(z|c)) in closed form (``gaussian_kl`` with the prior's parameters).
+
+A prior fitted after training (``fairseq-vae-fit-prior``) is, for bart_cvae, a density r of the
+standardised latent eps = (z - mu_p(c)) / sigma_p(c): q(z|c, x) seen through p(z|c)
+(``standardised``). It keeps the source's say and reshapes the noise: z = mu_p(c) + sigma_p(c)
+* eps with eps ~ r, and log p'(z|c) = log r(eps) - sum log sigma_p(c)
+(``standardised_log_density``). With r = N(0, I) it is p(z|c) itself.
 """
 
 from typing import Dict, List, Optional
@@ -51,6 +57,20 @@ def sample_from(mu: Tensor, logvar: Tensor, eps: Optional[Tensor]) -> Tensor:
     if eps is None:
         return reparameterize(mu, logvar, generator=worker_generator(mu.device))
     return mu + torch.exp(0.5 * logvar) * eps.to(mu)
+
+
+def standardised(mu: Tensor, logvar: Tensor, prior_mu: Tensor, prior_logvar: Tensor):
+    """(mu, logvar) of eps = (z - prior_mu) / prior_sigma for z ~ N(mu, exp(logvar)): a
+    Gaussian again, its mean shifted and scaled and its variance divided by the prior's."""
+    return (mu - prior_mu) * torch.exp(-0.5 * prior_logvar), logvar - prior_logvar
+
+
+def standardised_log_density(log_density, z: Tensor, prior_mu: Tensor, prior_logvar: Tensor):
+    """log p'(z|c) for a density ``log_density`` of eps = (z - mu_p) / sigma_p (... x D -> ...),
+    by the change of variables: log r(eps) - sum(logvar_p) / 2. ``prior_mu`` and
+    ``prior_logvar`` broadcast against z (B x 1 x D for B x n x D samples)."""
+    eps = (z - prior_mu) * torch.exp(-0.5 * prior_logvar)
+    return log_density(eps) - 0.5 * prior_logvar.sum(dim=-1).to(z.dtype)
 
 
 class CVAEEncoder(VAEEncoder):
@@ -128,6 +148,13 @@ class CVAEEncoder(VAEEncoder):
         mu = self.mlp_mu(pooled).float()
         logvar = self.mlp_logvar(pooled).float().clamp(LOGVAR_MIN, LOGVAR_MAX)
         return mu, logvar
+
+    def standardised_posterior(self, src_tokens, src_lengths, tgt_tokens, tgt_lengths=None):
+        """q(z|c, x) of each pair seen through p(z|c) (``standardised``): what a fitted prior of
+        bart_cvae is a density of."""
+        _, _, source_mean = self.source_context(src_tokens, src_lengths)
+        mu, logvar = self.conditional_posterior(source_mean, tgt_tokens, tgt_lengths)
+        return standardised(mu, logvar, *self.prior(source_mean))
 
     def forward(
         self,

@@ -4,18 +4,22 @@
 >>> cvae = BARTCVAEModel.from_pretrained("checkpoints/pairs", "checkpoint_best.pt", "data-bin/p")
 >>> cvae.sample(["a man rides a horse ."], n=5, seed=1)  # 5 targets, from 5 draws of p(z|c)
 >>> cvae.sample(["a man rides a horse ."], mean=True, beam=5)  # the prior's mean, beam search
+>>> cvae.sample(["a man rides a horse ."], n=5, prior="checkpoints/pairs/prior-gmm.pt")
 >>> cvae.reconstruct(["a man rides a horse ."], ["a person on a horse ."])  # q(z|c, x)'s mean
 >>> cvae.transfer(["positive"], ["the soup was great ."], ["negative"])  # z of (c, x), under c'
 
 The draws of ``sample(n=..., seed=...)`` are those of ``fairseq-generate --latent-source prior
---latent-samples n --seed``: the k-th latent of the i-th source is fixed by the seed and i.
+--latent-samples n --seed``: the k-th latent of the i-th source is fixed by the seed and i; with
+``prior`` (a fitted prior of the standardised latent, fairseq-vae-fit-prior), those of
+``--prior-file`` too.
 """
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from ..latent_space.prior import Prior
 from .hub_interface import BARTVAEHubInterface
 from .latent import latent_draws
 
@@ -68,20 +72,29 @@ class BARTCVAEHubInterface(BARTVAEHubInterface):
         n: int = 1,
         seed: Optional[int] = None,
         mean: bool = False,
+        prior: Union[Prior, str, None] = None,
         **generation_options,
     ) -> List[List[str]]:
         """n targets for each source, each decoded from its own z ~ p(z|c) (``mean``: the
-        prior's mean, once); ``seed`` fixes the draws as fairseq-generate's --seed does."""
+        prior's mean, once); ``seed`` fixes the draws as fairseq-generate's --seed does.
+        ``prior``: a fitted prior of the standardised latent (or its file's path): z =
+        mu_p(c) + sigma_p(c) * eps with eps drawn from it instead of N(0, I)."""
         sources = list(sources)
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
+        if isinstance(prior, str):
+            prior = self.load_prior(prior)
+        elif prior is not None:
+            self.check_prior(prior)
         mu, logvar = self.prior(sources)
         if mean:
             return [[text] for text in self.decode_under(mu, sources, **generation_options)]
-        if seed is None:
-            eps = torch.randn(len(sources) * n, self.latent_dim)
+        if seed is not None:
+            eps = latent_draws(seed, list(range(len(sources))), n, self.latent_dim, prior)
+        elif prior is not None:
+            eps = prior.sample(len(sources) * n).float()
         else:
-            eps = latent_draws(seed, list(range(len(sources))), n, self.latent_dim)
+            eps = torch.randn(len(sources) * n, self.latent_dim)
         sigma = torch.exp(0.5 * logvar)
         z = mu.repeat_interleave(n, 0) + sigma.repeat_interleave(n, 0) * eps.to(mu)
         repeated = [s for s in sources for _ in range(n)]

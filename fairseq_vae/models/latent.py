@@ -69,15 +69,19 @@ def reparameterize(
     return mu + torch.exp(0.5 * logvar) * eps
 
 
-def latent_draws(seed: int, ids: List[int], n: int, dim: int) -> Tensor:
+def latent_draws(seed: int, ids: List[int], n: int, dim: int, prior=None) -> Tensor:
     """Standard normal draws, n x dim for each sentence id, fixed by (seed, id) alone: the k-th
     latent of sentence i is the same whatever the batching, the device or the other sentences
     (fairseq-generate --latent-samples and the conditional hub share them). (len(ids) * n) x
-    dim, sentence i's rows i*n .. i*n+n-1, on the CPU."""
-    draws = [
-        torch.randn(n, dim, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i)))
-        for i in ids
-    ]
+    dim, sentence i's rows i*n .. i*n+n-1, on the CPU. ``prior``: a fitted prior (its
+    ``sample(n, generator)``) to draw from instead of N(0, I), from the same generators."""
+    draws = []
+    for i in ids:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + int(i))
+        if prior is None:
+            draws.append(torch.randn(n, dim, generator=generator))
+        else:
+            draws.append(prior.sample(n, generator=generator).float())
     return torch.cat(draws) if draws else torch.zeros(0, dim)
 
 

@@ -96,8 +96,9 @@ class TextVAEConfig(KLScheduleConfig):
         metadata={
             "help": "a prior fitted to this model's aggregate posterior (fairseq-vae-fit-prior): "
             "with --latent-source prior, generation draws z from it (sentence i decodes the "
-            "i-th draw of --seed); fairseq-vae-eval reports the IW-NLL and KL under it beside "
-            "those under N(0, I)"
+            "i-th draw of --seed; bart_cvae: z = mu_p(c) + sigma_p(c) * eps, eps drawn from it "
+            "as --latent-samples draws); fairseq-vae-eval reports the IW-NLL and KL under it "
+            "beside those under the model's own prior"
         },
     )
     prior_samples: int = field(
@@ -415,7 +416,7 @@ class TextVAETask(FairseqTask):
         return super().build_generator(models, args, *rest, **kwargs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
-        if self.cfg.latent_samples > 1:
+        if self.cfg.latent_samples > 1 or (self.paired and self.prior_draws is not None):
             return self.several_latents_step(generator, models, sample, prefix_tokens)
         source = LATENT_SOURCES[str(self.cfg.latent_source)]
         z = None
@@ -432,7 +433,8 @@ class TextVAETask(FairseqTask):
     def several_latents_step(self, generator, models, sample, prefix_tokens=None):
         """Each source decoded from --latent-samples N latents: the batch repeated N times
         (source i's copies are rows i*N .. i*N+N-1) with the draws latent_draws fixes, and
-        each copy's best hypothesis kept, N hypotheses a source."""
+        each copy's best hypothesis kept, N hypotheses a source. With --prior-file the draws
+        are the fitted prior's, of bart_cvae's standardised latent (``latent_draws``)."""
         n, net = self.cfg.latent_samples, sample["net_input"]
         if "id" in sample:
             ids = sample["id"].tolist()
@@ -441,13 +443,17 @@ class TextVAETask(FairseqTask):
             self.typed_sources += len(net["src_tokens"])
             ids = list(range(start, self.typed_sources))
         expanded = {k: v.repeat_interleave(n, dim=0) for k, v in net.items() if v is not None}
-        expanded["eps"] = latent_draws(self.cfg.seed, ids, n, models[0].encoder.latent_dim)
+        prior = None if self.prior_draws is None else self.prior_draws.fitted(models)
+        dim = models[0].encoder.latent_dim
+        expanded["eps"] = latent_draws(self.cfg.seed, ids, n, dim, prior)
         expanded["eps"] = expanded["eps"].to(net["src_tokens"].device)
         if prefix_tokens is not None:
             prefix_tokens = prefix_tokens.repeat_interleave(n, dim=0)
         copies = dict(sample, net_input=expanded, id=torch.tensor(ids).repeat_interleave(n))
         with latent_source(models, LATENT_SOURCES[str(self.cfg.latent_source)]):
             hypos = super().inference_step(generator, models, copies, prefix_tokens)
+        if n == 1:  # one latent a source: the search's --nbest hypotheses of it
+            return hypos
         return [[hypos[i * n + k][0] for k in range(n)] for i in range(len(ids))]
 
     def beta(self, update_num: int) -> float:
