@@ -105,7 +105,8 @@ def data_jobs(args, b: dict) -> dict:
 def setting_label(args) -> str:
     """The CVAE's setting as the table names it: the recipe, and --cvae-args if any."""
     extra = f", {args.cvae_args}" if args.cvae_args else ""
-    return f"BART init, fb 0.15, word dropout 0.2{extra}"
+    fitted = f", fitted {args.fit_prior} prior" if args.fit_prior else ""
+    return f"BART init, fb 0.15, word dropout 0.2{extra}{fitted}"
 
 
 def batches(args, b: dict) -> tuple:
@@ -149,82 +150,62 @@ DECODINGS = {  # {model: {decoding: its fairseq-generate options for n outputs a
 def generate_job(args, model: str, decoding: str) -> dict:
     d = os.path.join(args.out, model)
     # the translation task does not read the data folder's spm.model by itself
-    spm = [
-        "--bpe",
-        "sentencepiece",
-        "--sentencepiece-model",
-        spm_model(args),
-    ]
+    spm = ["--bpe", "sentencepiece", "--sentencepiece-model", spm_model(args)]
     task = ["--task", "text_vae"] if model == "bart_cvae" else ["--task", "translation", *spm]
-    cmd = [
-        os.path.join(harness.BIN, "fairseq-generate"),
-        os.path.join(args.out, "data-bin", "pairs"),
-        "--user-dir",
-        os.path.join(REPO, "fairseq_vae"),
-        *task,
-        *PAIRS,
-        "--path",
-        os.path.join(d, "checkpoint_last.pt"),
-        "--gen-subset",
-        "test",
-        "--cpu",
-        "--max-tokens",
-        "4096",
-        "--max-len-b",
-        str(MAX_LEN_B[args.corpus]),
-        "--seed",
-        str(harness.SEED),
-        *DECODINGS[model][decoding](args.samples),
-    ]
-    out = os.path.join(d, f"generate-{decoding}.txt")
-    return {
-        "cmds": [cmd, ["touch", out + ".done"]],
-        "log": out,
-        "done": out + ".done",
-        "after": [f"train {model}"],
-    }
+    cmd = [os.path.join(harness.BIN, "fairseq-generate"),
+           os.path.join(args.out, "data-bin", "pairs"), "--user-dir",
+           os.path.join(REPO, "fairseq_vae"), *task, *PAIRS, "--path",
+           os.path.join(d, "checkpoint_last.pt"), "--gen-subset", "test", "--cpu",
+           "--max-tokens", "4096", "--max-len-b", str(MAX_LEN_B[args.corpus]),
+           "--seed", str(harness.SEED), *DECODINGS[model][decoding](args.samples)]  # fmt: skip
+    after, out = [f"train {model}"], generated(args, model, decoding)
+    if args.fit_prior and out.endswith(f"-{args.fit_prior}.txt"):
+        cmd, after = cmd + ["--prior-file", prior_path(args)], after + ["fit prior"]
+    return {"cmds": [cmd, ["touch", out + ".done"]], "log": out, "done": out + ".done",
+            "after": after}  # fmt: skip
+
+
+def generated(args, model: str, decoding: str) -> str:
+    """The output file of a decoding (of the fitted prior's draws with --fit-prior)."""
+    fitted = model == "bart_cvae" and decoding == "prior-greedy" and args.fit_prior
+    name = f"generate-{decoding}" + (f"-{args.fit_prior}" if fitted else "")
+    return os.path.join(args.out, model, f"{name}.txt")
+
+
+def prior_path(args) -> str:
+    """--fit-prior's file: a density of bart_cvae's standardised latent (fairseq-vae-fit-prior)."""
+    return os.path.join(args.out, "bart_cvae", f"prior-{args.fit_prior}.pt")
+
+
+def eval_report(args) -> str:
+    fitted = f"-{args.fit_prior}" if args.fit_prior else ""
+    return os.path.join(args.out, "bart_cvae", f"test-eval-k{args.iw_samples}{fitted}.json")
 
 
 def score_jobs(args) -> dict:
     data = os.path.join(args.out, "data-bin", "pairs")
-    cvae = os.path.join(args.out, "bart_cvae")
-    report = os.path.join(cvae, f"test-eval-k{args.iw_samples}.json")
+    cvae, report = os.path.join(args.out, "bart_cvae"), eval_report(args)
     cvae_eval = [
-        os.path.join(harness.BIN, "fairseq-vae-eval"),
-        data,
-        "--user-dir",
-        os.path.join(REPO, "fairseq_vae"),
-        "--task",
-        "text_vae",
-        *PAIRS,
-        "--path",
-        os.path.join(cvae, "checkpoint_last.pt"),
-        "--gen-subset", "test", "--cpu", "--iw-samples", str(args.iw_samples),
+        os.path.join(harness.BIN, "fairseq-vae-eval"), data, "--user-dir",
+        os.path.join(REPO, "fairseq_vae"), "--task", "text_vae", *PAIRS,
+        "--path", os.path.join(cvae, "checkpoint_last.pt"), "--gen-subset", "test", "--cpu",
+        "--iw-samples", str(args.iw_samples),
         "--max-len-b", str(MAX_LEN_B[args.corpus]), "--results-json", report + ".partial",
     ]  # fmt: skip
+    fitted = ["--prior-file", prior_path(args), "--latent-source", "prior"]
+    cvae_eval += fitted if args.fit_prior else []
     seq = os.path.join(args.out, "seq2seq")
-    validate = [
-        os.path.join(harness.BIN, "fairseq-validate"),
-        data,
-        "--user-dir",  # its safe loading of checkpoints (weights_only with the allow-list)
-        os.path.join(REPO, "fairseq_vae"),
-        "--task",
-        "translation",
-        *PAIRS,
-        "--path",
-        os.path.join(seq, "checkpoint_last.pt"),
-        "--valid-subset",
-        "test",
-        "--cpu",
-        "--max-tokens",
-        "4096",
-    ]
+    # --user-dir: its safe loading of checkpoints (weights_only with the allow-list)
+    validate = [os.path.join(harness.BIN, "fairseq-validate"), data, "--user-dir",
+                os.path.join(REPO, "fairseq_vae"), "--task", "translation", *PAIRS, "--path",
+                os.path.join(seq, "checkpoint_last.pt"), "--valid-subset", "test", "--cpu",
+                "--max-tokens", "4096"]  # fmt: skip
     return {
         "eval bart_cvae": {
             "cmds": [cvae_eval, ["mv", report + ".partial", report]],
             "log": report[: -len(".json")] + ".log",
             "done": report,
-            "after": ["train bart_cvae"],
+            "after": ["train bart_cvae"] + (["fit prior"] if args.fit_prior else []),
         },
         "validate seq2seq": harness.train_job(
             [validate], os.path.join(seq, "validate", "train.log"), after=["train seq2seq"]
@@ -240,6 +221,11 @@ def cost_job(args, after: list) -> dict:
            data, "--updates", "40"]  # fmt: skip
     return {"cmds": [cmd, ["touch", log + ".done"]], "log": log, "done": log + ".done",
             "after": after}  # fmt: skip
+
+
+def run_cost(args) -> bool:
+    """The cost of a model of this size, measured once: by synth's main run, not its others."""
+    return args.corpus == "synth" and not args.keep_other_settings
 
 
 def read_cost(args) -> dict:
@@ -324,15 +310,14 @@ def human_row(args, references: dict) -> dict:
 
 def rows(args, b: dict) -> tuple:
     """The table's rows of this corpus, and its transfer points and comparisons (yelp)."""
-    report = os.path.join(args.out, "bart_cvae", f"test-eval-k{args.iw_samples}.json")
-    report = json.load(open(report))["metrics"]
+    report = json.load(open(eval_report(args)))["metrics"]
     if args.corpus == "yelp":
         return cvae_yelp.measure(args, b, report, setting_label(args))
     references = test_references(args)
     found = [human_row(args, references)]
     for model, decodings in DECODINGS.items():
         for decoding in decodings:
-            parsed = parse_generate(os.path.join(args.out, model, f"generate-{decoding}.txt"))
+            parsed = parse_generate(generated(args, model, decoding))
             firsts = {}
             for source, hyps in parsed.values():  # one entry per source text
                 firsts.setdefault(source, hyps)
@@ -351,6 +336,9 @@ def rows(args, b: dict) -> tuple:
     for row in found:
         if row["model"] == "bart_cvae":
             row.update(ppl_word=report["iw_ppl_word"], kl=report["kl"], au=report["au"])
+            if args.fit_prior:  # log p(x|c) and the KL under the fitted prior
+                fit = report["prior_file"]
+                row.update(ppl_word=fit["iw_ppl_word"], kl=fit["kl_mc"])
         elif row["model"] == "seq2seq":
             row["ppl_word"] = seq_ppl
     return found, [], None
@@ -415,7 +403,7 @@ def merged(args, stem: str, table: list, transfer: list, compared) -> dict:
         table = [r for r in old if r.get("corpus", "synth") != args.corpus] + table
     ours = {"description": description(args), **({"compared": compared} if compared else {})}
     settings = dict(earlier.get("settings", {}), **{args.corpus: ours})
-    cost = read_cost(args) if args.corpus == "synth" else earlier.get("cost")
+    cost = read_cost(args) if run_cost(args) else earlier.get("cost")
     # one point a corpus and method: this run's replaces an earlier one
     keys = {(t["corpus"], t["method"]) for t in transfer}
     kept = [t for t in earlier.get("transfer", []) if (t["corpus"], t["method"]) not in keys]
@@ -448,6 +436,8 @@ def main():
         help="more bart_cvae options after the recipe's (they win), e.g. a remedy against a z "
         "the decoder leaves unused: '--bow-loss-weight 1.0 --free-bits 0.5'",
     )
+    p.add_argument("--fit-prior", choices=["gmm", "flow"], help="bart_cvae's samples and IW-PPL "
+                   "under a prior fitted to its standardised latent")  # fmt: skip
     p.add_argument("--samples", type=int, default=10, help="outputs a source (z, samples, groups)")
     p.add_argument("--test-sources", type=int, default=200, help="synth")
     p.add_argument("--references", type=int, default=4, help="synth")
@@ -457,8 +447,8 @@ def main():
     p.add_argument(
         "--keep-other-settings",
         action="store_true",
-        help="keep the rows of other bart_cvae settings from the existing --results JSON (each "
-        "row names the run that made it), so settings run apart share one table",
+        help="keep the rows of other bart_cvae settings (and the cost) from the existing "
+        "--results JSON (each row names the run that made it): settings run apart, one table",
     )
     args = p.parse_args()
     stem = args.results[: -len(".md")]
@@ -483,7 +473,12 @@ def main():
         for decoding in DECODINGS[model] if args.corpus != "yelp" else ():
             jobs[f"generate {model} {decoding}"] = generate_job(args, model, decoding)
     jobs.update({k: v for k, v in score_jobs(args).items() if k.split()[1] in models})
-    if args.corpus == "synth":  # the cost of a model of this size, measured once
+    if args.fit_prior:
+        ckpt, data = os.path.join(args.out, "bart_cvae", "checkpoint_last.pt"), args.out
+        jobs["fit prior"] = harness.fit_prior_job(os.path.join(data, "data-bin", "pairs"), ckpt,
+                                                  args.fit_prior, prior_path(args), b,
+                                                  after=["train bart_cvae"])  # fmt: skip
+    if run_cost(args):
         jobs["cost"] = cost_job(args, after=list(jobs))
     harness.run_queue(jobs, args.slots)
     made = harness.made_by("benchmarks/cvae.py")
