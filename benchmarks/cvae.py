@@ -317,6 +317,8 @@ def rows(args, b: dict) -> tuple:
     found = [human_row(args, references)]
     for model, decodings in DECODINGS.items():
         for decoding in decodings:
+            if args.fit_prior and decoding == "prior-mean-beam5":
+                continue  # p(z|c)'s own mean: the row of the setting without --fit-prior
             parsed = parse_generate(generated(args, model, decoding))
             firsts = {}
             for source, hyps in parsed.values():  # one entry per source text
