@@ -204,11 +204,13 @@ def test_eval_with_a_prior_file_reports_log_p_x_given_c_under_it(
     reports = {}
     for kind, path in mixture_file.items():
         report_path = tmp_path / f"{kind}.json"
-        run_tool("fairseq-vae-eval", pair_bin, "--user-dir", USER_DIR, "--task", "text_vae",
-                 *PAIRS, "--path", cvae_checkpoint, "--gen-subset", "test", "--cpu",
-                 "--iw-samples", "4", "--latent-samples", "2", "--prior-file", path,
-                 "--latent-source", "prior", "--results-json", report_path)  # fmt: skip
+        out = run_tool("fairseq-vae-eval", pair_bin, "--user-dir", USER_DIR, "--task",
+                       "text_vae", *PAIRS, "--path", cvae_checkpoint, "--gen-subset", "test",
+                       "--cpu", "--iw-samples", "4", "--latent-samples", "2", "--prior-file",
+                       path, "--results-json", report_path)  # fmt: skip
         reports[kind] = json.load(open(report_path))
+        own_nll = reports[kind]["metrics"]["iw_nll"]
+        assert f"(p(z|c): {own_nll:.3f})" in out, out[-2000:]  # the model's own prior, named
     own, standard = reports["standard"]["metrics"], reports["standard"]["metrics"]["prior_file"]
     assert standard["iw_nll"] == pytest.approx(own["iw_nll"], rel=1e-6)
     assert standard["kl_mc"] == pytest.approx(own["kl"], abs=5.0)  # 4-sample MC of the same KL

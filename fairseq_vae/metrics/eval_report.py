@@ -208,8 +208,10 @@ def format_report(report: dict) -> str:
         ("ELBO PPL / word", f"{m['elbo_ppl_word']:.3f}"),
     ]
     if p is not None:
+        own = "p(z|c)" if "info_beyond_source" in m else "N(0, I)"
         rows += [
-            (f"IW-NLL, {p['kind']} prior", f"{p['iw_nll']:.3f}  (N(0, I): {m['iw_nll']:.3f})"),
+            # the model's own prior: bart_cvae's p(z|c) (the fitted one is of (z - mu_p) / sigma_p)
+            (f"IW-NLL, {p['kind']} prior", f"{p['iw_nll']:.3f}  ({own}: {m['iw_nll']:.3f})"),
             (f"IW PPL / token, {p['kind']} prior", f"{p['iw_ppl_token']:.3f}"),
             (f"IW PPL / word, {p['kind']} prior", f"{p['iw_ppl_word']:.3f}"),
             (f"-ELBO, {p['kind']} prior", f"{p['neg_elbo']:.3f}"),
