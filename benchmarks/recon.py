@@ -78,10 +78,14 @@ CANDIDATES = {
     "z in the output": {"args": ["--latent-to-output"], "budget": {}},
 }
 YARDSTICK = {"ae": 17.6, "fb0.5": 11.3}  # the GRU autoencoder's BLEU after 15 minutes
+# issue #40's yardstick itself, trained and measured here by recon_gru.py (init "scratch" only)
+GRU = "GRU yardstick"
 
 
 def candidate_options(name: str) -> dict:
     """A candidate's options and budget: one of CANDIDATES, or several joined by ", "."""
+    if name == GRU:
+        return {"args": [], "budget": {}}
     parts = [p.strip() for p in name.split(", ")]
     unknown = [p for p in parts if p not in CANDIDATES]
     if unknown:
@@ -131,6 +135,14 @@ def train_cmd(data: str, name: str, kl: str, bart, save_dir: str, minutes: float
 def run_job(data: str, out: str, candidate: str, kl: str, init: str, bart, args) -> dict:
     """One run's steps as one queued job: train to each mark, copy, measure."""
     d = run_dir(out, candidate, kl, init)
+    done = os.path.join(d, f"done-{args.minutes}-{args.every}")
+    if candidate == GRU:  # its own trainer: the points, the clock and the resuming are its
+        gru = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recon_gru.py")
+        cmd = [sys.executable, gru, "--out", d, "--kl", kl, "--yelp", args.yelp]
+        cmd += ["--minutes", str(args.minutes), "--every", str(args.every)]
+        cmd += ["--sentences", str(args.sentences)]
+        return {"cmds": [cmd, ["touch", done]], "log": os.path.join(d, "train.log"),
+                "done": done, "after": []}  # fmt: skip
     offset = inherited_minutes(bart)
     cmds = []
     for m in marks(args):
@@ -146,7 +158,6 @@ def run_job(data: str, out: str, candidate: str, kl: str, init: str, bart, args)
             + ["--data", data, "--yelp", args.yelp, "--sentences", str(args.sentences)]
             + ["--offset-minutes", str(offset)]
         )
-    done = os.path.join(d, f"done-{args.minutes}-{args.every}")
     return {
         "cmds": cmds + [["touch", done]],
         "log": os.path.join(d, "train.log"),
@@ -206,11 +217,15 @@ def measure(snapshot: str, data: str, yelp: str, sentences: int, offset: float):
     )
 
 
-def collect(out: str) -> list:
-    """Every finished point of every run under out/runs, as the JSON's rows. The decoded
-    examples stay in the run's point files: they quote Yelp's test sentences, which are not
-    ours to publish."""
-    points = []
+def collect(out: str, published=()) -> list:
+    """Every finished point of every run under out/runs, as the JSON's rows, after the
+    published points (the results JSON's) of runs not found there. The decoded examples stay
+    in the run's point files: they quote Yelp's test sentences, which are not ours to publish."""
+    here = {
+        harness.rel(os.path.dirname(p))
+        for p in glob.glob(os.path.join(out, "runs", "*", "point-*"))
+    }
+    points = [p for p in published if p["run"] not in here]
     for path in sorted(glob.glob(os.path.join(out, "runs", "*", "point-*min.json"))):
         d = os.path.dirname(path)
         info = json.load(open(os.path.join(d, "run.json")))
@@ -337,6 +352,8 @@ def main():
     for option, known in (("kl", KLS), ("init", INITS)):
         if set(pick[option]) - set(known):
             p.error(f"--{option}: unknown {sorted(set(pick[option]) - set(known))}")
+    if GRU in pick["candidates"] and pick["init"] != ["scratch"]:
+        p.error(f"--candidates: {GRU!r} trains from scratch only (--init scratch)")
     b = dict(harness.BUDGETS["cpu"])
     made = harness.made_by("benchmarks/recon.py")
     yelp_jobs, paths = harness.control_yelp_jobs(args.yelp, args.yelp_out, args.pretrain_hours, b)
@@ -358,7 +375,8 @@ def main():
                     data, args.out, candidate, kl, init, bart if init == "bart" else None, args
                 )
     harness.run_queue(jobs, args.slots)
-    write_results(args.results, collect(args.out))
+    published = harness.read_results_json(stem)["points"] if os.path.isfile(stem + ".json") else []
+    write_results(args.results, collect(args.out, published))
 
 
 if __name__ == "__main__":

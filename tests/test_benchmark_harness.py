@@ -123,3 +123,57 @@ def test_a_run_records_its_command_without_this_machine_s_folders(monkeypatch):
     assert made["command"] == (
         "benchmarks/control.py --yelp ../shared/data/yelp --out benchmarks/runs/x --slots 1"
     )
+
+
+def test_recon_keeps_the_published_points_of_runs_not_on_this_machine(tmp_path):
+    import recon
+
+    out = tmp_path / "recon"
+    run = out / "runs" / "gru-fb0.5-scratch"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"candidate": "GRU yardstick", "kl": "fb0.5",
+                                              "init": "scratch", "made": {}}))  # fmt: skip
+    point = {"mark": 5, "minutes": 5.0, "updates": 700, "bleu": 9.0, "exact": 0.01, "kl_nats": 16}
+    (run / "point-5min.json").write_text(json.dumps(point))
+    here = harness.rel(str(run))
+    published = [
+        {"candidate": "baseline", "run": "benchmarks/runs/recon-cpu/runs/gone", "mark": 5},
+        {"candidate": "GRU yardstick", "run": here, "mark": 10},  # an older result of this run
+    ]
+    points = recon.collect(str(out), published)
+    assert [(p["candidate"], p["run"], p["mark"]) for p in points] == [
+        ("baseline", "benchmarks/runs/recon-cpu/runs/gone", 5),
+        ("GRU yardstick", here, 5),
+    ]
+    assert points[1]["bleu"] == 9.0 and points[1]["kl_nats"] == 16
+
+
+def test_the_gru_yardsticks_loss_is_nll_plus_free_bits_kl_by_hand():
+    import recon_gru
+    import torch
+    import torch.nn.functional as F
+    from torch.distributions import Normal, kl_divergence
+
+    torch.manual_seed(0)
+    model = recon_gru.GRUVAE(vocab=20, embed=8, hidden=8, latent=4)
+    batch = recon_gru.batch_of([["a", "b", "c"], ["b"]], {"a": 4, "b": 5, "c": 6})
+    enc, lengths, dec_in, dec_out = batch
+    assert dec_in.tolist() == [[1, 4, 5, 6], [1, 5, 0, 0]]
+    assert dec_out.tolist() == [[4, 5, 6, 2], [5, 2, 0, 0]]
+    for kl in ("ae", "fb0.5"):
+        torch.manual_seed(1)
+        loss = recon_gru.loss_of(model, batch, kl)
+        torch.manual_seed(1)
+        mu, logvar = model.encode(enc, lengths)
+        alone = model.encode(enc[1:2, :1], lengths[1:2])  # the padding does not reach q
+        assert torch.allclose(alone[0], mu[1:2], atol=1e-6)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        nll = 0.0
+        for i, n in enumerate(lengths.tolist()):  # one sentence at a time, its own length
+            logits, _ = model.decode_step(dec_in[i : i + 1, : n + 1], z[i : i + 1],
+                                          model.initial_state(z[i : i + 1]))  # fmt: skip
+            nll += F.cross_entropy(logits[0], dec_out[i, : n + 1], reduction="sum")
+        q = Normal(mu, (0.5 * logvar).exp())
+        per_dim = kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(0)
+        penalty = per_dim.clamp(min=0.5 * 2).sum() if kl == "fb0.5" else 0.0
+        assert torch.allclose(loss, (nll + penalty) / 2, atol=1e-5)

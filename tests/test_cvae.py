@@ -242,6 +242,31 @@ def test_paired_data_with_another_count_on_one_side_is_refused(pair_bin, cvae_ch
     assert "has 10 sentences but" in result and "has 9" in result, result[-2000:]
 
 
+def test_pairs_with_an_empty_target_or_an_over_long_source_are_skipped_naming_their_lines(
+    pair_bin, cvae_checkpoint, tmp_path
+):
+    """A pair is skipped where either side cannot be used, with the side's file and the line
+    in the log; the other pairs are decoded (the sentence VAE's rule for its sentences)."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    sources, targets = pair_corpus(6, 7)
+    targets[1] = ""  # line 2: an empty target
+    sources[3] = " ".join(["the"] * 300)  # line 4: over the checkpoint's 256 positions
+    (raw / "test.src").write_text("\n".join(sources) + "\n")
+    (raw / "test.tgt").write_text("\n".join(targets) + "\n")
+    dest = tmp_path / "bin"
+    run_tool("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt",
+             "--srcdict", os.path.join(pair_bin, "dict.src.txt"), "--joined-dictionary",
+             "--testpref", raw / "test", "--destdir", dest, "--workers", "1")  # fmt: skip
+    out = run_tool("fairseq-generate", dest, "--user-dir", USER_DIR, "--task", "text_vae",
+                   *PAIRS, "--path", cvae_checkpoint, "--cpu", "--beam", "1",
+                   "--latent-source", "posterior-mean")  # fmt: skip
+    assert f"{dest}/test.src-tgt.tgt: skipping 1 of 6 sentences, empty (lines 2 " in out, out
+    assert f"{dest}/test.src-tgt.src: skipping 1 of 6 sentences, longer than 256 tokens" in out
+    assert "(lines 4 of the text" in out
+    assert sorted(hypotheses(out)) == [0, 2, 4, 5], out[-2000:]
+
+
 def all_hypotheses(stdout):
     """{sentence id: its hypotheses in the order printed}."""
     found = {}
