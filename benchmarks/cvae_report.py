@@ -131,10 +131,13 @@ def section(corpus: str, rows: list, settings: dict, cost) -> list:
     if cost and corpus == cost.get("corpus", "synth"):
         lines += [
             "",
-            "Cost (benchmarks/overhead.py --pairs: the same batches, alternating, 40 timed "
+            "Cost at this table's size (benchmarks/overhead.py --pairs: 2+2 layers of 128, the "
+            "corpus's dictionary, bart_cvae's defaults; the same batches, alternating, 40 timed "
             f"updates): a bart_cvae update {cost['update_ratio']:.2f}x a seq2seq update, "
             f"generation from the prior {cost['generation_ratio']:.2f}x the seq2seq's greedy "
-            f"speed, peak training memory {cost['memory_ratio']:.2f}x.",
+            f"speed, peak training memory {cost['memory_ratio']:.2f}x. At BART's sizes (bart.base "
+            "with BART's 50,265 types, the README's recipe), where the posterior's second "
+            "encoder pass is a smaller share of an update: [overhead.md](overhead.md).",
         ]
     return lines
 
