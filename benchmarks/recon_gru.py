@@ -39,8 +39,9 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
 class GRUVAE(nn.Module):
-    def __init__(self, vocab: int, embed=128, hidden=256, latent=32):
+    def __init__(self, vocab: int, embed=128, hidden=256, latent=32, pooling="last"):
         super().__init__()
+        self.pooling = pooling
         self.embed = nn.Embedding(vocab, embed, padding_idx=PAD)
         self.encoder = nn.GRU(embed, hidden, batch_first=True, bidirectional=True)
         self.to_mu = nn.Linear(2 * hidden, latent)
@@ -53,8 +54,12 @@ class GRUVAE(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(
             self.embed(tokens), lengths, batch_first=True, enforce_sorted=False
         )
-        _, last = self.encoder(packed)  # (2, batch, hidden): the forward and backward last states
-        h = torch.cat([last[0], last[1]], dim=-1)
+        states, last = self.encoder(packed)  # last: (2, batch, hidden), each direction's end
+        if self.pooling == "last":
+            h = torch.cat([last[0], last[1]], dim=-1)
+        else:  # the mean of the states over the sentence's words, as bart_vae pools its encoder
+            states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True)
+            h = states.sum(1) / lengths.to(states).unsqueeze(1)
         return self.to_mu(h), self.to_logvar(h)
 
     def decode_step(self, inputs, z, state):
@@ -148,6 +153,13 @@ def main():
     p.add_argument("--vocabulary", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--pooling",
+        choices=["last", "mean"],
+        default="last",
+        help="q(z|x) from the encoder's two last states (the yardstick's), or from the mean of "
+        "its states over the words (bart_vae's pooling)",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
@@ -160,7 +172,7 @@ def main():
         texts = [" ".join(line.split()) for line in f][: args.sentences]
 
     torch.manual_seed(args.seed)
-    model = GRUVAE(len(words))
+    model = GRUVAE(len(words), pooling=args.pooling)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     marks = list(range(args.every, args.minutes + 1, args.every))
     done = [m for m in marks if os.path.isfile(os.path.join(args.out, f"state-{m}min.pt"))]

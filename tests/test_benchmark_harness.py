@@ -160,6 +160,14 @@ def test_the_gru_yardsticks_loss_is_nll_plus_free_bits_kl_by_hand():
     enc, lengths, dec_in, dec_out = batch
     assert dec_in.tolist() == [[1, 4, 5, 6], [1, 5, 0, 0]]
     assert dec_out.tolist() == [[4, 5, 6, 2], [5, 2, 0, 0]]
+    mean_pooled = recon_gru.GRUVAE(vocab=20, embed=8, hidden=8, latent=4, pooling="mean")
+    mean_pooled.load_state_dict(model.state_dict())
+    states, _ = mean_pooled.encoder(mean_pooled.embed(enc[:1]))  # the 3-word sentence alone
+    expected = mean_pooled.to_mu(states[0].mean(0))
+    assert torch.allclose(mean_pooled.encode(enc, lengths)[0][0], expected, atol=1e-6)
+    short, _ = mean_pooled.encoder(mean_pooled.embed(enc[1:2, :1]))  # padding left out
+    assert torch.allclose(mean_pooled.encode(enc, lengths)[0][1], mean_pooled.to_mu(short[0, 0]),
+                          atol=1e-6)  # fmt: skip
     for kl in ("ae", "fb0.5"):
         torch.manual_seed(1)
         loss = recon_gru.loss_of(model, batch, kl)
