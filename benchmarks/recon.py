@@ -181,6 +181,7 @@ def measure(snapshot: str, data: str, yelp: str, sentences: int, offset: float):
     snapshot records. A point measured before the rate was kept gets only the rate added."""
     import torch
 
+    from fairseq_vae.atomic_files import write_atomically
     from fairseq_vae.criterions.elbo import gaussian_kl
     from fairseq_vae.metrics.transfer_quality import source_bleu
     from fairseq_vae.models.bart_vae import BARTVAEModel
@@ -212,9 +213,8 @@ def measure(snapshot: str, data: str, yelp: str, sentences: int, offset: float):
                     ],
                 }
             )
-    with open(path + ".partial", "w") as f:
-        json.dump(point, f, indent=1)
-    os.replace(path + ".partial", path)
+    point_json = json.dumps(point, indent=1).encode()
+    write_atomically(path, lambda f: f.write(point_json))
     print(
         f"{snapshot}: BLEU {point['bleu']:.1f}, exact {point['exact']:.3f}, "
         f"KL {point['kl_nats']:.1f} nats",

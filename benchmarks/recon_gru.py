@@ -26,12 +26,14 @@ import os
 import random
 import sys
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fairseq_vae.atomic_files import write_atomically  # noqa: E402
 from fairseq_vae.metrics.transfer_quality import source_bleu  # noqa: E402
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -142,6 +144,10 @@ def measure(model, texts, index, words) -> dict:
     }
 
 
+def write_json(data, f):
+    f.write(json.dumps(data, indent=1).encode())
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="the run's folder (points and states)")
@@ -207,15 +213,12 @@ def main():
             "seconds": seconds,
             "rng": torch.get_rng_state(),
         }
-        torch.save(state, os.path.join(args.out, f"state-{m}min.pt.partial"))
-        os.replace(*(os.path.join(args.out, f"state-{m}min.pt{s}") for s in (".partial", "")))
+        write_atomically(os.path.join(args.out, f"state-{m}min.pt"), partial(torch.save, state))
         with torch.no_grad():
             point = {"mark": m, "minutes": seconds / 60, "updates": updates}
             point.update(measure(model, texts, index, words))
         path = os.path.join(args.out, f"point-{m}min.json")
-        with open(path + ".partial", "w") as f:
-            json.dump(point, f, indent=1)
-        os.replace(path + ".partial", path)
+        write_atomically(path, partial(write_json, point))
         print(
             f"{m} min: {updates} updates, BLEU {point['bleu']:.1f}, exact {point['exact']:.3f}, "
             f"KL {point['kl_nats']:.1f} nats",
