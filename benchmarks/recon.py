@@ -297,23 +297,26 @@ def write_results(results: str, points: list):
 def plot(path: str, runs: dict):
     plt = harness.pyplot()
     panels = sorted({(kl, init) for _, kl, init in runs})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 7), squeeze=False)
     for ax, (kl, init) in zip(axes[0], panels):
         for (candidate, k, i), by_mark in runs.items():
-            if (k, i) != (kl, init):
+            # the yardstick trains from scratch; it is drawn beside the BART runs too
+            if k != kl or (i != init and candidate not in GRUS):
                 continue
             ms = sorted(by_mark)
+            gru = {"color": "black", "linestyle": "--" if GRUS.get(candidate) else "-"}
             ax.plot(
                 [by_mark[m]["minutes"] for m in ms],
                 [by_mark[m]["bleu"] for m in ms],
                 marker="o",
                 label=candidate,
+                **(gru if candidate in GRUS else {}),
             )
         ax.axhline(YARDSTICK[kl], color="grey", linestyle="--", label="issue #40's GRU numbers")
         ax.set_title(f"{kl}, {init}")
         ax.set_xlabel("minutes of one-thread training")
         ax.set_ylabel("reconstruction BLEU")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
