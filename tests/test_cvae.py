@@ -507,6 +507,7 @@ def test_eval_reports_log_p_x_given_c_and_the_measures_of_several_latents(pair_b
     for key in ("multi_ref_bleu", "precision_bleu", "recall_bleu", "self_bleu", "source_bleu"):
         assert -1e-9 <= c[key] <= 100 + 1e-9, key  # a BLEU, up to rounding
     assert "precision / recall BLEU" in out and "IW-NLL" in out
+    assert "3 z from p(z|c) for each of" in out  # the draws' prior, named
 
 
 def test_interactive_decodes_n_latents_a_typed_source_as_the_hub_does(pair_bin, cvae_checkpoint,

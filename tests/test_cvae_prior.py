@@ -211,6 +211,7 @@ def test_eval_with_a_prior_file_reports_log_p_x_given_c_under_it(
         reports[kind] = json.load(open(report_path))
         own_nll = reports[kind]["metrics"]["iw_nll"]
         assert f"(p(z|c): {own_nll:.3f})" in out, out[-2000:]  # the model's own prior, named
+        assert "2 z from the fitted prior for each of" in out  # and the draws' prior
     own, standard = reports["standard"]["metrics"], reports["standard"]["metrics"]["prior_file"]
     assert standard["iw_nll"] == pytest.approx(own["iw_nll"], rel=1e-6)
     assert standard["kl_mc"] == pytest.approx(own["kl"], abs=5.0)  # 4-sample MC of the same KL

@@ -154,6 +154,7 @@ def conditional_metrics(
     pr = cq.precision_recall_bleu(outputs, references)
     return {
         "latent_samples": n,
+        "latent_prior": "p(z|c)" if prior is None else "the fitted prior",
         "sources": len(grouped),
         "references_per_source": sum(map(len, references)) / len(references),
         "multi_ref_bleu": cq.multi_reference_bleu(outputs, references),
@@ -173,7 +174,8 @@ def conditional_metrics(
 def format_conditional(c: dict) -> List[str]:
     """The table rows of the --latent-samples measures."""
     return [
-        f"latent samples | {c['latent_samples']} z ~ p(z|c) for each of {c['sources']} "
+        f"latent samples | {c['latent_samples']} z from {c.get('latent_prior', 'p(z|c)')} for "
+        f"each of {c['sources']} "
         f"sources, greedy each; {c['references_per_source']:.2f} references a source",
         f"multi-reference BLEU  {c['multi_ref_bleu']:.2f}",
         f"precision / recall BLEU  {c['precision_bleu']:.2f} / {c['recall_bleu']:.2f}",
