@@ -34,6 +34,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fairseq_vae.atomic_files import write_atomically  # noqa: E402
+from fairseq_vae.criterions.elbo import free_bits_kl, gaussian_kl  # noqa: E402
 from fairseq_vae.metrics.transfer_quality import source_bleu  # noqa: E402
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -103,23 +104,14 @@ def batch_of(lines, index):
     return enc, torch.tensor([len(x) for x in ids]), dec_in, dec_out
 
 
-def gaussian_kl_per_dim(mu, logvar):
-    """KL(N(mu, sigma^2) || N(0, 1)) of each dimension of each sentence, in fp32."""
-    mu, logvar = mu.float(), logvar.float()
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
-
-
 def loss_of(model, batch, kl: str):
     enc, lengths, dec_in, dec_out = batch
     mu, logvar = model.encode(enc, lengths)
     z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
     logits, _ = model.decode_step(dec_in, z, model.initial_state(z))
     nll = F.cross_entropy(logits.transpose(1, 2), dec_out, ignore_index=PAD, reduction="sum")
-    kl_dims = gaussian_kl_per_dim(mu, logvar)
-    if kl == "ae":
-        penalty = kl_dims.new_zeros(())
-    else:  # free bits 0.5 a dimension, over the batch (the elbo criterion's batch mode)
-        penalty = kl_dims.sum(0).clamp(min=0.5 * enc.size(0)).sum()
+    # beta = 0, or free bits 0.5 a dimension over the batch as the elbo criterion penalises it
+    penalty = 0.0 if kl == "ae" else free_bits_kl(gaussian_kl(mu, logvar), 0.5, "batch")
     return (nll + penalty) / enc.size(0)
 
 
@@ -130,7 +122,7 @@ def measure(model, texts, index, words) -> dict:
         lines = [t.split() for t in texts[i : i + 200]]
         enc, lengths, _, _ = batch_of(lines, index)
         mu, logvar = model.encode(enc, lengths)
-        kls.append(gaussian_kl_per_dim(mu, logvar).sum(-1))
+        kls.append(gaussian_kl(mu, logvar).sum(-1))
         for row in model.greedy(mu, max_len=2 * enc.size(1) + 10).tolist():
             row = row[: row.index(EOS)] if EOS in row else row
             outputs.append(" ".join(words[t] for t in row))
