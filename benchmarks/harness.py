@@ -292,7 +292,7 @@ def common_train_args(
             "--lr",
             str(lr or b["lr"]),
             "--lr-scheduler",
-            "inverse_sqrt",
+            b.get("lr_scheduler", "inverse_sqrt"),
             "--warmup-updates",
             str(b["warmup"]),
             "--dropout",

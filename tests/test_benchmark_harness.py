@@ -185,3 +185,29 @@ def test_the_gru_yardsticks_loss_is_nll_plus_free_bits_kl_by_hand():
         per_dim = kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(0)
         penalty = per_dim.clamp(min=0.5 * 2).sum() if kl == "fb0.5" else 0.0
         assert torch.allclose(loss, (nll + penalty) / 2, atol=1e-5)
+
+
+def test_recons_constant_lr_candidate_reaches_fairseqs_scheduler():
+    """'lr constant' swaps inverse_sqrt for fairseq's fixed schedule: after the warm-up the
+    learning rate stays at --lr, where inverse_sqrt is lr * sqrt(warmup / updates)."""
+    import recon
+    import torch
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.optim import build_optimizer
+    from fairseq.optim.lr_scheduler import build_lr_scheduler
+
+    def lr_after(candidate: str, updates: int) -> float:
+        cmd = recon.train_cmd("data", candidate, "fb0.5", None, "out", 5.0)
+        parser = options.get_training_parser()
+        cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, cmd[1:]))
+        optimizer = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
+        scheduler = build_lr_scheduler(cfg.lr_scheduler, optimizer)
+        scheduler.step_begin_epoch(1)
+        return scheduler.step_update(updates)
+
+    b = harness.BUDGETS["cpu"]
+    assert abs(lr_after("lr constant", 13000) - b["lr"]) < 1e-12
+    assert abs(lr_after("lr constant", 100) - b["lr"] * 101 / b["warmup"]) < 1e-12
+    decayed = b["lr"] * (b["warmup"] / 13000) ** 0.5
+    assert abs(lr_after("baseline", 13000) - decayed) < 1e-12
