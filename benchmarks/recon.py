@@ -87,6 +87,8 @@ GRUS = {
     "GRU yardstick": [],
     # bart_vae's pooling in the yardstick: how much of the gap is the mean over positions
     "GRU yardstick, mean-pooled": ["--pooling", "mean"],
+    # the BART runs' learning rate in the yardstick: how much of the gap is the schedule
+    "GRU yardstick, lr inverse_sqrt": ["--lr-schedule", "inverse_sqrt"],
 }
 
 

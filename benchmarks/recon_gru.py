@@ -115,6 +115,14 @@ def loss_of(model, batch, kl: str):
     return (nll + penalty) / enc.size(0)
 
 
+def inverse_sqrt_lr(updates: int, lr: float, warmup: int) -> float:
+    """fairseq's inverse_sqrt schedule (warm-up from 0) after `updates` updates: the learning
+    rate the BART runs of recon.py train with, for a yardstick trained alike."""
+    if updates < warmup:
+        return lr * updates / warmup
+    return lr * (warmup / updates) ** 0.5
+
+
 def measure(model, texts, index, words) -> dict:
     model.eval()
     outputs, kls = [], []
@@ -158,6 +166,13 @@ def main():
         help="q(z|x) from the encoder's two last states (the yardstick's), or from the mean of "
         "its states over the words (bart_vae's pooling)",
     )
+    p.add_argument(
+        "--lr-schedule",
+        choices=["constant", "inverse_sqrt"],
+        default="constant",
+        help="Adam's 1e-3 throughout (the yardstick's), or fairseq's inverse_sqrt with 200 warm-up "
+        "updates (recon.py's bart_vae runs)",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
@@ -195,6 +210,9 @@ def main():
             loss = loss_of(model, batch_of([train[i] for i in chosen], index), args.kl)
             optimizer.zero_grad()
             loss.backward()
+            if args.lr_schedule == "inverse_sqrt":  # a function of the updates: resumes as is
+                for group in optimizer.param_groups:
+                    group["lr"] = inverse_sqrt_lr(updates, 1e-3, 200)
             optimizer.step()
             updates += 1
         seconds += time.perf_counter() - start

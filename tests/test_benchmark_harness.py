@@ -187,9 +187,8 @@ def test_the_gru_yardsticks_loss_is_nll_plus_free_bits_kl_by_hand():
         assert torch.allclose(loss, (nll + penalty) / 2, atol=1e-5)
 
 
-def test_recons_constant_lr_candidate_reaches_fairseqs_scheduler():
-    """'lr constant' swaps inverse_sqrt for fairseq's fixed schedule: after the warm-up the
-    learning rate stays at --lr, where inverse_sqrt is lr * sqrt(warmup / updates)."""
+def recon_scheduler(candidate: str):
+    """fairseq's learning-rate scheduler as a recon.py run of the candidate builds it."""
     import recon
     import torch
     from fairseq import options
@@ -197,17 +196,32 @@ def test_recons_constant_lr_candidate_reaches_fairseqs_scheduler():
     from fairseq.optim import build_optimizer
     from fairseq.optim.lr_scheduler import build_lr_scheduler
 
-    def lr_after(candidate: str, updates: int) -> float:
-        cmd = recon.train_cmd("data", candidate, "fb0.5", None, "out", 5.0)
-        parser = options.get_training_parser()
-        cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, cmd[1:]))
-        optimizer = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
-        scheduler = build_lr_scheduler(cfg.lr_scheduler, optimizer)
-        scheduler.step_begin_epoch(1)
-        return scheduler.step_update(updates)
+    cmd = recon.train_cmd("data", candidate, "fb0.5", None, "out", 5.0)
+    parser = options.get_training_parser()
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, cmd[1:]))
+    optimizer = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
+    scheduler = build_lr_scheduler(cfg.lr_scheduler, optimizer)
+    scheduler.step_begin_epoch(1)
+    return scheduler
 
+
+def test_recons_constant_lr_candidate_reaches_fairseqs_scheduler():
+    """'lr constant' swaps inverse_sqrt for fairseq's fixed schedule: after the warm-up the
+    learning rate stays at --lr, where inverse_sqrt is lr * sqrt(warmup / updates)."""
     b = harness.BUDGETS["cpu"]
-    assert abs(lr_after("lr constant", 13000) - b["lr"]) < 1e-12
-    assert abs(lr_after("lr constant", 100) - b["lr"] * 101 / b["warmup"]) < 1e-12
+    assert abs(recon_scheduler("lr constant").step_update(13000) - b["lr"]) < 1e-12
+    warming = recon_scheduler("lr constant").step_update(100)
+    assert abs(warming - b["lr"] * 101 / b["warmup"]) < 1e-12
     decayed = b["lr"] * (b["warmup"] / 13000) ** 0.5
-    assert abs(lr_after("baseline", 13000) - decayed) < 1e-12
+    assert abs(recon_scheduler("baseline").step_update(13000) - decayed) < 1e-12
+
+
+def test_the_gru_yardsticks_inverse_sqrt_is_the_bart_runs():
+    """recon_gru's --lr-schedule inverse_sqrt gives each update the learning rate fairseq's
+    scheduler gives recon.py's bart_vae runs."""
+    import recon_gru
+
+    scheduler = recon_scheduler("baseline")
+    for updates in (0, 1, 150, 199, 200, 201, 3000, 13000):
+        expected = scheduler.step_update(updates)
+        assert abs(recon_gru.inverse_sqrt_lr(updates, 1e-3, 200) - expected) < 1e-15
