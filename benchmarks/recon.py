@@ -89,6 +89,8 @@ GRUS = {
     "GRU yardstick, mean-pooled": ["--pooling", "mean"],
     # the BART runs' learning rate in the yardstick: how much of the gap is the schedule
     "GRU yardstick, lr inverse_sqrt": ["--lr-schedule", "inverse_sqrt"],
+    # bart_vae_small's width in the yardstick: how much of the gap is the decoder's size
+    "GRU yardstick, hidden 128": ["--hidden", "128"],
 }
 
 
@@ -309,7 +311,9 @@ def plot(path: str, runs: dict):
             if k != kl or (i != init and candidate not in GRUS):
                 continue
             ms = sorted(by_mark)
-            gru = {"color": "black", "linestyle": "--" if GRUS.get(candidate) else "-"}
+            gru = {"color": "black", "linestyle": "-"}
+            if candidate in GRUS:  # one line style for each of the yardstick's variants
+                gru["linestyle"] = ("-", "--", ":", "-.")[list(GRUS).index(candidate) % 4]
             ax.plot(
                 [by_mark[m]["minutes"] for m in ms],
                 [by_mark[m]["bleu"] for m in ms],

@@ -167,6 +167,12 @@ def main():
         "its states over the words (bart_vae's pooling)",
     )
     p.add_argument(
+        "--hidden",
+        type=int,
+        default=256,
+        help="the GRUs' width (a direction's, in the encoder); bart_vae_small's is 128",
+    )
+    p.add_argument(
         "--lr-schedule",
         choices=["constant", "inverse_sqrt"],
         default="constant",
@@ -185,7 +191,7 @@ def main():
         texts = [" ".join(line.split()) for line in f][: args.sentences]
 
     torch.manual_seed(args.seed)
-    model = GRUVAE(len(words), pooling=args.pooling)
+    model = GRUVAE(len(words), hidden=args.hidden, pooling=args.pooling)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     marks = list(range(args.every, args.minutes + 1, args.every))
     done = [m for m in marks if os.path.isfile(os.path.join(args.out, f"state-{m}min.pt"))]
