@@ -220,8 +220,7 @@ def measure(snapshot: str, data: str, yelp: str, sentences: int, offset: float):
                     ],
                 }
             )
-    point_json = json.dumps(point, indent=1).encode()
-    write_atomically(path, lambda f: f.write(point_json))
+    write_atomically(path, lambda f: f.write(json.dumps(point, indent=1).encode()))
     print(
         f"{snapshot}: BLEU {point['bleu']:.1f}, exact {point['exact']:.3f}, "
         f"KL {point['kl_nats']:.1f} nats",
@@ -311,15 +310,18 @@ def plot(path: str, runs: dict):
             if k != kl or (i != init and candidate not in GRUS):
                 continue
             ms = sorted(by_mark)
-            gru = {"color": "black", "linestyle": "-"}
-            if candidate in GRUS:  # one line style for each of the yardstick's variants
-                gru["linestyle"] = ("-", "--", ":", "-.")[list(GRUS).index(candidate) % 4]
+            style = {}
+            if candidate in GRUS:  # black, one line style for each of the yardstick's variants
+                style = {
+                    "color": "black",
+                    "linestyle": ("-", "--", ":", "-.")[list(GRUS).index(candidate) % 4],
+                }
             ax.plot(
                 [by_mark[m]["minutes"] for m in ms],
                 [by_mark[m]["bleu"] for m in ms],
                 marker="o",
                 label=candidate,
-                **(gru if candidate in GRUS else {}),
+                **style,
             )
         ax.axhline(YARDSTICK[kl], color="grey", linestyle="--", label="issue #40's GRU numbers")
         ax.set_title(f"{kl}, {init}")

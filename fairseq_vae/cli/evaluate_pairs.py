@@ -175,8 +175,8 @@ def format_conditional(c: dict) -> List[str]:
     """The table rows of the --latent-samples measures."""
     return [
         f"latent samples | {c['latent_samples']} z from {c.get('latent_prior', 'p(z|c)')} for "
-        f"each of {c['sources']} "
-        f"sources, greedy each; {c['references_per_source']:.2f} references a source",
+        f"each of {c['sources']} sources, greedy each; {c['references_per_source']:.2f} "
+        "references a source",
         f"multi-reference BLEU  {c['multi_ref_bleu']:.2f}",
         f"precision / recall BLEU  {c['precision_bleu']:.2f} / {c['recall_bleu']:.2f}",
         f"self-BLEU among a source's outputs  {c['self_bleu']:.2f}",
